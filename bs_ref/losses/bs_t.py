@@ -1,0 +1,104 @@
+"""BS-T: token-level bootstrapping with the model's local beliefs.
+
+Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422), Eq. (5)–(6).
+At every answer position i, with logits z_i and p_i = softmax(z_i):
+
+    H_k(i) = indices of the k largest logits z_i                      (local belief support)
+    q_i    = sg( softmax(z_i / τ) restricted to H_k(i), renormalised ) (the belief)
+    t_i    = λ·q_i + (1 − λ)·e_{y_i}                                   Eq. (5), the soft target
+    CE_i   = −Σ_v t_i[v] log p_i[v]
+           = (1 − λ)(−log p_i[y_i]) + λ Σ_{v∈H_k} q_i[v] (−log p_i[v])
+    L_BST  = −mean_batch mean_{i∈A} CE_i                               Eq. (6), ascend the soft CE
+
+Eq. (6) of the paper sums over tokens; the authors' code (and this file) average per sequence and then
+over the batch (``reduction="token"`` gives the batch token-mean instead).
+
+The soft target is never materialised: the belief term is a gather over the k indices, so the extra
+memory is O(N·k) for N answer tokens, not the O(N·|V|) of a one-hot/target tensor. λ = 0 reproduces GA
+exactly. The belief comes from the current model in the same forward pass (no reference model) and is
+detached; ``detach=False`` is an ablation, not the paper's method.
+
+Its logit residual (SPEC T5.2) is ∂CE_i/∂z_i = p_i − t_i, so for v ≠ y_i: G_BST[v] = G_GA[v] − λ·q_i[v]
+(the paper prints +λq; substituting its own Eq. (2) gives −).
+
+Shapes: logits [B, T, V], labels [B, T] (HF-aligned, -100 on prompt/padding) → scalar.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._common import (
+    AnswerTokens,
+    answer_tokens,
+    check_fraction,
+    check_positive,
+    check_reduction,
+    reduce_tokens,
+)
+
+
+class TokenBeliefs(NamedTuple):
+    """Local beliefs at N positions: support H_k, belief q, and the model's own top-k mass S_k."""
+
+    indices: torch.Tensor  # [N, k] token ids of the k largest logits
+    logits: torch.Tensor  # [N, k] those logits (with gradient, unless detached by the caller)
+    belief: torch.Tensor  # [N, k] q = softmax(z_topk / τ), detached
+    topk_mass: torch.Tensor  # [N] S_k = Σ_{v∈H_k} p[v] under the model (τ = 1), detached
+
+
+def check_top_k(top_k: int, vocab: int) -> None:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k must be an integer in [1, {vocab}] (the vocabulary size), got {top_k!r}")
+
+
+def token_beliefs(
+    logits: torch.Tensor, logz: torch.Tensor, top_k: int = 20, temperature: float = 1.0, detach: bool = True
+) -> TokenBeliefs:
+    """Top-k local beliefs of rows of ``logits`` [N, V] whose log-normaliser is ``logz`` [N]."""
+    check_top_k(top_k, logits.shape[-1])
+    check_positive(temperature, "temperature")
+    top_logits, top_idx = logits.topk(top_k, dim=-1)  # H_k(i)
+    scores = top_logits.detach() if detach else top_logits
+    belief = torch.softmax(scores / temperature, dim=-1)  # q_i, renormalised over H_k(i)
+    topk_mass = (top_logits.detach() - logz.detach()[:, None]).exp().sum(-1)
+    return TokenBeliefs(top_idx, top_logits, belief, topk_mass)
+
+
+def local_beliefs(
+    logits: torch.Tensor, labels: torch.Tensor, top_k: int = 20, temperature: float = 1.0
+) -> tuple[TokenBeliefs, AnswerTokens]:
+    """Local beliefs at the answer positions of an HF-aligned batch (for logging and the claims suite)."""
+    at = answer_tokens(logits.detach(), labels)
+    return token_beliefs(at.logits, at.logz, top_k, temperature), at
+
+
+def bs_t_token_ce(at: AnswerTokens, lam: float, top_k: int, temperature: float, detach: bool) -> torch.Tensor:
+    """Soft cross-entropy CE_i of Eq. (5)–(6) at every answer token, shape [N]."""
+    nll_target = -at.target_logprob()
+    if lam == 0.0:
+        return nll_target  # t_i = e_{y_i}: GA exactly
+    tb = token_beliefs(at.logits, at.logz, top_k, temperature, detach)
+    nll_support = at.logz[:, None] - tb.logits  # −log p_i[v], v ∈ H_k(i)
+    belief_ce = (tb.belief * nll_support).sum(-1)  # Σ_v q_i[v] (−log p_i[v])
+    return (1.0 - lam) * nll_target + lam * belief_ce  # Eq. (5): CE against t_i = λ q_i + (1−λ) e_{y_i}
+
+
+def bs_t_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.2,
+    top_k: int = 20,
+    temperature: float = 1.0,
+    detach: bool = True,
+    reduction: str = "row",
+) -> torch.Tensor:
+    """Eq. (6): −mean CE_i against the soft target of Eq. (5); defaults λ = 0.2, k = 20, τ = 1."""
+    check_reduction(reduction)
+    check_fraction(lam, "lam")
+    check_top_k(top_k, logits.shape[-1] if logits.dim() == 3 else 0)
+    check_positive(temperature, "temperature")
+    at = answer_tokens(logits, labels)
+    return -reduce_tokens(bs_t_token_ce(at, float(lam), top_k, temperature, detach), at, reduction)  # Eq. (6)

@@ -1,0 +1,74 @@
+"""Gradient difference (GradDiff) and the two retain terms.
+
+Paper: Li et al., ICLR 2026 (arXiv 2510.19422), Eq. (2):
+
+    L_GD(θ) = γ · L_GA(θ; D_u) + α · L_retain(θ; D_r)
+
+with L_retain either the answer NLL on a retain batch, or KL(π_θ ‖ π_ref) averaged over the retain
+batch's **answer positions only** (OpenUnlearning averages the KL over prompt and padding positions too,
+SPEC §8; we do not).
+
+Shapes: forget/retain logits [B, T, V], labels [B, T] (HF-aligned, -100 on prompt/padding) → scalar.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import (
+    IGNORE_INDEX,
+    answer_tokens,
+    check_logits_labels,
+    check_reduction,
+    compute_dtype,
+    reduce_tokens,
+)
+from .ga import ga_loss, nll_loss
+
+
+def retain_nll_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "row") -> torch.Tensor:
+    """Retain term: answer NLL on the retain batch (minimised)."""
+    return nll_loss(logits, labels, reduction)
+
+
+def retain_kl_loss(
+    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, reduction: str = "row"
+) -> torch.Tensor:
+    """Retain term: KL(π_θ ‖ π_ref) = Σ_v p_θ[v] (log p_θ[v] − log p_ref[v]) at answer positions.
+
+    ``ref_logits`` come from the frozen reference model on the same batch (no gradient flows into them).
+    """
+    check_reduction(reduction)
+    check_logits_labels(ref_logits, labels, "ref_logits")
+    if ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
+    at = answer_tokens(logits, labels)
+    mask = labels[:, 1:] != IGNORE_INDEX
+    ref = ref_logits[:, :-1, :][mask].detach().to(compute_dtype(logits))
+    logp = at.logits - at.logz[:, None]
+    logp_ref = torch.log_softmax(ref, dim=-1)
+    kl = (logp.exp() * (logp - logp_ref)).sum(-1)
+    return reduce_tokens(kl, at, reduction)
+
+
+def graddiff_loss(
+    forget_logits: torch.Tensor,
+    forget_labels: torch.Tensor,
+    retain_logits: torch.Tensor,
+    retain_labels: torch.Tensor,
+    gamma: float = 1.0,
+    alpha: float = 1.0,
+    retain: str = "nll",
+    retain_ref_logits: torch.Tensor | None = None,
+    reduction: str = "row",
+) -> torch.Tensor:
+    """Eq. (2): γ·GA(forget) + α·retain, with ``retain`` ∈ {"nll", "kl"} (kl needs ``retain_ref_logits``)."""
+    if retain == "nll":
+        retain_term = retain_nll_loss(retain_logits, retain_labels, reduction)
+    elif retain == "kl":
+        if retain_ref_logits is None:
+            raise ValueError("retain='kl' needs retain_ref_logits from the frozen reference model")
+        retain_term = retain_kl_loss(retain_logits, retain_ref_logits, retain_labels, reduction)
+    else:
+        raise ValueError(f"retain must be 'nll' or 'kl', got {retain!r}")
+    return gamma * ga_loss(forget_logits, forget_labels, reduction) + alpha * retain_term  # Eq. (2)
