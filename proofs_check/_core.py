@@ -1,0 +1,135 @@
+"""The ledger's data model and registry.
+
+Every claim of SPEC §5 has a ``Claim`` (ID, statement, source, assumptions) and one checker per tier.
+A checker is a function ``check(**options) -> Evidence`` registered with ``@checker(claim_id, tier)``; it
+computes both sides of the claim (predicted vs measured) on one tier and says whether the claim held,
+with the numbers and the instance. A claim that fails is *evidence*, not an exception: the checker finds
+the counterexample and reports it. ``run_claims`` runs the checkers and turns their evidence into one
+``ClaimResult`` per claim with an honest status.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TIERS = ("toy_softmax", "toy_autoregressive", "llm_cpu", "llm_gpu")
+STATUSES = ("holds", "fails", "conditional", "skipped", "error")
+
+
+@dataclass
+class Claim:
+    id: str
+    statement: str
+    source: str
+    assumptions: str = ""
+
+
+@dataclass
+class Evidence:
+    """What one checker found on one tier.
+
+    holds: the claim's statement as written held on every instance checked.
+    numbers: the key measured/predicted quantities (floats, small lists).
+    instance: what was checked (model, sizes, seed, step size ...).
+    counterexample: where the statement failed, the instance that shows it (None if it held).
+    condition: when the statement only holds under a condition, that condition (and whether it held
+        under it, in ``holds_under_condition``).
+    """
+
+    tier: str
+    holds: bool
+    numbers: dict[str, Any] = field(default_factory=dict)
+    instance: str = ""
+    counterexample: str | None = None
+    condition: str | None = None
+    holds_under_condition: bool | None = None
+    skipped: str | None = None  # reason, when the tier could not run here (no CUDA, package missing)
+    seconds: float = 0.0
+
+
+@dataclass
+class ClaimResult:
+    id: str
+    statement: str
+    status: str
+    tiers: list[str]
+    evidence: list[Evidence]
+    source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = [asdict(e) for e in self.evidence]
+        return d
+
+
+CLAIMS: dict[str, Claim] = {}
+CHECKERS: dict[str, dict[str, Callable[..., Evidence]]] = {}
+
+
+def claim(id: str, statement: str, source: str, assumptions: str = "") -> Claim:
+    """Declare a claim (once, in the module that owns it)."""
+    c = Claim(id, statement, source, assumptions)
+    CLAIMS[id] = c
+    CHECKERS.setdefault(id, {})
+    return c
+
+
+def checker(claim_id: str, tier: str) -> Callable[[Callable[..., Evidence]], Callable[..., Evidence]]:
+    """Register ``fn`` as the checker of ``claim_id`` on ``tier``."""
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
+
+    def register(fn: Callable[..., Evidence]) -> Callable[..., Evidence]:
+        CHECKERS.setdefault(claim_id, {})[tier] = fn
+        return fn
+
+    return register
+
+
+def status_of(evidence: list[Evidence]) -> str:
+    """holds: held everywhere it ran; conditional: failed somewhere but held under a stated condition;
+    fails: failed with no condition that rescues it; skipped: nothing ran; error: a checker crashed."""
+    ran = [e for e in evidence if e.skipped is None]
+    if any(e.numbers.get("error") for e in ran):
+        return "error"
+    if not ran:
+        return "skipped"
+    if all(e.holds for e in ran):
+        return "holds"
+    if all(e.holds or (e.condition and e.holds_under_condition) for e in ran):
+        return "conditional"
+    return "fails"
+
+
+def run_claims(ids: list[str] | None = None, tiers: list[str] | None = None, **options: Any) -> list[ClaimResult]:
+    """Run every registered checker (optionally only some claims/tiers) and collect the results."""
+    results = []
+    for cid in ids or sorted(CLAIMS, key=_claim_order):
+        if cid not in CLAIMS:
+            raise ValueError(f"unknown claim {cid!r}; known: {sorted(CLAIMS)}")
+        evidence = []
+        for tier, fn in CHECKERS[cid].items():
+            if tiers and tier not in tiers:
+                continue
+            t0 = time.perf_counter()
+            try:
+                ev = fn(**options)
+            except Exception as exc:  # a crash is reported, and makes the CLI exit non-zero
+                ev = Evidence(tier, False, {"error": f"{type(exc).__name__}: {exc}"}, traceback.format_exc(limit=3))
+            ev.seconds = round(time.perf_counter() - t0, 3)
+            evidence.append(ev)
+        c = CLAIMS[cid]
+        ran = [e.tier for e in evidence if e.skipped is None]
+        results.append(ClaimResult(cid, c.statement, status_of(evidence), ran, evidence, c.source))
+    return results
+
+
+_ORDER = ["SQ1", "SQ2", "SQ3", "SQ4", "SQ5", "L5.1", "T5.2", "T5.3", "D1", "D2", "D3", "D4", "SEQ1", "SEQ2"]
+
+
+def _claim_order(cid: str) -> tuple[int, str]:
+    return (_ORDER.index(cid) if cid in _ORDER else len(_ORDER), cid)
