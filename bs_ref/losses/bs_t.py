@@ -41,12 +41,12 @@ from ._common import (
 
 
 class TokenBeliefs(NamedTuple):
-    """Local beliefs at N positions: support H_k, belief q, and the model's own top-k mass S_k."""
+    """Local beliefs at N positions (all detached): support H_k, belief q, and the top-k mass S_k."""
 
     indices: torch.Tensor  # [N, k] token ids of the k largest logits
-    logits: torch.Tensor  # [N, k] those logits (with gradient, unless detached by the caller)
-    belief: torch.Tensor  # [N, k] q = softmax(z_topk / τ), detached
-    topk_mass: torch.Tensor  # [N] S_k = Σ_{v∈H_k} p[v] under the model (τ = 1), detached
+    logits: torch.Tensor  # [N, k] those logits
+    belief: torch.Tensor  # [N, k] q = softmax(z_topk / τ)
+    topk_mass: torch.Tensor  # [N] S_k = Σ_{v∈H_k} p[v] under the model (τ = 1)
 
 
 def check_top_k(top_k: int, vocab: int) -> None:
@@ -54,16 +54,14 @@ def check_top_k(top_k: int, vocab: int) -> None:
         raise ValueError(f"top_k must be an integer in [1, {vocab}] (the vocabulary size), got {top_k!r}")
 
 
-def token_beliefs(
-    logits: torch.Tensor, logz: torch.Tensor, top_k: int = 20, temperature: float = 1.0, detach: bool = True
-) -> TokenBeliefs:
-    """Top-k local beliefs of rows of ``logits`` [N, V] whose log-normaliser is ``logz`` [N]."""
+@torch.no_grad()
+def token_beliefs(logits: torch.Tensor, logz: torch.Tensor, top_k: int = 20, temperature: float = 1.0) -> TokenBeliefs:
+    """Top-k local beliefs of rows of ``logits`` [N, V] whose log-normaliser is ``logz`` [N] (no gradient)."""
     check_top_k(top_k, logits.shape[-1])
     check_positive(temperature, "temperature")
     top_logits, top_idx = logits.topk(top_k, dim=-1)  # H_k(i)
-    scores = top_logits.detach() if detach else top_logits
-    belief = torch.softmax(scores / temperature, dim=-1)  # q_i, renormalised over H_k(i)
-    topk_mass = (top_logits.detach() - logz.detach()[:, None]).exp().sum(-1)
+    belief = torch.softmax(top_logits / temperature, dim=-1)  # q_i, renormalised over H_k(i)
+    topk_mass = (top_logits - logz[:, None]).exp().sum(-1)  # S_k
     return TokenBeliefs(top_idx, top_logits, belief, topk_mass)
 
 
@@ -76,14 +74,19 @@ def local_beliefs(
 
 
 def bs_t_token_ce(at: AnswerTokens, lam: float, top_k: int, temperature: float, detach: bool) -> torch.Tensor:
-    """Soft cross-entropy CE_i of Eq. (5)–(6) at every answer token, shape [N]."""
-    nll_target = -at.target_logprob()
+    """Soft cross-entropy CE_i of Eq. (5)–(6) at every answer token, shape [N].
+
+    One gather of the k + 1 logits {y_i} ∪ H_k(i) carries the gradient, so the backward pass allocates one
+    [N, V] scatter, exactly as GA's gather does; the selection of H_k itself has no gradient.
+    """
     if lam == 0.0:
-        return nll_target  # t_i = e_{y_i}: GA exactly
-    tb = token_beliefs(at.logits, at.logz, top_k, temperature, detach)
-    nll_support = at.logz[:, None] - tb.logits  # −log p_i[v], v ∈ H_k(i)
-    belief_ce = (tb.belief * nll_support).sum(-1)  # Σ_v q_i[v] (−log p_i[v])
-    return (1.0 - lam) * nll_target + lam * belief_ce  # Eq. (5): CE against t_i = λ q_i + (1−λ) e_{y_i}
+        return -at.target_logprob()  # t_i = e_{y_i}: GA exactly
+    tb = token_beliefs(at.logits, at.logz, top_k, temperature)
+    z = at.logits.gather(-1, torch.cat([at.targets[:, None], tb.indices], dim=-1))  # [N, 1+k]
+    nll = at.logz[:, None] - z  # −log p_i[v] for v = y_i and v ∈ H_k(i)
+    belief = tb.belief if detach else torch.softmax(z[:, 1:] / temperature, dim=-1)  # q_i (sg unless ablated)
+    belief_ce = (belief * nll[:, 1:]).sum(-1)  # Σ_{v∈H_k} q_i[v] (−log p_i[v])
+    return (1.0 - lam) * nll[:, 0] + lam * belief_ce  # Eq. (5): CE against t_i = λ q_i + (1−λ) e_{y_i}
 
 
 def bs_t_loss(
@@ -98,7 +101,7 @@ def bs_t_loss(
     """Eq. (6): −mean CE_i against the soft target of Eq. (5); defaults λ = 0.2, k = 20, τ = 1."""
     check_reduction(reduction)
     check_fraction(lam, "lam")
-    check_top_k(top_k, logits.shape[-1] if logits.dim() == 3 else 0)
     check_positive(temperature, "temperature")
     at = answer_tokens(logits, labels)
+    check_top_k(top_k, logits.shape[-1])
     return -reduce_tokens(bs_t_token_ce(at, float(lam), top_k, temperature, detach), at, reduction)  # Eq. (6)
