@@ -1,0 +1,182 @@
+"""Speed and memory benchmarks of bs_ref, measured as ratios within one run.
+
+    python experiments/bench.py losses            # BS-T vs GA vs the dense formulation, V = 128256 and 49152
+    python experiments/bench.py losses --quick    # smaller T, fewer repeats
+    python experiments/bench.py bs_s [--quick]    # BS-S step time vs NPO, batched belief generation
+
+``losses`` times forward+backward of ``bs_t_loss``, ``ga_loss`` and the authors' dense BS-T formulation
+(one-hot, top-k mask and soft-target tensors of size B×T×|V|) on logits [B, T, V] that require grad, and
+measures each variant's peak memory *above the inputs*:
+
+- on CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``;
+- on CPU: each variant runs in a fresh child process; the kernel's peak-RSS counter is reset once the inputs
+  exist (``/proc/self/clear_refs``), and the peak (VmHWM) minus the resident memory at that moment is the
+  variant's extra memory (the gradient buffer of the logits, which every variant needs, included).
+
+Targets (issue "Foundation"): BS-T/GA time ≤ 1.10; BS-T's extra memory over GA is O(B·T·k), i.e. ≥ 10× below
+the dense formulation's extra memory over GA. Output: ``name: value`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+import torch
+
+from bs_ref.losses import bs_t_loss, ga_loss
+
+IGNORE_INDEX = -100
+
+
+def dense_bs_t_loss(logits, labels, lam=0.2, top_k=20, temperature=1.0):
+    """The dense formulation (as in the authors' fork): B×T×|V| one-hot, mask and target tensors."""
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    logp = torch.log_softmax(logits, -1)
+    top_idx = logits.detach().topk(top_k, dim=-1).indices
+    in_topk = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, top_idx, True)
+    belief = torch.softmax((logits.detach() / temperature).masked_fill(~in_topk, float("-inf")), -1)
+    one_hot = torch.nn.functional.one_hot(labels.clamp(min=0), logits.shape[-1]).to(logits.dtype)
+    target = lam * belief + (1 - lam) * one_hot
+    ce = -(target * logp).sum(-1)
+    per_row = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return -per_row[mask.any(1)].mean()
+
+
+VARIANTS = {
+    "ga": lambda lg, lb: ga_loss(lg, lb),
+    "bs_t": lambda lg, lb: bs_t_loss(lg, lb, lam=0.2, top_k=20),
+    "dense_bs_t": dense_bs_t_loss,
+}
+
+
+def make_inputs(batch, seq, vocab, device, dtype, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    logits = (torch.randn(batch, seq, vocab, generator=g) * 3).to(device=device, dtype=dtype).requires_grad_(True)
+    labels = torch.randint(0, vocab, (batch, seq), generator=g)
+    labels[:, : seq // 8] = IGNORE_INDEX  # a short prompt
+    return logits, labels.to(device)
+
+
+def time_variant(name, logits, labels, repeats, device):
+    fn = VARIANTS[name]
+    times = []
+    for i in range(repeats + 1):
+        logits.grad = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(logits, labels).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:  # the first call warms up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0: write 5 to clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _cpu_peak_child(name, batch, seq, vocab, dtype_name, queue):
+    torch.set_num_threads(torch.get_num_threads())
+    logits, labels = make_inputs(batch, seq, vocab, "cpu", getattr(torch, dtype_name))
+    VARIANTS[name](logits[:1, :8], labels[:1, :8]).backward()  # warm up lazy initialisation
+    logits.grad = None
+    _reset_peak_rss()
+    before = _status_bytes("VmRSS")
+    VARIANTS[name](logits, labels).backward()
+    queue.put(max(0, _status_bytes("VmHWM") - before))
+
+
+def peak_extra_bytes(name, batch, seq, vocab, device, dtype):
+    if device == "cuda":
+        logits, labels = make_inputs(batch, seq, vocab, device, dtype)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        VARIANTS[name](logits, labels).backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_cpu_peak_child, args=(name, batch, seq, vocab, str(dtype).split(".")[-1], queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def bench_losses(argv=None):
+    ap = argparse.ArgumentParser(prog="bench.py losses", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--vocab", type=int, nargs="+", default=[128256, 49152])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="logits dtype (default float32 on CPU, bfloat16 on CUDA)")
+    ap.add_argument("--quick", action="store_true", help="T = 64, 3 repeats")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seq, args.repeats = 64, 3
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
+    print(f"device: {args.device}")
+    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"shape: B={args.batch} T={args.seq} dtype={str(dtype).split('.')[-1]} k=20")
+    for vocab in args.vocab:
+        logits, labels = make_inputs(args.batch, args.seq, vocab, args.device, dtype)
+        times = {}
+        # interleave the variants so drifting machine load hits all of them alike
+        rounds = {name: [] for name in VARIANTS}
+        for _ in range(3):
+            for name in VARIANTS:
+                rounds[name].append(time_variant(name, logits, labels, args.repeats, args.device))
+        times = {name: statistics.median(v) for name, v in rounds.items()}
+        del logits, labels
+        mem = {name: peak_extra_bytes(name, args.batch, args.seq, vocab, args.device, dtype) for name in VARIANTS}
+        for name in VARIANTS:
+            print(f"V={vocab} {name} fwd+bwd seconds: {times[name]:.4f}")
+            print(f"V={vocab} {name} peak extra MiB: {mem[name] / 2**20:.1f}")
+        print(f"V={vocab} bs_t/ga time ratio: {times['bs_t'] / times['ga']:.3f}")
+        print(f"V={vocab} dense/ga time ratio: {times['dense_bs_t'] / times['ga']:.3f}")
+        extra_bst = max(mem["bs_t"] - mem["ga"], 0)
+        extra_dense = max(mem["dense_bs_t"] - mem["ga"], 0)
+        print(f"V={vocab} bs_t extra memory over ga MiB: {extra_bst / 2**20:.1f}")
+        print(f"V={vocab} dense extra memory over ga MiB: {extra_dense / 2**20:.1f}")
+        bound = args.batch * args.seq * 21 * 8 * 4  # O(B·T·k): a few [B·T, k+1] float/int64 buffers
+        print(f"V={vocab} O(B*T*k) reference MiB: {bound / 2**20:.1f}")
+        ratio = extra_dense / max(extra_bst, bound)
+        print(f"V={vocab} dense/bs_t extra-memory ratio (bs_t extra floored at the O(BTk) reference): {ratio:.1f}")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("losses", "bs_s"):
+        print("usage: python experiments/bench.py {losses,bs_s} [options]  (see --help of each)", file=sys.stderr)
+        return 2
+    if argv[0] == "losses":
+        bench_losses(argv[1:])
+    else:
+        from bench_bs_s import main as bench_bs_s  # experiments/bench_bs_s.py
+
+        bench_bs_s(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
