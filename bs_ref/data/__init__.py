@@ -1,0 +1,29 @@
+"""TOFU data (real, from the hub or a local directory) and the embedded synthetic benchmark."""
+
+from bs_ref.data.tofu import (
+    IGNORE_INDEX,
+    PLAIN_TEMPLATE,
+    TOFU_CONFIGS,
+    QADataset,
+    collate_prompts,
+    collate_train,
+    encode_answer,
+    encode_prompt,
+    encode_qa,
+    forget_retain_configs,
+    load_tofu,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "PLAIN_TEMPLATE",
+    "TOFU_CONFIGS",
+    "QADataset",
+    "collate_prompts",
+    "collate_train",
+    "encode_answer",
+    "encode_prompt",
+    "encode_qa",
+    "forget_retain_configs",
+    "load_tofu",
+]
