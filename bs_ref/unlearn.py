@@ -205,7 +205,7 @@ class UnlearnConfig:
         need(self.base in BASE_LOSSES, "base", f"choose one of {', '.join(sorted(BASE_LOSSES))}")
         need(pos_int(self.n_beliefs), "n_beliefs", "must be an integer >= 1")
         need(self.regime in REGIMES, "regime", f"choose one of {', '.join(REGIMES)}")
-        need(finite(self.refresh_epochs) and self.refresh_epochs > 0, "refresh_epochs", "must be > 0")
+        need(finite(self.refresh_epochs) and self.refresh_epochs >= 0, "refresh_epochs", "must be >= 0 (0: every step)")
         need(self.select in SELECTS, "select", f"choose one of {', '.join(SELECTS)}")
         need(
             self.belief_candidates is None or (pos_int(self.belief_candidates) and self.belief_candidates >= 1),
