@@ -1,5 +1,13 @@
 """TOFU data (real, from the hub or a local directory) and the embedded synthetic benchmark."""
 
+from bs_ref.data.synthetic import (
+    SyntheticConfig,
+    benchmark_texts,
+    build_benchmark,
+    load_benchmark,
+    training_corpus,
+    write_benchmark,
+)
 from bs_ref.data.tofu import (
     IGNORE_INDEX,
     PLAIN_TEMPLATE,
@@ -15,6 +23,12 @@ from bs_ref.data.tofu import (
 )
 
 __all__ = [
+    "SyntheticConfig",
+    "benchmark_texts",
+    "build_benchmark",
+    "load_benchmark",
+    "training_corpus",
+    "write_benchmark",
     "IGNORE_INDEX",
     "PLAIN_TEMPLATE",
     "TOFU_CONFIGS",

@@ -82,6 +82,9 @@ OPTIONAL_FIELDS = {
     "perturbed_facts": list,
     "author": str,
     "bio_sentence": str,
+    "subject": str,
+    "statement_prompt": str,
+    "statement": str,
 }
 # span field -> the text field it indexes into (the fact must sit exactly at that span)
 FACT_SPANS = {
