@@ -36,6 +36,8 @@ class Evidence:
     numbers: the key measured/predicted quantities (floats, small lists).
     instance: what was checked (model, sizes, seed, step size ...).
     counterexample: where the statement failed, the instance that shows it (None if it held).
+    correction: when the statement as printed is wrong (an erratum, not a condition), the corrected
+        statement that the same evidence confirms; the status stays ``fails``.
     condition: when the statement only holds under a condition, that condition (and whether it held
         under it, in ``holds_under_condition``).
     """
@@ -48,6 +50,7 @@ class Evidence:
     condition: str | None = None
     holds_under_condition: bool | None = None
     skipped: str | None = None  # reason, when the tier could not run here (no CUDA, package missing)
+    correction: str | None = None  # when the printed statement is wrong: the corrected one (held, see numbers)
     seconds: float = 0.0
 
 
