@@ -34,7 +34,8 @@ IGNORE_INDEX = -100
 
 def dense_bs_t_loss(logits, labels, lam=0.2, top_k=20, temperature=1.0):
     """The dense formulation (as in the authors' fork): B×T×|V| one-hot, mask and target tensors."""
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     labels = labels[:, 1:]
     mask = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits, -1)
@@ -127,13 +128,14 @@ def bench_losses(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--vocab", type=int, nargs="+", default=[128256, 49152])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the variants")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="logits dtype (default float32 on CPU, bfloat16 on CUDA)")
     ap.add_argument("--quick", action="store_true", help="T = 64, 3 repeats")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seq, args.repeats = 64, 3
+        args.seq, args.repeats, args.rounds = 64, 2, 2
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     print(f"device: {args.device}")
     print(f"torch threads: {torch.get_num_threads()}")
@@ -143,7 +145,7 @@ def bench_losses(argv=None):
         times = {}
         # interleave the variants so drifting machine load hits all of them alike
         rounds = {name: [] for name in VARIANTS}
-        for _ in range(3):
+        for _ in range(args.rounds):
             for name in VARIANTS:
                 rounds[name].append(time_variant(name, logits, labels, args.repeats, args.device))
         times = {name: statistics.median(v) for name, v in rounds.items()}

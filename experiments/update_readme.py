@@ -1,0 +1,100 @@
+"""Rewrite the generated blocks of README.md from the outputs of the commands that produce them.
+
+    python experiments/update_readme.py --block ledger --from-file ledger.json --command "python -m proofs_check --json"
+    python experiments/update_readme.py --block bench_losses --from-file bench.txt \
+        --command "python experiments/bench.py losses"
+
+A block is the text between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` in README.md. The script never
+invents a number: it copies the command's output (rendering the ledger JSON as a table) and writes the command
+and the date next to it, so every figure in the README can be reproduced by the command printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def ledger_table(data: dict) -> str:
+    rows = [
+        "| ID | statement | status | tiers run | evidence |",
+        "|---|---|---|---|---|",
+    ]
+    for c in data["claims"]:
+        notes = []
+        for ev in c.get("evidence", []):
+            if ev.get("skipped"):
+                continue
+            bits = []
+            if ev.get("counterexample"):
+                bits.append(f"counterexample: {ev['counterexample']}")
+            if ev.get("condition"):
+                bits.append(f"condition: {ev['condition']}")
+            nums = ev.get("numbers") or {}
+            short = ", ".join(f"{k}={_fmt(v)}" for k, v in list(nums.items())[:3] if _scalar(v))
+            if short:
+                bits.append(short)
+            if bits:
+                notes.append(f"*{ev['tier']}*: " + "; ".join(bits))
+        statement = c["statement"].replace("|", "\\|")
+        evidence = "<br>".join(n.replace("|", "\\|").replace("\n", " ") for n in notes)
+        rows.append(f"| {c['id']} | {statement} | **{c['status']}** | {', '.join(c.get('tiers', []))} | {evidence} |")
+    return "\n".join(rows)
+
+
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float, str, bool)) and not (isinstance(v, str) and len(v) > 40)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def render(block: str, text: str, command: str) -> str:
+    stamp = f"{dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores"
+    if block == "ledger":
+        body = ledger_table(json.loads(text))
+    elif text.lstrip().startswith("|"):  # already a markdown table
+        body = text.strip()
+    else:
+        body = "```\n" + text.strip() + "\n```"
+    return f"Produced by `{command}` ({stamp}):\n\n{body}\n"
+
+
+def replace_block(readme: str, block: str, content: str) -> str:
+    pattern = re.compile(rf"(<!-- begin:{re.escape(block)} -->\n).*?(<!-- end:{re.escape(block)} -->)", re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"README.md has no block '{block}': add <!-- begin:{block} --> and <!-- end:{block} -->")
+    return pattern.sub(lambda m: m.group(1) + content + m.group(2), readme)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--block", required=True, help="block name in README.md")
+    ap.add_argument("--from-file", required=True, help="the command's saved output ('-' for stdin)")
+    ap.add_argument("--command", required=True, help="the exact command that produced the output")
+    ap.add_argument("--readme", default=str(README))
+    args = ap.parse_args(argv)
+    text = sys.stdin.read() if args.from_file == "-" else Path(args.from_file).read_text()
+    path = Path(args.readme)
+    new = replace_block(path.read_text(), args.block, render(args.block, text, args.command))
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(new)
+    os.replace(f.name, path)
+    print(f"updated block '{args.block}' of {path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
