@@ -77,13 +77,14 @@ def logit_residual(loss_fn: Callable[[torch.Tensor], torch.Tensor], logits: torc
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise ValueError("logits must be a floating-point tensor")
-    z = logits.detach().clone().requires_grad_(True)
-    loss = loss_fn(z)
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise ValueError("loss_fn must return a scalar tensor (the loss to minimise)")
-    if not loss.requires_grad:
-        return torch.zeros_like(z)
-    (grad,) = torch.autograd.grad(loss, z, allow_unused=True)
+    with torch.enable_grad():  # also inside a caller's torch.no_grad()
+        z = logits.detach().clone().requires_grad_(True)
+        loss = loss_fn(z)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError("loss_fn must return a scalar tensor (the loss to minimise)")
+        if not loss.requires_grad:
+            return torch.zeros_like(z)
+        (grad,) = torch.autograd.grad(loss, z, allow_unused=True)
     return torch.zeros_like(z) if grad is None else grad
 
 
@@ -207,9 +208,10 @@ def parameter_gradient(
 ) -> Params:
     """∇_θ L(χ_u) over the subset ``names``, L = loss_fn(model_fn(θ, χ_u)) (a scalar to minimise)."""
     trainable, frozen = _split(params, names)
-    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in trainable.items()}
-    loss = loss_fn(model_fn({**frozen, **leaves}, x_u))
-    return sgd_gradients(leaves, loss)
+    with torch.enable_grad():
+        leaves = {n: v.detach().clone().requires_grad_(True) for n, v in trainable.items()}
+        loss = loss_fn(model_fn({**frozen, **leaves}, x_u))
+        return sgd_gradients(leaves, loss)
 
 
 def sgd_gradients(params: Params, loss: torch.Tensor) -> Params:
