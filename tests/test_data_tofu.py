@@ -261,6 +261,13 @@ def test_hub_without_datasets_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(ImportError, match=r"pip install -e '\.\[hub\]'"):
         load_tofu("locuslab/TOFU", "full")
+    with pytest.raises(ImportError, match=r"'data/synthetic' is not a local directory"):
+        load_tofu("data/synthetic", "full")  # a mistyped local path reads like a hub name
+
+
+def test_byte_order_mark_tolerated(tmp_path):
+    (tmp_path / "full.json").write_bytes(b"\xef\xbb\xbf" + b'{"question": "Q?", "answer": "A."}\n')
+    assert load_tofu(tmp_path, "full") == [{"question": "Q?", "answer": "A."}]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def _load_local(directory: Path, config: str) -> list[dict]:
 
 def _read_json_records(file: Path) -> list[dict]:
     """Parse a JSON array or JSON Lines file; a syntax error names the file and the line."""
-    text = file.read_text(encoding="utf-8")
+    text = file.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
@@ -192,8 +192,8 @@ def _load_hub(name: str, config: str) -> list[dict]:
         import datasets
     except ImportError as err:
         raise ImportError(
-            f"loading {name!r} from the hub needs the 'datasets' package: pip install -e '.[hub]' "
-            "(or pass a local directory of the TOFU JSON files)"
+            f"{name!r} is not a local directory, and loading it from the hub needs the 'datasets' package: "
+            "pip install -e '.[hub]' (or pass an existing local directory of the TOFU JSON files)"
         ) from err
     split = datasets.load_dataset(name, config)["train"]
     records = [dict(row) for row in split]
