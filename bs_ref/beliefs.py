@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from bs_ref.losses import IGNORE_INDEX, base_loss, bs_s_combine, local_beliefs, mean_token_logprob, sequence_logprob
 from bs_ref.losses.bs_s import BASE_LOSSES
@@ -78,8 +79,9 @@ class Beliefs:
     input_ids     prompt + answer tokens + the stop token when one was generated
     labels        IGNORE_INDEX on the prompt; all IGNORE_INDEX for an empty answer (kept out of the loss)
     prompt_index  position in ``prompts`` of the prompt each belief answers
-    mean_logprob  mean token log-prob of answer (+ stop token) under the sampling model, teacher-forced; for an
-                  empty answer, log p(stop | prompt)
+    mean_logprob  mean token log-prob of answer (+ stop token) under the sampling model at temperature 1 (read
+                  off the raw scores during generation; teacher-forced for beams); for an empty answer,
+                  log p(stop | prompt)
     is_empty      the model stopped (or produced nothing) before any answer token
     stopped       the answer ended with a stop token (False: cut at ``max_new_tokens``)
     settings      the decoding conventions used (recorded in every output)
@@ -218,6 +220,7 @@ def sample_beliefs(
     was_training = model.training
     model.eval()
     rows: list[tuple[int, list[int], list[int], bool]] = []  # (prompt index, prompt, answer, stopped)
+    scores: list[float] = []
     stop_set = set(stop_ids)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -225,12 +228,17 @@ def sample_beliefs(
             for start in range(0, len(prompts), batch_size):
                 chunk = [list(map(int, p)) for p in prompts[start : start + batch_size]]
                 input_ids, attention_mask = left_pad(chunk, pad_id)
+                recorder = None if select == "beam" else ChosenTokenLogprob()  # beams reorder rows: score after
                 with torch.no_grad():
                     out = model.generate(
-                        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_kwargs
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention_mask.to(device),
+                        logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
+                        **gen_kwargs,
                     )
-                generated = out[:, input_ids.shape[1] :].cpu().tolist()
-                for r, tokens in enumerate(generated):
+                generated = out[:, input_ids.shape[1] :]
+                token_logprobs = recorder.finish(generated).cpu() if recorder is not None else None
+                for r, tokens in enumerate(generated.cpu().tolist()):
                     answer, stopped = [], False
                     for tok in tokens:
                         answer.append(tok)
@@ -238,7 +246,11 @@ def sample_beliefs(
                             stopped = True
                             break
                     rows.append((start + r // per_prompt, chunk[r // per_prompt], answer, stopped))
-        scores = score_answers(model, [p for _, p, _, _ in rows], [a for _, _, a, _ in rows], pad_id, batch_size * 4)
+                    if token_logprobs is not None:
+                        scores.append(float(token_logprobs[r, : len(answer)].mean()) if answer else math.nan)
+        if select == "beam":
+            prompts_and_answers = [(p, a) for _, p, a, _ in rows]
+            scores = score_answers(model, *map(list, zip(*prompts_and_answers)), pad_id, batch_size * per_prompt)
     finally:
         model.train(was_training)
 
@@ -265,6 +277,31 @@ def sample_beliefs(
         beliefs.is_empty.append(empty)
         beliefs.stopped.append(stopped)
     return beliefs
+
+
+class ChosenTokenLogprob(LogitsProcessor):
+    """Records log π(token | prefix) of every generated token from the model's raw scores (it runs before the
+    temperature/top-p warpers and changes nothing), so sampled answers need no second, teacher-forced pass.
+    Only the previous step's log-probs are held: O(rows·|V|) memory."""
+
+    def __init__(self):
+        self.previous: torch.Tensor | None = None
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:  # the token chosen at the previous step is now the last input id
+            self.logprobs.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, generated: torch.Tensor) -> torch.Tensor:
+        """Per-token log-probs [rows, steps] of the generated tokens ``generated`` [rows, steps]."""
+        if self.previous is not None and generated.shape[1] > len(self.logprobs):
+            self.logprobs.append(self.previous.gather(1, generated[:, len(self.logprobs)][:, None]).squeeze(1))
+        self.previous = None
+        if not self.logprobs:
+            return torch.zeros(generated.shape[0], 0)
+        return torch.stack(self.logprobs, dim=1)
 
 
 @torch.no_grad()
@@ -342,7 +379,9 @@ class BeliefCache:
                     "on_policy": resampled from the current model every ``refresh_epochs`` epochs
     refresh_epochs  on-policy refresh period in epochs (the authors use 1 or 2); 0 = every step, in which case
                     ``maybe_refresh`` may be given just the current batch's prompts
-    n, select, m, temperature, top_p, max_new_tokens, batch_size: decoding, as in ``sample_beliefs``
+    n, select, m, temperature, top_p, max_new_tokens: decoding, as in ``sample_beliefs``
+    batch_size      prompts per ``generate`` call (32: a refresh covers the whole forget set, so larger batches
+                    than a training step's pay off; lower it if generation runs out of memory)
     seed            refresh r draws with seed + r: reproducible, and fresh samples at every refresh
     """
 
@@ -356,7 +395,7 @@ class BeliefCache:
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 64,
-        batch_size: int = 8,
+        batch_size: int = 32,
         seed: int = 0,
     ):
         if regime not in REGIMES:
