@@ -235,3 +235,41 @@ def test_semantic_similarity():
         ["The author was born in Paris.", "Cats eat fish every morning."],
     )
     assert sim[0] == pytest.approx(1.0, abs=1e-4) and sim[1] < 0.5
+
+
+def test_synthetic_benchmark_end_to_end():
+    """The synthetic benchmark (annotated facts, BPE tokenizer) through evaluate_split and aggregate."""
+    from bs_ref.data.synthetic import SyntheticConfig, benchmark_texts, build_benchmark
+    from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_tokenizer
+
+    bench = build_benchmark(SyntheticConfig.smoke())
+    tok = train_tokenizer(benchmark_texts(bench), vocab_size=512)
+    lm = build_tiny_llama(
+        len(tok), TinyLlamaConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2), tok
+    )
+    forget = bench["forget10_perturbed"]
+    items = tofu.evaluate_split(lm, tok, forget, "forget", max_new_tokens=6, num_samples=2)
+    for rec, it in zip(forget, items):
+        mask = leakage.fact_token_mask(
+            tok, rec["answer"], rec["fact_span"], tofu.encode_candidate(tok, "q", rec["answer"])[1]
+        )
+        covered = tok.decode([t for t, m in zip(tofu.encode_candidate(tok, "q", rec["answer"])[1], mask) if m])
+        assert rec["fact"] in covered  # the masked tokens spell the fact (plus at most a boundary character)
+        assert it["fact_n_tokens"] == int(mask.sum()) and it["fact_logprob"] < 0
+        assert isinstance(it["fact_leak_paraphrased_question"], bool)
+    out = tofu.aggregate({"forget": items}, items)
+    assert out["forget_quality"] == pytest.approx(1.0) and out["model_utility"] is None
+    assert out["fact_leak_rate"] is not None and out["fact_leak_rate_any_of_n"] is not None
+
+
+def test_real_tofu_records_evaluate(tofu_dir, model, tokenizer):
+    """Real TOFU records (schema of locuslab/TOFU) go through the same evaluation code."""
+    from bs_ref.data.tofu import load_tofu
+
+    forget = load_tofu(tofu_dir, "forget01_perturbed")[:4]
+    real = load_tofu(tofu_dir, "real_authors_perturbed")[:4]
+    items = tofu.evaluate(model, tokenizer, {"forget": forget, "real_authors": real}, max_new_tokens=4)
+    assert len(items["forget"][0]["nll_perturbed"]) == 5 and len(items["real_authors"][0]["nll_perturbed"]) == 3
+    assert "fact_leak" not in items["forget"][0]
+    out = tofu.aggregate(items)
+    assert 0 < out["forget_truth_ratio"] <= 1 and 0 < out["real_authors_prob"] < 1
