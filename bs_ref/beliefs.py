@@ -223,7 +223,10 @@ def sample_beliefs(
     scores: list[float] = []
     stop_set = set(stop_ids)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cuda_devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        )
+        with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
                 chunk = [list(map(int, p)) for p in prompts[start : start + batch_size]]
@@ -250,7 +253,7 @@ def sample_beliefs(
                         scores.append(float(token_logprobs[r, : len(answer)].mean()) if answer else math.nan)
         if select == "beam":
             prompts_and_answers = [(p, a) for _, p, a, _ in rows]
-            scores = score_answers(model, *map(list, zip(*prompts_and_answers)), pad_id, batch_size * per_prompt)
+            scores = score_answers(model, *map(list, zip(*prompts_and_answers)), pad_id, batch_size)
     finally:
         model.train(was_training)
 
@@ -568,7 +571,8 @@ def bs_s_forward_backward(
 ) -> dict[str, Any]:
     """Eq. (7) on a forget batch and its own belief rows; calls ``.backward()`` (the caller steps the optimiser).
 
-    The belief term is computed ``belief_microbatch`` rows at a time, each piece weighted so that the gradients
+    The belief term is computed ``belief_microbatch`` rows at a time (longest rows first, so each micro-batch
+    carries little padding), each piece weighted so that the gradients
     add up to ∇[loss_scale · L_BSS] on the full batch (``reduction`` in ``base_kwargs``: "row" (default),
     "token" or "sum"). ``base="npo"`` takes reference log-probs from ``ref_model`` (or ``ref_logprobs`` in the
     forget batch). With no usable belief row (None, no rows, all empty) the forget term stands alone.
@@ -621,6 +625,12 @@ def bs_s_forward_backward(
     rows_with_answer = int(answer_mask.any(dim=1).sum())
     answer_tokens = int(answer_mask.sum())
     attention = _attention_mask(belief_batch)
+    by_length = torch.argsort(attention.sum(dim=1), descending=True, stable=True)  # less padding per micro-batch
+    belief_ids, belief_labels, attention = (
+        belief_batch["input_ids"][by_length],
+        belief_labels[by_length],
+        attention[by_length],
+    )
     belief_value = torch.zeros((), dtype=forget_value.dtype, device=forget_value.device)
     microbatches = 0
     for start in range(0, belief_labels.shape[0], belief_microbatch):
@@ -629,7 +639,7 @@ def bs_s_forward_backward(
         chunk_attention = attention[rows]
         width = int(chunk_attention.any(dim=0).nonzero().max()) + 1  # drop all-padding columns on the right
         chunk_labels, chunk_attention = chunk_labels[:, :width], chunk_attention[:, :width]
-        chunk_ids = belief_batch["input_ids"][rows, :width]
+        chunk_ids = belief_ids[rows, :width]
         chunk_tokens = int((chunk_labels[:, 1:] != IGNORE_INDEX).sum())
         if chunk_tokens == 0:
             continue
