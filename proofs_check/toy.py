@@ -175,11 +175,14 @@ def train_toy_ar(
     band_size: int = 3,
     n_beliefs: int = 3,
     weights: tuple[float, ...] = (0.6, 0.15, 0.1, 0.05),
+    tail: float = 0.3,
 ) -> ToyARCase:
     """Train a ToyAR (Adam, full batch) so that prompt 0 answers a random y_u with high probability and a
     few random other answers (its "paraphrases") with lower probability; other prompts get their own answers.
 
-    ``weights`` are the training weights of y_u and its alternatives; more ``steps`` memorise more.
+    ``weights`` are the training weights of y_u and its alternatives; more ``steps`` memorise more. ``tail``
+    is the weight of a uniform "pretraining" distribution over all answers of prompt 0, so that probability
+    mass has somewhere to go besides y_u and its band (π(y_u) ≈ 0.5, band ≈ 0.25, the rest ≈ 0.25).
     """
     if not 3 <= vocab <= 6 or not 1 <= max_len <= 4:
         raise ValueError(f"vocab must be in [3, 6] and max_len in [1, 4] (enumerable), got {vocab}, {max_len}")
@@ -193,6 +196,9 @@ def train_toy_ar(
         for a, w in zip(chosen, weights):
             rows.append((prompt, answers[a]))
             row_weights.append(w)
+        if prompt == 0 and tail > 0:
+            rows += [(0, a) for a in answers]
+            row_weights += [tail / len(answers)] * len(answers)
     train = [answer_batch(p, [a], vocab, max_len) for p, a in rows]
     ids = torch.cat([b["input_ids"] for b in train])
     labels = torch.cat([b["labels"] for b in train])
