@@ -24,7 +24,7 @@ import sys
 from .tofu import CONVENTIONS, aggregate, read_eval_log
 
 
-def time_evaluation(threads: int, n_authors: int, batch_size: int) -> dict:
+def time_evaluation(threads: int, n_authors: int, batch_size: int, hidden_size: int = 256) -> dict:
     """Seconds to evaluate the four synthetic splits (see the module docstring)."""
     import time
 
@@ -38,7 +38,8 @@ def time_evaluation(threads: int, n_authors: int, batch_size: int) -> dict:
     torch.set_num_threads(threads)
     benchmark = build_benchmark(SyntheticConfig(n_authors=n_authors))
     tokenizer = train_tokenizer(benchmark_texts(benchmark))
-    model = build_tiny_llama(len(tokenizer), TinyLlamaConfig(), tokenizer=tokenizer)
+    shape = TinyLlamaConfig(hidden_size=hidden_size, intermediate_size=round(8 * hidden_size / 3))
+    model = build_tiny_llama(len(tokenizer), shape, tokenizer=tokenizer)
     splits = {
         "forget": benchmark["forget10_perturbed"],
         "retain": benchmark["retain_perturbed"],
@@ -74,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     speed.add_argument("--n-authors", type=int, default=100, help="synthetic authors (default: 100)")
     speed.add_argument("--batch-size", type=int, default=32)
+    speed.add_argument("--hidden-size", type=int, default=256, help="model width, 4 layers (256: 3.7M parameters)")
     args = parser.parse_args(argv)
     if args.command == "speed":
-        print(json.dumps(time_evaluation(args.threads, args.n_authors, args.batch_size), indent=1))
+        print(json.dumps(time_evaluation(args.threads, args.n_authors, args.batch_size, args.hidden_size), indent=1))
         return 0
     try:
         per_split = read_eval_log(args.log)
