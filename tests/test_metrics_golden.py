@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bs_ref.metrics import tofu
+from bs_ref.metrics.__main__ import main as cli_main
 
 FULL = "llama2-7b_full_wd0.01.json"
 RETAIN = "llama2-7b_retain90_wd0.01.json"
@@ -93,11 +94,17 @@ def test_cli_aggregate_prints_the_golden_json(tofu_logs_dir):
     assert out["real_authors_rouge"] == pytest.approx(0.933, abs=1e-9)
 
 
-def test_cli_rejects_bad_input(tmp_path, tofu_logs_dir):
+def test_cli_rejects_bad_input(tmp_path, tofu_logs_dir, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"something": 1}')
-    cmd = [sys.executable, "-m", "bs_ref.metrics", "aggregate", "--log", str(bad)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 2 and "neither" in res.stderr
+    assert cli_main(["aggregate", "--log", str(bad)]) == 2
+    assert "neither" in capsys.readouterr().err
+    assert cli_main(["aggregate", "--log", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    only_retain = tofu.write_eval_log(
+        tmp_path / "r.json", {"retain": tofu.load_locuslab_log(tofu_logs_dir / FULL)["retain"]}
+    )
+    assert cli_main(["aggregate", "--log", str(tofu_logs_dir / FULL), "--retain-log", str(only_retain)]) == 2
+    assert "no forget split" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown convention"):
         tofu.aggregate(tofu.load_locuslab_log(tofu_logs_dir / FULL), convention="geometric")

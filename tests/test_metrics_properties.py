@@ -24,6 +24,7 @@ def test_forget_quality_of_identical_samples_is_one(r):
     assert tofu.forget_quality(r, r)["forget_quality"] == pytest.approx(1.0)
 
 
+@pytest.mark.filterwarnings("ignore:ks_2samp. Exact calculation unsuccessful")
 @given(ratio_samples, ratio_samples)
 def test_forget_quality_invariant_under_inverse_and_log(a, b):
     p = tofu.forget_quality(a, b)["forget_quality"]
