@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from bs_ref.losses import sequence_logprob
 from bs_ref.metrics import leakage, paper, tofu
-from bs_ref.metrics._scoring import generate, score_answers
+from bs_ref.metrics._scoring import chat_end_of_turn_id, generate, score_answers, stop_token_ids
 
 WORDS = (
     "question answer : the author was born in paris rome 1990 1985 and wrote books about cats dogs war "
@@ -257,9 +258,12 @@ def test_synthetic_benchmark_end_to_end():
         assert rec["fact"] in covered  # the masked tokens spell the fact (plus at most a boundary character)
         assert it["fact_n_tokens"] == int(mask.sum()) and it["fact_logprob"] < 0
         assert isinstance(it["fact_leak_paraphrased_question"], bool)
+        assert it["fact_logprob_paraphrased"] < 0 and it["fact_logprob_heldout"] < 0 and it["nll_heldout"] > 0
     out = tofu.aggregate({"forget": items}, items)
     assert out["forget_quality"] == pytest.approx(1.0) and out["model_utility"] is None
     assert out["fact_leak_rate"] is not None and out["fact_leak_rate_any_of_n"] is not None
+    assert 0 < out["heldout_prob"] < 1 and out["fact_logprob_heldout"] < 0
+    assert tok.eos_token_id in stop_token_ids(tok, lm, template="chat")
 
 
 def test_real_tofu_records_evaluate(tofu_dir, model, tokenizer):
@@ -273,3 +277,17 @@ def test_real_tofu_records_evaluate(tofu_dir, model, tokenizer):
     assert "fact_leak" not in items["forget"][0]
     out = tofu.aggregate(items)
     assert 0 < out["forget_truth_ratio"] <= 1 and 0 < out["real_authors_prob"] < 1
+
+
+def test_chat_end_of_turn_token_stops_generation(tokenizer):
+    chat = copy.deepcopy(tokenizer)
+    chat.add_special_tokens({"additional_special_tokens": ["<eot>"]})
+    chat.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eot> {% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+    eot = chat.convert_tokens_to_ids("<eot>")
+    assert chat_end_of_turn_id(chat) == eot
+    assert stop_token_ids(chat, template="chat") == [chat.eos_token_id, eot]
+    assert stop_token_ids(chat, template="plain") == [chat.eos_token_id]
+    assert chat_end_of_turn_id(tokenizer) is None  # no chat template

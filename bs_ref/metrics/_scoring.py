@@ -56,10 +56,36 @@ def pad_token_id_of(tokenizer) -> int:
     return int(pad)
 
 
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Every EOS id from the tokenizer and the model's generation config (no model-specific strings)."""
+END_OF_TURN_PROBE = "bsrefendofturnprobe"
+
+
+def chat_end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template writes right after an assistant message, if any.
+
+    Found by rendering a one-turn conversation whose reply is a probe word and tokenising what follows
+    it, so no model-specific string is hard-coded (SmolLM2 gives ``<|im_end|>``, Llama-3 ``<|eot_id|>``).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": END_OF_TURN_PROBE}], tokenize=False
+        )
+    except Exception:  # a template that rejects this conversation: fall back to EOS only
+        return None
+    tail = text[text.rfind(END_OF_TURN_PROBE) + len(END_OF_TURN_PROBE) :].lstrip(" ")
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    return int(ids[0]) if ids and int(ids[0]) in set(tokenizer.all_special_ids) else None
+
+
+def stop_token_ids(tokenizer, model=None, template: str = "plain") -> list[int]:
+    """Every EOS id from the tokenizer and the model's generation config, plus the chat template's
+    end-of-turn token when ``template == "chat"`` (no model-specific strings)."""
+    values = [tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    if template == "chat":
+        values.append(chat_end_of_turn_id(tokenizer))
     ids: list[int] = []
-    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+    for value in values:
         for i in value if isinstance(value, (list, tuple)) else [value]:
             if i is not None and int(i) not in ids:
                 ids.append(int(i))
@@ -144,9 +170,15 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    # Every decoding knob is set here, so nothing is inherited from the checkpoint's generation_config
+    # (a repetition penalty or beam count there would silently change "greedy").
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
         do_sample=do_sample,
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         num_return_sequences=num_return_sequences,
         pad_token_id=pad_token_id,
         eos_token_id=list(stop_ids),

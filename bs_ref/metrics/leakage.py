@@ -99,24 +99,31 @@ def fact_token_logprob(token_logprobs: np.ndarray, mask: np.ndarray) -> float:
     return float(np.asarray(token_logprobs)[mask].sum())
 
 
+FACT_SPANS = {"answer": ("fact_span", ""), "paraphrased_answer": ("paraphrased_fact_span", "_paraphrased")}
+FACT_SPANS["heldout_answer"] = ("heldout_fact_span", "_heldout")
+"""text field -> (its fact-span field, suffix of the fact_logprob field it feeds)."""
+
+
 def item_fields(
     tokenizer,
     record: dict,
-    answer_scores: AnswerScores,
-    answer_ids: Sequence[int],
+    scored: dict[str, tuple[AnswerScores, Sequence[int]]],
     generation: str,
     paraphrased_question_generation: str | None = None,
     samples: Sequence[str] | None = None,
 ) -> dict:
-    """Leakage fields of one evaluated item (used by ``metrics.tofu.evaluate_split``)."""
+    """Leakage fields of one evaluated item (used by ``metrics.tofu.evaluate_split``).
+
+    ``scored`` maps a text field of the record ("answer", "paraphrased_answer", "heldout_answer") to its
+    teacher-forced scores and token ids; the fact's log-prob is reported for every one that has a span
+    (``fact_logprob``, ``fact_logprob_paraphrased``, ``fact_logprob_heldout``).
+    """
     fact = record["fact"]
     out = {
         "fact": fact,
         "fact_leak": contains_fact(generation, fact),
         "fact_leak_paraphrased_question": None,
         "fact_leak_any_of_n": None,
-        "fact_logprob": None,
-        "fact_n_tokens": None,
     }
     if paraphrased_question_generation is not None:
         out["generation_paraphrased_question"] = paraphrased_question_generation
@@ -124,10 +131,13 @@ def item_fields(
     if samples is not None:
         out["samples"] = list(samples)
         out["fact_leak_any_of_n"] = any(contains_fact(s, fact) for s in samples)
-    if "fact_span" in record:
-        mask = fact_token_mask(tokenizer, record["answer"], record["fact_span"], answer_ids)
-        out["fact_logprob"] = fact_token_logprob(answer_scores.token_logprobs, mask)
-        out["fact_n_tokens"] = int(mask.sum())
+    for text_field, (span_field, suffix) in FACT_SPANS.items():
+        out[f"fact_logprob{suffix}"], out[f"fact_n_tokens{suffix}"] = None, None
+        if span_field in record and text_field in scored:
+            scores, ids = scored[text_field]
+            mask = fact_token_mask(tokenizer, record[text_field], record[span_field], ids)
+            out[f"fact_logprob{suffix}"] = fact_token_logprob(scores.token_logprobs, mask)
+            out[f"fact_n_tokens{suffix}"] = int(mask.sum())
     return out
 
 
@@ -139,6 +149,8 @@ def summarise(items: Sequence[dict]) -> dict:
         ("fact_leak_rate_paraphrased_question", "fact_leak_paraphrased_question"),
         ("fact_leak_rate_any_of_n", "fact_leak_any_of_n"),
         ("fact_logprob", "fact_logprob"),
+        ("fact_logprob_paraphrased", "fact_logprob_paraphrased"),
+        ("fact_logprob_heldout", "fact_logprob_heldout"),
     ):
         values = [float(it[item_field]) for it in items if it.get(item_field) is not None]
         out[name] = float(np.mean(values)) if values else None
@@ -205,7 +217,7 @@ def build_belief_bands(
             original_model,
             prompts,
             pad_token_id_of(tokenizer),
-            stop_token_ids(tokenizer, original_model),
+            stop_token_ids(tokenizer, original_model, template),
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             num_return_sequences=num_samples,

@@ -30,6 +30,7 @@ Per-item output format (``EVAL_FORMAT``), what ``evaluate_split`` returns and ``
             "nll_answer", "nll_paraphrased", "nll_perturbed": [..],   # mean NLLs: everything else derives
             "n_tokens_answer", "prob", "truth_ratio" (geometric R), "rougeL_recall",
             "es", "em", "para_prob", "tr_mod",                         # metrics/paper.py
+            "nll_heldout" when the record has a heldout_answer (synthetic benchmark),
             leakage fields when the record has "fact" (metrics/leakage.py)}
 
 ``aggregate`` recomputes every number from the raw ``nll_*`` / ``rougeL_recall`` fields, so one file
@@ -230,6 +231,8 @@ def aggregate(
         util=util,
         agg=paper.agg(mem, util) if None not in (mem, util) else None,
     )
+    heldout = [math.exp(-it["nll_heldout"]) for it in forget if it.get("nll_heldout") is not None]
+    out["heldout_prob"] = float(np.mean(heldout)) if heldout else None  # P(never-trained phrasing)
     out.update(leakage.summarise(forget))
     return out
 
@@ -378,7 +381,7 @@ def generate_answers(
         model,
         prompts,
         pad_token_id_of(tokenizer),
-        stop_token_ids(tokenizer, model),
+        stop_token_ids(tokenizer, model, template),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         num_return_sequences=max(1, num_samples),
@@ -430,30 +433,29 @@ def evaluate_split(
 
     All candidates of all items (answer, paraphrased answer, perturbed answers) are scored in padded
     batches, each once; every metric reuses the same scores. Greedy answers come from one batched
-    generation. When records carry a ``fact`` (the synthetic benchmark), the leakage fields are added:
-    the fact in the greedy answer, in the greedy answer to ``paraphrased_question``, in any of
-    ``num_samples`` sampled answers, and the log-prob of the fact's tokens inside the answer.
+    generation. A ``heldout_answer`` (synthetic benchmark: a phrasing never trained) is scored too
+    (``nll_heldout``). When records carry a ``fact``, the leakage fields are added: the fact in the
+    greedy answer, in the greedy answer to ``paraphrased_question``, in any of ``num_samples`` sampled
+    answers, and the log-prob of the fact's tokens inside the answer / paraphrased / held-out phrasing.
     """
     _check_records(records, kind)
     has_facts = all("fact" in r for r in records)
     pad = pad_token_id_of(tokenizer)
 
     # 1. Teacher-forced scores of every candidate, one batched pass.
-    candidates = []  # (item, role, j, question, answer)
+    candidates = []  # (item, role, answer text); roles are the record's text fields
     for i, rec in enumerate(records):
-        candidates.append((i, "answer", 0, rec["question"], rec["answer"]))
+        candidates.append((i, "answer", rec["answer"]))
         if kind in ("forget", "retain"):
-            candidates.append((i, "paraphrased", 0, rec["question"], rec["paraphrased_answer"]))
-        for j, wrong in enumerate(rec["perturbed_answer"]):
-            candidates.append((i, "perturbed", j, rec["question"], wrong))
-    encoded = [encode_candidate(tokenizer, q, a, template) for *_, q, a in candidates]
+            candidates.append((i, "paraphrased_answer", rec["paraphrased_answer"]))
+        if isinstance(rec.get("heldout_answer"), str):  # synthetic benchmark: a phrasing never trained
+            candidates.append((i, "heldout_answer", rec["heldout_answer"]))
+        candidates.extend((i, "perturbed_answer", wrong) for wrong in rec["perturbed_answer"])
+    encoded = [encode_candidate(tokenizer, records[i]["question"], text, template) for i, _, text in candidates]
     scores = score_answers(model, [p for p, _ in encoded], [a for _, a in encoded], pad, batch_size)
-    by_item: list[dict[str, list[AnswerScores]]] = [{"answer": [], "paraphrased": [], "perturbed": []} for _ in records]
-    answer_ids: list[list[int]] = [[] for _ in records]
-    for (i, role, _, _, _), s, (_, ids) in zip(candidates, scores, encoded):
-        by_item[i][role].append(s)
-        if role == "answer":
-            answer_ids[i] = ids
+    by_item: list[dict[str, list[tuple[AnswerScores, list[int]]]]] = [{} for _ in records]
+    for (i, role, _), s, (_, ids) in zip(candidates, scores, encoded):
+        by_item[i].setdefault(role, []).append((s, ids))
 
     # 2. Greedy answers (and, for leakage, answers to the paraphrased question and N samples).
     questions = [r["question"] for r in records]
@@ -473,9 +475,10 @@ def evaluate_split(
     # 3. Per-item numbers.
     items = []
     for i, rec in enumerate(records):
-        ans = by_item[i]["answer"][0]
-        nll_perturbed = [s.mean_nll for s in by_item[i]["perturbed"]]
-        nll_paraphrased = by_item[i]["paraphrased"][0].mean_nll if by_item[i]["paraphrased"] else ans.mean_nll
+        scored = {role: pairs[0] for role, pairs in by_item[i].items() if role != "perturbed_answer"}
+        ans = scored["answer"][0]
+        nll_perturbed = [s.mean_nll for s, _ in by_item[i]["perturbed_answer"]]
+        nll_paraphrased = scored["paraphrased_answer"][0].mean_nll if "paraphrased_answer" in scored else ans.mean_nll
         ratio = truth_ratio(nll_paraphrased, nll_perturbed)
         item = {
             "index": i,
@@ -494,13 +497,14 @@ def evaluate_split(
             "para_prob": math.exp(-nll_paraphrased),
             "tr_mod": float(paper.tr_mod(ratio)),
         }
+        if "heldout_answer" in scored:
+            item["nll_heldout"] = scored["heldout_answer"][0].mean_nll
         if has_facts:
             item.update(
                 leakage.item_fields(
                     tokenizer,
                     rec,
-                    ans,
-                    answer_ids[i],
+                    scored,
                     generations[i],
                     para_generations[i] if use_para_q else None,
                     samples[i] if samples is not None else None,
