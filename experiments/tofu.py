@@ -803,9 +803,9 @@ def run(args: TofuArgs, command: str) -> dict:
     started = time.perf_counter()
     check_args(args)
     methods = resolve_methods(args)
+    data = load_data(args)
     store = ex.RunDir(args.out, run_identity(args), overwrite=args.overwrite)
     device = resolve_device(args)
-    data = load_data(args)
     original, retain_model, tokenizer, model_info = load_models(args, data)
     mixed = "bf16" if args.bf16 and device == "cuda" else "no"
     evaluator = Evaluator(args, data, tokenizer)
