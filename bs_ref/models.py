@@ -423,14 +423,17 @@ def pair_cache_key(
     retain_pairs: Sequence[tuple[str, str]],
     model_cfg: TinyLlamaConfig | PretrainedSpec,
     train_cfg: TrainConfig,
+    tokenizer_texts: Sequence[str] = (),
 ) -> str:
     """Hash of everything that changes the trained weights: both corpora (so a change to the benchmark
-    generator is noticed even under the same config), the model and training configs, the package version."""
+    generator is noticed even under the same config), the tokenizer's extra texts, the model and training
+    configs, the package version."""
     from bs_ref import __version__
 
     payload = {
         "original": [list(p) for p in original_pairs],
         "retain": [list(p) for p in retain_pairs],
+        "tokenizer_texts": list(tokenizer_texts),
         "model": _to_jsonable(model_cfg),
         "train": _to_jsonable(train_cfg),
         "version": __version__,
@@ -459,18 +462,22 @@ def train_pair(
     model_cfg: str | TinyLlamaConfig | PretrainedSpec = "default",
     train_cfg: TrainConfig | None = None,
     *,
+    tokenizer_texts: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ):
     """Train (original, retain twin, tokenizer) from two corpora without caching; returns them and a dict
-    of training facts (seconds, per-epoch losses, parameter count)."""
+    of training facts (seconds, per-epoch losses, parameter count). The tokenizer of a from-scratch model is
+    trained on the original corpus plus ``tokenizer_texts`` (e.g. the held-out and perturbed phrasings the
+    models are evaluated on); both models share it."""
     model_cfg, train_cfg = resolve_preset(model_cfg, train_cfg)
     if not original_pairs or not retain_pairs:
         raise ValueError("both corpora must be non-empty (original: the full split, retain: the retain split)")
     if isinstance(model_cfg, PretrainedSpec):
         _, tokenizer = load_model(model_cfg.name, cache_dir=cache_dir)
     else:
-        tokenizer = train_tokenizer(_corpus_texts(original_pairs, train_cfg.template), model_cfg.vocab_size)
+        texts = _corpus_texts(original_pairs, train_cfg.template) + list(tokenizer_texts)
+        tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
     info: dict[str, Any] = {}
     models = []
     for role, pairs in (("original", original_pairs), ("retain", retain_pairs)):
@@ -508,6 +515,7 @@ def get_or_train_models(
     train_cfg: TrainConfig | None = None,
     cache_dir: str | Path | None = None,
     *,
+    tokenizer_texts: Sequence[str] = (),
     progress: bool = True,
     extra_info: dict | None = None,
     return_info: bool = False,
@@ -522,11 +530,17 @@ def get_or_train_models(
 
     model_cfg, train_cfg = resolve_preset(model_cfg, train_cfg)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = pair_cache_key(original_pairs, retain_pairs, model_cfg, train_cfg)
+    key = pair_cache_key(original_pairs, retain_pairs, model_cfg, train_cfg, tokenizer_texts)
     entry = cache / "pairs" / key
     if not (entry / "info.json").is_file():
         original, retain, tokenizer, info = train_pair(
-            original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir=cache, progress=progress
+            original_pairs,
+            retain_pairs,
+            model_cfg,
+            train_cfg,
+            tokenizer_texts=tokenizer_texts,
+            cache_dir=cache,
+            progress=progress,
         )
         info.update(
             key=key,
@@ -576,7 +590,7 @@ def get_or_train_pair(
     name (``PRESETS``) or a config; ``train_cfg`` overrides the preset's training config. With
     ``return_info`` a fourth value carries the cache path, the template and the training times/losses.
     """
-    from bs_ref.data.synthetic import build_benchmark, training_corpus
+    from bs_ref.data.synthetic import benchmark_texts, build_benchmark, training_corpus
     from bs_ref.data.tofu import forget_retain_configs
 
     benchmark = benchmark_cfg if isinstance(benchmark_cfg, dict) else build_benchmark(benchmark_cfg)
@@ -592,6 +606,7 @@ def get_or_train_pair(
         model_cfg,
         train_cfg,
         cache_dir,
+        tokenizer_texts=benchmark_texts(benchmark),
         progress=progress,
         extra_info=extra,
         return_info=return_info,
