@@ -13,14 +13,20 @@ import importlib
 from . import squeezing_claims  # noqa: F401  (registers SQ1–SQ5)
 from ._core import CHECKERS, CLAIMS, STATUSES, TIERS, Claim, ClaimResult, Evidence, checker, claim, run_claims
 
+IMPORT_ERRORS: dict[str, str] = {}
+"""Claim modules that exist but failed to import (the CLI reports them and exits non-zero)."""
+
 for _name in ("dynamics_claims", "derived", "sequence_claims", "llm"):
     try:
         importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as exc:  # a module not written yet / an optional tier absent
+    except ModuleNotFoundError as exc:  # an optional tier module that is absent
         if exc.name != f"{__name__}.{_name}":
-            raise
+            IMPORT_ERRORS[_name] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a broken module must not take the other tiers down with it
+        IMPORT_ERRORS[_name] = f"{type(exc).__name__}: {exc}"
 
 __all__ = [
+    "IMPORT_ERRORS",
     "CHECKERS",
     "CLAIMS",
     "STATUSES",

@@ -111,11 +111,12 @@ def status_of(evidence: list[Evidence]) -> str:
 def run_claims(ids: list[str] | None = None, tiers: list[str] | None = None, **options: Any) -> list[ClaimResult]:
     """Run every registered checker (optionally only some claims/tiers) and collect the results."""
     results = []
-    for cid in ids or sorted(CLAIMS, key=_claim_order):
-        if cid not in CLAIMS:
-            raise ValueError(f"unknown claim {cid!r}; known: {sorted(CLAIMS)}")
+    unknown = [cid for cid in ids or [] if cid not in CLAIMS]
+    if unknown:
+        raise ValueError(f"unknown claim(s) {unknown}; known: {sorted(CLAIMS, key=_claim_order)}")
+    for cid in sorted(ids or CLAIMS, key=_claim_order):
         evidence = []
-        for tier, fn in CHECKERS[cid].items():
+        for tier, fn in sorted(CHECKERS[cid].items(), key=lambda item: TIERS.index(item[0])):
             if tiers and tier not in tiers:
                 continue
             t0 = time.perf_counter()

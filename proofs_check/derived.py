@@ -446,7 +446,9 @@ def d4_instance(z: torch.Tensor, y: int, lam: float, top_k: int, tau: float, eta
         "down": float(dz[star]) < 0,
         "logp_down": float(rate[star]) < 0,
         "dz_err": float(
-            (dz - eta * (p - ((1 - lam) * torch.nn.functional.one_hot(torch.tensor(y), len(z)) + lam * q))).abs().max()
+            (dz - eta * (p - ((1 - lam) * torch.nn.functional.one_hot(torch.tensor(y), len(z)).to(DTYPE) + lam * q)))
+            .abs()
+            .max()
         ),
         "tau1_rule": lam > s_k,
         "target_up": float(dz[y]) > 0,

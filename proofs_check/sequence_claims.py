@@ -48,7 +48,7 @@ claim(
 )
 
 LAM, TOP_K, LAM_BSS = 0.2, 3, 0.5
-DROP, LR, MAX_STEPS = 0.5, 0.02, 400
+DROP, LR, MAX_STEPS = 0.5, 0.04, 200
 SEEDS = (0, 1, 2)
 
 
@@ -123,9 +123,11 @@ def trajectory(case, loss, drop: float = DROP, lr: float = LR, max_steps: int = 
     }
 
 
-def measure_case(case) -> dict:
+def measure_case(case, names: tuple[str, ...] | None = None) -> dict:
     out = {}
     for name, loss in methods(case).items():
+        if names is not None and name not in names:
+            continue
         r_t, r_b = first_order(case, loss)
         out[name] = {"rate_target": r_t, "rate_band": r_b, **trajectory(case, loss)}
     return out
@@ -147,6 +149,8 @@ def _row(name: str, m: dict) -> str:
         if m["reached"]
         else (f"target never fell {DROP} nats in {m['steps']} steps (Δ={m.get('d_target', 0):+.3f})")
     )
+    if m["rate_target"] >= 0:
+        return f"{name}: target first RISES (d log π(y_u)/dη = {m['rate_target']:+.3f}); {traj}"
     return f"{name}: band/target-nat {per_nat:+.3f}; {traj}"
 
 
@@ -183,7 +187,7 @@ def seq2_toy_ar(**_):
             ok = r["reached"] and r["band_at_drop"] < 0 and r["rate_band"] < 0
             tally.add(
                 ok,
-                f"ToyAR seed {seed}, {name}: {_row(name, r)} (control GA×(1−λ): {_row('', m['GA×(1−λ)'])[2:]})",
+                f"ToyAR seed {seed}, {_row(name, r)} (control GA×(1−λ): {_row('', m['GA×(1−λ)'])[2:]})",
             )
         rows[f"seed {seed} (π(y_u)={toy_case(seed).info['p_target']:.2f})"] = [_row(n, m[n]) for n in m]
     return evidence(
