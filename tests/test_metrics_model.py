@@ -291,3 +291,29 @@ def test_chat_end_of_turn_token_stops_generation(tokenizer):
     assert stop_token_ids(chat, template="chat") == [chat.eos_token_id, eot]
     assert stop_token_ids(chat, template="plain") == [chat.eos_token_id]
     assert chat_end_of_turn_id(tokenizer) is None  # no chat template
+
+
+def test_fluency_classifier_from_a_local_checkpoint(tokenizer, tmp_path):
+    """The hook for a real fluency classifier: any local text-classification checkpoint, never downloaded."""
+    from transformers import LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label={0: "clean", 1: "noise"},
+        label2id={"clean": 0, "noise": 1},
+    )
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    scores, source = paper.fluency_scores(["the author was born in paris .", "cats cats cats", ""], tmp_path)
+    assert source == f"classifier:{tmp_path.name}"
+    assert scores.shape == (3,) and np.all((scores[:2] > 0) & (scores[:2] < 1)) and scores[2] == 0.0
+    with pytest.raises(ValueError, match="labels are"):
+        paper.load_fluency_classifier(tmp_path, clean_label="fluent")
+    with pytest.raises(ValueError, match="not a directory"):
+        paper.load_fluency_classifier(tmp_path / "missing")

@@ -124,19 +124,26 @@ def load_fluency_classifier(path: str | Path, clean_label: str = "clean") -> Cal
     ``path`` is a directory on disk (e.g. a saved copy of the gibberish detector the paper uses); it
     is loaded with ``local_files_only=True`` and never downloaded.
     """
-    from transformers import pipeline
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"fluency classifier {path} is not a directory; pass a local text-classification checkpoint")
-    classify = pipeline("text-classification", model=str(path), top_k=None, model_kwargs={"local_files_only": True})
+    model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer, top_k=None)
     labels = {v.lower() for v in classify.model.config.id2label.values()}
     if clean_label.lower() not in labels:
         raise ValueError(f"fluency classifier labels are {sorted(labels)}; pass clean_label= one of them")
 
     def score(texts: list[str]) -> np.ndarray:
-        out = classify([t if t.strip() else " " for t in texts], truncation=True)
-        return np.array([next(d["score"] for d in row if d["label"].lower() == clean_label.lower()) for row in out])
+        """P(clean) per text; an empty answer is not fluent (0) and is not sent to the classifier."""
+        scores = np.zeros(len(texts))
+        filled = [i for i, t in enumerate(texts) if t.strip()]
+        rows = classify([texts[i] for i in filled], truncation=True) if filled else []
+        for i, row in zip(filled, rows):
+            scores[i] = next(d["score"] for d in row if d["label"].lower() == clean_label.lower())
+        return scores
 
     return score
 
