@@ -317,3 +317,18 @@ def test_fluency_classifier_from_a_local_checkpoint(tokenizer, tmp_path):
         paper.load_fluency_classifier(tmp_path, clean_label="fluent")
     with pytest.raises(ValueError, match="not a directory"):
         paper.load_fluency_classifier(tmp_path / "missing")
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(model, tokenizer):
+    prompts = [[5, 6, 7], [8, 9]]
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = generate(
+        model, prompts, tokenizer.pad_token_id, [tokenizer.eos_token_id], 6, num_return_sequences=3, do_sample=True
+    )
+    after = torch.rand(1)
+    b = generate(
+        model, prompts, tokenizer.pad_token_id, [tokenizer.eos_token_id], 6, num_return_sequences=3, do_sample=True
+    )
+    assert torch.equal(before, after) and a == b and all(len(row) == 3 for row in a)

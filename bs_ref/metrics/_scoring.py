@@ -162,7 +162,8 @@ def generate(
 ) -> list[list[list[int]]]:
     """Continuations of every prompt: result[i][j] = the j-th new-token list for prompt i (stop id cut).
 
-    Left-padded batches (prompts sorted by length), greedy unless ``do_sample``; sampling is seeded.
+    Left-padded batches (prompts sorted by length), greedy unless ``do_sample``; sampling is seeded
+    (the same seed, prompts and batch size give the same samples) without touching the global RNG.
     """
     from transformers import GenerationConfig
 
@@ -188,24 +189,26 @@ def generate(
     device = model_device(model)
     was_training = model.training
     model.eval()
-    if do_sample:
-        torch.manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[list[int]]] = [[] for _ in prompts]
-    for chunk in batches(order, batch_size):
-        width = max(len(prompts[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, i in enumerate(chunk):
-            input_ids[r, width - len(prompts[i]) :] = torch.tensor(list(prompts[i]))
-            attention[r, width - len(prompts[i]) :] = 1
-        sequences = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
-        )
-        new_tokens = sequences[:, width:].cpu().tolist()
-        for r, i in enumerate(chunk):
-            for seq in new_tokens[r * num_return_sequences : (r + 1) * num_return_sequences]:
-                cut = next((t for t, tok in enumerate(seq) if tok in stop), len(seq))
-                out[i].append(seq[:cut])
+    # Sampling is seeded inside a forked RNG, so evaluating never moves the caller's random stream.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if do_sample:
+            torch.manual_seed(seed)
+        for chunk in batches(order, batch_size):
+            width = max(len(prompts[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, i in enumerate(chunk):
+                input_ids[r, width - len(prompts[i]) :] = torch.tensor(list(prompts[i]))
+                attention[r, width - len(prompts[i]) :] = 1
+            sequences = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
+            )
+            new_tokens = sequences[:, width:].cpu().tolist()
+            for r, i in enumerate(chunk):
+                for seq in new_tokens[r * num_return_sequences : (r + 1) * num_return_sequences]:
+                    cut = next((t for t, tok in enumerate(seq) if tok in stop), len(seq))
+                    out[i].append(seq[:cut])
     model.train(was_training)
     return out

@@ -435,8 +435,9 @@ def evaluate_split(
     batches, each once; every metric reuses the same scores. Greedy answers come from one batched
     generation. A ``heldout_answer`` (synthetic benchmark: a phrasing never trained) is scored too
     (``nll_heldout``). When records carry a ``fact``, the leakage fields are added: the fact in the
-    greedy answer, in the greedy answer to ``paraphrased_question``, in any of ``num_samples`` sampled
-    answers, and the log-prob of the fact's tokens inside the answer / paraphrased / held-out phrasing.
+    greedy answer and the log-prob of the fact's tokens inside the answer / paraphrased / held-out
+    phrasing; on the forget split also the fact in the greedy answer to ``paraphrased_question`` and in
+    any of ``num_samples`` sampled answers (extra generations, so only where leakage is measured).
     """
     _check_records(records, kind)
     has_facts = all("fact" in r for r in records)
@@ -459,14 +460,16 @@ def evaluate_split(
 
     # 2. Greedy answers (and, for leakage, answers to the paraphrased question and N samples).
     questions = [r["question"] for r in records]
-    para_questions = [r.get("paraphrased_question") for r in records] if has_facts else []
-    use_para_q = has_facts and all(isinstance(q, str) for q in para_questions)
+    # The extra generations (paraphrased question, samples) are leakage probes: forget split only.
+    probe = has_facts and kind == "forget"
+    para_questions = [r.get("paraphrased_question") for r in records] if probe else []
+    use_para_q = probe and all(isinstance(q, str) for q in para_questions)
     texts = generate_answers(
         model, tokenizer, questions + (para_questions if use_para_q else []), template, max_new_tokens, batch_size
     )
     generations, para_generations = texts[: len(records)], texts[len(records) :]
     samples = None
-    if has_facts and num_samples > 0:
+    if probe and num_samples > 0:
         samples = generate_answers(
             model, tokenizer, questions, template, max_new_tokens, batch_size, num_samples, sample_temperature, seed
         )
