@@ -16,6 +16,7 @@ templates; ``metrics/tofu.py`` turns questions and answers into ids with ``bs_re
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,6 +123,7 @@ def score_answers(
     was_training = model.training
     model.eval()
     results: dict[tuple, AnswerScores] = {}
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     for chunk in batches(order, batch_size):
         rows = [unique[i] for i in chunk]
         width = max(len(p) + len(a) for p, a in rows)
@@ -133,10 +135,15 @@ def score_answers(
             input_ids[r, : len(seq)] = torch.tensor(seq)
             attention[r, : len(seq)] = 1
             answer_mask[r, len(p) : len(seq)] = True
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        predict = answer_mask[:, 1:].to(device)  # logits at t predict token t + 1
+        # Logits only from the first position that predicts an answer token (saves the prompt's share of
+        # the [B, T, V] logits); position t predicts token t + 1.
+        first = min(len(p) for p, _ in rows) - 1
+        kwargs = {"logits_to_keep": width - first} if keeps_logits else {}
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
+        logits = logits[:, -(width - first) :]
+        predict = answer_mask[:, first + 1 :].to(device)
         z = logits[:, :-1][predict].float()
-        targets = input_ids[:, 1:].to(device)[predict]
+        targets = input_ids[:, first + 1 :].to(device)[predict]
         token_logprobs = z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
         matches = z.argmax(-1) == targets
         lengths = predict.sum(1).tolist()
