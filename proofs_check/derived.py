@@ -6,6 +6,8 @@ Free-logit algebra (minimised L_BST = −CE(t, p), t = (1−λ)e_y + λq, q deta
     Δz_v = η(p_v − λ q_v^(τ))  for v ∈ H_k, v ≠ y;   Δz_v = η p_v outside H_k      (D4)
     at τ = 1, q_v = p_v/S_k:   Δz_v = η p_v (1 − λ/S_k)                              (D1)
     Δz_y = η(p_y − (1−λ) − λ q_y^(τ)) > 0  iff  λ(1 − q_y^(τ)) > 1 − p_y            (found here, see D4)
+    — never at τ = 1 when y ∈ H_k (q_y = p_y/S_k ≥ p_y), but on memorised tokens for τ > 1: BS-T then
+    RAISES the target (the soft target t_y = 1 − λ + λq_y falls below p_y and the ascent moves p away from t).
 D1: Δ log p(y*)_BST − Δ log p(y*)_GA = ηλ(pᵀq − q_{y*} − p_y) ≤ 0 at first order for every τ (pᵀq ≤ max q,
     and when the target is the top token pᵀq ≤ p_y + (1 − p_y) q_{y*}).
 D2: ‖λη(p − q)‖₁ = 2λη(1 − S_k) at τ = 1, so it vanishes as S_k → 1 — but so does the GA step

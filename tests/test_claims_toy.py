@@ -280,8 +280,8 @@ def test_d4_sign_rules_are_exact_on_free_logits(z, data, lam, tau):
         if tau == 1.0 and y in torch.topk(z, top_k).indices.tolist():
             assert r["rule"] == r["tau1_rule"]  # at τ = 1: iff λ > S_k
     assert r["target_up"] == r["target_up_rule"]  # target logit rises iff λ(1 − q_y^(τ)) > 1 − p_y
-    if tau == 1.0:
-        assert not r["target_up"]
+    if tau == 1.0 and y in torch.topk(z, top_k).indices.tolist():
+        assert not r["target_up"]  # q_y = p_y/S_k ≥ p_y, so t_y > p_y
 
 
 def test_d4_bst_raises_a_memorised_target_at_high_belief_temperature():
@@ -336,7 +336,8 @@ def test_ledger_statuses_on_the_toy_tiers():
     assert results["SQ1"].status == "holds" and results["L5.1"].status == "holds"
 
 
-def test_cli_json_and_table(capsys):
+def test_cli_json_and_table(capsys, monkeypatch):
+    monkeypatch.setattr("proofs_check.__main__.IMPORT_ERRORS", {})  # the LLM tier module is not under test here
     assert main(["--json", "--tier", "toy_softmax", "--claim", "T5.2", "SQ2"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert [c["id"] for c in payload["claims"]] == ["SQ2", "T5.2"]
@@ -355,6 +356,11 @@ def test_checker_crash_makes_the_cli_exit_non_zero(monkeypatch, capsys):
     def boom(**_):
         raise RuntimeError("boom")
 
+    monkeypatch.setattr("proofs_check.__main__.IMPORT_ERRORS", {})
     monkeypatch.setitem(_core.CHECKERS["SQ1"], "toy_softmax", boom)
     assert main(["--tier", "toy_softmax", "--claim", "SQ1"]) == 1
     assert "SQ1" in capsys.readouterr().err
+    monkeypatch.setitem(_core.CHECKERS["SQ1"], "toy_softmax", lambda **_: _core.Evidence("toy_softmax", True))
+    monkeypatch.setattr("proofs_check.__main__.IMPORT_ERRORS", {"llm": "SyntaxError: example"})
+    assert main(["--tier", "toy_softmax", "--claim", "SQ1"]) == 1
+    assert "proofs_check.llm failed to import" in capsys.readouterr().err
