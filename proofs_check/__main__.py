@@ -33,7 +33,7 @@ def _cell(text: str, limit: int = MAX_CELL) -> str:
     return text.replace("|", "\\|")
 
 
-def _scalar_numbers(ev: Evidence, limit: int = 2) -> list[str]:
+def _scalar_numbers(ev: Evidence, limit: int = 3) -> list[str]:
     out = []
     for key, value in ev.numbers.items():
         if key in ("instances", "failed", "condition_checked", "condition_failed", "error"):

@@ -489,6 +489,9 @@ def d4_toy_softmax(**_):
         "200 free-logit instances (V 3-12, λ ∈ {0.1,0.2,0.5,0.8}, τ ∈ {1,2,4}, k random): exact one-step Δz",
         {
             "max |Δz − η(p − t)|": rnd(max(errs)),
+            "memorised p_y=0.9, λ=0.2, τ=2: BS-T raises log p(y)": bool(
+                d4_instance(zipf_logits(0.9), 0, 0.2, 20, 2.0)["target_logp_up"]
+            ),
             "target logit rises iff λ(1−q_y^(τ)) > 1−p_y: checked/failed": [target_rule.checked, target_rule.failed],
             "region map (V=32 Zipf tail, k=20)": region,
         },

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from bs_ref.losses import bs_t_loss, ga_loss, sequence_logprob
 from proofs_check import CLAIMS, run_claims
 from proofs_check.__main__ import main
-from proofs_check._util import free_rate, free_step
+from proofs_check._util import ar_position_rate, free_rate, free_step
 from proofs_check.derived import d1_instance, d2_instance, d4_instance, expected_gradient, free_rate_grad
 from proofs_check.dynamics_claims import (
     l51_ar_instance,
@@ -97,6 +97,14 @@ def test_sq1_sq2_sq3_exact_on_free_logits(z, data, eta):
 def test_sq3_threshold_tends_to_its_first_order_value(p, data):
     target = data.draw(st.integers(0, len(p) - 1))
     assert ga_threshold(p, target, 1e-7) == pytest.approx(first_order_threshold(p, target), abs=1e-5)
+
+
+@given(st.sampled_from([0, 1, 2]), st.integers(0, 2), st.integers(0, 4))
+def test_sq1_first_order_on_the_enumerable_model(seed, position, target):
+    case = toy_case(seed)
+    row = case.batch["input_ids"][case.target : case.target + 1]
+    rate = ar_position_rate(case, row, position, target, ga_loss)
+    assert float(rate[target]) < 0  # Δ log p(ȳ) = −η·(e_ȳ − p)ᵀ K (e_ȳ − p)·… ≤ 0 for any PSD K
 
 
 # ---------------------------------------------------------------------------------------------------- SQ4
@@ -205,6 +213,23 @@ def test_t52_corrected_sign_matches_autograd_and_the_printed_sign_does_not(z, da
     q[y] = 0
     if float(q.max()) > 0:
         assert r["err_printed"] > 1e-3 * lam
+
+
+@given(st.sampled_from([0, 1, 2]), lams, st.integers(1, 5), taus)
+def test_t52_on_the_enumerable_model(seed, lam, top_k, tau):
+    case = toy_case(seed)
+    fn, params = case.fn_params()
+    rows = case.rows([case.target, *case.band, 0])
+    with torch.no_grad():
+        z = fn(params, rows["input_ids"])
+    labels = rows["labels"]
+    mask = labels[:, 1:] != -100
+    zz = z.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(bs_t_loss(zz, labels, lam, top_k, tau), zz)
+    scale = mask.sum(1, keepdim=True).expand_as(mask) * mask.shape[0]  # row mean, then batch mean
+    residual = -(grad[:, :-1][mask] * scale[mask][:, None].to(DTYPE))
+    r = t52_instance(z[:, :-1][mask], labels[:, 1:][mask], residual, lam, top_k, tau)
+    assert r["err_formula"] < 1e-12 and r["err_corrected"] < 1e-12
 
 
 # ---------------------------------------------------------------------------------------------------- D1, D2
