@@ -29,6 +29,15 @@ from bs_ref.losses import ga_loss, sequence_logprob
 seeds = st.integers(0, 2**31 - 1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only cost time here (restored for the other test modules)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_logits(params, x):
     return params["z"]
 
