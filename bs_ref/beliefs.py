@@ -9,7 +9,8 @@ Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422
   KV cache), in one of three modes (``SELECT_MODES``):
 
       "sample"  N draws at temperature τ_s and top-p
-      "filter"  M ≥ N draws, keep the N with the highest mean token log-prob (the paper's "high confidence")
+      "filter"  M ≥ N draws (default 2N), keep the N with the highest mean token log-prob (the paper's
+                "high confidence")
       "beam"    the N best beams of a beam search of width M (default N)
 
   Decoding stops at the tokenizer's EOS, the model's generation-config EOS ids, and, when the tokenizer has a
@@ -182,8 +183,8 @@ def sample_beliefs(
 ) -> Beliefs:
     """Global beliefs: ``n`` answers per prompt from ``model`` (SPEC §4), batched ``batch_size`` prompts at a time.
 
-    ``select``: "sample" (n draws), "filter" (m ≥ n draws, keep the n with the highest mean token log-prob;
-    empty answers rank last since they never reach the loss), "beam" (n best of m beams, m defaults to n).
+    ``select``: "sample" (n draws), "filter" (m ≥ n draws, default 2n; keep the n with the highest mean token
+    log-prob; empty answers rank last since they never reach the loss), "beam" (n best of m beams, default n).
     ``temperature=0`` means greedy (n = 1). Reproducible under ``seed`` (the caller's RNG state is restored);
     in greedy and beam modes the answers do not depend on ``batch_size``.
     """
@@ -197,7 +198,7 @@ def sample_beliefs(
         raise ValueError(f"batch_size (prompts per generate call) must be an integer >= 1, got {batch_size!r}")
     stop_ids = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    draws = (m or n) if select in ("filter", "beam") else n
+    draws = {"sample": n, "filter": m or 2 * n, "beam": m or n}[select]
     gen_kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         min_new_tokens=0,

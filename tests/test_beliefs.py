@@ -5,6 +5,7 @@ filter, cache regimes and pairing, micro-batched gradients against the un-micro-
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -27,6 +28,17 @@ from bs_ref.beliefs import (
 from bs_ref.losses import IGNORE_INDEX, bs_s_loss, sequence_logprob
 
 WORDS = [f"w{i}" for i in range(48)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The models here are tiny: extra threads only add contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CHATML = (
     "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
     "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
@@ -183,6 +195,12 @@ def test_mean_logprob_is_the_teacher_forced_mean_over_answer_tokens():
         start = len(PROMPTS[b.prompt_index[i]])
         naive = [float(logp[t - 1, ids[0, t]]) for t in range(start, ids.shape[1])]
         assert b.mean_logprob[i] == pytest.approx(sum(naive) / len(naive), abs=1e-5)
+
+
+def test_filter_draws_twice_n_candidates_by_default():
+    default = sample_beliefs(MODEL, TOK, PROMPTS[:2], n=2, select="filter", max_new_tokens=6, seed=4)
+    explicit = sample_beliefs(MODEL, TOK, PROMPTS[:2], n=2, m=4, select="filter", max_new_tokens=6, seed=4)
+    assert default.input_ids == explicit.input_ids and len(default) == 4
 
 
 def test_filter_keeps_the_most_likely_candidates():
@@ -357,8 +375,13 @@ def test_topk_mass_is_the_mean_top_k_probability_per_row():
 
 
 MODEL64 = make_model(seed=2, dtype=torch.float64)
-CACHE = BeliefCache(n=3, max_new_tokens=7, seed=11)
-CACHE.refresh(MODEL64, TOK, dict(enumerate(PROMPTS)))
+
+
+@functools.cache
+def cached_beliefs() -> BeliefCache:
+    cache = BeliefCache(n=3, max_new_tokens=7, seed=11)
+    cache.refresh(MODEL64, TOK, dict(enumerate(PROMPTS)))
+    return cache
 
 
 def full_batch_gradient(model, forget, beliefs, lam_bss, base, base_kwargs, ref_model):
@@ -391,7 +414,7 @@ def test_micro_batched_gradient_equals_full_batch_eq7(base, reduction, microbatc
     model = MODEL64
     ref_model = make_model(seed=3, dtype=torch.float64) if base == "npo" else None
     forget = forget_batch(items)
-    beliefs = CACHE.batch(items, TOK.pad_token_id)
+    beliefs = cached_beliefs().batch(items, TOK.pad_token_id)
     base_kwargs = {"reduction": reduction, **({"lam": 0.3, "top_k": 5} if base == "bs_t" else {})}
     want_loss, want_grads = full_batch_gradient(model, forget, beliefs, lam_bss, base, base_kwargs, ref_model)
     model.zero_grad()
@@ -408,7 +431,7 @@ def test_micro_batched_gradient_equals_full_batch_eq7(base, reduction, microbatc
 
 def test_npo_base_at_the_reference_weights_is_ga_scaled_by_one():
     """At θ = θ_ref the NPO weight is 1, so BS-S(NPO) has the gradient of BS-S(GA) with summed NLLs."""
-    forget, beliefs = forget_batch([0, 3]), CACHE.batch([0, 3], TOK.pad_token_id)
+    forget, beliefs = forget_batch([0, 3]), cached_beliefs().batch([0, 3], TOK.pad_token_id)
     MODEL64.zero_grad()
     bs_s_forward_backward(MODEL64, forget, beliefs, base="npo", ref_model=MODEL64, belief_microbatch=2)
     npo = [p.grad.clone() for p in MODEL64.parameters()]
