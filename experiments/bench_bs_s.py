@@ -186,26 +186,23 @@ class _Saved:
 
 
 def peak_step_memory(model, forget, beliefs, microbatch, device) -> tuple[int, int]:
-    """Peak memory (bytes) of one BS-S forward/backward, and of its belief term alone: CUDA allocator peaks, or
-    saved activations on CPU (the forget graph is freed before the first belief micro-batch runs)."""
+    """Peak memory (bytes) of one BS-S forward/backward and of its belief term alone. The step peak is the CUDA
+    allocator peak above the memory held before the step, or the saved-activation peak on CPU; the belief-term
+    peak is the largest saved-activation peak of a belief micro-batch graph (the forget graph is freed by its
+    backward before the first belief micro-batch runs), on either device."""
     model.zero_grad(set_to_none=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    with SavedActivationMeter(model) as meter:
         bs_s_forward_backward(model, forget, beliefs, belief_microbatch=microbatch)
+    peak = meter.peak
+    if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
-        torch.cuda.reset_peak_memory_stats()
-        bs_s_forward_backward(model, {k: v[:0] for k, v in forget.items()}, beliefs, belief_microbatch=microbatch)
-        torch.cuda.synchronize()
-        belief_peak = torch.cuda.max_memory_allocated() - before
-    else:
-        with SavedActivationMeter(model) as meter:
-            bs_s_forward_backward(model, forget, beliefs, belief_microbatch=microbatch)
-        peak, belief_peak = meter.peak, max(meter.graph_peaks[1:], default=0)
     model.zero_grad(set_to_none=False)
-    return peak, belief_peak
+    return peak, max(meter.graph_peaks[1:], default=0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     bound = (1 + n_beliefs) * 3 / (3 + 1)
     print(f"bs_s/npo compute lower bound without generation ((1+N)*3/(3+1), equal lengths): {bound:.2f}")
     print(f"bs_s step over its compute lower bound: {bs_step / npo_step / bound:.3f}")
+    no_refresh = (statistics.median(bs_times) - profile["refresh"] / repeats) / len(batches)
+    print(
+        f"bs_s/npo step-time ratio without the refresh (off-policy after its one sampling): {no_refresh / npo_step:.3f}"
+    )
 
     # 4. profile of a BS-S epoch: the refresh (generation), then the step split into forget and belief terms
     refresh = profile["refresh"] / repeats
@@ -325,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. peak memory vs belief_microbatch (N fixed) and vs N (micro-batch fixed, and un-micro-batched)
     unit = "MiB (cuda allocator peak)" if device.type == "cuda" else "MiB (autograd saved activations)"
+    saved = "MiB (autograd saved activations)"
     forget = batches[0]
     big = BeliefCache(n=8, max_new_tokens=answer_len + 1)
     big.refresh(model, tokenizer, {i: prompts[i] for i in forget["index"].tolist()})
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         beliefs = _first_n_beliefs(big, forget, n_beliefs, tokenizer.pad_token_id)
         peak, belief_peak = peak_step_memory(model, forget, beliefs, mb, device)
         print(f"peak memory step N={n_beliefs} belief_microbatch={mb} {unit}: {peak / 2**20:.2f}")
-        print(f"peak memory belief term N={n_beliefs} belief_microbatch={mb} {unit}: {belief_peak / 2**20:.2f}")
+        print(f"peak memory belief term N={n_beliefs} belief_microbatch={mb} {saved}: {belief_peak / 2**20:.2f}")
     for n in (1, 2, 4, 8):
         beliefs = _first_n_beliefs(big, forget, n, tokenizer.pad_token_id)
         peak, _ = peak_step_memory(model, forget, beliefs, microbatch, device)
