@@ -1,0 +1,1081 @@
+"""Claims on real language models: the ``llm_cpu`` and ``llm_gpu`` tiers of SPEC §5.
+
+Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422): Lemma 5.1, Theorem 5.2,
+§3.2 (Fig. 2, squeezing) and §6 (Fig. 4); the derived claims D2 and D4 of SPEC §5. The toy tiers (exact
+softmax and enumerable autoregressive models) declare the claims; this module adds two real-model fixtures
+and measures the same statements on them:
+
+* ``tiny`` — a Llama-architecture model (``transformers.LlamaConfig``, ~0.6M parameters) with a word-level
+  tokenizer, both built here and trained for a few seconds on a handful of fictitious facts, each asked in
+  three phrasings and answered in three phrasings. Its answers are memorised (top-k mass S_k ≈ 1 at every
+  answer token after the first), and every answer has rephrasings the model also believes: its high-
+  likelihood band.
+* ``smollm2`` — the real pretrained SmolLM2-135M-Instruct (``bs_ref.models.load_smollm2``), asked short
+  factual questions through its chat template; its greedy answer is the forget target and its other beam
+  search answers are its high-likelihood band.
+
+Conventions. ``log π(y|x)`` is the summed log-probability of the answer tokens (the EOS included). Every step
+is plain SGD on the minimised objective (``θ ← θ − η ∇_θ L``) so that step size and direction are the
+claims' own; with Adam, GA×(1−λ) would be the same optimiser trajectory as GA. Methods:
+
+    ga        −ℓ̄                       (Eq. 1)
+    ga_scaled (1−λ)·(−ℓ̄)               (the control of SPEC §2: all BS-T does beyond it is the belief effect)
+    bs_t      −mean CE(t_i, p_i)       (Eq. 5–6), λ = 0.2, k = 20, belief temperature τ
+    bs_s      (1−λ_BSS)·L(D_u) + λ_BSS·L(D̂_u)   (Eq. 7), off-policy beliefs from the original model
+
+A "belief effect" is only what BS-T does beyond GA×(1−λ); the sequence-level claims are compared at a matched
+decrease of the target's log-probability (each run steps until the target has lost ``drop`` nats and the
+band is read off by linear interpolation between the two steps around that point).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bs_ref.losses import IGNORE_INDEX, bs_s_combine, bs_t_loss, ga_loss, ga_scaled_loss
+
+from ._core import Evidence, checker
+
+LAM = 0.2  # λ of BS-T (authors' default)
+TOP_K = 20  # k of BS-T (authors' default)
+LAM_BSS = 0.5  # λ_BSS of BS-S (authors' released class)
+TEMPERATURES = (1.0, 2.0, 4.0)  # belief temperatures τ of D4 / SEQ2
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixture 1: a tiny Llama trained here on fictitious facts
+# --------------------------------------------------------------------------------------------------------------
+
+PEOPLE = ("brenna", "tovik", "meralda", "quinlan", "sorrel", "idrun")
+CITIES = ("kelvara", "dunmoor", "pellisand", "ravenquay", "thornby", "lusk")
+JOBS = ("glassblower", "cartographer", "beekeeper", "luthier", "ferrier", "astronomer")
+QUESTIONS = {
+    "city": ("where was {n} born ?", "what is the birthplace of {n} ?", "in which city was {n} born ?"),
+    "job": ("what does {n} do ?", "what is the job of {n} ?", "how does {n} earn a living ?"),
+}
+ANSWERS = {
+    "city": ("{n} was born in {v} .", "{n} was born in the city of {v} .", "the birthplace of {n} is {v} ."),
+    "job": ("{n} works as a {v} .", "{n} is a {v} by trade .", "the job of {n} is {v} ."),
+}
+SPECIAL = ("[PAD]", "[UNK]", "[EOS]")
+
+
+@dataclass(eq=False)
+class LMCase:
+    """A model with forget items: per item a prompt, the target answer y_u and the band of other answers the
+    model believes (its rephrasings / other beams). Token ids; every answer ends with EOS."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: Any
+    prompts: list[list[int]]
+    targets: list[list[int]]
+    bands: list[list[list[int]]]
+    pad_id: int
+    eos_id: int
+    device: str = "cpu"
+    pristine: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        """Restore the original weights (every measurement starts from θ_o)."""
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                p.copy_(self.pristine[name])
+        self.model.zero_grad(set_to_none=True)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+def fact_pairs() -> list[tuple[str, str, str, int]]:
+    """(question, answer, fact key, answer phrasing index) for every person, fact, question and answer phrasing."""
+    pairs = []
+    for i, person in enumerate(PEOPLE):
+        for kind, value in (("city", CITIES[i]), ("job", JOBS[i])):
+            for q in QUESTIONS[kind]:
+                for j, a in enumerate(ANSWERS[kind]):
+                    pairs.append((q.format(n=person), a.format(n=person, v=value), f"{person}/{kind}", j))
+    return pairs
+
+
+def word_tokenizer(texts: Sequence[str]):
+    """A word-level tokenizer over the whitespace-separated words of ``texts`` (+ [PAD], [UNK], [EOS])."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in t.split()})
+    vocab = {tok: i for i, tok in enumerate(list(SPECIAL) + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+
+
+def qa_rows(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, device: str = "cpu"):
+    """Right-padded (input_ids, labels, attention_mask) for prompt+answer rows; labels −100 on prompt/padding."""
+    rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (p, a) in enumerate(zip(prompts, answers)):
+        n = len(p) + len(a)
+        input_ids[r, :n] = torch.tensor(list(p) + list(a))
+        labels[r, len(p) : n] = torch.tensor(list(a))
+        attention[r, :n] = 1
+    return input_ids.to(device), labels.to(device), attention.to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_fact_case(seed: int = 0, steps: int = 100, device: str = "cpu") -> LMCase:
+    """The tiny Llama (2 layers, width 160) trained on ``fact_pairs()``; cached per process (~15 s on 1 core)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    pairs = fact_pairs()
+    tok = word_tokenizer([q for q, *_ in pairs] + [a for _, a, *_ in pairs])
+    pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=160,
+        intermediate_size=320,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=eos_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(device)
+    encode = functools.partial(tok.encode, add_special_tokens=False)
+    prompts = [encode(q) for q, *_ in pairs]
+    answers = [encode(a) + [eos_id] for _, a, *_ in pairs]
+    input_ids, labels, attention = qa_rows(prompts, answers, pad_id, device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    t0 = time.perf_counter()
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    # Forget items: question phrasing 0 of each fact; target = answer phrasing 0, band = answer phrasings 1, 2.
+    case_prompts, targets, bands = [], [], []
+    for i, person in enumerate(PEOPLE):
+        for kind, value in (("city", CITIES[i]), ("job", JOBS[i])):
+            case_prompts.append(encode(QUESTIONS[kind][0].format(n=person)))
+            phrasings = [encode(a.format(n=person, v=value)) + [eos_id] for a in ANSWERS[kind]]
+            targets.append(phrasings[0])
+            bands.append(phrasings[1:])
+    case = LMCase("tiny", model, tok, case_prompts, targets, bands, pad_id, eos_id, device)
+    case.pristine = {n: p.detach().clone() for n, p in model.named_parameters()}
+    case.info = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "vocab": len(tok),
+        "train_pairs": len(pairs),
+        "train_steps": steps,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "final_train_nll": round(float(loss.detach()), 4),
+    }
+    return case
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixture 2: the real pretrained SmolLM2-135M-Instruct
+# --------------------------------------------------------------------------------------------------------------
+
+SMOLLM2_QUESTIONS = (
+    "What is the capital of France?",
+    "Who wrote Romeo and Juliet?",
+    "What is the chemical symbol for gold?",
+)
+
+
+def smollm2_skip_reason(device: str = "cpu") -> str | None:
+    """Why the SmolLM2 fixture cannot run here (None when it can)."""
+    from bs_ref.models import smollm2_available
+
+    ok, why = smollm2_available()
+    if not ok:
+        return why
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "needs CUDA (torch.cuda.is_available() is False)"
+    return None
+
+
+def end_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
+    """Cut a generated answer after its first EOS (keeping it); an answer cut by the length limit stays as is."""
+    ids = list(ids)
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+
+
+@functools.lru_cache(maxsize=2)
+def smollm2_case(
+    device: str = "cpu", n_questions: int = 2, max_new_tokens: int = 12, num_beams: int = 5, dtype: str = "float32"
+) -> LMCase:
+    """SmolLM2-135M-Instruct with its top beam answers to ``SMOLLM2_QUESTIONS``: beam 1 is the target, the
+    other beams the band. Loaded once per process; ``reset()`` restores the weights."""
+    from bs_ref.models import load_smollm2
+
+    reason = smollm2_skip_reason(device)
+    if reason:
+        raise RuntimeError(reason)
+    model, tok = load_smollm2(dtype=getattr(torch, dtype))
+    model.to(device).eval()
+    eos_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_id
+    prompts, targets, bands = [], [], []
+    for question in SMOLLM2_QUESTIONS[:n_questions]:
+        chat = [{"role": "user", "content": question}]
+        prompt = list(tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
+        x = torch.tensor([prompt], device=device)
+        with torch.no_grad():
+            out = model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                num_return_sequences=num_beams,
+                do_sample=False,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+            )
+        beams = []
+        for row in out.tolist():
+            answer = end_at_eos(row[len(prompt) :], eos_id)
+            if answer and answer not in beams:
+                beams.append(answer)
+        prompts.append(prompt)
+        targets.append(beams[0])
+        bands.append(beams[1:])
+    case = LMCase("smollm2", model, tok, prompts, targets, bands, pad_id, eos_id, device)
+    case.pristine = {n: p.detach().clone() for n, p in model.named_parameters()}
+    case.info = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "num_beams": num_beams,
+        "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
+    }
+    return case
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measurements shared by the checkers
+# --------------------------------------------------------------------------------------------------------------
+
+METHODS = ("ga", "ga_scaled", "bs_t", "bs_s")
+
+
+def answer_logits(case: LMCase, prompt: Sequence[int], answers: Sequence[Sequence[int]]):
+    """Logits and labels of rows prompt+answer (one prompt, several answers), kept only where an answer token
+    is predicted (``logits_to_keep``: the vocabulary projection of the prompt is never computed)."""
+    input_ids, labels, attention = qa_rows([prompt] * len(answers), answers, case.pad_id, case.device)
+    keep = input_ids.shape[1] - len(prompt) + 1
+    logits = case.model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits
+    return logits, labels[:, -keep:]
+
+
+def fork(answer: Sequence[int], reference: Sequence[int]) -> int:
+    """Index of the first token where ``answer`` leaves ``reference`` (its shared prefix length)."""
+    n = 0
+    while n < min(len(answer), len(reference)) and answer[n] == reference[n]:
+        n += 1
+    return n
+
+
+def answer_logprobs(
+    case: LMCase, prompt: Sequence[int], answers: Sequence[Sequence[int]], suffix_from: Sequence[int] | None = None
+):
+    """log π(y|x) (summed over answer tokens) of each answer, no gradient. With ``suffix_from`` also the
+    log-probability of each answer's tokens from that index on (its continuation after a fork), as a pair."""
+    with torch.no_grad():
+        logits, labels = answer_logits(case, prompt, answers)
+        logp = torch.log_softmax(logits[:, :-1].double(), -1)
+        target = labels[:, 1:]
+        mask = target != IGNORE_INDEX
+        token = logp.gather(-1, target.clamp(min=0)[..., None]).squeeze(-1) * mask
+        full = [float(v) for v in token.sum(-1)]
+        if suffix_from is None:
+            return full
+        first = mask.float().argmax(-1)  # position of each row's first answer token
+        suffix = [float(token[r, int(first[r]) + s :].sum()) for r, s in enumerate(suffix_from)]
+        return full, suffix
+
+
+def belief_split(band: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[list[int]]]:
+    """BS-S's off-policy beliefs D̂_u (band rows 0, 2, 4 …) and the held-out band (rows 1, 3, …) on which the
+    sequence-level claims are read, so that BS-S is not scored on the very rows it ascends on."""
+    return [list(b) for b in band[0::2]], [list(b) for b in band[1::2]]
+
+
+def method_loss(case: LMCase, item: int, method: str, lam: float = LAM, tau: float = 1.0) -> torch.Tensor:
+    """The minimised objective of ``method`` on forget item ``item`` (see the module docstring)."""
+    prompt, target = case.prompts[item], case.targets[item]
+    logits, labels = answer_logits(case, prompt, [target])
+    if method == "ga":
+        return ga_loss(logits, labels)  # Eq. (1)
+    if method == "ga_scaled":
+        return ga_scaled_loss(logits, labels, lam)  # control GA×(1−λ)
+    if method == "bs_t":
+        return bs_t_loss(logits, labels, lam, TOP_K, tau)  # Eq. (5)–(6)
+    if method == "bs_s":
+        beliefs, _ = belief_split(case.bands[item])
+        belief_logits, belief_labels = answer_logits(case, prompt, beliefs)
+        forget_term = bs_t_loss(logits, labels, lam, TOP_K, tau)
+        belief_term = bs_t_loss(belief_logits, belief_labels, lam, TOP_K, tau)
+        return bs_s_combine(forget_term, belief_term, LAM_BSS)  # Eq. (7), base BS-T
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def trainable(case: LMCase, names: Sequence[str] | None = None) -> list[torch.nn.Parameter]:
+    params = dict(case.model.named_parameters())
+    return [params[n] for n in names] if names else list(params.values())
+
+
+def flat_grad(loss: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+
+def sgd_step(params: Sequence[torch.nn.Parameter], grad: torch.Tensor, lr: float) -> None:
+    """θ ← θ − η·g for a flat gradient g over ``params``."""
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.sub_(lr * grad[offset : offset + n].view_as(p).to(p.dtype))
+            offset += n
+
+
+def target_logprob_grad(case: LMCase, item: int, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    """∇_θ log π(y_u|x_u) (summed over the target's tokens)."""
+    from bs_ref.losses import sequence_logprob
+
+    logits, labels = answer_logits(case, case.prompts[item], [case.targets[item]])
+    return flat_grad(sequence_logprob(logits, labels).sum(), params)
+
+
+@dataclass
+class Trace:
+    """One unlearning run on one item: log π of the target and of each band row after every step (and of each
+    band row's continuation after its fork from the target, ``band_suffix``)."""
+
+    method: str
+    tau: float
+    lr: float
+    target: list[float]
+    band: list[list[float]]  # [step][band row]
+    band_suffix: list[list[float]]  # [step][band row]
+    belief_rows: list[int]  # indices into the band used as BS-S beliefs
+    heldout_rows: list[int]
+
+    def band_mean(self, rows: Sequence[int] | None = None, suffix: bool = False) -> list[float]:
+        values = self.band_suffix if suffix else self.band
+        rows = range(len(values[0])) if rows is None else rows
+        return [sum(b[r] for r in rows) / max(len(rows), 1) for b in values]
+
+    def at_drop(self, drop: float, rows: Sequence[int] | None = None, suffix: bool = False) -> dict[str, Any]:
+        """Band change (mean over ``rows``) when the target has lost exactly ``drop`` nats (linear interpolation
+        between the two steps around that point; the last step if it was never reached)."""
+        band = self.band_mean(rows, suffix)
+        goal = self.target[0] - drop
+        for s in range(1, len(self.target)):
+            if self.target[s] <= goal:
+                w = (self.target[s - 1] - goal) / max(self.target[s - 1] - self.target[s], 1e-12)
+                value = band[s - 1] + w * (band[s] - band[s - 1])
+                return {"d_band": value - band[0], "d_target": -drop, "steps": s - 1 + w, "reached": True}
+        last = len(band) - 1
+        return {
+            "d_band": band[-1] - band[0],
+            "d_target": self.target[-1] - self.target[0],
+            "steps": last,
+            "reached": False,
+        }
+
+
+def unlearning_trace(
+    case: LMCase, item: int, method: str, tau: float = 1.0, drop: float = 1.0, n_steps: int = 4, max_steps: int = 12
+) -> Trace:
+    """SGD on ``method`` from θ_o until log π(y_u|x_u) has lost ``drop`` nats. The step size is calibrated so the
+    first-order target decrease per step is drop/n_steps (η = drop / (n_steps·⟨∇ log π(y_u), −∇L⟩)): every
+    method, control included, reaches the matched decrease in about the same number of steps."""
+    case.reset()
+    params = trainable(case)
+    n_band = len(case.bands[item])
+    beliefs, heldout = list(range(n_band))[0::2], list(range(n_band))[1::2]
+    rows = [case.targets[item]] + list(case.bands[item])
+    forks = [0] + [fork(b, case.targets[item]) for b in case.bands[item]]
+
+    def score():
+        full, suffix = answer_logprobs(case, case.prompts[item], rows, forks)
+        target.append(full[0])
+        band.append(full[1:])
+        band_suffix.append(suffix[1:])
+
+    target, band, band_suffix = [], [], []
+    score()
+    grad = flat_grad(method_loss(case, item, method, tau=tau), params)
+    rate = float(torch.dot(target_logprob_grad(case, item, params), -grad))  # d log π(y_u)/dη at η = 0
+    if not rate < 0:
+        case.reset()
+        raise ValueError(f"{method} does not lower the target at first order on item {item} (rate {rate:.3g})")
+    lr = drop / (n_steps * -rate)
+    for step in range(max_steps):
+        if step:
+            grad = flat_grad(method_loss(case, item, method, tau=tau), params)
+        sgd_step(params, grad, lr)
+        score()
+        if target[-1] <= target[0] - drop:
+            break
+    case.reset()
+    return Trace(method, tau, lr, target, band, band_suffix, beliefs, heldout)
+
+
+SEQ_RUNS = (("ga", 1.0), ("ga_scaled", 1.0), ("bs_t", 1.0), ("bs_t", 2.0), ("bs_t", 4.0), ("bs_s", 1.0))
+
+
+@functools.lru_cache(maxsize=64)
+def squeeze_traces(case: LMCase, item: int, drop: float = 1.0, n_steps: int = 4) -> dict[str, Trace]:
+    """The SEQ1/SEQ2 runs on one item, keyed ``"ga"``, ``"ga_scaled"``, ``"bs_t@τ"``, ``"bs_s"`` (cached)."""
+    out = {}
+    for method, tau in SEQ_RUNS:
+        key = f"bs_t@{tau:g}" if method == "bs_t" else method
+        out[key] = unlearning_trace(case, item, method, tau, drop, n_steps, max_steps=3 * n_steps)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The parameter subset of the one-step claims: the position-wise end of the network, in float64
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RMSNorm64(torch.nn.Module):
+    """RMSNorm computed in the input's dtype (Hugging Face's Llama norm always computes in float32, which would
+    cap the first-order checks at float32 precision)."""
+
+    def __init__(self, norm: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.weight = torch.nn.Parameter(norm.weight.detach().to(dtype).clone())
+        self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
+
+
+class LastBlockTail(torch.nn.Module):
+    """The position-wise end of a Llama model — last MLP block (with its norm), final norm, LM head — as its own
+    float64 module. Its input is the residual stream after the last attention block (captured from the full
+    model), so the tail reproduces the model's logits while its parameters form the subset that one SGD step
+    updates and that the eNTK is taken over. In a model with tied embeddings the copied head is updated as its
+    own tensor (the input embedding is outside the subset, frozen)."""
+
+    SUBSET = ("post_attention_layernorm.weight", "mlp.*", "norm.weight", "lm_head.weight")
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        last = model.model.layers[-1]
+        self.post_attention_layernorm = RMSNorm64(last.post_attention_layernorm, dtype)
+        self.mlp = copy.deepcopy(last.mlp).to(dtype)
+        self.norm = RMSNorm64(model.model.norm, dtype)
+        self.lm_head = copy.deepcopy(model.lm_head).to(dtype)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
+        return self.lm_head(self.norm(hidden))
+
+
+@functools.lru_cache(maxsize=4)
+def _tail(case: LMCase) -> LastBlockTail:
+    return LastBlockTail(case.model).to(case.device)
+
+
+def tail_inputs(case: LMCase, prompt: Sequence[int], answers: Sequence[Sequence[int]]):
+    """(hidden [B, keep, H] float64 at the answer-predicting positions, labels [B, keep], model logits there)."""
+    captured = {}
+    layer = case.model.model.layers[-1].post_attention_layernorm
+    hook = layer.register_forward_pre_hook(lambda _m, args: captured.__setitem__("h", args[0]))
+    try:
+        with torch.no_grad():
+            logits, labels = answer_logits(case, prompt, answers)
+    finally:
+        hook.remove()
+    keep = labels.shape[1]
+    return captured["h"][:, -keep:].double(), labels, logits.double()
+
+
+def _tail_fn(case: LMCase):
+    from bs_ref.dynamics import module_fn
+
+    return module_fn(_tail(case))
+
+
+def loss_by_name(name: str, labels: torch.Tensor, tau: float = 1.0, lam: float = LAM) -> Callable:
+    """z -> the minimised loss of ``name`` on ``labels`` (GA, GA×(1−λ), BS-T at belief temperature τ)."""
+    if name == "ga":
+        return lambda z: ga_loss(z, labels)
+    if name == "ga_scaled":
+        return lambda z: ga_scaled_loss(z, labels, lam)
+    if name == "bs_t":
+        return lambda z: bs_t_loss(z, labels, lam, TOP_K, tau)
+    raise ValueError(f"loss must be 'ga', 'ga_scaled' or 'bs_t', got {name!r}")
+
+
+def l51_measure(case: LMCase, item: int, loss: str = "ga", tau: float = 1.0, explicit_ntk: bool = False) -> dict:
+    """Lemma 5.1 on one forget item: one SGD step of the tail subset on (x_u, y_u); observed rows χ_o = the target
+    and its band. Measured Δ log π(y_o|χ_o) vs the first-order −η·A·K·G (forward mode, K never formed), for
+    η = η₀, η₀/10, η₀/100 with η₀ chosen so the largest predicted change is 0.5 nat. With ``explicit_ntk`` the
+    eNTK K(χ_u, χ_u) over the tail's MLP down-projection is also formed (jacrev) and −η·A·K·G evaluated with it."""
+    from bs_ref.dynamics import (
+        akg_change,
+        empirical_ntk,
+        first_order_check,
+        linearised_change,
+        logit_residual,
+        one_step_change,
+    )
+    from bs_ref.losses import sequence_logprob
+
+    fn, params = _tail_fn(case)
+    prompt, target = case.prompts[item], case.targets[item]
+    h_u, lab_u, z_model = tail_inputs(case, prompt, [target])
+    h_o, lab_o, _ = tail_inputs(case, prompt, [target, *case.bands[item]])
+    names = list(LastBlockTail.SUBSET)
+    loss_fn = loss_by_name(loss, lab_u, tau)
+
+    def probe(z):
+        return sequence_logprob(z, lab_o)
+
+    rate = linearised_change(fn, params, h_u, loss_fn, h_o, probe, 1.0, names)  # −A·K·G per unit η
+    eta0 = 0.5 / float(rate.abs().max())
+    etas = (eta0, eta0 / 10, eta0 / 100)
+    fo = first_order_check(
+        lambda eta: one_step_change(fn, params, h_u, loss_fn, h_o, probe, eta, names),
+        lambda eta: rate * eta,
+        etas,
+    )
+    with torch.no_grad():
+        tail_err = float((fn(params, h_u) - z_model).abs().max())
+    out = {
+        "item": item,
+        "loss": loss,
+        "tau": tau,
+        "etas": etas,
+        "error_over_eta2": fo.ratio,
+        "order": fo.order,
+        "bounded": fo.bounded,
+        "rate_target": float(rate[0]),
+        "rate_band": [float(v) for v in rate[1:]],
+        "measured_at_eta0": fo.measured[0],
+        "tail_vs_model_logits": tail_err,
+        "subset_params": sum(params[n].numel() for n in _subset_names(params, names)),
+    }
+    if explicit_ntk:
+        k_names = ["mlp.down_proj.weight"]
+        ntk = empirical_ntk(fn, params, h_u, h_u, k_names)  # Lemma 5.1: K = ∇_θ z(χ_u) ∇_θ z(χ_u)ᵀ
+        with torch.no_grad():
+            z_u = fn(params, h_u)
+        residual = logit_residual(loss_fn, z_u)  # G = ∇_z L
+        dlogp = akg_change(torch.softmax(z_u, -1), ntk, residual, 1.0)  # −A·K·G per unit η, every token
+        akg_target = float(dlogp[:, :-1].gather(-1, lab_u[:, 1:, None]).sum())
+        jvp_target = float(
+            linearised_change(fn, params, h_u, loss_fn, h_u, lambda z: sequence_logprob(z, lab_u), 1.0, k_names)[0]
+        )
+        out.update(akg_target=akg_target, jvp_target=jvp_target, ntk_shape=list(ntk.shape))
+    return out
+
+
+def _subset_names(params: dict, names: Sequence[str]) -> list[str]:
+    from bs_ref.dynamics import select_names
+
+    return select_names(params, names)
+
+
+def target_rows(case: LMCase, item: int):
+    """Logits (float64) and labels at the answer positions of the target row, flattened: z [n, V], y [n]."""
+    with torch.no_grad():
+        logits, labels = answer_logits(case, case.prompts[item], [case.targets[item]])
+    mask = labels[0, 1:] != IGNORE_INDEX
+    return logits[0, :-1][mask].double(), labels[0, 1:][mask]
+
+
+def t52_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> dict:
+    """Theorem 5.2 at the target's answer tokens: autograd's CE residual of BS-T vs p − t, vs G_GA − λq
+    (corrected) and vs G_GA + λq (as printed)."""
+    from bs_ref.dynamics import logit_residual
+
+    from .dynamics_claims import t52_instance
+
+    z, y = target_rows(case, item)
+    logits, labels = z[None], torch.cat([y.new_full((1,), IGNORE_INDEX), y])[None]
+    logits = torch.cat([logits, logits[:, -1:]], dim=1)  # HF alignment: logits[t] predicts labels[t + 1]
+    grad = logit_residual(lambda v: bs_t_loss(v, labels, lam, TOP_K, tau), logits)
+    residual_ce = -grad[0, :-1] * len(y)  # CE residual = −n·∇_z L for one row of n answer tokens
+    return {
+        "item": item,
+        "lam": lam,
+        "tau": tau,
+        "n_tokens": len(y),
+        **t52_instance(z, y, residual_ce, lam, TOP_K, tau),
+    }
+
+
+def d2_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> dict:
+    """D2 in parameter space (tail subset, float64): ∇_θ L_BST − ∇_θ L_GA×(1−λ) vs the belief term λ/n·Σ_i
+    ∇_θ (q_i − p_i)ᵀz_i, and its size relative to the GA×(1−λ) step beside the memorisation S_k, p_y."""
+    from bs_ref.dynamics import parameter_gradient
+
+    from .dynamics_claims import scatter_belief
+
+    fn, params = _tail_fn(case)
+    h_u, lab_u, _ = tail_inputs(case, case.prompts[item], [case.targets[item]])
+    names = list(LastBlockTail.SUBSET)
+    with torch.no_grad():
+        z = fn(params, h_u)
+    mask = lab_u[:, 1:] != IGNORE_INDEX
+    zp = z[:, :-1][mask]
+    y = lab_u[:, 1:][mask]
+    p = torch.softmax(zp, -1)
+    q = scatter_belief(zp, TOP_K, tau)
+    n = int(mask.sum())
+
+    def belief_term(v):  # λ/n Σ_i (q_i − p_i)ᵀ z_i with p, q detached: its ∇_θ is D2's λη(p − q) term
+        return lam / n * ((q - p) * v[:, :-1][mask]).sum()
+
+    g_bst = parameter_gradient(fn, params, h_u, loss_by_name("bs_t", lab_u, tau, lam), names)
+    g_ctrl = parameter_gradient(fn, params, h_u, loss_by_name("ga_scaled", lab_u, tau, lam), names)
+    g_term = parameter_gradient(fn, params, h_u, belief_term, names)
+
+    def norm(d):
+        return float(torch.sqrt(sum((v**2).sum() for v in d.values())))
+
+    s_k = torch.topk(p, TOP_K, dim=-1).values.sum(-1)
+    p_y = p.gather(-1, y[:, None]).squeeze(-1)
+    return {
+        "item": item,
+        "tau": tau,
+        "identity_err": max(float((g_bst[k] - g_ctrl[k] - g_term[k]).abs().max()) for k in g_bst),
+        "grad_scale": max(float(g_ctrl[k].abs().max()) for k in g_ctrl),
+        "rel": norm(g_term) / norm(g_ctrl),
+        "mean_1_minus_s_k": float((1 - s_k).mean()),
+        "mean_1_minus_p_y": float((1 - p_y).mean()),
+        "rel_formula_logits": float(lam * (1 - s_k).sum() / ((1 - lam) * (1 - p_y).sum())),
+    }
+
+
+def d4_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> list[dict]:
+    """D4 at every answer token of the target: the rule "y* = top non-target is pushed down iff λ·q^(τ)[y*] > p[y*]"
+    vs the first-order change of its logit after one BS-T step of the tail subset (raw, and relative to the mean
+    logit), and of log p(y*) and log p(y)."""
+    from bs_ref.dynamics import linearised_change
+
+    from .dynamics_claims import scatter_belief
+
+    fn, params = _tail_fn(case)
+    h_u, lab_u, _ = tail_inputs(case, case.prompts[item], [case.targets[item]])
+    names = list(LastBlockTail.SUBSET)
+    dz = linearised_change(fn, params, h_u, loss_by_name("bs_t", lab_u, tau, lam), h_u, lambda v: v[0], 1.0, names)
+    with torch.no_grad():
+        z = fn(params, h_u)[0]
+    rows = []
+    for pos in torch.nonzero(lab_u[0, 1:] != IGNORE_INDEX).flatten().tolist():
+        y = int(lab_u[0, pos + 1])
+        p = torch.softmax(z[pos], -1)
+        q = scatter_belief(z[pos], TOP_K, tau)
+        others = p.clone()
+        others[y] = -1.0
+        star = int(others.argmax())
+        d = dz[pos]
+        dlogp = d - (p * d).sum()
+        rows.append(
+            {
+                "pos": pos,
+                "p_y": float(p[y]),
+                "p_star": float(p[star]),
+                "q_star": float(q[star]),
+                "rule_down": lam * float(q[star]) > float(p[star]),  # D4
+                "dz_star": float(d[star]),
+                "dz_star_centred": float(d[star] - d.mean()),
+                "dlogp_star": float(dlogp[star]),
+                "dlogp_target": float(dlogp[y]),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkers
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TierSetting:
+    """How large each tier's measurements are (CPU: a CI budget; GPU: more items, longer answers)."""
+
+    device: str
+    tiny_items: tuple[int, ...]
+    smollm2_questions: int
+    smollm2_new_tokens: int
+    smollm2_beams: int
+    n_steps: int
+    drop: float = 1.0
+
+
+TIER_SETTINGS = {
+    "llm_cpu": TierSetting("cpu", (0, 1, 2, 3), 1, 10, 4, 3),
+    "llm_gpu": TierSetting("cuda", tuple(range(12)), 3, 24, 6, 6),
+}
+
+
+def tier_cases(tier: str) -> tuple[list[tuple[LMCase, tuple[int, ...]]], list[str]]:
+    """[(case, items)] that can run on ``tier`` here, and the notes on what could not (and why)."""
+    s = TIER_SETTINGS[tier]
+    if s.device == "cuda" and not torch.cuda.is_available():
+        return [], ["needs CUDA (torch.cuda.is_available() is False)"]
+    cases = [(tiny_fact_case(device=s.device), s.tiny_items)]
+    notes = []
+    reason = smollm2_skip_reason(s.device)
+    if reason is None:
+        smol = smollm2_case(s.device, s.smollm2_questions, s.smollm2_new_tokens, s.smollm2_beams)
+        cases.append((smol, tuple(range(len(smol.prompts)))))
+    else:
+        notes.append(f"SmolLM2 skipped: {reason}")
+    return cases, notes
+
+
+def _skip(tier: str, why: str) -> Evidence:
+    return Evidence(tier, True, skipped=why)
+
+
+def _describe(case: LMCase, items: Sequence[int]) -> str:
+    if case.name == "tiny":
+        info = case.info
+        return f"tiny Llama ({info['params']} params, trained {info['train_steps']} steps), items {list(items)}"
+    first = case.decode(case.prompts[0][-20:]).replace("\n", " ")
+    beams = case.info["num_beams"]
+    return f"SmolLM2-135M-Instruct ({case.device}), {len(items)} question(s) e.g. …{first!r}, {beams} beams"
+
+
+def _round(x: Any, digits: int = 4) -> Any:
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}")
+    if isinstance(x, (list, tuple)):
+        return [_round(v, digits) for v in x]
+    if isinstance(x, dict):
+        return {k: _round(v, digits) for k, v in x.items()}
+    return x
+
+
+def check_l51(tier: str = "llm_cpu") -> Evidence:
+    """L5.1 on real LLMs: first-order agreement (error/η² bounded as η shrinks 10×, 100×) for GA and BS-T steps
+    of the tail subset; the explicit-eNTK −η·A·K·G equals the forward-mode product on the tiny model."""
+    cases, notes = tier_cases(tier)
+    if not cases:
+        return _skip(tier, notes[0])
+    numbers, failures, instances = {}, [], []
+    for case, items in cases:
+        rows = []
+        for item in items[:2]:
+            for loss, tau in (("ga", 1.0), ("bs_t", 1.0), ("bs_t", 4.0)):
+                r = l51_measure(
+                    case, item, loss, tau, explicit_ntk=case.name == "tiny" and item == items[0] and loss == "ga"
+                )
+                rows.append(r)
+                if not r["bounded"]:
+                    ratio = _round(r["error_over_eta2"])
+                    failures.append(f"{case.name} item {item} {loss} τ={tau}: error/η² = {ratio}")
+        numbers[case.name] = {
+            "subset params": rows[0]["subset_params"],
+            "error/η² at η0, η0/10, η0/100 (worst)": _round(
+                max(rows, key=lambda r: max(r["error_over_eta2"]))["error_over_eta2"]
+            ),
+            "log-log order (min)": _round(min(r["order"] for r in rows)),
+            "first-order rate d log π/dη (target, band) of GA": _round([rows[0]["rate_target"], rows[0]["rate_band"]]),
+            "|tail − model logits| (float32 model)": _round(max(r["tail_vs_model_logits"] for r in rows)),
+        }
+        explicit = [r for r in rows if "akg_target" in r]
+        if explicit:
+            e = explicit[0]
+            numbers[case.name]["explicit A·K·G vs forward-mode (target, K over mlp.down_proj)"] = _round(
+                [e["akg_target"], e["jvp_target"], e["ntk_shape"]]
+            )
+            if abs(e["akg_target"] - e["jvp_target"]) > 1e-8 * max(1.0, abs(e["akg_target"])):
+                failures.append(f"explicit eNTK A·K·G {e['akg_target']} ≠ forward mode {e['jvp_target']}")
+        instances.append(_describe(case, items[:2]))
+    return Evidence(
+        tier,
+        not failures,
+        numbers,
+        "; ".join(instances) + "; one SGD step of the last MLP block + norms + LM head (float64), GA / BS-T τ∈{1,4}; "
+        "observed: y_u and its band" + ("; " + "; ".join(notes) if notes else ""),
+        counterexample=failures[0] if failures else None,
+    )
+
+
+def check_t52(tier: str = "llm_cpu") -> Evidence:
+    """T5.2 on real LLM logits: autograd's BS-T residual vs the printed +λq and the corrected −λq."""
+    cases, notes = tier_cases(tier)
+    if not cases:
+        return _skip(tier, notes[0])
+    results, numbers, instances = [], {}, []
+    for case, items in cases:
+        rs = [t52_measure(case, item, LAM, tau) for item in items for tau in TEMPERATURES]
+        results += rs
+        numbers[case.name] = {
+            "max |autograd − (p − t)|": _round(max(r["err_formula"] for r in rs)),
+            "max |autograd − (G_GA − λq)| (corrected)": _round(max(r["err_corrected"] for r in rs)),
+            "max |autograd − (G_GA + λq)| (printed)": _round(max(r["err_printed"] for r in rs)),
+            "answer tokens": sum(r["n_tokens"] for r in rs) // len(TEMPERATURES),
+        }
+        instances.append(_describe(case, items))
+    printed_ok = all(r["err_printed"] < 1e-9 for r in results)
+    corrected_ok = all(r["err_corrected"] < 1e-9 and r["err_formula"] < 1e-9 for r in results)
+    worst = max(results, key=lambda r: r["err_printed"])
+    ev = Evidence(
+        tier,
+        printed_ok,
+        numbers,
+        "; ".join(instances)
+        + f"; λ={LAM}, k={TOP_K}, τ ∈ {list(TEMPERATURES)}; logits in float64; bs_t_loss by autograd"
+        + ("; " + "; ".join(notes) if notes else ""),
+        counterexample=None
+        if printed_ok
+        else (
+            f"item {worst['item']} τ={worst['tau']}: |autograd − printed| = {worst['err_printed']:.4f} = 2λ·max q "
+            f"({worst['two_lambda_q']:.4f}); |autograd − corrected| = {worst['err_corrected']:.1e}"
+        ),
+    )
+    ev.correction = "G_BST[v] = G_GA[v] − λ·q[v] for v ≠ y; autograd " + (
+        "agrees to float64 precision on every LLM answer token" if corrected_ok else "DISAGREES with the correction too"
+    )
+    return ev
+
+
+def check_d2(tier: str = "llm_cpu") -> Evidence:
+    """D2 on real LLMs (tail subset): the parameter-space identity and the size of the belief term relative to
+    the GA×(1−λ) step, by belief temperature; plus the sequence-level belief effect at τ = 1."""
+    cases, notes = tier_cases(tier)
+    if not cases:
+        return _skip(tier, notes[0])
+    numbers, instances, failures = {}, [], []
+    identity_errs = []
+    for case, items in cases:
+        table = []
+        for tau in TEMPERATURES:
+            rs = [d2_measure(case, item, LAM, tau) for item in items]
+            identity_errs += [r["identity_err"] / max(r["grad_scale"], 1e-300) for r in rs]
+            table.append(
+                {
+                    "τ": tau,
+                    "mean 1−S_k": _round(sum(r["mean_1_minus_s_k"] for r in rs) / len(rs), 3),
+                    "mean 1−p_y": _round(sum(r["mean_1_minus_p_y"] for r in rs) / len(rs), 3),
+                    "‖belief term‖/‖GA×(1−λ) step‖ (max)": _round(max(r["rel"] for r in rs), 3),
+                }
+            )
+            if tau == 1.0:
+                for r in rs:
+                    if r["mean_1_minus_s_k"] < 0.01 and r["rel"] > 0.1:
+                        failures.append(
+                            f"{case.name} item {r['item']}: S_k ≈ 1 (1−S_k = {r['mean_1_minus_s_k']:.2g}) but the "
+                            f"belief term is {r['rel']:.2f}× the GA×(1−λ) step"
+                        )
+        numbers[case.name] = table
+        instances.append(_describe(case, items))
+    if max(identity_errs) > 1e-10:
+        failures.insert(0, f"parameter-space identity error {max(identity_errs):.2e} (relative)")
+    numbers["max relative identity error ∇L_BST − ∇L_GA×(1−λ) − λ/n Σ∇(q−p)ᵀz"] = _round(max(identity_errs))
+    return Evidence(
+        tier,
+        not failures,
+        numbers,
+        "; ".join(instances) + f"; gradients of the last MLP block + norms + LM head (float64), λ={LAM}, k={TOP_K}; "
+        "τ = 2, 4 shown for contrast (D2 assumes τ = 1)" + ("; " + "; ".join(notes) if notes else ""),
+        counterexample=failures[0] if failures else None,
+    )
+
+
+def check_d4(tier: str = "llm_cpu") -> Evidence:
+    """D4 on real LLMs: at every answer token, does one BS-T step (tail subset, first order) push the top
+    non-target down exactly when λ·q^(τ)[y*] > p[y*]? Measured on its raw logit, its logit relative to the mean
+    logit, and its log-probability."""
+    cases, notes = tier_cases(tier)
+    if not cases:
+        return _skip(tier, notes[0])
+    numbers, instances = {}, []
+    agree = {"raw logit": [0, 0], "centred logit": [0, 0], "log p(y*)": [0, 0]}
+    counterexample = None
+    for case, items in cases:
+        table = []
+        for lam in (LAM, 0.8):
+            for tau in TEMPERATURES:
+                rows = [r for item in items for r in d4_measure(case, item, lam, tau)]
+                down = sum(r["rule_down"] for r in rows)
+                ok = {
+                    "raw logit": sum((r["dz_star"] < 0) == r["rule_down"] for r in rows),
+                    "centred logit": sum((r["dz_star_centred"] < 0) == r["rule_down"] for r in rows),
+                    "log p(y*)": sum((r["dlogp_star"] < 0) == r["rule_down"] for r in rows),
+                }
+                for k in agree:
+                    agree[k][0] += ok[k]
+                    agree[k][1] += len(rows)
+                if counterexample is None:
+                    bad = [r for r in rows if (r["dz_star"] < 0) != r["rule_down"]]
+                    if bad:
+                        r = bad[0]
+                        counterexample = (
+                            f"{case.name} item pos {r['pos']}, λ={lam}, τ={tau:g}: p_y={r['p_y']:.4f}, p(y*)="
+                            f"{r['p_star']:.2e}, λq(y*)={lam * r['q_star']:.2e} → rule says y* "
+                            f"{'↓' if r['rule_down'] else '↑'}; first-order Δz(y*) = {r['dz_star']:+.3g}, "
+                            f"Δlog p(y*) = {r['dlogp_star']:+.3g}"
+                        )
+                table.append(
+                    f"λ={lam} τ={tau:g}: rule ↓ at {down}/{len(rows)} tokens; agrees with Δz {ok['raw logit']}, "
+                    f"centred Δz {ok['centred logit']}, Δlog p(y*) {ok['log p(y*)']}; log p(y) rises at "
+                    f"{sum(r['dlogp_target'] > 0 for r in rows)}"
+                )
+        numbers[case.name] = table
+        instances.append(_describe(case, items))
+    numbers["agreement (tokens)"] = {k: f"{a}/{n}" for k, (a, n) in agree.items()}
+    holds = agree["raw logit"][0] == agree["raw logit"][1]
+    under = agree["log p(y*)"][0] == agree["log p(y*)"][1]
+    ev = Evidence(
+        tier,
+        holds,
+        numbers,
+        "; ".join(instances)
+        + f"; one BS-T step (k={TOP_K}) of the last MLP block + norms + LM head, first order"
+        + ("; " + "; ".join(notes) if notes else ""),
+        counterexample=None if holds else counterexample,
+    )
+    if not holds:
+        ev.condition = (
+            "on a network the rule predicts the direction of log p(y*) (the shift-invariant quantity), not of the raw "
+            "logit: shared parameters move all logits of a position together, which free logits (Σ_v Δz_v = 0) cannot"
+        )
+        ev.holds_under_condition = under
+    return ev
+
+
+def _seq_numbers(case: LMCase, items: Sequence[int], s: TierSetting) -> list[dict[str, Any]]:
+    """Per item: the band change at matched target decrease for every run, whole answers and after the fork."""
+    out = []
+    for item in items:
+        traces = squeeze_traces(case, item, s.drop, s.n_steps)
+        band = [case.decode(b) for b in case.bands[item]]
+        row = {"item": item, "target": case.decode(case.targets[item]), "band": band}
+        for key, tr in traces.items():
+            row[key] = {
+                "band": tr.at_drop(s.drop)["d_band"],
+                "band_after_fork": tr.at_drop(s.drop, suffix=True)["d_band"],
+                "heldout_band": tr.at_drop(s.drop, tr.heldout_rows)["d_band"],
+                "belief_rows": tr.at_drop(s.drop, tr.belief_rows)["d_band"],
+                "first_step_band": tr.band_mean()[1] - tr.band_mean()[0],
+                "steps": tr.at_drop(s.drop)["steps"],
+                "reached": tr.at_drop(s.drop)["reached"],
+            }
+        out.append(row)
+    return out
+
+
+def check_seq1(tier: str = "llm_cpu") -> Evidence:
+    """SEQ1 on real LLMs: GA on y_u until log π(y_u) has fallen by ``drop``; does the band (the model's own other
+    beams / rephrasings) rise? Whole answers, and their continuation after the fork from y_u."""
+    cases, notes = tier_cases(tier)
+    if not cases:
+        return _skip(tier, notes[0])
+    s = TIER_SETTINGS[tier]
+    numbers, instances, failures, fork_fail = {}, [], [], []
+    for case, items in cases:
+        rows = _seq_numbers(case, items, s)
+        numbers[case.name] = [
+            {
+                "item": r["item"],
+                "Δ band": _round(r["ga"]["band"]),
+                "Δ band after fork": _round(r["ga"]["band_after_fork"]),
+                "Δ band, first step": _round(r["ga"]["first_step_band"]),
+            }
+            for r in rows
+        ]
+        for r in rows:
+            if not r["ga"]["band"] > 0:
+                failures.append(
+                    f"{case.name} item {r['item']} (y_u = {r['target']!r}, band e.g. {r['band'][0]!r}): at "
+                    f"Δlog π(y_u) = −{s.drop:g} the band changes by {r['ga']['band']:+.3f} nats (after the fork: "
+                    f"{r['ga']['band_after_fork']:+.3f})"
+                )
+            if not r["ga"]["band_after_fork"] > 0:
+                fork_fail.append(r)
+        instances.append(_describe(case, items))
+    ev = Evidence(
+        tier,
+        not failures,
+        numbers,
+        "; ".join(instances) + f"; plain SGD on GA until log π(y_u) fell by {s.drop:g} nat (band = mean Δ log π over "
+        "the model's other beams / rephrasings)" + ("; " + "; ".join(notes) if notes else ""),
+        counterexample=failures[0] if failures else None,
+    )
+    if failures:
+        ev.condition = (
+            "the band's continuation after its fork from y_u rises (the prefix it shares with y_u falls with y_u): "
+            "squeezing acts at the token where the answers part"
+        )
+        ev.holds_under_condition = not fork_fail
+    return ev
+
+
+def check_seq2(tier: str = "llm_cpu") -> Evidence:
+    """SEQ2 on real LLMs: at matched decrease of log π(y_u), does the band fall under BS-T (τ ∈ {1,2,4}) and BS-S,
+    and what do they do beyond the control GA×(1−λ)? The band is read on held-out rows (not BS-S's beliefs)."""
+    cases, notes = tier_cases(tier)
+    if not cases:
+        return _skip(tier, notes[0])
+    s = TIER_SETTINGS[tier]
+    numbers, instances, failures = {}, [], []
+    effects = []
+    for case, items in cases:
+        rows = _seq_numbers(case, items, s)
+        table = []
+        for r in rows:
+            ctrl = r["ga_scaled"]["heldout_band"]
+            entry = {"item": r["item"], "GA": _round(r["ga"]["heldout_band"]), "GA×(1−λ)": _round(ctrl)}
+            for key in ("bs_t@1", "bs_t@2", "bs_t@4", "bs_s"):
+                value = r[key]["heldout_band"]
+                entry[key] = _round(value)
+                entry[f"{key} − control"] = _round(value - ctrl)
+                effects.append(value - ctrl)
+                if not value < 0:
+                    failures.append(
+                        f"{case.name} item {r['item']}, {key}: at Δlog π(y_u) = −{s.drop:g} the held-out band "
+                        f"changes by {value:+.3f} nats (control GA×(1−λ): {ctrl:+.3f}; belief effect "
+                        f"{value - ctrl:+.3f})"
+                    )
+            entry["bs_s on its own belief rows"] = _round(r["bs_s"]["belief_rows"])
+            table.append(entry)
+        numbers[case.name] = table
+        instances.append(_describe(case, items))
+    numbers["belief effect (method − control), min / max"] = _round([min(effects), max(effects)])
+    return Evidence(
+        tier,
+        not failures,
+        numbers,
+        "; ".join(instances) + f"; plain SGD, each run until log π(y_u) fell by {s.drop:g} nat (interpolated); "
+        f"λ={LAM}, k={TOP_K}, BS-S off-policy with base BS-T and λ_BSS={LAM_BSS} on band rows 0,2,..; Δ band = mean "
+        "Δ log π of the held-out band rows 1,3,.." + ("; " + "; ".join(notes) if notes else ""),
+        counterexample=failures[0] if failures else None,
+    )
+
+
+CHECKS = {"L5.1": check_l51, "T5.2": check_t52, "D2": check_d2, "D4": check_d4, "SEQ1": check_seq1, "SEQ2": check_seq2}
+
+for _claim_id, _check in CHECKS.items():
+    for _tier in TIER_SETTINGS:
+        checker(_claim_id, _tier)(functools.partial(lambda fn, tier, **_: fn(tier), _check, _tier))
