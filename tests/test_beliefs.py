@@ -451,3 +451,31 @@ def test_npo_base_at_the_reference_weights_is_ga_scaled_by_one():
 def test_score_answers_marks_zero_length_answers_nan():
     scores = score_answers(MODEL, [PROMPTS[0], PROMPTS[1]], [[5], []], TOK.pad_token_id)
     assert math.isfinite(scores[0]) and math.isnan(scores[1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The benchmark runs end to end (its numbers are measured by `python experiments/bench.py bs_s`, not here)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_bench_bs_s_smoke(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_bs_s.py"
+    spec = importlib.util.spec_from_file_location("bench_bs_s", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--quick", "--items", "8", "--answer-len", "4", "--prompt-len", "4", "--repeats", "1"])
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
+    assert float(lines["bs_s/npo step-time ratio"]) > 0
+    assert float(lines["batched/sequential generation speed-up"]) > 0
+    per_microbatch = [
+        float(lines[f"peak memory belief term N=3 belief_microbatch={mb} MiB (autograd saved activations)"])
+        for mb in (1, 2, 4, 8)
+    ]
+    assert per_microbatch[3] == pytest.approx(8 * per_microbatch[0], rel=0.2)  # linear in the micro-batch
+    unit = "MiB (autograd saved activations)"
+    fixed = [float(lines[f"peak memory step N={n} belief_microbatch=8 {unit}"]) for n in (2, 8)]
+    whole = [float(lines[f"peak memory step N={n} un-micro-batched {unit}"]) for n in (2, 8)]
+    assert fixed[1] == pytest.approx(fixed[0], rel=0.05) and whole[1] == pytest.approx(4 * whole[0], rel=0.2)
