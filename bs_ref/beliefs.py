@@ -161,10 +161,10 @@ def check_sampling_args(n: int, select: str, m: int | None, temperature: float, 
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if select != "beam" and float(temperature) == 0.0 and (n > 1 or (m or n) > 1):
+    if select != "beam" and float(temperature) == 0.0 and (n > 1 or select == "filter"):
         raise ValueError(
-            "temperature=0 is greedy decoding, which has one answer per prompt; use n=1 (and no m), a "
-            "temperature > 0, or select='beam' for several deterministic answers"
+            "temperature=0 is greedy decoding, which has one answer per prompt (nothing to filter); use n=1 with "
+            "select='sample', a temperature > 0, or select='beam' for several deterministic answers"
         )
 
 
@@ -268,7 +268,7 @@ def sample_beliefs(
     beliefs = Beliefs(
         settings=dict(
             n=n, select=select, m=m, temperature=float(temperature), top_p=float(top_p), max_new_tokens=max_new_tokens,
-            seed=seed, stop_token_ids=stop_ids,
+            seed=seed, stop_token_ids=stop_ids, candidates_per_prompt=draws,
         )
     )  # fmt: skip
     for j in keep:

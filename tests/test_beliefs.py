@@ -201,6 +201,7 @@ def test_filter_draws_twice_n_candidates_by_default():
     default = sample_beliefs(MODEL, TOK, PROMPTS[:2], n=2, select="filter", max_new_tokens=6, seed=4)
     explicit = sample_beliefs(MODEL, TOK, PROMPTS[:2], n=2, m=4, select="filter", max_new_tokens=6, seed=4)
     assert default.input_ids == explicit.input_ids and len(default) == 4
+    assert default.settings["candidates_per_prompt"] == 4
 
 
 def test_filter_keeps_the_most_likely_candidates():
@@ -224,6 +225,7 @@ def test_filter_keeps_the_most_likely_candidates():
         (dict(select="top"), "select must be one of"),
         (dict(temperature=-1.0), "temperature"),
         (dict(n=2, temperature=0.0), "greedy"),
+        (dict(n=1, temperature=0.0, select="filter"), "greedy"),
         (dict(top_p=0.0), "top_p"),
         (dict(max_new_tokens=0), "max_new_tokens"),
     ],
