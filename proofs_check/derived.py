@@ -500,7 +500,7 @@ def d4_toy_softmax(**_):
 
 @checker("D4", "toy_autoregressive")
 def d4_toy_ar(**_):
-    tally, target_up = Tally(), []
+    tally, target_up = Tally(), {f"τ={tau:g}": [0, 0] for tau in TAUS}
     for seed in (0, 1, 2):
         case = toy_case(seed)
         fn, params = case.fn_params()
@@ -534,12 +534,13 @@ def d4_toy_ar(**_):
                         f"ToyAR seed {seed} pos {pos}, λ={lam}, τ={tau:g}: rule says y* {'↓' if rule else '↑'}, "
                         f"first-order Δz(y*) = {float(dz[pos, star]):+.3g}",
                     )
-                    target_up.append(float(dlogp[pos, y]) > 0)
+                    target_up[f"τ={tau:g}"][0] += float(dlogp[pos, y]) > 0
+                    target_up[f"τ={tau:g}"][1] += 1
     return evidence(
         "toy_autoregressive",
         tally,
         "ToyAR seeds 0-2: one BS-T step on the whole answer (k=3 of V=5), λ ∈ {0.2,0.8}, τ ∈ {1,2,4}; first-order Δz",
-        {"positions where BS-T raises log p(target) (first order)": f"{sum(target_up)}/{len(target_up)}"},
+        {"positions where BS-T raises log p(target), first order": {k: f"{a}/{b}" for k, (a, b) in target_up.items()}},
         condition="free logits (the claim's setting); with shared parameters other positions' residuals enter via K",
         under_condition=FREE_LOGITS_VERIFIED,
     )

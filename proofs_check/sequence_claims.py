@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from bs_ref.dynamics import linearised_change, parameter_gradient
+from bs_ref.dynamics import band_logprob, linearised_change, parameter_gradient
 from bs_ref.losses import bs_s_combine, bs_t_loss, ga_loss, ga_scaled_loss, npo_loss, sequence_logprob
 
 from ._core import checker, claim
@@ -77,10 +77,6 @@ def loss_batch(case) -> torch.Tensor:
     return torch.cat([case.rows([case.target])["input_ids"], case.rows(case.beliefs)["input_ids"]])
 
 
-def band_logmass(logp: torch.Tensor, band: list[int]) -> torch.Tensor:
-    return torch.logsumexp(logp[..., band], -1)
-
-
 def first_order(case, loss) -> tuple[float, float]:
     """(d log π(y_u)/dη, d log π(band)/dη) for one SGD step, exact by enumeration + forward-mode autograd."""
     fn, params = case.fn_params()
@@ -99,7 +95,7 @@ def trajectory(case, loss, drop: float = DROP, lr: float = LR, max_steps: int = 
     b = case.batch
     ids = loss_batch(case)
     logp0 = case.logprobs()
-    t0, band0 = float(logp0[case.target]), float(band_logmass(logp0, case.band))
+    t0, band0 = float(logp0[case.target]), float(band_logprob(logp0, case.band))
     prev = (0.0, 0.0)
     band_max = 0.0
     for step in range(1, max_steps + 1):
@@ -107,7 +103,7 @@ def trajectory(case, loss, drop: float = DROP, lr: float = LR, max_steps: int = 
         params = {n: v - lr * grads[n] for n, v in params.items()}
         with torch.no_grad():
             logp = sequence_logprob(fn(params, b["input_ids"]), b["labels"])
-        d_target, d_band = float(logp[case.target]) - t0, float(band_logmass(logp, case.band)) - band0
+        d_target, d_band = float(logp[case.target]) - t0, float(band_logprob(logp, case.band)) - band0
         if d_target <= -drop:
             frac = (-drop - prev[0]) / (d_target - prev[0])
             band_at = prev[1] + frac * (d_band - prev[1])
