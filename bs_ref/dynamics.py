@@ -20,6 +20,23 @@ measurements run on free logits, the toy models of ``proofs_check`` and Hugging 
 that touches parameters takes ``names``: the parameter subset the step updates and the NTK is taken over
 (exact names or ``fnmatch`` patterns, e.g. ``["model.layers.3.mlp.*"]``); the rest is frozen.
 
+Example (any causal LM; a parameter subset keeps K small)::
+
+    from bs_ref.dynamics import module_fn, one_step_change, linearised_change, first_order_check
+    from bs_ref.losses import ga_loss, sequence_logprob
+    fn, params = module_fn(model)                      # model in float64 for a clean O(η²) check
+    x_u, x_o = {"input_ids": ids_u}, {"input_ids": ids_o}
+    args = (fn, params, x_u, lambda z: ga_loss(z, labels_u), x_o, lambda z: sequence_logprob(z, labels_o))
+    names = ["model.layers.3.mlp.*"]
+    check = first_order_check(lambda eta: one_step_change(*args, eta, names),
+                              lambda eta: linearised_change(*args, eta, names))
+    check.ratio, check.bounded                         # error/η² at η = 1e-2, 1e-3, 1e-4
+
+Precision: Hugging Face Llama-family models compute RMSNorm in float32 even when the model is float64, so
+parameters upstream of a norm carry ~1e-7 relative rounding into every measured change: pass
+``first_order_check(..., atol=...)`` accordingly, or check on parameters after the last norm (``lm_head``,
+``model.norm.weight``), which stay exact in float64.
+
 Cost: ``empirical_ntk`` materialises the Jacobians [M, P] (toy models, or an LLM restricted to a few
 outputs via ``outputs=`` and a small parameter subset). ``linearised_change`` gives the first-order
 change −η·K·G through one forward-mode product (K·G = ∇_θ z(χ_o)·∇_θ L(χ_u)) without ever forming K;
@@ -270,6 +287,9 @@ def linearised_change(
 
     With ``probe`` = log-probabilities this equals Lemma 5.1's −η·A·K·G (the chain rule through z(χ_o)
     with K·G = ∇_θ z(χ_o)·∇_θ L(χ_u)), computed without forming K — the way to check Lemma 5.1 on an LLM.
+    Where an operator has no forward-mode derivative (e.g. PyTorch's CPU flash attention behind
+    ``attn_implementation="sdpa"``), it falls back to reverse mode: one backward pass per probe output,
+    so keep the probe small (a scalar such as log π(y_o|χ_o) costs one).
     """
     grads = parameter_gradient(model_fn, params, x_u, loss_fn, names)
     trainable, frozen = _split(params, list(grads))
@@ -278,8 +298,26 @@ def linearised_change(
     def probed(tr: Params) -> torch.Tensor:
         return probe(model_fn({**frozen, **tr}, x_o))
 
-    _, tangent = jvp(probed, (trainable,), (direction,))
+    try:
+        _, tangent = jvp(probed, (trainable,), (direction,))
+    except (NotImplementedError, RuntimeError) as exc:
+        if "forward AD" not in str(exc) and "forward-mode" not in str(exc):
+            raise
+        tangent = _reverse_mode_product(probed, trainable, direction)
     return tangent
+
+
+def _reverse_mode_product(probed: Callable[[Params], torch.Tensor], at: Params, direction: Params) -> torch.Tensor:
+    """∂probed/∂θ · direction by reverse mode, one backward pass per output entry."""
+    with torch.enable_grad():
+        leaves = {n: v.detach().clone().requires_grad_(True) for n, v in at.items()}
+        out = probed(leaves)
+        flat = out.reshape(-1)
+        values = []
+        for i in range(flat.numel()):
+            grads = torch.autograd.grad(flat[i], list(leaves.values()), retain_graph=True, allow_unused=True)
+            values.append(sum((g * direction[n]).sum() for n, g in zip(leaves, grads) if g is not None))
+    return torch.stack([torch.as_tensor(v, dtype=out.dtype) for v in values]).reshape(out.shape).detach()
 
 
 @dataclass

@@ -194,6 +194,33 @@ def test_module_fn_and_a_parameter_subset_on_a_tiny_llama():
     assert check.bounded and float(pred) < 0  # one GA step lowers log π(y|x)
 
 
+def test_linearised_change_falls_back_to_reverse_mode_under_sdpa():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(
+        vocab_size=11,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    ids, labels = torch.tensor([[1, 4, 5, 6]]), torch.tensor([[-100, 4, 5, 6]])
+    out = []
+    for attn in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation=attn)).double().eval()
+        fn, params = module_fn(model)
+        x = {"input_ids": ids}
+        out.append(
+            linearised_change(
+                fn, params, x, lambda z: ga_loss(z, labels), x, lambda z: sequence_logprob(z, labels), 1e-3
+            )
+        )
+    torch.testing.assert_close(out[0], out[1])
+    assert float(out[0][0]) < 0
+
+
 def test_probes():
     p = torch.tensor([0.1, 0.5, 0.3, 0.1])
     idx, prob = top_non_target(p, 1)
