@@ -1,7 +1,7 @@
 """BS-S speed and memory (``python experiments/bench.py bs_s``), measured as ratios within one run.
 
     python experiments/bench.py bs_s --quick              # small model, < 2 min on 2 CPU cores
-    python experiments/bench.py bs_s                      # the TOFU-experiment model size (TinyLlamaConfig)
+    python experiments/bench.py bs_s                      # a larger random Llama (d=256, 4 layers), longer answers
     python experiments/bench.py bs_s --model smollm2      # any HF checkpoint / hub id, or the packaged SmolLM2
 
 What it measures (issue "Beliefs and BS-S"), on one forget set of F items, batch B, answers of A tokens:
@@ -46,14 +46,17 @@ from bs_ref.losses import IGNORE_INDEX, npo_loss, sequence_logprob
 
 
 def build_small_model(quick: bool, seed: int = 0):
-    """A randomly initialised Llama and a word-level tokenizer (EOS + pad); TinyLlamaConfig shape unless quick."""
+    """A randomly initialised Llama and a word-level tokenizer (EOS + pad): d=128/2 layers (quick, about the
+    TOFU experiment's default preset) or d=256/4 layers/V=2048 (about 8x the compute per token)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from bs_ref.models import TinyLlamaConfig, build_tiny_llama
 
-    cfg = TinyLlamaConfig(hidden_size=128, intermediate_size=344, num_layers=2, vocab_size=512) if quick else None
-    cfg = cfg or TinyLlamaConfig()
+    if quick:
+        cfg = TinyLlamaConfig(hidden_size=128, intermediate_size=344, num_layers=2, num_heads=2, vocab_size=512)
+    else:
+        cfg = TinyLlamaConfig(hidden_size=256, intermediate_size=688, num_layers=4, num_heads=4, vocab_size=2048)
     names = ["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(cfg.vocab_size - 3)]
     backend = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(names)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
         source = args.model
     else:
         model, tokenizer = build_small_model(args.quick, args.seed)
-        source = "random TinyLlamaConfig" + (" (quick: d=128, 2 layers, V=512)" if args.quick else " (d=256, 4 layers)")
+        shape = "d=128, 2 layers, V=512" if args.quick else "d=256, 4 layers, V=2048"
+        source = f"random Llama ({shape})"
     model.to(device).train()
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     vocab = model.get_output_embeddings().weight.shape[0]
