@@ -46,6 +46,10 @@ SUMMARY_COLUMNS = (
     "util",
     "agg",
     "fact_leak",
+    "fact_leak_paraphrased_question",
+    "fact_leak_any_of_n",
+    "fact_logprob",
+    "heldout_prob",
     "forget_prob",
     "forget_rougeL",
     "forget_truth_ratio",
@@ -63,6 +67,8 @@ TABLE_COLUMNS = (
     ("util", "Util"),
     ("agg", "Agg"),
     ("fact_leak", "fact leak"),
+    ("fact_leak_paraphrased_question", "leak (para. Q)"),
+    ("fact_leak_any_of_n", "leak (any of N)"),
     ("forget_rougeL", "forget ROUGE-L"),
     ("forget_truth_ratio", "forget TR"),
 )
@@ -461,38 +467,40 @@ def plot_metric_bars(rows: Sequence[dict], path: str | Path, columns=PAPER_COLUM
 
 
 def plot_squeezing_traces(curves: dict[str, Sequence[dict]], path: str | Path):
-    """One panel per method: mean token log-prob of the forget targets and of the original model's
-    high/mid/low-likelihood belief bands over training steps (paper Fig. 2/4)."""
+    """One panel per method: change (from step 0) of the mean token log-prob of the forget targets and of the
+    original model's high/mid/low-likelihood belief bands over training steps (paper Fig. 2/4). Squeezing
+    shows as a band that rises while the target falls."""
     plt = _pyplot()
     if plt is None:
         return None
-    methods = [m for m, c in curves.items() if len(c) > 1]
-    if not methods:
-        methods = list(curves)
+    methods = [m for m, c in curves.items() if len(c) > 1] or list(curves)
     cols = min(4, max(1, len(methods)))
     rows_n = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.8 * rows_n), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.9 * rows_n), squeeze=False, sharey=True)
     styles = {"target_logprob": ("target", "k", "-")}
-    styles.update(
-        {f"band_{b}_logprob": (f"{b} band", c, "--") for b, c in zip(BANDS, ("tab:red", "tab:orange", "tab:blue"))}
-    )
+    colors = ("tab:red", "tab:orange", "tab:blue")
+    styles.update({f"band_{b}_logprob": (f"{b} band", c, "--") for b, c in zip(BANDS, colors)})
     for ax, method in zip(axes.flat, methods):
         curve = curves[method]
         steps = [_number(p.get("step")) for p in curve]
         for key, (label, color, style) in styles.items():
-            values = [_number(p.get(key)) for p in curve]
-            if any(math.isfinite(v) for v in values):
-                ax.plot(steps, values, style, color=color, label=label, marker=".", markersize=3)
+            values = np.array([_number(p.get(key)) for p in curve])
+            if np.isfinite(values).any():
+                ax.plot(steps, values - values[0], style, color=color, label=label, marker=".", markersize=3)
+        ax.axhline(0.0, color="0.6", linewidth=0.6)
         ax.set_title(method, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
-    axes[0, 0].set_ylabel("mean token log-prob")
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Δ mean token log-prob", fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, 1.03))
-    fig.suptitle("Squeezing trace: forget target vs the original model's belief bands", y=1.08, fontsize=10)
+        fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle("Squeezing trace: forget target vs the original model's belief bands", y=1.04, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return save_figure(fig, path)
 
 

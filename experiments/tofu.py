@@ -80,6 +80,9 @@ CURVE_METRICS = (
     "util",
     "agg",
     "fact_leak",
+    "fact_leak_rate_paraphrased_question",
+    "fact_logprob",
+    "heldout_prob",
     "forget_rouge",
     "forget_truth_ratio",
 )
@@ -207,6 +210,9 @@ class TofuArgs:
     eval_batch_size: int = field(default=32, metadata=_help("batch size of scoring and generation"))
     band_samples: int = field(default=9, metadata=_help("candidates sampled per forget question for the bands"))
     band_temperature: float = field(default=1.0, metadata=_help("sampling temperature of the band candidates"))
+    leak_samples: int = field(
+        default=5, metadata=_help("sampled answers per forget item for the any-of-N fact leak (final evaluation)")
+    )
     fluency_classifier: str | None = field(
         default=None, metadata=_help("local text-classification checkpoint for Fluency (default: offline proxy)")
     )
@@ -220,12 +226,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         qa_per_author=2,
         n_world=8,
         n_real=6,
-        epochs=3,
-        batch_size=4,
-        lr=5e-4,
-        eval_every=2,
+        epochs=4,
+        batch_size=2,
+        lr=3e-3,
+        eval_every=3,
         curve_items=4,
         band_samples=4,
+        leak_samples=2,
         eval_batch_size=16,
         belief_max_new_tokens=24,
     ),
@@ -645,7 +652,7 @@ class Evaluator:
         self.retain_forget_items: list[dict] | None = None
         self.bands = None
 
-    def full(self, model) -> dict[str, list[dict]]:
+    def full(self, model, seed: int = 0) -> dict[str, list[dict]]:
         from bs_ref.metrics.tofu import evaluate
 
         return evaluate(
@@ -655,6 +662,8 @@ class Evaluator:
             self.args.template,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.args.eval_batch_size,
+            num_samples=self.args.leak_samples if self.data.has_facts else 0,
+            seed=seed,
         )
 
     def aggregate(self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None = None) -> dict:
@@ -691,7 +700,6 @@ class Evaluator:
             for band in ex.BANDS:
                 point[f"band_{band}_logprob"] = scores.get(band)
         agg["fact_leak"] = agg.get("fact_leak_rate")
-        agg["forget_rouge"] = agg.get("forget_rouge")
         for key in CURVE_METRICS:
             point[key] = agg.get(key)
         point["eval_s"] = time.perf_counter() - start
@@ -742,6 +750,10 @@ def summary_metrics(agg: dict) -> dict:
         "util": agg.get("util"),
         "agg": agg.get("agg"),
         "fact_leak": agg.get("fact_leak_rate"),
+        "fact_leak_paraphrased_question": agg.get("fact_leak_rate_paraphrased_question"),
+        "fact_leak_any_of_n": agg.get("fact_leak_rate_any_of_n"),
+        "fact_logprob": agg.get("fact_logprob"),
+        "heldout_prob": agg.get("heldout_prob"),
         "forget_prob": agg.get("forget_prob"),
         "forget_rougeL": agg.get("forget_rouge"),
         "forget_truth_ratio": agg.get("forget_truth_ratio"),
@@ -952,7 +964,7 @@ def run_method(args, store, evaluator, data, original, tokenizer, name, base, ov
     model = unlearn(model, tokenizer, data.forget_train, data.retain_train, cfg, callback=callback,
                     accelerator=accelerator)  # fmt: skip
     train_s = time.perf_counter() - began
-    per_split = evaluator.full(model)
+    per_split = evaluator.full(model, seed)
     agg = evaluator.aggregate(per_split)
     metrics = summary_metrics(agg)
     metrics["target_logprob_drop"] = start_point["target_logprob"] - curve[-1]["target_logprob"]

@@ -45,7 +45,10 @@ tofu = _load_script()
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    """One model cache for the whole file: the smoke pair is trained once."""
+    """One model cache for the whole file: the smoke pair is trained once (or reused from
+    ``$BS_REF_TEST_MODEL_CACHE`` when set, to skip the training while developing)."""
+    if os.environ.get("BS_REF_TEST_MODEL_CACHE"):
+        return Path(os.environ["BS_REF_TEST_MODEL_CACHE"])
     return tmp_path_factory.mktemp("model_cache")
 
 
