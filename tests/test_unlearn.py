@@ -27,6 +27,15 @@ RECORDS = [
 FORGET, RETAIN = RECORDS[:4], RECORDS[4:]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is fastest, and on a shared CPU extra threads only spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """(state_dict, tokenizer, config): a 1-layer Llama trained on RECORDS until the answers are likely (~1 s)."""
