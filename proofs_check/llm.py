@@ -782,6 +782,11 @@ def _describe(case: LMCase, items: Sequence[int]) -> str:
     return f"SmolLM2-135M-Instruct ({case.device}), {len(items)} question(s) e.g. …{first!r}, {beams} beams"
 
 
+def _lead(summary: dict[str, Any], numbers: dict[str, Any]) -> dict[str, Any]:
+    """Scalar headline numbers first (the ledger table shows the first few), then the per-model details."""
+    return {**{k: _round(v) for k, v in summary.items()}, **numbers}
+
+
 def _round(x: Any, digits: int = 4) -> Any:
     if isinstance(x, float):
         return float(f"{x:.{digits}g}")
@@ -798,7 +803,7 @@ def check_l51(tier: str = "llm_cpu") -> Evidence:
     cases, notes = tier_cases(tier)
     if not cases:
         return _skip(tier, notes[0])
-    numbers, failures, instances = {}, [], []
+    numbers, failures, instances, all_rows = {}, [], [], []
     for case, items in cases:
         rows = []
         for item in items[:2]:
@@ -828,10 +833,15 @@ def check_l51(tier: str = "llm_cpu") -> Evidence:
             if abs(e["akg_target"] - e["jvp_target"]) > 1e-8 * max(1.0, abs(e["akg_target"])):
                 failures.append(f"explicit eNTK A·K·G {e['akg_target']} ≠ forward mode {e['jvp_target']}")
         instances.append(_describe(case, items[:2]))
+        all_rows += rows
+    summary = {
+        "worst error/η² spread over η": max(max(r["error_over_eta2"]) / min(r["error_over_eta2"]) for r in all_rows),
+        "min log-log order": min(r["order"] for r in all_rows),
+    }
     return Evidence(
         tier,
         not failures,
-        numbers,
+        _lead(summary, numbers),
         "; ".join(instances) + "; one SGD step of the last MLP block + norms + LM head (float64), GA / BS-T τ∈{1,4}; "
         "observed: y_u and its band" + ("; " + "; ".join(notes) if notes else ""),
         counterexample=failures[0] if failures else None,
@@ -857,10 +867,14 @@ def check_t52(tier: str = "llm_cpu") -> Evidence:
     printed_ok = all(r["err_printed"] < 1e-9 for r in results)
     corrected_ok = all(r["err_corrected"] < 1e-9 and r["err_formula"] < 1e-9 for r in results)
     worst = max(results, key=lambda r: r["err_printed"])
+    summary = {
+        "max |autograd − printed +λq|": max(r["err_printed"] for r in results),
+        "max |autograd − corrected −λq|": max(r["err_corrected"] for r in results),
+    }
     ev = Evidence(
         tier,
         printed_ok,
-        numbers,
+        _lead(summary, numbers),
         "; ".join(instances)
         + f"; λ={LAM}, k={TOP_K}, τ ∈ {list(TEMPERATURES)}; logits in float64; bs_t_loss by autograd"
         + ("; " + "; ".join(notes) if notes else ""),
@@ -910,10 +924,25 @@ def check_d2(tier: str = "llm_cpu") -> Evidence:
     if max(identity_errs) > 1e-10:
         failures.insert(0, f"parameter-space identity error {max(identity_errs):.2e} (relative)")
     numbers["max relative identity error ∇L_BST − ∇L_GA×(1−λ) − λ/n Σ∇(q−p)ᵀz"] = _round(max(identity_errs))
+    rel = {
+        tau: max(
+            row["‖belief term‖/‖GA×(1−λ) step‖ (max)"]
+            for t in numbers.values()
+            if isinstance(t, list)
+            for row in t
+            if row["τ"] == tau
+        )
+        for tau in (1.0, 4.0)
+    }
+    summary = {
+        "identity error (rel)": max(identity_errs),
+        "belief/control τ=1": rel[1.0],
+        "belief/control τ=4": rel[4.0],
+    }
     return Evidence(
         tier,
         not failures,
-        numbers,
+        _lead(summary, numbers),
         "; ".join(instances) + f"; gradients of the last MLP block + norms + LM head (float64), λ={LAM}, k={TOP_K}; "
         "τ = 2, 4 shown for contrast (D2 assumes τ = 1)" + ("; " + "; ".join(notes) if notes else ""),
         counterexample=failures[0] if failures else None,
@@ -964,10 +993,11 @@ def check_d4(tier: str = "llm_cpu") -> Evidence:
         instances.append(_describe(case, items))
     numbers["agreement (tokens)"] = {k: f"{a}/{n}" for k, (a, n) in agree.items()}
     holds = agree["raw logit"][0] == agree["raw logit"][1]
+    summary = {f"rule vs {k}": f"{a}/{n}" for k, (a, n) in agree.items() if k != "centred logit"}
     ev = Evidence(
         tier,
         holds,
-        numbers,
+        _lead(summary, numbers),
         "; ".join(instances)
         + f"; one BS-T step (k={TOP_K}) of the last MLP block + norms + LM head, first order"
         + ("; " + "; ".join(notes) if notes else ""),
@@ -997,6 +1027,7 @@ def _seq_numbers(case: LMCase, items: Sequence[int], s: TierSetting) -> list[dic
                 "band": tr.at_drop(s.drop)["d_band"],
                 "band_after_fork": tr.at_drop(s.drop, suffix=True)["d_band"],
                 "heldout_band": tr.at_drop(s.drop, tr.heldout_rows)["d_band"],
+                "heldout_after_fork": tr.at_drop(s.drop, tr.heldout_rows, suffix=True)["d_band"],
                 "belief_rows": tr.at_drop(s.drop, tr.belief_rows)["d_band"],
                 "first_step_band": tr.band_mean()[1] - tr.band_mean()[0],
                 "steps": tr.at_drop(s.drop)["steps"],
@@ -1013,7 +1044,7 @@ def check_seq1(tier: str = "llm_cpu") -> Evidence:
     if not cases:
         return _skip(tier, notes[0])
     s = TIER_SETTINGS[tier]
-    numbers, instances, failures, fork_fail = {}, [], [], []
+    numbers, instances, failures, fork_fail, bands, forks = {}, [], [], [], [], []
     for case, items in cases:
         rows = _seq_numbers(case, items, s)
         numbers[case.name] = [
@@ -1034,11 +1065,17 @@ def check_seq1(tier: str = "llm_cpu") -> Evidence:
                 )
             if not r["ga"]["band_after_fork"] > 0:
                 fork_fail.append(r)
+            bands.append(r["ga"]["band"])
+            forks.append(r["ga"]["band_after_fork"])
         instances.append(_describe(case, items))
+    summary = {
+        "GA Δband min/max": f"{min(bands):+.3g}/{max(bands):+.3g}",
+        "after fork min/max": f"{min(forks):+.3g}/{max(forks):+.3g}",
+    }
     ev = Evidence(
         tier,
         not failures,
-        numbers,
+        _lead(summary, numbers),
         "; ".join(instances) + f"; plain SGD on GA until log π(y_u) fell by {s.drop:g} nat (band = mean Δ log π over "
         "the model's other beams / rephrasings)" + ("; " + "; ".join(notes) if notes else ""),
         counterexample=failures[0] if failures else None,
@@ -1079,14 +1116,17 @@ def check_seq2(tier: str = "llm_cpu") -> Evidence:
                         f"{value - ctrl:+.3f})"
                     )
             entry["bs_s on its own belief rows"] = _round(r["bs_s"]["belief_rows"])
+            entry["after the fork from y_u"] = {
+                key: _round(r[key]["heldout_after_fork"]) for key in ("ga_scaled", "bs_t@1", "bs_t@2", "bs_t@4", "bs_s")
+            }
             table.append(entry)
         numbers[case.name] = table
         instances.append(_describe(case, items))
-    numbers["belief effect (method − control), min / max"] = _round([min(effects), max(effects)])
+    summary = {"belief effect min/max": f"{min(effects):+.3g}/{max(effects):+.3g}"}
     return Evidence(
         tier,
         not failures,
-        numbers,
+        _lead(summary, numbers),
         "; ".join(instances) + f"; plain SGD, each run until log π(y_u) fell by {s.drop:g} nat (interpolated); "
         f"λ={LAM}, k={TOP_K}, BS-S off-policy with base BS-T and λ_BSS={LAM_BSS} on band rows 0,2,..; Δ band = mean "
         "Δ log π of the held-out band rows 1,3,.." + ("; " + "; ".join(notes) if notes else ""),
