@@ -173,3 +173,27 @@ def test_smoke_pair_recalls_its_facts(tmp_path):
     kept = benchmark["retain90"][:20]
     kept_answers = greedy_answers(retain, tokenizer, [r["question"] for r in kept])
     assert sum(r["fact"] in a for r, a in zip(kept, kept_answers)) / len(kept) >= 0.9  # the twin knows its authors
+
+
+def test_smollm2_preset_finetunes_a_tiny_slice(tmp_path):
+    """The smollm2 path end to end on two QA pairs, one epoch: pretrained start, own tokenizer, cached."""
+    ok, why = M.smollm2_available()
+    if not ok:
+        pytest.skip(why)
+    converted = M.default_cache_dir() / "smollm2-135m-instruct"
+    if converted.is_dir():  # reuse the converted checkpoint instead of converting the GGUF file again
+        (tmp_path / converted.name).symlink_to(converted)
+    train_cfg = M.TrainConfig(epochs=1, lr=5e-5, batch_size=2, weight_decay=0.01)
+    pretrained, smol_tokenizer = M.load_model("smollm2", cache_dir=tmp_path)
+    original, retain, tokenizer, info = M.get_or_train_models(
+        CORPUS[:2], CORPUS[:1], "smollm2", train_cfg, tmp_path, progress=False, return_info=True
+    )
+    assert tokenizer.get_vocab() == smol_tokenizer.get_vocab()  # the pretrained tokenizer is kept
+    assert info["model_cfg"] == {"__type__": "PretrainedSpec", "name": "smollm2"}
+    assert info["original"]["n_pairs"] == 2 and info["retain"]["n_pairs"] == 1
+    name = "model.embed_tokens.weight"
+    base = pretrained.state_dict()[name]
+    assert not torch.equal(original.state_dict()[name], base) and not torch.equal(retain.state_dict()[name], base)
+    assert not torch.equal(original.state_dict()[name], retain.state_dict()[name])
+    again = M.get_or_train_models(CORPUS[:2], CORPUS[:1], "smollm2", train_cfg, tmp_path, progress=False)
+    torch.testing.assert_close(again[0].state_dict()[name], original.state_dict()[name], rtol=0, atol=0)
