@@ -75,6 +75,18 @@ def test_l51_first_order_on_smollm2(smollm2):
     assert r["tail_vs_model_logits"] < 1e-3  # the float64 tail reproduces the float32 model
 
 
+def test_t53_bs_s_step_is_the_weighted_sum_of_row_terms(tiny):
+    r = llm.t53_measure(tiny, 0)
+    assert r["sum_vs_joint"] < 1e-12  # Σ_m ω_m A·K·G_BST(χ_u^m), ω_0 = 1 − λ_BSS, ω_j = λ_BSS/N
+    assert r["bounded"] and 1.8 < r["order"] < 2.3, r
+
+
+def test_t53_on_smollm2(smollm2):
+    r = llm.t53_measure(smollm2, 0)
+    assert r["n_beliefs"] >= 2 and r["sum_vs_joint"] < 1e-9
+    assert r["bounded"], r["error_over_eta2"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # T5.2 — the corrected sign −λq on real logits
 # --------------------------------------------------------------------------------------------------------------
@@ -205,7 +217,7 @@ def test_gpu_tier_skips_without_cuda():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("claim_id", ["L5.1", "T5.2", "D2"])
+@pytest.mark.parametrize("claim_id", ["L5.1", "T5.2", "T5.3", "D2"])
 def test_gpu_tier_exact_claims(claim_id):
     ev = llm.CHECKS[claim_id]("llm_gpu")
     assert ev.skipped is None and not ev.numbers.get("error")
