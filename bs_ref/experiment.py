@@ -450,6 +450,8 @@ def plot_metric_bars(rows: Sequence[dict], path: str | Path, columns=PAPER_COLUM
         return None
     stats = method_statistics(rows, [c for c, _ in columns])
     methods = list(stats)
+    if not methods:
+        return None
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(methods) + 2), 3.6))
     width = 0.8 / len(columns)
     x = np.arange(len(methods))
@@ -474,6 +476,8 @@ def plot_squeezing_traces(curves: dict[str, Sequence[dict]], path: str | Path):
     if plt is None:
         return None
     methods = [m for m, c in curves.items() if len(c) > 1] or list(curves)
+    if not methods:
+        return None
     cols = min(4, max(1, len(methods)))
     rows_n = math.ceil(len(methods) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.9 * rows_n), squeeze=False, sharey=True)
@@ -517,7 +521,7 @@ def plot_tradeoff_curves(curves: dict[str, Sequence[dict]], path: str | Path):
         ("mem", "Mem (→ more forgotten)"),
     ]
     panels = [(k, label) for k, label in panels if _curves_have(curves, k)]
-    if not panels:
+    if not panels or not curves:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     cmap = plt.get_cmap("tab10")

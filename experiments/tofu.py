@@ -252,7 +252,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         curve_items=50,
         belief_max_new_tokens=128,
     ),
-    "smollm2": dict(model_preset="smollm2", template="chat", lr=2e-5, batch_size=8, eval_every=5),
+    # The pretrained tier: SmolLM2-135M-Instruct fine-tuned (bs_ref.models.PRESETS["smollm2"]) on a small
+    # synthetic world, chat-formatted; forget10 = 4 authors x 3 facts. Sized for a CPU, not for statistics.
+    "smollm2": dict(
+        model_preset="smollm2",
+        template="chat",
+        n_authors=40,
+        qa_per_author=3,
+        n_world=10,
+        n_real=10,
+        lr=2e-5,
+        batch_size=4,
+        eval_every=5,
+        curve_items=12,
+        eval_batch_size=16,
+    ),
 }
 """Defaults each preset changes; a flag given on the command line overrides its preset."""
 
