@@ -554,6 +554,24 @@ def get_or_train_models(
     written under a temporary name and renamed when complete, so an interrupted run never leaves a
     half-written cache entry, and a second run loads in seconds.
     """
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not progress:  # also silence transformers' own save/load bars
+        hf_logging.disable_progress_bar()
+    try:
+        return _get_or_train_models(
+            original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir, tokenizer_texts, progress, extra_info,
+            return_info,
+        )  # fmt: skip
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def _get_or_train_models(
+    original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir, tokenizer_texts, progress, extra_info, return_info
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_cfg, train_cfg = resolve_preset(model_cfg, train_cfg)
@@ -639,3 +657,46 @@ def get_or_train_pair(
         extra_info=extra,
         return_info=return_info,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Train (or load from the cache) the original/retain pair of a preset and report greedy fact recall.
+
+    python -m bs_ref.models --preset default            # or smoke | smollm2; --cache-dir DIR
+    """
+    import argparse
+
+    from bs_ref.data.synthetic import SyntheticConfig, build_benchmark
+    from bs_ref.metrics.leakage import fact_leak_rate
+    from bs_ref.metrics.tofu import generate_answers
+
+    parser = argparse.ArgumentParser(prog="python -m bs_ref.models", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--cache-dir", default=None, help="default: bs_ref.models.default_cache_dir()")
+    parser.add_argument("--forget", default="forget10", help="forget split whose retain twin is trained")
+    parser.add_argument(
+        "--benchmark", default=None, choices=["default", "smoke"], help="synthetic benchmark size (default: as preset)"
+    )
+    args = parser.parse_args(argv)
+    size = args.benchmark or ("smoke" if args.preset in ("smoke", "smollm2") else "default")
+    benchmark_cfg = SyntheticConfig.smoke() if size == "smoke" else SyntheticConfig()
+    start = time.perf_counter()
+    original, retain, tokenizer, info = get_or_train_pair(
+        benchmark_cfg, args.preset, args.cache_dir, forget=args.forget, return_info=True
+    )
+    report = {"preset": args.preset, "benchmark": size, "wall_s": round(time.perf_counter() - start, 1)}
+    report.update({k: info[k] for k in ("path", "n_parameters", "template")})
+    for role in ("original", "retain"):
+        report[f"train_{role}_s"] = round(info[role]["seconds"], 1)
+        report[f"train_{role}_cpu_s"] = round(info[role].get("cpu_seconds", float("nan")), 1)
+    records = build_benchmark(benchmark_cfg)[args.forget]
+    questions, facts = [r["question"] for r in records], [r["fact"] for r in records]
+    for role, model in (("original", original), ("retain_twin", retain)):
+        answers = generate_answers(model, tokenizer, questions, template=info["template"], max_new_tokens=48)
+        report[f"forget_recall_{role}"] = fact_leak_rate(answers, facts)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
