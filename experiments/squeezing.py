@@ -12,8 +12,10 @@ Three models, one column each:
     its other beam-search answers.
 Methods: GA, the control GA×(1−λ), BS-T at belief temperature τ = 1 and 4, BS-S (off-policy, base BS-T). Plain
 SGD; for the LLMs every run's step size is calibrated so that log π(target) falls by ``--drop`` nats in about
-``--steps`` steps (matched decrease). Top row: log π(target) over steps. Bottom row: change of the top belief /
-band against the target's decrease — above zero is squeezing (the belief gains while the target falls).
+``--steps`` steps (matched decrease). Top row: log π(target) over steps. Middle row: change of the top belief /
+band against the target's decrease — above zero is squeezing (the belief gains while the target falls). Bottom
+row: the same for the band's continuation after its fork from the target (the tokens after the shared prefix;
+for the toy, the token itself).
 
     python experiments/squeezing.py                 # toy + tiny Llama + SmolLM2 → results/squeezing/squeezing.png
     python experiments/squeezing.py --quick         # toy + tiny Llama only (no SmolLM2), fewer steps
@@ -46,11 +48,12 @@ def toy_traces(steps: int, lr: float = 0.5) -> dict[str, dict[str, list[float]]]
     out = {}
     for key in RUNS[:-1]:
         z = torch.log(p0).clone().requires_grad_(True)
-        trace = {"target": [], "band": []}
+        trace = {"target": [], "band": [], "band_after_fork": []}
         for step in range(steps + 1):
             logp = torch.log_softmax(z.detach(), -1)
             trace["target"].append(float(logp[target]))
             trace["band"].append(float(logp[star]))
+            trace["band_after_fork"].append(float(logp[star]))
             if step == steps:
                 break
             logits, labels = torch.stack([z, torch.zeros_like(z)])[None], torch.tensor([[-100, target]])
@@ -70,7 +73,14 @@ def toy_traces(steps: int, lr: float = 0.5) -> dict[str, dict[str, list[float]]]
 def llm_traces(case: llm.LMCase, item: int, drop: float, steps: int) -> dict[str, dict[str, list[float]]]:
     """Target and mean band log π over the steps of each run (proofs_check.llm.squeeze_traces)."""
     traces = llm.squeeze_traces(case, item, drop, steps)
-    return {key: {"target": traces[key].target, "band": traces[key].band_mean()} for key in RUNS}
+    return {
+        key: {
+            "target": traces[key].target,
+            "band": traces[key].band_mean(),
+            "band_after_fork": traces[key].band_mean(suffix=True),
+        }
+        for key in RUNS
+    }
 
 
 def plot(panels: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> None:
@@ -79,26 +89,29 @@ def plot(panels: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.2), squeeze=False)
+    fig, axes = plt.subplots(3, len(panels), figsize=(4.6 * len(panels), 10.0), squeeze=False)
     for col, (title, runs) in enumerate(panels.items()):
-        top, bottom = axes[0, col], axes[1, col]
+        top, middle, bottom = axes[:, col]
         for key, tr in runs.items():
             style = {"color": COLOURS[key], "linestyle": STYLES[key], "label": LABELS[key], "marker": "."}
             top.plot(range(len(tr["target"])), tr["target"], **style)
-            d_target = [t - tr["target"][0] for t in tr["target"]]
-            d_band = [b - tr["band"][0] for b in tr["band"]]
-            bottom.plot([-d for d in d_target], d_band, **style)
+            decrease = [tr["target"][0] - t for t in tr["target"]]
+            middle.plot(decrease, [b - tr["band"][0] for b in tr["band"]], **style)
+            fork = tr["band_after_fork"]
+            bottom.plot(decrease, [b - fork[0] for b in fork], **style)
         top.set_title(title, fontsize=10)
         top.set_xlabel("SGD step")
         top.set_ylabel("log π(target)")
-        bottom.axhline(0.0, color="black", linewidth=0.8)
-        bottom.set_xlabel("decrease of log π(target) (nats)")
-        bottom.set_ylabel("Δ log π(top belief / band)")
-        top.grid(alpha=0.3)
-        bottom.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+        middle.set_ylabel("Δ log π(top belief / band)")
+        bottom.set_ylabel("Δ log π(band after its fork)")
+        for ax in (middle, bottom):
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_xlabel("decrease of log π(target) (nats)")
+        for ax in (top, middle, bottom):
+            ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=8)
     fig.suptitle(
-        "Squeezing: above 0 in the bottom row = the beliefs gain while the target falls\n"
+        "Squeezing: above 0 in the lower rows = the beliefs gain while the target falls\n"
         "(plain SGD: GA×(1−λ) is GA with a shorter step; on memorised answers BS-T at τ=1 coincides with it)",
         fontsize=10,
     )
@@ -126,7 +139,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     steps = 2 if args.quick else args.steps
-    panels = {"toy: free logits (V=8, p(target)=0.8)": toy_traces(12 if args.quick else 20)}
+    panels = {"toy: free logits (V=8, p(target)=0.8)": toy_traces(12)}
     tiny = llm.tiny_fact_case()
     if not 0 <= args.item < len(tiny.prompts):
         raise SystemExit(f"--item must be in [0, {len(tiny.prompts)}) for the tiny Llama")
@@ -146,6 +159,7 @@ def main() -> None:
             print(f"{name}.{key}.d_target: {d_target:.4f}")
             print(f"{name}.{key}.d_band: {d_band:.4f}")
             print(f"{name}.{key}.first_step_d_band: {tr['band'][1] - tr['band'][0]:.4f}")
+            print(f"{name}.{key}.d_band_after_fork: {tr['band_after_fork'][-1] - tr['band_after_fork'][0]:.4f}")
     png = out / "squeezing.png"
     plot(panels, png)
     record = {"panels": panels, "lam": LAM, "lam_bss": LAM_BSS, "drop": args.drop, "steps": steps, "quick": args.quick}
