@@ -281,6 +281,7 @@ def smollm2_case(
         "num_beams": num_beams,
         "max_new_tokens": max_new_tokens,
         "dtype": dtype,
+        "questions": list(SMOLLM2_QUESTIONS[:n_questions]),
     }
     return case
 
@@ -822,7 +823,7 @@ def _describe(case: LMCase, items: Sequence[int]) -> str:
     if case.name == "tiny":
         info = case.info
         return f"tiny Llama ({info['params']} params, trained {info['train_steps']} steps), items {list(items)}"
-    first = case.decode(case.prompts[0][-20:]).replace("\n", " ")
+    first = case.info["questions"][0]
     beams = case.info["num_beams"]
     return f"SmolLM2-135M-Instruct ({case.device}), {len(items)} question(s) e.g. …{first!r}, {beams} beams"
 
