@@ -1,11 +1,11 @@
 """Claims on real language models: the ``llm_cpu`` and ``llm_gpu`` tiers of SPEC §5.
 
-Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422): Lemma 5.1, Theorem 5.2,
+Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422): Lemma 5.1, Theorems 5.2–5.3,
 §3.2 (Fig. 2, squeezing) and §6 (Fig. 4); the derived claims D2 and D4 of SPEC §5. The toy tiers (exact
 softmax and enumerable autoregressive models) declare the claims; this module adds two real-model fixtures
 and measures the same statements on them:
 
-* ``tiny`` — a Llama-architecture model (``transformers.LlamaConfig``, ~0.6M parameters) with a word-level
+* ``tiny`` — a Llama-architecture model (``transformers.LlamaConfig``, ~0.5M parameters) with a word-level
   tokenizer, both built here and trained for a few seconds on a handful of fictitious facts, each asked in
   three phrasings and answered in three phrasings. Its answers are memorised (top-k mass S_k ≈ 1 at every
   answer token after the first), and every answer has rephrasings the model also believes: its high-
