@@ -118,7 +118,9 @@ PRESETS: dict[str, tuple[TinyLlamaConfig | PretrainedSpec, TrainConfig]] = {
         TinyLlamaConfig(hidden_size=64, intermediate_size=168, num_layers=2, num_heads=2, vocab_size=512),
         TrainConfig(epochs=30, lr=1e-2, batch_size=8),
     ),
-    "smollm2": (PretrainedSpec("smollm2"), TrainConfig(epochs=5, lr=5e-5, batch_size=8, weight_decay=0.01)),
+    # Measured on an 8-author world (52 pairs, chat template): 5 epochs at 2e-4 recall 8/8 forget+retain facts
+    # greedily; 3 epochs at 1e-4 only 2/8. About 7 s per batch of 8 on one CPU thread.
+    "smollm2": (PretrainedSpec("smollm2"), TrainConfig(epochs=5, lr=2e-4, batch_size=8, weight_decay=0.01)),
 }
 """Named (model, training) configurations; see the module docstring."""
 
