@@ -174,7 +174,7 @@ class TofuArgs:
         default=False, metadata=_help("run without a retain model: forget quality is then skipped (and says why)")
     )
     # --- unlearning: one budget for every method (bs_ref.unlearn.UnlearnConfig) ------------------------------
-    lr: float = field(default=2e-4, metadata=_help("peak AdamW learning rate (paper preset: 1e-5)"))
+    lr: float = field(default=1e-3, metadata=_help("peak AdamW learning rate (paper preset: 1e-5)"))
     epochs: int = field(default=5, metadata=_help("passes over the forget set"))
     batch_size: int = field(default=8, metadata=_help("forget (and retain) examples per micro-batch"))
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimiser step"))
