@@ -26,7 +26,9 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
-torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+# One torch thread: the suite's models are tiny, and on a shared 2-core machine extra threads spin-wait (measured
+# up to ~50x slower with 2 threads under load). BS_REF_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("BS_REF_TEST_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(config, items):
