@@ -434,9 +434,13 @@ def unlearn(
             for batch_index, forget_batch in enumerate(forget_loader):
                 epoch = epoch_index + batch_index / batches_per_epoch
                 if belief_cache is not None:
-                    belief_cache.maybe_refresh(
-                        accelerator.unwrap_model(model), tokenizer, epoch, step, prompts_by_index
+                    # refresh_epochs = 0 resamples every step: only this batch's prompts are needed
+                    wanted = (
+                        {i: prompts_by_index[i] for i in forget_batch["index"].tolist()}
+                        if cfg.refresh_epochs == 0
+                        else prompts_by_index
                     )
+                    belief_cache.maybe_refresh(accelerator.unwrap_model(model), tokenizer, epoch, step, wanted)
                 retain_batch = next(retain_iter) if retain_iter is not None else None
                 scale = 1.0 / cfg.grad_accum
                 try:
@@ -531,9 +535,7 @@ def _micro_step(
     terms: dict[str, float | None] = {}
     if cfg.method == "bs_s":
         indices = forget_batch["index"].tolist()
-        belief_batch = belief_cache.batch(indices, pad_id)
-        if belief_batch is not None:
-            belief_batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in belief_batch.items()}
+        belief_batch = belief_cache.batch(indices, pad_id)  # stays on CPU: each micro-batch is moved when used
         out = bs_s_forward_backward(
             model,
             forget_batch,
