@@ -61,10 +61,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render(block: str, text: str, command: str) -> str:
+def render(block: str, text: str, command: str, markdown: bool = False) -> str:
     stamp = f"{dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores"
     if block == "ledger":
         body = ledger_table(json.loads(text))
+    elif markdown:  # a markdown report: keep it, its headings nested below the README's own
+        body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 3) + " ", text.strip(), flags=re.M)
     elif text.lstrip().startswith("|"):  # already a markdown table
         body = text.strip()
     else:
@@ -84,11 +86,12 @@ def main(argv=None) -> int:
     ap.add_argument("--block", required=True, help="block name in README.md")
     ap.add_argument("--from-file", required=True, help="the command's saved output ('-' for stdin)")
     ap.add_argument("--command", required=True, help="the exact command that produced the output")
+    ap.add_argument("--markdown", action="store_true", help="the output is a markdown report: include it as is")
     ap.add_argument("--readme", default=str(README))
     args = ap.parse_args(argv)
     text = sys.stdin.read() if args.from_file == "-" else Path(args.from_file).read_text()
     path = Path(args.readme)
-    new = replace_block(path.read_text(), args.block, render(args.block, text, args.command))
+    new = replace_block(path.read_text(), args.block, render(args.block, text, args.command, args.markdown))
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
         f.write(new)
     os.replace(f.name, path)
