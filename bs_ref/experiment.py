@@ -11,9 +11,11 @@ trained, so other experiment scripts (and tests) can use it:
 - ``matched_forgetting``: compares methods at the same amount of forgetting instead of at the last step.
   Every method is evaluated every few steps, which gives a curve of (forgetting, utility) points. For a
   forgetting measure f (larger = more forgotten: the drop of the target log-prob, or 1 − fact-leak rate)
-  the common level is f* = min over methods of max f along the method's curve — the most forgetting that
-  every method reaches — and every other quantity is read off each curve at the first step where f
-  reaches f*, interpolating linearly between the two evaluations around it.
+  the common level f* is by default the lower median over methods of max f along the method's curve — a
+  level at least half of the methods reach, so one weak method cannot pull the comparison down to almost
+  no forgetting (``policy="min"``: the most forgetting every method reaches). Every other quantity is read
+  off each curve at the first step where f reaches f*, interpolating linearly between the two evaluations
+  around it; a method whose curve never reaches f* gets None ("not reached"), never a made-up value.
 - Plots (matplotlib, optional extra ``[plots]``): Mem/Util/Agg per method, the squeezing trace (target vs
   high/mid/low belief-band log-prob over training; the paper's Fig. 2/4, SPEC SEQ1/SEQ2) and the
   trade-off curves (forgetting vs model utility).
@@ -348,30 +350,50 @@ def _lerp(a: float, b: float, weight: float) -> float:
     return a + weight * (b - a)
 
 
-def common_level(curves: dict[str, Sequence[dict]], measure: str) -> float:
-    """f* = min over methods of the maximum forgetting along their curve (every method reaches it)."""
-    best = []
-    for curve in curves.values():
-        if len(curve) < 2:
-            continue
-        values = np.array([forgetting_value(p, measure, curve[0]) for p in curve], dtype=float)
-        values = values[np.isfinite(values)]
-        if values.size:
-            best.append(float(values.max()))
-    return float(min(best)) if best else float("nan")
+def max_forgetting(curve: Sequence[dict], measure: str) -> float:
+    """The most forgetting along one curve (NaN for a curve with fewer than two points or no finite value)."""
+    if len(curve) < 2:
+        return float("nan")
+    values = np.array([forgetting_value(p, measure, curve[0]) for p in curve], dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else float("nan")
+
+
+MATCH_POLICIES = ("median", "min")
+
+
+def level_from_maxima(maxima: Iterable[float], policy: str = "median") -> float:
+    """The common level from each method's maximum forgetting: the lower median (at least half of the
+    methods reach it) or the minimum (every method reaches it); NaN when no maximum is finite."""
+    if policy not in MATCH_POLICIES:
+        raise ValueError(f"unknown matching policy {policy!r}; choose one of {MATCH_POLICIES}")
+    finite = sorted(m for m in maxima if math.isfinite(m))
+    if not finite:
+        return float("nan")
+    return finite[0] if policy == "min" else finite[(len(finite) - 1) // 2]
+
+
+def common_level(curves: dict[str, Sequence[dict]], measure: str, policy: str = "median") -> float:
+    """f* from the methods' curves: ``level_from_maxima`` of their maximum forgetting."""
+    return level_from_maxima((max_forgetting(c, measure) for c in curves.values()), policy)
 
 
 def matched_forgetting(
-    curves: dict[str, Sequence[dict]], measure: str, keys: Iterable[str], level: float | None = None
+    curves: dict[str, Sequence[dict]],
+    measure: str,
+    keys: Iterable[str],
+    level: float | None = None,
+    policy: str = "median",
 ) -> tuple[float, dict[str, dict | None]]:
-    """(level, {method: values of ``keys`` at that level}) for curves of one seed.
+    """(level, {method: values of ``keys`` at that level, or None where the curve never reaches it}).
 
-    ``curves[method]`` is the list of evaluation points over training (dicts with ``step`` and the keys), the
-    first one at step 0. The level defaults to ``common_level``; a level at or below the start (nothing
-    forgotten) is not a comparison, so the result is then NaN and every method gets None.
+    ``curves[method]`` is the list of evaluation points over training (dicts with ``step`` and the keys) of
+    one seed, the first one at step 0. The level defaults to ``common_level(curves, measure, policy)``; a
+    level at or below the start (nothing forgotten) is not a comparison, so the result is then NaN and every
+    method gets None.
     """
     if level is None:
-        level = common_level(curves, measure)
+        level = common_level(curves, measure, policy)
     if not math.isfinite(level) or level <= 0:
         return float("nan"), {m: None for m in curves}
     return level, {m: interpolate_at_level(c, measure, level, keys) for m, c in curves.items()}

@@ -210,7 +210,17 @@ class TofuArgs:
     wga_beta: float = field(default=1.0, metadata=_help("WGA β"))
     # --- evaluation -----------------------------------------------------------------------------------------------
     eval_every: int = field(default=5, metadata=_help("light evaluation every N optimiser steps (0: end only)"))
-    curve_items: int = field(default=16, metadata=_help("items per split in the light evaluations"))
+    curve_items: int = field(default=16, metadata=_help("items per utility split in the light evaluations"))
+    curve_forget_items: int = field(
+        default=0,
+        metadata=_help("forget items in the light evaluations; 0: all of them (matched fact-leak needs every item)"),
+    )
+    match_target_drop: float | None = field(
+        default=None, metadata=_help("matched-forgetting level: target log-prob drop, nats (default: from the curves)")
+    )
+    match_fact_leak: float | None = field(
+        default=None, metadata=_help("matched-forgetting level, fact-leak rate in [0, 1) (default: from the curves)")
+    )
     max_new_tokens: int = field(
         default=0, metadata=_help("greedy answer budget; 0: longest reference answer + 8 tokens (TOFU: 200)")
     )
@@ -470,6 +480,13 @@ def check_args(args: TofuArgs) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.eval_every < 0 or args.curve_items < 2:
         raise ValueError("--eval-every must be >= 0 and --curve-items >= 2")
+    drop = args.match_target_drop
+    if drop is not None and not (math.isfinite(drop) and drop > 0):
+        raise ValueError(f"--match-target-drop must be a positive number of nats, got {args.match_target_drop}")
+    if args.match_fact_leak is not None and not 0 <= args.match_fact_leak < 1:
+        raise ValueError(f"--match-fact-leak must be a fact-leak rate in [0, 1), got {args.match_fact_leak}")
+    if args.curve_forget_items == 1 or args.curve_forget_items < 0:
+        raise ValueError(f"--curve-forget-items must be 0 (all) or >= 2, got {args.curve_forget_items}")
     synthetic = args.data == "synthetic"
     if synthetic and (args.model or args.retain_model or args.retain_logs):
         raise ValueError(
@@ -671,10 +688,16 @@ class Evaluator:
         self.max_new_tokens = args.max_new_tokens or max_answer_tokens(
             tokenizer, [r for split in data.evaluation.values() for r in split]
         )
-        self.curve_index = {k: spread(len(v), args.curve_items) for k, v in data.evaluation.items()}
+        self.curve_index = {k: spread(len(v), self.curve_size(k, len(v))) for k, v in data.evaluation.items()}
         self.curve_splits = {k: [v[i] for i in self.curve_index[k]] for k, v in data.evaluation.items()}
         self.retain_forget_items: list[dict] | None = None
         self.bands = None
+
+    def curve_size(self, split: str, n: int) -> int:
+        """Items of ``split`` in the light evaluations: the whole forget split unless --curve-forget-items."""
+        if split == "forget":
+            return self.args.curve_forget_items or n
+        return self.args.curve_items
 
     def full(self, model, seed: int = 0) -> dict[str, list[dict]]:
         from bs_ref.metrics.tofu import evaluate
@@ -798,6 +821,8 @@ IDENTITY_EXCLUDED = (
     "eval_batch_size",
     "device",
     "cache_dir",
+    "match_target_drop",
+    "match_fact_leak",
 )
 """Settings that do not change a method's numbers (so a rerun may change them and still resume)."""
 
@@ -885,6 +910,7 @@ def run(args: TofuArgs, command: str) -> dict:
             "curves": {
                 "eval_every": args.eval_every,
                 "curve_items": args.curve_items,
+                "curve_forget_items": args.curve_forget_items or "all",
                 "band_samples": args.band_samples,
                 "band_temperature": args.band_temperature,
             },  # fmt: skip
@@ -1050,9 +1076,20 @@ def _say(message: str, args: TofuArgs) -> None:
 
 MATCHED_KEYS = ("model_utility", "mem", "fact_leak", "log10_forget_quality", "target_logprob",
                 *(f"band_{b}_logprob" for b in ex.BANDS))  # fmt: skip
-MATCHED_COLUMNS = ("measure", "level", "method", "seed", "step", "model_utility", "mem", "fact_leak",
-                   "log10_forget_quality", "target_change", "high_band_change", "mid_band_change",
-                   "low_band_change")  # fmt: skip
+MATCHED_COLUMNS = ("measure", "level", "method", "seed", "reached", "max_forgetting", "step", "model_utility",
+                   "mem", "fact_leak", "log10_forget_quality", "target_change", "high_band_change",
+                   "mid_band_change", "low_band_change")  # fmt: skip
+MATCHED_TABLE = (
+    ("step", "step"),
+    ("model_utility", "MU"),
+    ("mem", "Mem"),
+    ("fact_leak", "fact leak"),
+    ("log10_forget_quality", "log10 FQ"),
+    ("target_change", "Δ target"),
+    ("high_band_change", "Δ high band"),
+    ("mid_band_change", "Δ mid band"),
+    ("low_band_change", "Δ low band"),
+)
 
 
 def collect_results(store: ex.RunDir, methods, seeds) -> list[dict]:
@@ -1070,32 +1107,89 @@ def collect_results(store: ex.RunDir, methods, seeds) -> list[dict]:
     return results
 
 
-def matched_rows(results: list[dict], seeds) -> tuple[list[dict], dict]:
-    """Rows of matched.csv: per seed and forgetting measure, every unlearning method at the common level."""
-    rows, levels = [], {}
+def matched_levels(args: TofuArgs) -> dict[str, float | None]:
+    """Levels given on the command line, in forgetting units (None: chosen from the curves)."""
+    return {
+        "target_drop": args.match_target_drop,
+        "fact_unleaked": None if args.match_fact_leak is None else 1.0 - args.match_fact_leak,
+    }
+
+
+def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | None = None) -> tuple[list[dict], dict]:
+    """Rows of matched.csv: per forgetting measure, seed and unlearning method, the values at one common level.
+
+    The level of a measure is the one given (``matched_levels``) or the lower median over methods of their
+    maximum forgetting (averaged over seeds), so at least half of the methods reach it and every seed is read
+    at the same level. A method that never reaches it gets a row with ``reached`` False and its own maximum.
+    """
+    given = given or {}
+    by_seed = {}
     for seed in seeds:
         curves = {r["method"]: r["curve"] for r in results if r.get("seed") == seed and len(r.get("curve", [])) > 1}
-        if len(curves) < 1:
+        if curves:
+            by_seed[seed] = curves
+    rows, levels = [], {}
+    for measure in ex.FORGETTING_MEASURES:
+        maxima: dict[str, list[float]] = {}
+        for curves in by_seed.values():
+            for method, curve in curves.items():
+                maxima.setdefault(method, []).append(ex.max_forgetting(curve, measure))
+        level = given.get(measure)
+        if level is None:
+            level = ex.level_from_maxima(float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                                         for v in maxima.values())  # fmt: skip
+        levels[measure] = level
+        if not (math.isfinite(level) and level > 0):
             continue
-        for measure in ex.FORGETTING_MEASURES:
-            level, at = ex.matched_forgetting(curves, measure, MATCHED_KEYS)
-            levels.setdefault(measure, []).append(level)
-            if not math.isfinite(level):
-                continue
+        for seed, curves in by_seed.items():
+            _, at = ex.matched_forgetting(curves, measure, MATCHED_KEYS, level=level)
             for method, values in at.items():
                 start = curves[method][0]
-                row = {"measure": measure, "level": level, "method": method, "seed": seed}
-                if values is None:
-                    rows.append(row)
-                    continue
-                row.update({k: values.get(k) for k in ("step", "model_utility", "mem", "fact_leak",
-                                                       "log10_forget_quality")})  # fmt: skip
-                row["target_change"] = values["target_logprob"] - _num(start.get("target_logprob"))
-                for band in ex.BANDS:
-                    key = f"band_{band}_logprob"
-                    row[f"{band}_band_change"] = values[key] - _num(start.get(key))
+                row = {
+                    "measure": measure,
+                    "level": level,
+                    "method": method,
+                    "seed": seed,
+                    "reached": values is not None,
+                    "max_forgetting": ex.max_forgetting(curves[method], measure),
+                }
+                if values is not None:
+                    row.update({k: values.get(k) for k in ("step", "model_utility", "mem", "fact_leak",
+                                                           "log10_forget_quality")})  # fmt: skip
+                    row["target_change"] = values["target_logprob"] - _num(start.get("target_logprob"))
+                    for band in ex.BANDS:
+                        key = f"band_{band}_logprob"
+                        row[f"{band}_band_change"] = values[key] - _num(start.get(key))
                 rows.append(row)
     return rows, levels
+
+
+def _in_units(measure: str, forgetting: float) -> str:
+    """A forgetting level as the table states it: nats of target drop, or the fact-leak rate."""
+    return f"{forgetting:.3f} nats" if measure == "target_drop" else f"fact leak {1 - forgetting:.3f}"
+
+
+def format_matched(rows: list[dict], measure: str) -> str:
+    """Markdown table of one measure: per method, how many seeds reach the level and the values there
+    (mean ± std over the seeds that reach it); "not reached" with the method's own best otherwise."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    reached = [dict(r) for r in rows if r["reached"]]
+    stats = ex.method_statistics(reached, [c for c, _ in MATCHED_TABLE])
+    lines = ["| method | reached | " + " | ".join(h for _, h in MATCHED_TABLE) + " |",
+             "|---|---|" + "---:|" * len(MATCHED_TABLE)]  # fmt: skip
+    for method in methods:
+        own = [r for r in rows if r["method"] == method]
+        n = sum(r["reached"] for r in own)
+        if n == 0:
+            best = float(np.nanmean([_num(r["max_forgetting"]) for r in own]))
+            lines.append(f"| {method} | not reached (best: {_in_units(measure, best)}) |" + " – |" * len(MATCHED_TABLE))
+            continue
+        cells = []
+        for column, _ in MATCHED_TABLE:
+            mean, std, k = stats[method][column]
+            cells.append(ex._fmt(mean) + (f" ± {ex._fmt(std)}" if k > 1 else ""))
+        lines.append(f"| {method} | {n}/{len(own)} seeds | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _num(value) -> float:
@@ -1130,7 +1224,7 @@ def write_report(args: TofuArgs, store: ex.RunDir, methods, command: str, data: 
         for row in rows:
             row["fact_leak"] = ""
     ex.write_summary_csv(store.path("summary.csv"), rows)
-    matched, levels = matched_rows(results, args.seeds)
+    matched, levels = matched_rows(results, args.seeds, matched_levels(args))
     ex.write_summary_csv(store.path("matched.csv"), matched, MATCHED_COLUMNS)
 
     lines = [
@@ -1151,34 +1245,22 @@ def write_report(args: TofuArgs, store: ex.RunDir, methods, command: str, data: 
     ]
     if fq_note:
         lines += [f"Note: {fq_note}.", ""]
-    names = {"target_drop": "target log-prob drop", "fact_unleaked": "fact-leak rate"}
-    for measure, measure_levels in levels.items():
-        finite = [lv for lv in measure_levels if math.isfinite(lv)]
-        if not finite:
-            continue
+    for measure, level in levels.items():
         sub = [r for r in matched if r["measure"] == measure]
-        shown = f"{np.mean(finite):.3f} nats" if measure == "target_drop" else f"{1 - np.mean(finite):.3f}"
+        if not sub:
+            continue
+        how = ("given on the command line" if matched_levels(args)[measure] is not None
+               else "the lower median of the methods' best forgetting: at least half of them reach it")  # fmt: skip
         lines += [
-            f"## At matched forgetting: {names[measure]} = {shown}",
+            f"## At matched forgetting: {_in_units(measure, level)}"
+            + (" of target log-prob drop" if measure == "target_drop" else ""),
             "",
-            "Each method read off its own curve at the first evaluation where it reaches the level every method "
-            "reaches (linear interpolation between evaluations); band changes are vs the start (negative = fell; "
-            "a rising high band while the target falls is squeezing).",
+            f"Level: {how}. Each method is read off its own curve at the first evaluation where it reaches the "
+            "level (linear interpolation between evaluations); values are the mean ± std over the seeds that "
+            "reach it. Band changes are vs the start (negative = fell; a rising high band while the target falls "
+            "is squeezing).",
             "",
-            ex.format_table(
-                [dict(r, seed=r["seed"]) for r in sub],
-                (
-                    ("step", "step"),
-                    ("model_utility", "MU"),
-                    ("mem", "Mem"),
-                    ("fact_leak", "fact leak"),
-                    ("log10_forget_quality", "log10 FQ"),
-                    ("target_change", "Δ target"),
-                    ("high_band_change", "Δ high band"),
-                    ("mid_band_change", "Δ mid band"),
-                    ("low_band_change", "Δ low band"),
-                ),
-            ),  # fmt: skip
+            format_matched(sub, measure),
             "",
         ]
     flagged = leak_while_forgotten(rows)

@@ -409,6 +409,44 @@ def test_matched_forgetting_on_fact_leak_and_nothing_forgotten():
     assert math.isnan(level) and at == {"a": None, "b": None}
 
 
+def test_one_weak_method_does_not_set_the_matched_level():
+    curves = {
+        "weak": _curve([0.0, 0.02, 0.04], [0.9, 0.9, 0.9]),
+        "a": _curve([0.0, 1.0, 2.0], [0.9, 0.8, 0.7]),
+        "b": _curve([0.0, 2.0, 3.0], [0.9, 0.85, 0.8]),
+        "c": _curve([0.0, 3.0, 5.0], [0.9, 0.6, 0.5]),
+    }
+    level, at = ex.matched_forgetting(curves, "target_drop", ["model_utility"])
+    assert level == pytest.approx(2.0)  # lower median of the maxima 0.04, 2, 3, 5: half of the methods reach it
+    assert at["weak"] is None  # not reached: no value is made up for it
+    assert at["a"]["model_utility"] == pytest.approx(0.7) and at["b"]["model_utility"] == pytest.approx(0.85)
+    level_min, at_min = ex.matched_forgetting(curves, "target_drop", ["model_utility"], policy="min")
+    assert level_min == pytest.approx(0.04) and all(v is not None for v in at_min.values())
+    with pytest.raises(ValueError, match="policy"):
+        ex.common_level(curves, "target_drop", policy="max")
+
+
+def test_matched_table_reports_methods_that_do_not_reach_the_level():
+    tofu = _load_script()
+    results = [
+        {"method": m, "seed": s, "curve": _curve(d, [0.9, 0.8, 0.7], leaks=[1.0, 0.6, 0.4])}
+        for s in (0, 1)
+        for m, d in (("weak", [0.0, 0.01, 0.03]), ("a", [0.0, 1.0, 2.0]), ("b", [0.0, 2.0, 4.0]))
+    ]
+    for r in results:
+        for p in r["curve"]:
+            p.update({f"band_{b}_logprob": -1.0 for b in ex.BANDS}, mem=0.1, log10_forget_quality=-3.0)
+    rows, levels = tofu.matched_rows(results, [0, 1])
+    assert levels["target_drop"] == pytest.approx(2.0)
+    weak = [r for r in rows if r["measure"] == "target_drop" and r["method"] == "weak"]
+    assert len(weak) == 2 and not any(r["reached"] for r in weak) and weak[0]["max_forgetting"] == pytest.approx(0.03)
+    table = tofu.format_matched([r for r in rows if r["measure"] == "target_drop"], "target_drop")
+    assert "| weak | not reached (best: 0.030 nats) |" in table
+    assert "| a | 2/2 seeds | 10.000 ± 0.000 | 0.700 ± 0.000 |" in table
+    given = tofu.matched_rows(results, [0, 1], {"target_drop": 1.0, "fact_unleaked": 0.5})[1]
+    assert given == {"target_drop": 1.0, "fact_unleaked": 0.5}
+
+
 @given(
     st.lists(st.floats(0, 5), min_size=2, max_size=11),
     st.lists(st.floats(0, 1), min_size=12, max_size=12),
