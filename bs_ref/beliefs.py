@@ -569,8 +569,12 @@ def bs_s_forward_backward(
     belief_microbatch: int = 8,
     loss_scale: float = 1.0,
     ref_model=None,
+    backward=None,
+    log_top_k: int | None = None,
 ) -> dict[str, Any]:
-    """Eq. (7) on a forget batch and its own belief rows; calls ``.backward()`` (the caller steps the optimiser).
+    """Eq. (7) on a forget batch and its own belief rows; runs the backward passes (the caller steps the
+    optimiser) with ``backward(loss)`` — pass ``accelerator.backward`` so mixed-precision loss scaling and
+    distributed hooks apply — or ``loss.backward()`` when None.
 
     The belief term is computed ``belief_microbatch`` rows at a time (longest rows first, so each micro-batch
     carries little padding), each piece weighted so that the gradients
@@ -578,8 +582,10 @@ def bs_s_forward_backward(
     "token" or "sum"). ``base="npo"`` takes reference log-probs from ``ref_model`` (or ``ref_logprobs`` in the
     forget batch). With no usable belief row (None, no rows, all empty) the forget term stands alone.
     Returns detached scalars ``loss``, ``forget_term``, ``belief_term`` (None without beliefs), and
-    ``belief_rows``, ``microbatches``.
+    ``belief_rows``, ``microbatches``; for logging, ``forget_logprob`` (mean answer-token log-prob of the
+    forget rows) and, with ``log_top_k``, ``topk_mass`` (mean S_k of the forget answer positions).
     """
+    run_backward = backward if backward is not None else torch.Tensor.backward
     if base not in BASE_LOSSES:
         raise ValueError(f"base must be one of {sorted(BASE_LOSSES)}, got {base!r}")
     if not isinstance(belief_microbatch, int) or isinstance(belief_microbatch, bool) or belief_microbatch < 1:
@@ -614,12 +620,19 @@ def bs_s_forward_backward(
         input_ids=forget_batch["input_ids"].to(device), attention_mask=_attention_mask(forget_batch).to(device)
     ).logits
     forget_term = base_loss(base, logits, labels, reduction=reduction, **kwargs, **extra)
-    (loss_scale * forget_weight * forget_term).backward()
+    run_backward(loss_scale * forget_weight * forget_term)
     forget_value = forget_term.detach()
+    with torch.no_grad():
+        stats = {"forget_logprob": float(mean_token_logprob(logits.detach(), labels).mean())}
+        if log_top_k:
+            k = min(log_top_k, logits.shape[-1])
+            stats["topk_mass"] = float(local_beliefs(logits.detach(), labels, top_k=k)[0].topk_mass.float().mean())
     del logits
 
     if not has_belief:
-        return dict(loss=forget_value, forget_term=forget_value, belief_term=None, belief_rows=0, microbatches=0)
+        return dict(
+            loss=forget_value, forget_term=forget_value, belief_term=None, belief_rows=0, microbatches=0, **stats
+        )
 
     # Belief term on D̂_u, micro-batched; normalisers come from the full belief batch
     answer_mask = belief_labels[:, 1:] != IGNORE_INDEX
@@ -657,14 +670,14 @@ def bs_s_forward_backward(
             )
         else:  # "row" (NPO's "token" is its row mean): mean over every belief row with an answer
             piece = base_loss(base, logits, chunk_labels, reduction="sum", **kwargs, **extra) / rows_with_answer
-        (loss_scale * lam_bss * piece).backward()  # Σ pieces = L_base(D̂_u): gradients add up to Eq. (7)
+        run_backward(loss_scale * lam_bss * piece)  # Σ pieces = L_base(D̂_u): gradients add up to Eq. (7)
         belief_value = belief_value + piece.detach()
         microbatches += 1
         del logits, piece
     loss = bs_s_combine(forget_value, belief_value, lam_bss)  # Eq. (7)
     return dict(
         loss=loss, forget_term=forget_value, belief_term=belief_value, belief_rows=int(belief_labels.shape[0]),
-        microbatches=microbatches,
+        microbatches=microbatches, **stats,
     )  # fmt: skip
 
 

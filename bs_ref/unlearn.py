@@ -13,7 +13,8 @@ term. SimNPO's forget weight defaults to γ = 0.125 (SPEC §2), every other γ t
 
 BS-S (Eq. 7) draws global beliefs from ``bs_ref.beliefs.BeliefCache`` (off-policy: sampled once from θ_o
 before the first step; on-policy: resampled every ``refresh_epochs``) and its forget term is evaluated by
-``bs_ref.beliefs.bs_s_forward_backward``, which micro-batches the belief rows and calls ``backward`` itself.
+``bs_ref.beliefs.bs_s_forward_backward``, which micro-batches the belief rows and runs the backward passes
+itself (through ``accelerator.backward``, so mixed-precision loss scaling applies to it as to every method).
 
 The loop is written against ``accelerate.Accelerator``: the same code runs on one CPU, one GPU, or several
 GPUs with ``accelerate launch``. Gradients of the micro-batches of one optimiser step are accumulated
@@ -546,9 +547,12 @@ def _micro_step(
             belief_microbatch=cfg.belief_microbatch,
             loss_scale=gamma * scale,
             ref_model=ref_model,
+            backward=accelerator.backward,
+            log_top_k=cfg.top_k,
         )  # Eq. (7): (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u), backward done inside
         forget_value = float(out["loss"])
         terms["belief_term"] = None if out.get("belief_term") is None else float(out["belief_term"])
+        terms["forget_logprob"], terms["topk_mass"] = out["forget_logprob"], out.get("topk_mass")
         forget_term = None
     else:
         logits = model(**_model_inputs(forget_batch)).logits

@@ -431,6 +431,28 @@ def test_micro_batched_gradient_equals_full_batch_eq7(base, reduction, microbatc
     model.zero_grad()
 
 
+def test_every_backward_goes_through_the_given_callable():
+    """unlearn passes accelerator.backward; every piece must go through it (fp16 loss scaling, DDP hooks)."""
+    forget, beliefs = forget_batch([0, 3]), cached_beliefs().batch([0, 3], TOK.pad_token_id)
+    seen = []
+
+    def backward(loss):
+        seen.append(float(loss.detach()))
+        loss.backward()
+
+    MODEL64.zero_grad()
+    plain = bs_s_forward_backward(MODEL64, forget, beliefs, belief_microbatch=2)
+    want = [p.grad.clone() for p in MODEL64.parameters()]
+    MODEL64.zero_grad()
+    out = bs_s_forward_backward(MODEL64, forget, beliefs, belief_microbatch=2, backward=backward, log_top_k=5)
+    assert len(seen) == 1 + out["microbatches"]
+    for p, w in zip(MODEL64.parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=0, atol=0)
+    assert out["forget_logprob"] == pytest.approx(plain["forget_logprob"]) and out["forget_logprob"] < 0
+    assert 0.0 < out["topk_mass"] <= 1.0 + 1e-9 and "topk_mass" not in plain
+    MODEL64.zero_grad()
+
+
 def test_npo_base_at_the_reference_weights_is_ga_scaled_by_one():
     """At θ = θ_ref the NPO weight is 1, so BS-S(NPO) has the gradient of BS-S(GA) with summed NLLs."""
     forget, beliefs = forget_batch([0, 3]), cached_beliefs().batch([0, 3], TOK.pad_token_id)
