@@ -981,8 +981,8 @@ def run(args: TofuArgs, command: str) -> dict:
         for name, base, overrides in methods:
             if base in REFERENCE_METHODS:
                 continue
-            if store.is_finished(name, seed):
-                _say(f"{name} seed {seed}: finished result kept ({store.result_path(name, seed)}); "
+            if store.is_finished(method_dirname(name), seed):
+                _say(f"{name} seed {seed}: finished result kept ({store.result_path(method_dirname(name), seed)}); "
                      "pass --overwrite to recompute", args)  # fmt: skip
                 continue
             run_method(args, store, evaluator, data, original, tokenizer, name, base, overrides, seed, start_point,

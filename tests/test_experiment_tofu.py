@@ -159,6 +159,8 @@ def test_resume_adds_only_new_methods(smoke_run, tmp_path, model_cache):
     assert new == {f"methods/bs_t__lam-0.6/seed0/{n}" for n in ("result.json", "eval.json")}
     rows = _read_csv(out / "summary.csv")
     assert "bs_t:lam=0.6" in [r["method"] for r in rows]
+    tofu.main(argv + ["--methods", *tofu.DEFAULT_METHODS, "bs_t:lam=0.6"])  # again: nothing is recomputed
+    assert _mtimes(out) == after
 
 
 def test_interrupted_run_resumes_and_overwrite_is_explicit(tmp_path, model_cache, monkeypatch):
