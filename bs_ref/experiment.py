@@ -546,7 +546,7 @@ def plot_tradeoff_curves(curves: dict[str, Sequence[dict]], path: str | Path):
     if not panels or not curves:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")  # one distinct colour per method
     for (key, label), ax in zip(panels, axes[0]):
         for i, (method, curve) in enumerate(curves.items()):
             if not curve:
@@ -556,7 +556,7 @@ def plot_tradeoff_curves(curves: dict[str, Sequence[dict]], path: str | Path):
             else:
                 xs = [_number(p.get(key)) for p in curve]
             ys = [_number(p.get("model_utility")) for p in curve]
-            color = cmap(i % 10)
+            color = cmap(i % cmap.N)
             ax.plot(xs, ys, "-", marker=".", markersize=3, color=color, label=method, alpha=0.85)
             ax.plot(xs[-1:], ys[-1:], "*", color=color, markersize=9)
         ax.set_xlabel(label, fontsize=8)
