@@ -38,7 +38,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -549,8 +549,10 @@ def get_or_train_models(
     progress: bool = True,
     extra_info: dict | None = None,
     return_info: bool = False,
+    announce: Callable[[str], None] | None = None,
 ):
-    """``train_pair`` behind an on-disk cache keyed by ``pair_cache_key``.
+    """``train_pair`` behind an on-disk cache keyed by ``pair_cache_key``; ``announce(message)`` is told
+    whether the pair is trained (and how long that took) or loaded, so a caller can say so without bars.
 
     Layout: ``<cache_dir>/pairs/<key>/{original,retain,tokenizer}/`` + ``info.json``. The directory is
     written under a temporary name and renamed when complete, so an interrupted run never leaves a
@@ -564,7 +566,7 @@ def get_or_train_models(
     try:
         return _get_or_train_models(
             original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir, tokenizer_texts, progress, extra_info,
-            return_info,
+            return_info, announce or (lambda message: None),
         )  # fmt: skip
     finally:
         if bars_were_on:
@@ -572,8 +574,9 @@ def get_or_train_models(
 
 
 def _get_or_train_models(
-    original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir, tokenizer_texts, progress, extra_info, return_info
-):
+    original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir, tokenizer_texts, progress, extra_info, return_info,
+    announce,
+):  # fmt: skip
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_cfg, train_cfg = resolve_preset(model_cfg, train_cfg)
@@ -581,6 +584,11 @@ def _get_or_train_models(
     key = pair_cache_key(original_pairs, retain_pairs, model_cfg, train_cfg, tokenizer_texts)
     entry = cache / "pairs" / key
     if not (entry / "info.json").is_file():
+        started = time.perf_counter()
+        announce(
+            f"training the original model ({len(original_pairs)} examples) and its retain twin "
+            f"({len(retain_pairs)}), {train_cfg.epochs} epochs each; cached afterwards under {entry}"
+        )
         original, retain, tokenizer, info = train_pair(
             original_pairs,
             retain_pairs,
@@ -610,6 +618,9 @@ def _get_or_train_models(
             tmp.rename(entry)
         except OSError:  # another process finished the same entry first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
+        announce(f"model pair trained in {time.perf_counter() - started:.0f} s")
+    else:
+        announce(f"model pair loaded from the cache ({entry})")
     info = json.loads((entry / "info.json").read_text())
     info["path"] = str(entry)
     tokenizer = AutoTokenizer.from_pretrained(entry / "tokenizer")
@@ -629,6 +640,7 @@ def get_or_train_pair(
     forget: str = "forget10",
     progress: bool = True,
     return_info: bool = False,
+    announce: Callable[[str], None] | None = None,
 ):
     """(original, retain_twin, tokenizer) for a synthetic benchmark, trained once and cached.
 
@@ -658,6 +670,7 @@ def get_or_train_pair(
         progress=progress,
         extra_info=extra,
         return_info=return_info,
+        announce=announce,
     )
 
 

@@ -656,6 +656,7 @@ def load_models(args: TofuArgs, data: Data):
             forget=args.forget,
             progress=args.progress,
             return_info=True,
+            announce=lambda message: _say(message, args),
         )
         return original, retain, tokenizer, {"pair": info, "model_preset": args.model_preset}
     original, tokenizer = models.load_model(args.model, cache_dir=args.cache_dir)
