@@ -11,9 +11,9 @@ trained, so other experiment scripts (and tests) can use it:
 - ``matched_forgetting``: compares methods at the same amount of forgetting instead of at the last step.
   Every method is evaluated every few steps, which gives a curve of (forgetting, utility) points. For a
   forgetting measure f (larger = more forgotten: the drop of the target log-prob, or 1 − fact-leak rate)
-  the common level f* is by default the lower median over methods of max f along the method's curve — a
-  level at least half of the methods reach, so one weak method cannot pull the comparison down to almost
-  no forgetting (``policy="min"``: the most forgetting every method reaches). Every other quantity is read
+  the common level f* is by default 0.9 × the lower median over methods of max f along the method's curve —
+  a level at least half of the methods reach, so one weak method cannot pull the comparison down to almost
+  no forgetting (``policy="min"``: 0.9 × the most forgetting every method reaches). Every other quantity is read
   off each curve at the first step where f reaches f*, interpolating linearly between the two evaluations
   around it; a method whose curve never reaches f* gets None ("not reached"), never a made-up value.
 - Plots (matplotlib, optional extra ``[plots]``): Mem/Util/Agg per method, the squeezing trace (target vs
@@ -360,22 +360,29 @@ def max_forgetting(curve: Sequence[dict], measure: str) -> float:
 
 
 MATCH_POLICIES = ("median", "min")
+MATCH_MARGIN = 0.9
+"""The common level is this fraction of the chosen maximum, so the method that sets it is read inside its
+curve rather than at its last evaluation (and a near-tie such as BS-T vs GA×(1−λ) does not split at the level)."""
 
 
-def level_from_maxima(maxima: Iterable[float], policy: str = "median") -> float:
-    """The common level from each method's maximum forgetting: the lower median (at least half of the
-    methods reach it) or the minimum (every method reaches it); NaN when no maximum is finite."""
+def level_from_maxima(maxima: Iterable[float], policy: str = "median", margin: float = MATCH_MARGIN) -> float:
+    """The common level from each method's maximum forgetting: ``margin`` × the lower median (at least half
+    of the methods reach it) or × the minimum (every method reaches it); NaN when no maximum is finite."""
     if policy not in MATCH_POLICIES:
         raise ValueError(f"unknown matching policy {policy!r}; choose one of {MATCH_POLICIES}")
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin must be in (0, 1], got {margin}")
     finite = sorted(m for m in maxima if math.isfinite(m))
     if not finite:
         return float("nan")
-    return finite[0] if policy == "min" else finite[(len(finite) - 1) // 2]
+    return margin * (finite[0] if policy == "min" else finite[(len(finite) - 1) // 2])
 
 
-def common_level(curves: dict[str, Sequence[dict]], measure: str, policy: str = "median") -> float:
+def common_level(
+    curves: dict[str, Sequence[dict]], measure: str, policy: str = "median", margin: float = MATCH_MARGIN
+) -> float:
     """f* from the methods' curves: ``level_from_maxima`` of their maximum forgetting."""
-    return level_from_maxima((max_forgetting(c, measure) for c in curves.values()), policy)
+    return level_from_maxima((max_forgetting(c, measure) for c in curves.values()), policy, margin)
 
 
 def matched_forgetting(

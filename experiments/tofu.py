@@ -1119,9 +1119,10 @@ def matched_levels(args: TofuArgs) -> dict[str, float | None]:
 def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | None = None) -> tuple[list[dict], dict]:
     """Rows of matched.csv: per forgetting measure, seed and unlearning method, the values at one common level.
 
-    The level of a measure is the one given (``matched_levels``) or the lower median over methods of their
-    maximum forgetting (averaged over seeds), so at least half of the methods reach it and every seed is read
-    at the same level. A method that never reaches it gets a row with ``reached`` False and its own maximum.
+    The level of a measure is the one given (``matched_levels``) or ``ex.MATCH_MARGIN`` × the lower median
+    over methods of their maximum forgetting (averaged over seeds), so at least half of the methods reach it
+    and every seed is read at the same level. A method that never reaches it gets a row with ``reached``
+    False and its own maximum.
     """
     given = given or {}
     by_seed = {}
@@ -1251,7 +1252,8 @@ def write_report(args: TofuArgs, store: ex.RunDir, methods, command: str, data: 
         if not sub:
             continue
         how = ("given on the command line" if matched_levels(args)[measure] is not None
-               else "the lower median of the methods' best forgetting: at least half of them reach it")  # fmt: skip
+               else f"{ex.MATCH_MARGIN:g} × the lower median of the methods' best forgetting: at least half of them "
+                     "reach it")  # fmt: skip
         lines += [
             f"## At matched forgetting: {_in_units(measure, level)}"
             + (" of target log-prob drop" if measure == "target_drop" else ""),
