@@ -131,7 +131,7 @@ class TofuArgs:
         default=1,
         metadata=_help(
             "torch CPU threads; 1 is fastest for the small from-scratch models (on a busy 2-core machine extra "
-            "threads spin and were measured ~50x slower); raise it for SmolLM2 on an idle machine"
+            "threads spin and were measured ~50x slower); the smollm2 preset uses 2 (a training step 1.65x faster)"
         ),
     )
     cache_dir: str | None = field(
@@ -270,19 +270,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         belief_max_new_tokens=128,
     ),
     # The pretrained tier: SmolLM2-135M-Instruct fine-tuned (bs_ref.models.PRESETS["smollm2"]) on a small
-    # synthetic world, chat-formatted; forget10 = 4 authors x 3 facts. Sized for a CPU, not for statistics.
+    # synthetic world, chat-formatted; forget10 = 2 authors x 3 facts = 6 items. Sized so that a cold run (the
+    # model pair trained) fits in 40 minutes on 2 CPU cores: sized for a CPU, not for statistics. Unlearning
+    # at lr 1e-4: at 2e-5 GA lowered the target by only 0.4 nats in its 15 steps.
     "smollm2": dict(
         model_preset="smollm2",
         template="chat",
-        n_authors=40,
+        n_authors=20,
         qa_per_author=3,
         n_world=10,
         n_real=10,
-        lr=2e-5,
+        lr=1e-4,
         batch_size=4,
         eval_every=5,
-        curve_items=12,
+        curve_items=4,
+        leak_samples=3,
         eval_batch_size=16,
+        threads=2,
     ),
 }
 """Defaults each preset changes; a flag given on the command line overrides its preset."""
@@ -1296,7 +1300,16 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     command = "python experiments/tofu.py" + ("" if not argv else " " + shlex.join(argv))
-    report = run(args, command)
+    before = os.environ.get("TQDM_DISABLE")
+    if not args.progress:  # also the bars of libraries that bypass transformers' switch (GGUF conversion)
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        report = run(args, command)
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
     print(report["table"])
     print(f"\nwrote {report['out']} in {report['wall_s']:.0f} s", file=sys.stderr)
     return report
