@@ -1219,8 +1219,9 @@ def leak_while_forgotten(rows: list[dict]) -> list[str]:
         tr_forgotten = values["forget_truth_ratio"][0] >= ref["forget_truth_ratio"][0] - 0.05
         if leak > ref_leak + 0.05 and (rouge_forgotten or tr_forgotten):
             why = " and ".join(n for n, ok in (("ROUGE-L", rouge_forgotten), ("truth ratio", tr_forgotten)) if ok)
-            flagged.append(f"{method}: fact leak {leak:.2f} (retain model {ref_leak:.2f}) while {why} is at the "
-                           "retain model's level")  # fmt: skip
+            verb = "are" if rouge_forgotten and tr_forgotten else "is"
+            flagged.append(f"{method}: fact leak {leak:.2f} (retain model {ref_leak:.2f}) while {why} {verb} at "
+                           "the retain model's level")  # fmt: skip
     return flagged
 
 

@@ -485,6 +485,27 @@ def test_summary_rows_mean_std_and_table():
     assert "1.00e-05" in table
 
 
+def test_leak_while_forgotten_flags_only_methods_the_standard_metrics_call_forgotten():
+    def result(method, leak, rouge, tr, seed=0):
+        metrics = {"fact_leak": leak, "forget_rougeL": rouge, "forget_truth_ratio": tr, "forget_quality": 0.1}
+        return {"method": method, "seed": seed, "metrics": metrics}
+
+    results = [
+        result("original", 1.0, 0.95, 0.30, seed=None),
+        result("retrain", 0.0, 0.40, 0.60, seed=None),
+        result("ga", 0.5, 0.38, 0.62),  # both metrics at the retain level, the fact still leaks
+        result("npo", 0.5, 0.90, 0.60),  # ROUGE-L says remembered, truth ratio says forgotten
+        result("wga", 0.0, 0.30, 0.70),  # forgotten and no leak: not flagged
+        result("simnpo", 0.9, 0.90, 0.30),  # leaks, and the standard metrics see it: not flagged
+    ]
+    flagged = tofu.leak_while_forgotten(ex.summary_rows(results))
+    assert flagged == [
+        "ga: fact leak 0.50 (retain model 0.00) while ROUGE-L and truth ratio are at the retain model's level",
+        "npo: fact leak 0.50 (retain model 0.00) while truth ratio is at the retain model's level",
+    ]
+    assert tofu.leak_while_forgotten(ex.summary_rows(results[2:])) == []  # no retain model: nothing to compare
+
+
 def test_atomic_writes_and_run_dir_identity(tmp_path):
     path = ex.write_json(tmp_path / "a" / "x.json", {"v": float("nan"), "w": np.float32(1.5)})
     assert json.loads(path.read_text()) == {"v": None, "w": 1.5}
