@@ -1,20 +1,22 @@
 """The unlearning loop: one loop for every method (GA, GradDiff, NPO, SimNPO, WGA, GA×(1−λ), BS-T, BS-S).
 
-Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422). The objectives live in
-``bs_ref.losses`` (one file each, SPEC §2–4); this file pairs every forget batch with a retain batch and
-minimises (SPEC §2)
+Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422). The loop knows no method
+by name: ``cfg.method`` is a declaration of ``bs_ref.methods`` that says what its forget term is (calling its
+loss file in ``bs_ref.losses``), whether it carries the retain term, its forget weight γ, and whether it needs
+a frozen reference model or sampled beliefs. Every forget batch is paired with a retain batch and the loop
+minimises (docs/theory.md §2, ``bs_ref.losses.regularised_loss``)
 
     L = γ · L_forget(D_u) + α · L_retain(D_r)
 
-with ``L_retain`` the answer NLL on the retain batch or KL(π_θ ‖ π_ref) on its answer positions. GA alone
-has no retain term (Eq. 1); GradDiff is GA + retain (Eq. 2); every other method also carries the retain
-term. SimNPO's forget weight defaults to γ = 0.125 (SPEC §2), every other γ to 1. A frozen reference copy
-π_ref is made only when a loss needs one: NPO (Eq. 3), the KL retain term, and BS-S with the NPO base.
+with ``L_retain`` the answer NLL on the retain batch or KL(π_θ ‖ π_ref) on its answer positions
+(``bs_ref.losses.retain_loss``). A frozen reference copy π_ref is made only when something needs one.
 
-BS-S (Eq. 7) draws global beliefs from ``bs_ref.beliefs.BeliefCache`` (off-policy: sampled once from θ_o
-before the first step; on-policy: resampled every ``refresh_epochs``) and its forget term is evaluated by
-``bs_ref.beliefs.bs_s_forward_backward``, which micro-batches the belief rows and runs the backward passes
-itself (through ``accelerator.backward``, so mixed-precision loss scaling applies to it as to every method).
+A method's forget objective is one or more row sets (``Method.forget_terms``). One set (every method but
+BS-S) is run in one forward and backwarded together with the retain term. Several sets (BS-S, Eq. 7: the
+forget rows and the belief rows drawn by ``bs_ref.beliefs.BeliefCache``) are backwarded one after another, a
+set with ``chunk_rows`` in row chunks (``backward_over_row_chunks``) whose pieces add up to the term, so peak
+activation memory grows with the chunk, not with the number of beliefs N. Every backward goes through
+``accelerator.backward``, so mixed-precision loss scaling applies to all of them.
 
 The loop is written against ``accelerate.Accelerator``: the same code runs on one CPU, one GPU, or several
 GPUs with ``accelerate launch``. Gradients of the micro-batches of one optimiser step are accumulated
@@ -25,7 +27,7 @@ forget/retain/total loss, the forget batch's mean answer log-prob, its top-k mas
 the belief statistics of BS-S. A NaN/inf loss or weight stops the run with ``NonFiniteLossError``; the
 log written so far stays on disk, with a final ``{"error": ...}`` line.
 
-    model = unlearn(model, tokenizer, forget_records, retain_records, UnlearnConfig(method="bs_t"))
+    model = unlearn(model, tokenizer, forget_records, retain_records, UnlearnConfig(method=BST(lam=0.2)))
 """
 
 from __future__ import annotations
@@ -34,33 +36,29 @@ import copy
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
+from bs_ref.beliefs import BeliefCache
+from bs_ref.data.tofu import QADataset, collate_train
 from bs_ref.losses import (
-    BASE_LOSSES,
-    bs_t_loss,
-    ga_loss,
-    ga_scaled_loss,
+    IGNORE_INDEX,
     local_beliefs,
     mean_token_logprob,
-    npo_loss,
-    retain_kl_loss,
-    retain_nll_loss,
+    regularised_loss,
+    retain_loss,
     sequence_logprob,
-    simnpo_loss,
-    wga_loss,
 )
+from bs_ref.methods import METHODS, ForgetTerm, Method, make_method
 
-METHODS = ("ga", "graddiff", "npo", "simnpo", "wga", "ga_scaled", "bs_t", "bs_s")
 SCHEDULES = ("linear", "constant", "cosine")
-REGIMES = ("off_policy", "on_policy")
-SELECTS = ("sample", "filter", "beam")
-DEFAULT_GAMMA = {"simnpo": 0.125}
-"""Forget weight γ when ``UnlearnConfig.gamma`` is None: 0.125 for SimNPO (SPEC §2), else 1."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -69,115 +67,75 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class UnlearnConfig:
-    """Everything that changes an unlearning run. Defaults follow the authors' TOFU configuration
-    (SPEC §7: lr 1e-5, 10 epochs, effective batch 32, weight decay 0.01, 1 warm-up epoch) except the
-    batch size, which is per micro-batch here (effective batch = batch_size · grad_accum · processes)."""
+    """Everything that changes an unlearning run besides the method's own hyper-parameters (which live in its
+    declaration, ``bs_ref.methods``). Defaults follow the authors' TOFU configuration (docs/theory.md §7:
+    lr 1e-5, 10 epochs, effective batch 32, weight decay 0.01, 1 warm-up epoch) except the batch size, which is
+    per micro-batch here (effective batch = batch_size · grad_accum · processes)."""
 
-    method: str = "bs_t"
-    """One of ``METHODS``."""
-    lr: float = 1e-5
-    """Peak learning rate of AdamW."""
-    epochs: int = 10
-    """Passes over the forget set (the retain set is cycled alongside)."""
-    batch_size: int = 32
-    """Forget (and retain) examples per micro-batch and process."""
-    grad_accum: int = 1
-    """Micro-batches accumulated into one optimiser step."""
-    warmup: float = 1.0
-    """Linear warm-up length in **epochs** (the authors warm up for one epoch)."""
-    schedule: str = "linear"
-    """Learning-rate schedule after warm-up: linear decay to 0, constant, or cosine (``SCHEDULES``)."""
-    weight_decay: float = 0.01
-    max_grad_norm: float | None = 1.0
-    """Clip the global gradient norm (1.0: the Hugging Face Trainer default the authors ran with; None: off)."""
-    max_steps: int | None = None
-    """Stop after this many optimiser steps (None: ``epochs`` decide). Gives methods equal budgets."""
-    gamma: float | None = None
-    """Forget weight γ; None means the method's default (``DEFAULT_GAMMA``)."""
-    alpha: float = 1.0
-    """Retain weight α (ignored by GA, which has no retain term; 0 turns the term off for any method)."""
-    retain_loss: str = "nll"
-    """Retain term: "nll" (answer NLL) or "kl" (KL(π_θ‖π_ref) on answer positions; makes a reference copy)."""
-    # --- BS-T (Eq. 5-6); lam is also the λ of the GA×(1−λ) control -----------------------------------------
-    lam: float = 0.2
-    """BS-T belief weight λ_BST (authors: 0.2); GA×(1−λ) uses the same λ, so the two are comparable."""
-    top_k: int = 20
-    """BS-T local belief support size k."""
-    temperature: float = 1.0
-    """BS-T belief temperature τ (SPEC D4; the authors' code has τ = 1)."""
-    # --- BS-S (Eq. 7) -----------------------------------------------------------------------------------
-    lam_bss: float = 0.5
-    """BS-S weight λ_BSS of the belief term (authors: 0.5)."""
-    base: str = "bs_t"
-    """BS-S base loss L_base: "bs_t" (the paper's best), "ga" (the authors' released class), "npo", "wga"."""
-    n_beliefs: int = 3
-    """Global beliefs N per forget prompt."""
-    regime: str = "off_policy"
-    """"off_policy": beliefs sampled once from θ_o (Theorem 5.3); "on_policy": resampled every refresh_epochs."""
-    refresh_epochs: float = 1.0
-    """On-policy refresh period R in epochs."""
-    select: str = "sample"
-    """How beliefs are drawn: "sample", "filter" (best n_beliefs of belief_candidates by mean log-prob), "beam"."""
-    belief_candidates: int | None = None
-    """M ≥ N candidates drawn for select="filter" (None: 2·N)."""
-    belief_temperature: float = 1.0
-    """Sampling temperature τ_s of the global beliefs."""
-    belief_top_p: float = 1.0
-    belief_max_new_tokens: int = 64
-    belief_microbatch: int = 8
-    """Belief rows per forward/backward (bounds memory as N grows)."""
-    # --- NPO / SimNPO / WGA -----------------------------------------------------------------------------
-    npo_beta: float = 0.1
-    simnpo_beta: float = 4.5
-    simnpo_delta: float = 0.0
-    wga_beta: float = 1.0
-    # --- data, bookkeeping ------------------------------------------------------------------------------
-    template: str = "plain"
+    method: Method | str = field(default="bs_t", metadata={"cli": False})
+    """The method's declaration (``bs_ref.methods``), or its name for the paper's defaults."""
+    lr: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate"})
+    epochs: int = field(default=10, metadata={"help": "passes over the forget set (the retain set is cycled)"})
+    batch_size: int = field(default=32, metadata={"help": "forget (and retain) examples per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    warmup: float = field(default=1.0, metadata={"help": "linear warm-up, in epochs (authors: 1)"})
+    schedule: str = field(default="linear", metadata={"help": "after warm-up: linear (to 0) | constant | cosine"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (authors: 0.01)"})
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "clip the global gradient norm (the HF Trainer default); None: off"}
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "stop every method after this many steps"})
+    alpha: float = field(default=1.0, metadata={"help": "retain weight α (GA has no retain term; 0 turns it off)"})
+    retain_loss: str = field(
+        default="nll", metadata={"help": "retain term: nll (answer NLL) | kl (KL(π_θ‖π_ref) on answer positions)"}
+    )
+    template: str = field(default="plain", metadata={"cli": False})
     """Prompt template of ``bs_ref.data.tofu`` ("plain" or "chat"); must match how the model was trained."""
-    max_length: int | None = None
+    max_length: int | None = field(default=None, metadata={"cli": False})
     """Truncate prompt + answer to this many tokens (None: no truncation)."""
-    seed: int = 0
-    eval_every: int = 0
-    """Call ``callback(step, model)`` every this many optimiser steps (0: only at the end)."""
-    eval_at_start: bool = True
+    seed: int = field(default=0, metadata={"cli": False})
+    """Seed of the batch order and of the beliefs' sampling."""
+    eval_every: int = field(default=0, metadata={"help": "light evaluation every N optimiser steps (0: end only)"})
+    eval_at_start: bool = field(default=True, metadata={"cli": False})
     """Also call the callback once at step 0, before any update (the start of every trace)."""
-    log_path: str | None = None
+    log_path: str | None = field(default=None, metadata={"cli": False})
     """JSON-Lines log of every optimiser step (None: no log)."""
-    mixed_precision: str = "no"
+    mixed_precision: str = field(default="no", metadata={"cli": False})
     """Passed to ``accelerate.Accelerator``: "no", "bf16" or "fp16"."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"cli": False})
     """Show a tqdm progress bar."""
-    num_threads: int | None = None
+    num_threads: int | None = field(default=None, metadata={"cli": False})
     """torch CPU threads during the run, restored afterwards (None: leave as is). Small models on a CPU
     shared with other processes run far faster with 1 (extra intra-op threads spin while they wait)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
     """Free-form tags copied into the first log line (e.g. the experiment's method label)."""
 
-    @property
-    def forget_weight(self) -> float:
-        """γ actually used."""
-        return float(self.gamma) if self.gamma is not None else DEFAULT_GAMMA.get(self.method, 1.0)
+    def __post_init__(self):
+        if isinstance(self.method, str):
+            self.method = make_method(self.method) if self.method in METHODS else self.method
 
     @property
     def uses_retain(self) -> bool:
-        """Whether the retain term is on: every method except plain GA, unless α = 0."""
-        return self.method != "ga" and self.alpha > 0
+        """Whether the retain term is on: methods that declare it, unless α = 0."""
+        return self.method.retain and self.alpha > 0
 
     @property
     def needs_reference(self) -> bool:
-        """Whether a frozen reference copy π_ref is needed."""
-        return (
-            self.method == "npo"
-            or (self.method == "bs_s" and self.base == "npo")
-            or (self.uses_retain and self.retain_loss == "kl")
-        )
+        """Whether a frozen reference copy π_ref is needed (by the forget term or the KL retain term)."""
+        return self.method.needs_reference or (self.uses_retain and self.retain_loss == "kl")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as plain data (the method as its declaration's dict), for logs and config.json."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["method"] = self.method.as_dict()
+        return out
 
     def validate(self) -> None:
         """Raise one ValueError naming the first bad field and its allowed values."""
 
         def need(ok: bool, name: str, rule: str) -> None:
             if not ok:
-                raise ValueError(f"UnlearnConfig.{name}={getattr(self, name)!r} is invalid: {rule}")
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {rule}")
 
         def finite(x) -> bool:
             return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
@@ -185,7 +143,8 @@ class UnlearnConfig:
         def pos_int(x) -> bool:
             return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
-        need(self.method in METHODS, "method", f"choose one of {', '.join(METHODS)}")
+        need(isinstance(self.method, Method), "method", f"give a declaration or one of {', '.join(METHODS)}")
+        self.method.validate()
         need(finite(self.lr) and self.lr > 0, "lr", "must be a positive number (e.g. 1e-5)")
         need(pos_int(self.epochs), "epochs", "must be an integer >= 1")
         need(pos_int(self.batch_size), "batch_size", "must be an integer >= 1")
@@ -199,71 +158,14 @@ class UnlearnConfig:
             "must be > 0 or None",
         )
         need(self.max_steps is None or pos_int(self.max_steps), "max_steps", "must be an integer >= 1 or None")
-        need(self.gamma is None or (finite(self.gamma) and self.gamma > 0), "gamma", "must be > 0 or None")
         need(finite(self.alpha) and self.alpha >= 0, "alpha", "must be >= 0")
         need(self.retain_loss in ("nll", "kl"), "retain_loss", "choose 'nll' or 'kl'")
-        need(finite(self.lam) and 0 <= self.lam <= 1, "lam", "must lie in [0, 1]")
-        need(pos_int(self.top_k), "top_k", "must be an integer >= 1 (and at most the vocabulary size)")
-        need(finite(self.temperature) and self.temperature > 0, "temperature", "must be > 0")
-        need(finite(self.lam_bss) and 0 <= self.lam_bss <= 1, "lam_bss", "must lie in [0, 1]")
-        need(self.base in BASE_LOSSES, "base", f"choose one of {', '.join(sorted(BASE_LOSSES))}")
-        need(pos_int(self.n_beliefs), "n_beliefs", "must be an integer >= 1")
-        need(self.regime in REGIMES, "regime", f"choose one of {', '.join(REGIMES)}")
-        need(finite(self.refresh_epochs) and self.refresh_epochs >= 0, "refresh_epochs", "must be >= 0 (0: every step)")
-        need(self.select in SELECTS, "select", f"choose one of {', '.join(SELECTS)}")
-        need(
-            self.belief_candidates is None or (pos_int(self.belief_candidates) and self.belief_candidates >= 1),
-            "belief_candidates",
-            "must be an integer >= n_beliefs or None",
-        )
-        need(finite(self.belief_temperature) and self.belief_temperature > 0, "belief_temperature", "must be > 0")
-        need(finite(self.belief_top_p) and 0 < self.belief_top_p <= 1, "belief_top_p", "must lie in (0, 1]")
-        need(pos_int(self.belief_max_new_tokens), "belief_max_new_tokens", "must be an integer >= 1")
-        need(pos_int(self.belief_microbatch), "belief_microbatch", "must be an integer >= 1")
-        for name in ("npo_beta", "simnpo_beta"):
-            need(finite(getattr(self, name)) and getattr(self, name) > 0, name, "must be > 0")
-        need(finite(self.simnpo_delta), "simnpo_delta", "must be a finite number")
-        need(finite(self.wga_beta) and self.wga_beta >= 0, "wga_beta", "must be >= 0")
         need(self.template in ("plain", "chat"), "template", "choose 'plain' or 'chat'")
         need(self.max_length is None or pos_int(self.max_length), "max_length", "must be an integer >= 1 or None")
         need(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "must be an integer")
         need(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "must be an integer >= 0")
         need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "choose 'no', 'bf16' or 'fp16'")
         need(self.num_threads is None or pos_int(self.num_threads), "num_threads", "must be an integer >= 1 or None")
-
-
-# -------------------------------------------------------------------------------------------------------------
-# Forget objectives (SPEC §2-3); BS-S is handled by bs_ref.beliefs.bs_s_forward_backward
-# -------------------------------------------------------------------------------------------------------------
-
-
-def forget_loss(cfg: UnlearnConfig, logits: torch.Tensor, labels: torch.Tensor, ref_logits=None) -> torch.Tensor:
-    """L_forget of ``cfg.method`` on one forget batch (the scalar to minimise, before γ)."""
-    m = cfg.method
-    if m in ("ga", "graddiff"):
-        return ga_loss(logits, labels)  # Eq. (1); GradDiff adds the retain term, Eq. (2)
-    if m == "ga_scaled":
-        return ga_scaled_loss(logits, labels, lam=cfg.lam)  # control GA×(1−λ), SPEC §2 / D2
-    if m == "npo":
-        return npo_loss(logits, labels, sequence_logprob(ref_logits, labels), beta=cfg.npo_beta)  # Eq. (3)
-    if m == "simnpo":
-        return simnpo_loss(logits, labels, beta=cfg.simnpo_beta, delta=cfg.simnpo_delta)
-    if m == "wga":
-        return wga_loss(logits, labels, beta=cfg.wga_beta)  # Eq. (4)
-    if m == "bs_t":
-        return bs_t_loss(logits, labels, lam=cfg.lam, top_k=cfg.top_k, temperature=cfg.temperature)  # Eq. (5)-(6)
-    raise ValueError(f"forget_loss has no single-batch form for method {m!r}")
-
-
-def bs_s_base_kwargs(cfg: UnlearnConfig) -> dict[str, Any]:
-    """Hyper-parameters of the BS-S base loss (NPO's reference log-probs are added by the beliefs module)."""
-    if cfg.base == "bs_t":
-        return {"lam": cfg.lam, "top_k": cfg.top_k, "temperature": cfg.temperature}
-    if cfg.base == "npo":
-        return {"beta": cfg.npo_beta}
-    if cfg.base == "wga":
-        return {"beta": cfg.wga_beta}
-    return {}
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -301,27 +203,22 @@ def unlearn(
     last step, with the model in eval mode and no gradient. ``accelerator``: an ``accelerate.Accelerator``
     to use (default: a new one with ``cfg.mixed_precision``). The model is trained in place.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    from bs_ref.data.tofu import QADataset, collate_train
-
     cfg = cfg or UnlearnConfig()
     cfg.validate()
+    method = cfg.method
     if not forget_records:
         raise ValueError("forget_records is empty: there is nothing to unlearn (check the forget split)")
     if cfg.uses_retain and not retain_records:
         raise ValueError(
-            f"method {cfg.method!r} uses a retain term (alpha={cfg.alpha}) but retain_records is empty; "
+            f"method {method.name!r} uses a retain term (alpha={cfg.alpha}) but retain_records is empty; "
             "pass the retain split, or set alpha=0 to turn the retain term off"
         )
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     vocab = model.get_output_embeddings().weight.shape[0]
-    if cfg.method in ("bs_t", "bs_s") and cfg.top_k > vocab:
-        raise ValueError(f"UnlearnConfig.top_k={cfg.top_k} exceeds the vocabulary size {vocab}; lower top_k")
+    top_k = getattr(method, "top_k", None)
+    if top_k is not None and top_k > vocab:
+        raise ValueError(f"{method.name}:top_k={top_k} exceeds the vocabulary size {vocab}; lower top_k")
 
     accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
@@ -348,7 +245,7 @@ def unlearn(
             generator=torch.Generator().manual_seed(cfg.seed + 1),
         )
 
-    # A frozen reference copy only where a loss needs one (NPO, KL retain, BS-S with the NPO base).
+    # A frozen reference copy only where something needs one (NPO, the KL retain term, BS-S with the NPO base).
     ref_model = None
     if cfg.needs_reference:
         ref_model = copy.deepcopy(model).eval()
@@ -370,9 +267,9 @@ def unlearn(
     scheduler_name = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}[cfg.schedule]
     scheduler = get_scheduler(scheduler_name, optimizer, warmup_steps, total_steps)
 
-    belief_cache, prompts_by_index, bs_s_forward_backward = None, None, None
-    if cfg.method == "bs_s":
-        belief_cache, bs_s_forward_backward = _make_belief_cache(cfg)
+    belief_cache, prompts_by_index = None, None
+    if method.belief_sampling is not None:  # BS-S: global beliefs per forget item, cached by dataset index
+        belief_cache = BeliefCache(**method.belief_sampling, seed=cfg.seed)
         prompts_by_index = forget_set.prompts()
 
     log_file = None
@@ -396,14 +293,14 @@ def unlearn(
 
     def stop(what: str, step: int, epoch: float) -> None:
         message = (
-            f"unlearning diverged: {what} at step {step} (epoch {epoch:.2f}) of method {cfg.method!r} with "
+            f"unlearning diverged: {what} at step {step} (epoch {epoch:.2f}) of method {method.spec()!r} with "
             f"lr={cfg.lr}; lower the learning rate (or keep max_grad_norm set)"
             + (f". The log up to this step is in {cfg.log_path}" if cfg.log_path else "")
         )
         log({"step": step, "epoch": epoch, "error": message})
         raise NonFiniteLossError(message)
 
-    gamma, alpha = cfg.forget_weight, (cfg.alpha if cfg.uses_retain else 0.0)
+    gamma, alpha = method.gamma, (cfg.alpha if cfg.uses_retain else 0.0)
     previous_threads = torch.get_num_threads()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
@@ -411,7 +308,7 @@ def unlearn(
         log(
             {
                 "event": "start",
-                "config": asdict(cfg),
+                "config": cfg.as_dict(),
                 "gamma": gamma,
                 "alpha": alpha,
                 "n_forget": len(forget_set),
@@ -427,7 +324,7 @@ def unlearn(
             run_callback(0)
         retain_iter = _cycle(retain_loader) if retain_loader is not None else None
         bar = tqdm(
-            total=total_steps, desc=f"unlearn {cfg.method}", disable=not (cfg.progress and accelerator.is_main_process)
+            total=total_steps, desc=f"unlearn {method.name}", disable=not (cfg.progress and accelerator.is_main_process)
         )
         step, micro, stats = 0, 0, _StepStats()
         done = False
@@ -438,7 +335,7 @@ def unlearn(
                     # refresh_epochs = 0 resamples every step: only this batch's prompts are needed
                     wanted = (
                         {i: prompts_by_index[i] for i in forget_batch["index"].tolist()}
-                        if cfg.refresh_epochs == 0
+                        if belief_cache.refresh_epochs == 0
                         else prompts_by_index
                     )
                     belief_cache.maybe_refresh(accelerator.unwrap_model(model), tokenizer, epoch, step, wanted)
@@ -446,9 +343,12 @@ def unlearn(
                 scale = 1.0 / cfg.grad_accum
                 try:
                     with accelerator.no_sync(model):
+                        belief_batch = None
+                        if belief_cache is not None:  # on CPU: each row chunk is moved when it runs
+                            belief_batch = belief_cache.batch(forget_batch["index"].tolist(), pad_id)
                         terms = _micro_step(
-                            cfg, model, ref_model, forget_batch, retain_batch, belief_cache, bs_s_forward_backward,
-                            gamma, alpha, scale, pad_id, accelerator,
+                            cfg, model, ref_model, forget_batch, retain_batch, belief_batch, gamma, alpha, scale,
+                            accelerator,
                         )  # fmt: skip
                 except ValueError:
                     # the losses reject NaN/inf logits with a ValueError; name the cause when it is the weights
@@ -528,78 +428,131 @@ class _StepStats:
         return out
 
 
-def _micro_step(
-    cfg, model, ref_model, forget_batch, retain_batch, belief_cache, bs_s_forward_backward, gamma, alpha, scale,
-    pad_id, accelerator,
-) -> dict:  # fmt: skip
+def _micro_step(cfg, model, ref_model, forget_batch, retain_batch, belief_batch, gamma, alpha, scale,
+                accelerator) -> dict:  # fmt: skip
     """Forward + backward of one (forget, retain) micro-batch; returns the detached numbers to log."""
-    terms: dict[str, float | None] = {}
-    if cfg.method == "bs_s":
-        indices = forget_batch["index"].tolist()
-        belief_batch = belief_cache.batch(indices, pad_id)  # stays on CPU: each micro-batch is moved when used
-        out = bs_s_forward_backward(
-            model,
-            forget_batch,
-            belief_batch,
-            lam_bss=cfg.lam_bss,
-            base=cfg.base,
-            base_kwargs=bs_s_base_kwargs(cfg),
-            belief_microbatch=cfg.belief_microbatch,
-            loss_scale=gamma * scale,
-            ref_model=ref_model,
-            backward=accelerator.backward,
-            log_top_k=cfg.top_k,
-        )  # Eq. (7): (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u), backward done inside
-        forget_value = float(out["loss"])
-        terms["belief_term"] = None if out.get("belief_term") is None else float(out["belief_term"])
-        terms["forget_logprob"], terms["topk_mass"] = out["forget_logprob"], out.get("topk_mass")
+    method = cfg.method
+    terms = method.forget_terms(forget_batch, belief_batch)
+    ref = ref_model if method.needs_reference else None
+    one_pass = len(terms) == 1 and terms[0].chunk_rows is None
+    if one_pass:  # one forward; backwarded together with the retain term below
+        forget_term, logits, labels = _forward_term(model, terms[0], ref)
+        stats = _forget_stats(logits, labels, method.top_k_for_logging)
+        stats["forget"] = float(forget_term.detach())
+        del logits
+    else:  # several row sets (BS-S): backwarded one after another, in row chunks where declared
         forget_term = None
-    else:
-        logits = model(**_model_inputs(forget_batch)).logits
-        ref_logits = None
-        if cfg.method == "npo":
-            with torch.no_grad():
-                ref_logits = ref_model(**_model_inputs(forget_batch)).logits
-        labels = forget_batch["labels"]
-        forget_term = forget_loss(cfg, logits, labels, ref_logits)
-        forget_value = float(forget_term.detach())
-        with torch.no_grad():
-            terms["forget_logprob"] = float(mean_token_logprob(logits.detach(), labels).mean())
-            k = min(cfg.top_k, logits.shape[-1])
-            terms["topk_mass"] = float(local_beliefs(logits.detach(), labels, top_k=k)[0].topk_mass.mean())
-    terms["forget"] = forget_value
-    total = gamma * forget_term if forget_term is not None else None
+        stats = forget_backward(method, model, forget_batch, belief_batch, loss_scale=gamma * scale,
+                                backward=accelerator.backward, ref_model=ref_model)  # fmt: skip
+    retain_term = None
     if retain_batch is not None and alpha > 0:
         retain_logits = model(**_model_inputs(retain_batch)).logits
+        ref_retain_logits = None
         if cfg.retain_loss == "kl":
             with torch.no_grad():
                 ref_retain_logits = ref_model(**_model_inputs(retain_batch)).logits
-            retain_term = retain_kl_loss(retain_logits, ref_retain_logits, retain_batch["labels"])
+        retain_term = retain_loss(retain_logits, retain_batch["labels"], cfg.retain_loss, ref_retain_logits)
+        stats["retain"] = float(retain_term.detach())
+    stats["total"] = gamma * stats["forget"] + alpha * (stats.get("retain") or 0.0)
+    if not math.isfinite(stats["total"]):
+        return stats  # the loop stops with NonFiniteLossError
+    if one_pass:
+        accelerator.backward(regularised_loss(forget_term, retain_term, gamma, alpha) * scale)  # L = γ·L_f + α·L_r
+    elif retain_term is not None:
+        accelerator.backward(alpha * retain_term * scale)
+    return stats
+
+
+def forget_backward(method: Method, model, forget_batch: dict, belief_batch: dict | None = None, *,
+                    loss_scale: float = 1.0, backward=None, ref_model=None) -> dict:  # fmt: skip
+    """Backward ``loss_scale · L_forget`` of ``method`` on one forget batch (and its belief rows), term by term
+    and chunk by chunk (``backward_over_row_chunks``); the caller steps the optimiser. ``backward`` defaults to
+    ``Tensor.backward`` (the loop passes ``accelerator.backward``). Returns the detached ``forget``
+    (L_forget = Σ weight · term: Eq. 7 for BS-S), ``forget_logprob`` and ``topk_mass`` of the forget rows."""
+    run_backward = backward if backward is not None else torch.Tensor.backward
+    ref = ref_model if method.needs_reference else None
+    if method.needs_reference and ref_model is None:
+        raise ValueError(f"method {method.spec()!r} needs ref_model (a frozen copy of the original model)")
+    stats: dict[str, float | None] = {}
+    weighted = []
+    for index, term in enumerate(method.forget_terms(forget_batch, belief_batch)):
+        if term.chunk_rows is not None:
+            value, _ = backward_over_row_chunks(model, term, loss_scale, run_backward, ref)
         else:
-            retain_term = retain_nll_loss(retain_logits, retain_batch["labels"])
-        terms["retain"] = float(retain_term.detach())
-        total = alpha * retain_term if total is None else total + alpha * retain_term  # L = γ·L_forget + α·L_retain
-    terms["total"] = gamma * forget_value + alpha * (terms.get("retain") or 0.0)
-    if total is not None and math.isfinite(terms["total"]):
-        accelerator.backward(total * scale)
-    return terms
+            piece, logits, labels = _forward_term(model, term, ref)
+            if index == 0:
+                stats.update(_forget_stats(logits, labels, method.top_k_for_logging))
+            run_backward(loss_scale * term.weight * piece)
+            value = piece.detach()
+            del logits, piece
+        weighted.append(term.weight * value)
+    stats["forget"] = float(sum(weighted))
+    return stats
 
 
-def _make_belief_cache(cfg: UnlearnConfig):
-    """The BS-S belief cache and the micro-batched forward/backward of ``bs_ref.beliefs``."""
-    try:
-        from bs_ref.beliefs import BeliefCache, bs_s_forward_backward
-    except ImportError as err:
-        raise ValueError(f"method 'bs_s' needs bs_ref.beliefs (BeliefCache, bs_s_forward_backward): {err}") from None
-    cache = BeliefCache(
-        regime=cfg.regime,
-        refresh_epochs=cfg.refresh_epochs,
-        n=cfg.n_beliefs,
-        select=cfg.select,
-        m=cfg.belief_candidates,
-        temperature=cfg.belief_temperature,
-        top_p=cfg.belief_top_p,
-        max_new_tokens=cfg.belief_max_new_tokens,
-        seed=cfg.seed,
-    )
-    return cache, bs_s_forward_backward
+def _forward_term(model, term: ForgetTerm, ref_model=None):
+    """(piece on all of the term's rows, logits, labels) in one forward."""
+    device = next(model.parameters()).device
+    rows = {k: v.to(device) for k, v in term.rows.items() if isinstance(v, torch.Tensor)}
+    logits = model(**_model_inputs(rows)).logits
+    ref_lp = _ref_logprobs(ref_model, rows) if ref_model is not None else None
+    return term.piece(logits, rows["labels"], ref_lp), logits, rows["labels"]
+
+
+@torch.no_grad()
+def _forget_stats(logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> dict:
+    """Mean answer log-prob of the forget rows and their mean top-k mass S_k (docs/theory.md D1/D2)."""
+    logits = logits.detach()
+    k = min(top_k, logits.shape[-1])
+    return {
+        "forget_logprob": float(mean_token_logprob(logits, labels).mean()),
+        "topk_mass": float(local_beliefs(logits, labels, top_k=k)[0].topk_mass.mean()),
+    }
+
+
+def backward_over_row_chunks(model, term: ForgetTerm, loss_scale: float, backward, ref_model=None):
+    """Run ``term.rows`` through ``model`` ``term.chunk_rows`` rows at a time and backward each chunk's piece
+    ``loss_scale · term.weight · term.piece(...)`` as it goes; returns (Σ pieces, detached; chunks run).
+
+    Rows are taken longest first (each chunk carries little padding) and all-padding columns on the right of a
+    chunk are dropped; a chunk without answer tokens is skipped. The pieces are defined so that they add up to
+    the whole term (e.g. ``bs_ref.losses.belief_piece``), so the summed gradient is the gradient of the term on
+    all rows at once, while peak activation memory grows with ``chunk_rows`` only. Knows no method.
+    """
+    device = next(model.parameters()).device
+    labels = term.rows["labels"]
+    attention = _attention_mask(term.rows)
+    by_length = torch.argsort(attention.sum(dim=1), descending=True, stable=True)
+    ids, labels, attention = term.rows["input_ids"][by_length], labels[by_length], attention[by_length]
+    total, chunks = None, 0
+    for start in range(0, labels.shape[0], term.chunk_rows):
+        rows = slice(start, start + term.chunk_rows)
+        chunk_attention = attention[rows]
+        width = int(chunk_attention.any(dim=0).nonzero().max()) + 1  # drop all-padding columns on the right
+        chunk = {"input_ids": ids[rows, :width].to(device), "attention_mask": chunk_attention[:, :width].to(device),
+                 "labels": labels[rows, :width].to(device)}  # fmt: skip
+        if not bool((chunk["labels"][:, 1:] != IGNORE_INDEX).any()):
+            continue
+        ref_lp = _ref_logprobs(ref_model, chunk) if ref_model is not None else None
+        logits = model(**_model_inputs(chunk)).logits
+        piece = term.piece(logits, chunk["labels"], ref_lp)
+        backward(loss_scale * term.weight * piece)
+        total = piece.detach() if total is None else total + piece.detach()
+        chunks += 1
+        del logits, piece
+    if total is None:
+        total = torch.zeros(())
+    return total, chunks
+
+
+@torch.no_grad()
+def _ref_logprobs(ref_model, rows: dict) -> torch.Tensor:
+    """log π_ref(y|x) of each row (summed over answer tokens), from the frozen reference model."""
+    device = next(ref_model.parameters()).device
+    logits = ref_model(input_ids=rows["input_ids"].to(device), attention_mask=_attention_mask(rows).to(device)).logits
+    return sequence_logprob(logits, rows["labels"].to(device))
+
+
+def _attention_mask(batch: dict) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    return mask if mask is not None else torch.ones_like(batch["input_ids"])

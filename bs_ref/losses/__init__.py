@@ -5,33 +5,22 @@ shifts internally) and returns the **scalar to minimise**, so ``loss.backward()`
 """
 
 from ._common import IGNORE_INDEX, REDUCTIONS, mean_token_logprob, sequence_logprob
-from .bs_s import BASE_LOSSES, base_loss, bs_s_combine, bs_s_loss
+from .bs_s import BASE_LOSSES, base_loss, belief_counts, belief_piece, bs_s_combine, bs_s_loss
 from .bs_t import TokenBeliefs, bs_t_loss, local_beliefs, token_beliefs
 from .ga import ga_loss, ga_scaled_loss, nll_loss
-from .graddiff import graddiff_loss, retain_kl_loss, retain_nll_loss
+from .graddiff import graddiff_loss, regularised_loss, retain_kl_loss, retain_loss, retain_nll_loss
 from .npo import npo_loss, npo_weight
 from .simnpo import simnpo_loss
 from .wga import wga_loss
 
-LOSSES = {
-    "ga": ga_loss,
-    "ga_scaled": ga_scaled_loss,
-    "graddiff": graddiff_loss,
-    "npo": npo_loss,
-    "simnpo": simnpo_loss,
-    "wga": wga_loss,
-    "bs_t": bs_t_loss,
-    "bs_s": bs_s_loss,
-}
-"""Forget objectives by name. ``graddiff`` and ``bs_s`` take a second batch; ``npo`` a reference."""
-
 __all__ = [
     "IGNORE_INDEX",
     "REDUCTIONS",
-    "LOSSES",
     "BASE_LOSSES",
     "TokenBeliefs",
     "base_loss",
+    "belief_counts",
+    "belief_piece",
     "bs_s_combine",
     "bs_s_loss",
     "bs_t_loss",
@@ -43,7 +32,9 @@ __all__ = [
     "nll_loss",
     "npo_loss",
     "npo_weight",
+    "regularised_loss",
     "retain_kl_loss",
+    "retain_loss",
     "retain_nll_loss",
     "sequence_logprob",
     "simnpo_loss",

@@ -10,8 +10,9 @@ GA and λ_BSS = 0.5. Sampling and caching of the beliefs live in ``bs_ref.belief
 objective only.
 
 Shapes: forget logits [B, T, V] with labels [B, T]; belief logits [B·N, T', V'] with labels [B·N, T']
-(belief rows of the same forget items) → scalar. For large N, evaluate the belief term in micro-batches
-with ``base_loss`` and combine the pieces with ``bs_s_combine``.
+(belief rows of the same forget items) → scalar. For large N the belief term is evaluated in row chunks:
+``belief_piece`` is one chunk's share of L_base(D̂_u), so the pieces of all chunks add up to it exactly
+(the unlearning loop backwards each piece as it goes; ``bs_s_loss`` runs the same function on one chunk).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ._common import check_fraction
+from ._common import IGNORE_INDEX, check_fraction
 from .bs_t import bs_t_loss
 from .ga import ga_loss
 from .npo import npo_loss
@@ -46,6 +47,39 @@ def bs_s_combine(forget_term: torch.Tensor, belief_term: torch.Tensor | None, la
     return (1.0 - lam_bss) * forget_term + lam_bss * belief_term  # Eq. (7)
 
 
+def belief_piece(
+    base: str,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    rows_with_answer: int,
+    answer_tokens: int,
+    reduction: str = "row",
+    **kwargs: Any,
+) -> torch.Tensor:
+    """One row chunk's share of L_base(D̂_u): the pieces of disjoint chunks add up to L_base on all belief rows.
+
+    ``rows_with_answer`` / ``answer_tokens`` count the belief rows with at least one answer token / all answer
+    tokens of the WHOLE belief batch (the normalisers of the "row" and "token" reductions). NPO's "token"
+    reduction is its row mean (it is a per-sequence loss).
+    """
+    if reduction == "sum":
+        return base_loss(base, logits, labels, reduction="sum", **kwargs)
+    if reduction == "token" and base != "npo":  # token mean over the whole belief batch
+        chunk_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        return base_loss(base, logits, labels, reduction="token", **kwargs) * (chunk_tokens / answer_tokens)
+    if reduction not in ("row", "token"):
+        raise ValueError(f"reduction must be 'row', 'token' or 'sum' for BS-S, got {reduction!r}")
+    return base_loss(base, logits, labels, reduction="sum", **kwargs) / rows_with_answer  # row mean
+
+
+def belief_counts(labels: torch.Tensor) -> tuple[int, int]:
+    """(rows with at least one answer token, answer tokens) of a belief batch's labels [R, T]."""
+    if labels.dim() != 2 or labels.numel() == 0:
+        return 0, 0
+    answer = labels[:, 1:] != IGNORE_INDEX
+    return int(answer.any(dim=1).sum()), int(answer.sum())
+
+
 def bs_s_loss(
     forget_logits: torch.Tensor,
     forget_labels: torch.Tensor,
@@ -63,10 +97,14 @@ def bs_s_loss(
     ``forget_kwargs``/``belief_kwargs`` add per-term arguments, e.g. NPO's ``ref_logprobs`` of each set of
     rows. A belief batch without any answer token (every sampled answer empty) contributes nothing.
     """
-    base_kwargs = base_kwargs or {}
-    forget_term = base_loss(base, forget_logits, forget_labels, **base_kwargs, **(forget_kwargs or {}))
-    has_belief = belief_labels.dim() == 2 and bool((belief_labels[:, 1:] != -100).any())
-    belief_term = (
-        base_loss(base, belief_logits, belief_labels, **base_kwargs, **(belief_kwargs or {})) if has_belief else None
-    )
-    return bs_s_combine(forget_term, belief_term, lam_bss)
+    check_fraction(lam_bss, "lam_bss")
+    base_kwargs = dict(base_kwargs or {})
+    reduction = base_kwargs.pop("reduction", "row")
+    forget_term = base_loss(base, forget_logits, forget_labels, reduction=reduction, **base_kwargs,
+                            **(forget_kwargs or {}))  # fmt: skip
+    rows, tokens = belief_counts(belief_labels)
+    belief_term = None
+    if rows:  # L_base(D̂_u) as one chunk
+        belief_term = belief_piece(base, belief_logits, belief_labels, rows, tokens, reduction, **base_kwargs,
+                                   **(belief_kwargs or {}))  # fmt: skip
+    return bs_s_combine(forget_term, belief_term, lam_bss)  # Eq. (7)

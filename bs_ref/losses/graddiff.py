@@ -51,6 +51,35 @@ def retain_kl_loss(
     return reduce_tokens(kl, at, reduction)
 
 
+def retain_loss(
+    retain_logits: torch.Tensor,
+    retain_labels: torch.Tensor,
+    kind: str = "nll",
+    retain_ref_logits: torch.Tensor | None = None,
+    reduction: str = "row",
+) -> torch.Tensor:
+    """L_retain of Eq. (2): ``kind="nll"`` (answer NLL) or ``"kl"`` (KL(π_θ‖π_ref) on answer positions; needs
+    ``retain_ref_logits`` from the frozen reference model)."""
+    if kind == "nll":
+        return retain_nll_loss(retain_logits, retain_labels, reduction)
+    if kind == "kl":
+        if retain_ref_logits is None:
+            raise ValueError("retain='kl' needs retain_ref_logits from the frozen reference model")
+        return retain_kl_loss(retain_logits, retain_ref_logits, retain_labels, reduction)
+    raise ValueError(f"retain must be 'nll' or 'kl', got {kind!r}")
+
+
+def regularised_loss(
+    forget_term: torch.Tensor, retain_term: torch.Tensor | None, gamma: float = 1.0, alpha: float = 1.0
+) -> torch.Tensor:
+    """Eq. (2)'s composition L = γ·L_forget + α·L_retain, for any forget term (every method but GA carries the
+    retain term; ``retain_term=None`` leaves γ·L_forget). This is the line the unlearning loop runs."""
+    total = gamma * forget_term
+    if retain_term is None:
+        return total
+    return total + alpha * retain_term  # Eq. (2)
+
+
 def graddiff_loss(
     forget_logits: torch.Tensor,
     forget_labels: torch.Tensor,
@@ -63,12 +92,5 @@ def graddiff_loss(
     reduction: str = "row",
 ) -> torch.Tensor:
     """Eq. (2): γ·GA(forget) + α·retain, with ``retain`` ∈ {"nll", "kl"} (kl needs ``retain_ref_logits``)."""
-    if retain == "nll":
-        retain_term = retain_nll_loss(retain_logits, retain_labels, reduction)
-    elif retain == "kl":
-        if retain_ref_logits is None:
-            raise ValueError("retain='kl' needs retain_ref_logits from the frozen reference model")
-        retain_term = retain_kl_loss(retain_logits, retain_ref_logits, retain_labels, reduction)
-    else:
-        raise ValueError(f"retain must be 'nll' or 'kl', got {retain!r}")
-    return gamma * ga_loss(forget_logits, forget_labels, reduction) + alpha * retain_term  # Eq. (2)
+    retain_term = retain_loss(retain_logits, retain_labels, retain, retain_ref_logits, reduction)
+    return regularised_loss(ga_loss(forget_logits, forget_labels, reduction), retain_term, gamma, alpha)  # Eq. (2)

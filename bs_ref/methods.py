@@ -1,0 +1,476 @@
+"""One declaration per unlearning method: its hyper-parameters, its forget term, and what it needs.
+
+Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422); docs/theory.md §2–4.
+
+Every method minimises (docs/theory.md §2, Eq. 2's composition)
+
+    L = γ · L_forget(D_u) + α · L_retain(D_r)
+
+and differs only in ``L_forget``, in whether it carries the retain term, and in what its forget term needs
+(a frozen reference model, sampled beliefs). A declaration below says exactly that, in one place:
+
+* its hyper-parameters, as dataclass fields with the paper's (or the authors') defaults — the command line
+  of ``experiments/tofu.py`` and the method specs ``bs_t:lam=0.6,temperature=2`` are built from these fields;
+* ``forget_loss(logits, labels, ref_logprobs)``: the forget term, calling its loss file in ``bs_ref.losses``;
+* ``retain`` (class attribute): whether α·L_retain is added (GA alone has none, Eq. 1);
+* ``gamma``: the forget weight γ (SimNPO's default is 0.125, every other method's 1);
+* ``needs_reference``: whether a frozen copy π_ref of the original model is needed;
+* ``belief_sampling``: for BS-S, how global beliefs are drawn and cached (``bs_ref.beliefs.BeliefCache``);
+* ``forget_terms``: how the forget objective splits into row sets for the loop — one term for every method,
+  two for BS-S (the forget rows and the belief rows, the latter backwarded in row chunks; Eq. 7).
+
+The loop (``bs_ref.unlearn``), the claims suite and the experiment know no method names: they look a method
+up in ``METHODS`` (or parse a spec with ``method_from_spec``) and call these members. Adding a method is one
+declaration here plus its loss file and tests.
+
+    method = method_from_spec("bs_t:lam=0.6,tau=2")     # BST(lam=0.6, top_k=20, temperature=2.0)
+    loss = method.forget_loss(logits, labels)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from bs_ref.losses import (
+    belief_counts,
+    belief_piece,
+    bs_t_loss,
+    ga_loss,
+    ga_scaled_loss,
+    npo_loss,
+    simnpo_loss,
+    wga_loss,
+)
+
+REGIMES = ("off_policy", "on_policy")
+SELECTS = ("sample", "filter", "beam")
+
+
+def hp(default: Any, help: str, **metadata: Any) -> Any:
+    """A hyper-parameter field: its default and the one-line help the command line shows."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class ForgetTerm:
+    """One set of rows of the forget objective and how it enters the loss.
+
+    The loop runs ``rows`` through the model (in chunks of ``chunk_rows`` rows when set, longest first), and
+    ``piece(logits, labels, ref_logprobs)`` gives that chunk's contribution; ``weight`` multiplies it. The
+    pieces of all chunks add up to the term. ``ref_logprobs`` is None unless the method needs a reference.
+    """
+
+    rows: dict[str, torch.Tensor]
+    weight: float
+    piece: Callable[..., torch.Tensor]
+    chunk_rows: int | None = None
+
+
+@dataclass
+class Method:
+    """Base class of the declarations. Subclasses set ``name``/``title``/``equation`` and ``forget_loss``."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    equation: ClassVar[str] = ""
+    retain: ClassVar[bool] = True
+    """Whether the retain term α·L_retain is added (docs/theory.md §2)."""
+
+    gamma: float = hp(1.0, "forget weight γ of L = γ·L_forget + α·L_retain")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the forget term needs π_ref(y|x) of a frozen copy of the original model."""
+        return False
+
+    @property
+    def belief_sampling(self) -> dict[str, Any] | None:
+        """Keyword arguments of ``bs_ref.beliefs.BeliefCache`` when the method samples global beliefs."""
+        return None
+
+    @property
+    def top_k_for_logging(self) -> int:
+        """k of the top-k mass S_k logged at every step (docs/theory.md D1/D2)."""
+        return 20
+
+    def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor, ref_logprobs=None) -> torch.Tensor:
+        """L_forget on one batch of rows (the scalar to minimise, before γ)."""
+        raise NotImplementedError
+
+    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None) -> list[ForgetTerm]:
+        """The row sets of L_forget: the forget batch alone, with weight 1, for every method but BS-S."""
+        return [ForgetTerm(forget_batch, 1.0, self.forget_loss)]
+
+    def validate(self) -> None:
+        """Raise one ValueError naming the first bad hyper-parameter (as ``<method>:<field>``)."""
+        _need(self, _finite(self.gamma) and self.gamma > 0, "gamma", "must be > 0")
+
+    def spec(self) -> str:
+        """The method spec that rebuilds this declaration: its name and every field that is not its default."""
+        default = type(self)()
+        changed = [f for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        if not changed:
+            return self.name
+        return self.name + ":" + ",".join(f"{f.name}={_format(getattr(self, f.name))}" for f in changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"name": ..., <field>: value}`` (nested declarations as their dicts), for config.json."""
+        out: dict[str, Any] = {"name": self.name}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.as_dict() if isinstance(value, Method) else value
+        return out
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The declarations (docs/theory.md §2–4)
+# -------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GA(Method):
+    """Gradient ascent on the forget answers; no retain term."""
+
+    name: ClassVar[str] = "ga"
+    title: ClassVar[str] = "GA"
+    equation: ClassVar[str] = "Eq. (1)"
+    retain: ClassVar[bool] = False
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        return ga_loss(logits, labels)  # Eq. (1)
+
+
+@dataclass
+class GradDiff(Method):
+    """GA plus the retain term: Eq. (2) itself."""
+
+    name: ClassVar[str] = "graddiff"
+    title: ClassVar[str] = "GradDiff"
+    equation: ClassVar[str] = "Eq. (2)"
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        return ga_loss(logits, labels)  # Eq. (1); the loop adds α·L_retain: Eq. (2)
+
+
+@dataclass
+class NPO(Method):
+    """Negative preference optimisation against a frozen reference (Zhang et al. 2024)."""
+
+    name: ClassVar[str] = "npo"
+    title: ClassVar[str] = "NPO"
+    equation: ClassVar[str] = "Eq. (3)"
+
+    beta: float = hp(0.1, "NPO inverse temperature β")
+
+    @property
+    def needs_reference(self) -> bool:
+        return True
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        if ref_logprobs is None:
+            raise ValueError("NPO needs ref_logprobs: log π_ref(y|x) of the frozen reference model on the same rows")
+        return npo_loss(logits, labels, ref_logprobs, beta=self.beta)  # Eq. (3)
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.beta) and self.beta > 0, "beta", "must be > 0")
+
+
+@dataclass
+class SimNPO(Method):
+    """Reference-free, length-normalised NPO (Fan et al. 2024); its forget weight γ defaults to 0.125."""
+
+    name: ClassVar[str] = "simnpo"
+    title: ClassVar[str] = "SimNPO"
+    equation: ClassVar[str] = "docs/theory.md §2"
+
+    gamma: float = hp(0.125, "forget weight γ of L = γ·L_forget + α·L_retain (SimNPO: 0.125)")
+    beta: float = hp(4.5, "SimNPO inverse temperature β")
+    delta: float = hp(0.0, "SimNPO margin δ")
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        return simnpo_loss(logits, labels, beta=self.beta, delta=self.delta)
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.beta) and self.beta > 0, "beta", "must be > 0")
+        _need(self, _finite(self.delta), "delta", "must be a finite number")
+
+
+@dataclass
+class WGA(Method):
+    """Weighted gradient ascent: each token's NLL weighted by its detached probability to the power β."""
+
+    name: ClassVar[str] = "wga"
+    title: ClassVar[str] = "WGA"
+    equation: ClassVar[str] = "Eq. (4)"
+
+    beta: float = hp(1.0, "WGA weight exponent β")
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        return wga_loss(logits, labels, beta=self.beta)  # Eq. (4)
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.beta) and self.beta >= 0, "beta", "must be >= 0")
+
+
+@dataclass
+class GAScaled(Method):
+    """The control GA×(1−λ): what BS-T reduces to when its belief term carries nothing (docs/theory.md D2)."""
+
+    name: ClassVar[str] = "ga_scaled"
+    title: ClassVar[str] = "GA×(1−λ)"
+    equation: ClassVar[str] = "docs/theory.md §2, D2"
+
+    lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        return ga_scaled_loss(logits, labels, lam=self.lam)
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.lam) and 0 <= self.lam <= 1, "lam", "must lie in [0, 1]")
+
+
+@dataclass
+class BST(Method):
+    """BS-T: ascend the cross-entropy against the soft target λ·q + (1−λ)·e_y of the model's top-k beliefs."""
+
+    name: ClassVar[str] = "bs_t"
+    title: ClassVar[str] = "BS-T"
+    equation: ClassVar[str] = "Eq. (5)–(6)"
+
+    lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
+    top_k: int = hp(20, "BS-T local belief support k (top-k tokens per position)")
+    temperature: float = hp(1.0, "BS-T belief temperature τ (docs/theory.md D4; the authors' code has τ = 1)")
+
+    @property
+    def top_k_for_logging(self) -> int:
+        return self.top_k
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        return bs_t_loss(logits, labels, lam=self.lam, top_k=self.top_k, temperature=self.temperature)  # Eq. (5)-(6)
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.lam) and 0 <= self.lam <= 1, "lam", "must lie in [0, 1]")
+        _need(self, _pos_int(self.top_k), "top_k", "must be an integer >= 1 (and at most the vocabulary size)")
+        _need(self, _finite(self.temperature) and self.temperature > 0, "temperature", "must be > 0")
+
+
+BS_S_BASES = ("bs_t", "ga", "npo", "wga")
+
+
+@dataclass
+class BSS(Method):
+    """BS-S: the base loss on the forget answers and on N high-confidence answers the model itself samples."""
+
+    name: ClassVar[str] = "bs_s"
+    title: ClassVar[str] = "BS-S"
+    equation: ClassVar[str] = "Eq. (7)"
+
+    lam_bss: float = hp(0.5, "BS-S weight λ_BSS of the belief term (authors: 0.5)")
+    base: str = hp("bs_t", "BS-S base loss L_base: bs_t (the paper's best) | ga (the authors' class) | npo | wga")
+    lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
+    top_k: int = hp(20, "BS-T local belief support k (top-k tokens per position)")
+    temperature: float = hp(1.0, "BS-T belief temperature τ (docs/theory.md D4; the authors' code has τ = 1)")
+    base_beta: float | None = hp(None, "β of an NPO or WGA base (None: that method's default, 0.1 / 1.0)")
+    n_beliefs: int = hp(3, "BS-S global beliefs N per forget prompt")
+    regime: str = hp("off_policy", "BS-S: off_policy (sampled once from θ_o) | on_policy (resampled)")
+    refresh_epochs: float = hp(1.0, "BS-S on-policy refresh period R, in epochs (0: every step)")
+    select: str = hp("sample", "BS-S belief decoding: sample | filter (best N of M by mean log-prob) | beam")
+    belief_candidates: int | None = hp(None, "BS-S candidates M >= N for select=filter (default 2N) or beam")
+    belief_temperature: float = hp(1.0, "BS-S sampling temperature τ_s")
+    belief_top_p: float = hp(1.0, "BS-S nucleus top-p of the sampled beliefs")
+    belief_max_new_tokens: int = hp(64, "BS-S longest sampled belief, in tokens")
+    belief_microbatch: int = hp(8, "BS-S belief rows per forward/backward (bounds memory as N grows)")
+
+    @property
+    def base_method(self) -> Method:
+        """The base loss as a declaration, with this method's hyper-parameters."""
+        if self.base == "bs_t":
+            return BST(lam=self.lam, top_k=self.top_k, temperature=self.temperature)
+        if self.base == "npo":
+            return NPO() if self.base_beta is None else NPO(beta=self.base_beta)
+        if self.base == "wga":
+            return WGA() if self.base_beta is None else WGA(beta=self.base_beta)
+        return GA()
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.base_method.needs_reference
+
+    @property
+    def top_k_for_logging(self) -> int:
+        return self.top_k
+
+    @property
+    def belief_sampling(self) -> dict[str, Any]:
+        return dict(regime=self.regime, refresh_epochs=self.refresh_epochs, n=self.n_beliefs, select=self.select,
+                    m=self.belief_candidates, temperature=self.belief_temperature, top_p=self.belief_top_p,
+                    max_new_tokens=self.belief_max_new_tokens)  # fmt: skip
+
+    def _base_kwargs(self) -> dict[str, Any]:
+        """The base loss's keyword arguments (its declaration's fields but γ)."""
+        base = self.base_method
+        return {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name != "gamma"}
+
+    def forget_loss(self, logits, labels, ref_logprobs=None):
+        """L_base on the forget rows alone (what Eq. 7 reduces to without beliefs)."""
+        return self.base_method.forget_loss(logits, labels, ref_logprobs)
+
+    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None) -> list[ForgetTerm]:
+        """Eq. (7): (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u); the belief rows in chunks of
+        ``belief_microbatch`` rows whose pieces add up to L_base(D̂_u) (``bs_ref.losses.belief_piece``)."""
+        rows, tokens = belief_counts(belief_batch["labels"]) if belief_batch is not None else (0, 0)
+        if rows == 0:  # no usable belief (none cached, or every sampled answer empty): the forget term alone
+            return [ForgetTerm(forget_batch, 1.0, self.forget_loss)]
+        kwargs = self._base_kwargs()
+
+        def piece(logits, labels, ref_logprobs=None):
+            extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}
+            return belief_piece(self.base, logits, labels, rows, tokens, **kwargs, **extra)
+
+        return [
+            ForgetTerm(forget_batch, 1.0 - self.lam_bss, self.forget_loss),  # (1 − λ_BSS)·L_base(D_u)
+            ForgetTerm(belief_batch, self.lam_bss, piece, chunk_rows=self.belief_microbatch),  # λ_BSS·L_base(D̂_u)
+        ]
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.lam_bss) and 0 <= self.lam_bss <= 1, "lam_bss", "must lie in [0, 1]")
+        _need(self, self.base in BS_S_BASES, "base", f"choose one of {', '.join(BS_S_BASES)}")
+        self.base_method.validate()
+        _need(self, _pos_int(self.n_beliefs), "n_beliefs", "must be an integer >= 1")
+        _need(self, self.regime in REGIMES, "regime", f"choose one of {', '.join(REGIMES)}")
+        _need(self, _finite(self.refresh_epochs) and self.refresh_epochs >= 0, "refresh_epochs",
+              "must be >= 0 (0: every step)")  # fmt: skip
+        _need(self, self.select in SELECTS, "select", f"choose one of {', '.join(SELECTS)}")
+        _need(self, self.belief_candidates is None or (_pos_int(self.belief_candidates)
+                                                       and self.belief_candidates >= self.n_beliefs),
+              "belief_candidates", "must be an integer >= n_beliefs, or None")  # fmt: skip
+        _need(self, _finite(self.belief_temperature) and self.belief_temperature > 0, "belief_temperature",
+              "must be > 0")  # fmt: skip
+        _need(self, _finite(self.belief_top_p) and 0 < self.belief_top_p <= 1, "belief_top_p", "must lie in (0, 1]")
+        _need(self, _pos_int(self.belief_max_new_tokens), "belief_max_new_tokens", "must be an integer >= 1")
+        _need(self, _pos_int(self.belief_microbatch), "belief_microbatch", "must be an integer >= 1")
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The registry and the method-spec language
+# -------------------------------------------------------------------------------------------------------------
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (GA, GradDiff, NPO, SimNPO, WGA, GAScaled, BST, BSS)}
+"""Every method by its name, in the order tables list them."""
+
+ALIASES = {"tau": "temperature", "lambda": "lam", "n": "n_beliefs"}
+"""Short names accepted in a method spec (``bs_t:tau=2``)."""
+
+
+def make_method(name: str, **hyperparameters: Any) -> Method:
+    """The declaration of ``name`` with the given hyper-parameters (the rest at their defaults), validated."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    cls = METHODS[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(hyperparameters) - known)
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no hyper-parameter {', '.join(unknown)}; it has {', '.join(sorted(known))}"
+        )
+    method = cls(**hyperparameters)
+    method.validate()
+    return method
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"bs_t:temperature=2,lam=0.6"`` -> ``("bs_t", {"temperature": 2.0, "lam": 0.6})`` (values typed by the
+    field's default; aliases resolved). Raises one ValueError naming the spec and the fix."""
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} in {spec!r}; choose one of {', '.join(METHODS)} "
+                         "(optionally with hyper-parameters, e.g. bs_t:temperature=2,lam=0.6)")  # fmt: skip
+    fields = {f.name: f for f in dataclasses.fields(METHODS[name])}
+    values: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))) if rest else ():
+        key, eq, text = part.partition("=")
+        key = ALIASES.get(key.strip(), key.strip())
+        if not eq or key not in fields:
+            raise ValueError(f"bad hyper-parameter {part!r} in {spec!r}; write key=value with a key among "
+                             f"{', '.join(sorted(fields))}")  # fmt: skip
+        values[key] = parse_value(text.strip(), fields[key].default, f"{spec!r}: {key}")
+    return name, values
+
+
+def method_from_spec(spec: str, **defaults: Any) -> Method:
+    """The declaration a spec names. ``defaults`` are run-wide hyper-parameters (e.g. ``lam`` from ``--lam``)
+    applied to every method that has such a field; the spec's own values win."""
+    name, values = parse_spec(spec)
+    own = {f.name for f in dataclasses.fields(METHODS[name])}
+    return make_method(name, **{**{k: v for k, v in defaults.items() if k in own}, **values})
+
+
+def parse_value(text: str, default: Any, where: str) -> Any:
+    """A spec value typed like the field's default (None/none for optional fields)."""
+    if text in ("None", "none"):
+        return None
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if isinstance(default, (int, float)) or default is None:
+        try:
+            return float(text)
+        except ValueError:
+            if default is not None:
+                raise ValueError(f"{where}: expected a number, got {text!r}") from None
+    return text
+
+
+def hyperparameters() -> dict[str, dict[str, Any]]:
+    """Every hyper-parameter name over all declarations: ``{name: {"default", "help", "methods"}}``, for the
+    command line. A name several methods share with one default (``lam``, ``top_k``, ``temperature``) is one
+    run-wide setting; a name whose default differs between methods (``beta``, ``gamma``) is listed with
+    ``"default": None`` and ``"shared": False`` — set it per method in a spec (``npo:beta=0.2``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for cls in METHODS.values():
+        for f in dataclasses.fields(cls):
+            entry = out.setdefault(f.name, {"default": f.default, "help": f.metadata.get("help", ""),
+                                            "methods": [], "shared": True})  # fmt: skip
+            entry["methods"].append(cls.name)
+            if entry["default"] != f.default:
+                entry["shared"] = False
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _need(method: Method, ok: bool, name: str, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{method.name}:{name}={getattr(method, name)!r} is invalid: {rule}")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _pos_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
