@@ -347,7 +347,14 @@ class BSS(Method):
         super().validate()
         _need(self, _finite(self.lam_bss) and 0 <= self.lam_bss <= 1, "lam_bss", "must lie in [0, 1]")
         _need(self, self.base in BS_S_BASES, "base", f"choose one of {', '.join(BS_S_BASES)}")
-        self.base_method.validate()
+        _need(self, self.base_beta is None or self.base in ("npo", "wga"), "base_beta",
+              f"only an npo or wga base has a β (base is {self.base!r}); drop base_beta")  # fmt: skip
+        _need(self, self.base_beta is None or (_finite(self.base_beta) and self.base_beta >= 0), "base_beta",
+              "must be a number >= 0 (> 0 for npo)")  # fmt: skip
+        try:
+            self.base_method.validate()
+        except ValueError as error:
+            raise ValueError(f"bs_s base: {error} (set it through bs_s:base_beta)") from None
         _need(self, _pos_int(self.n_beliefs), "n_beliefs", "must be an integer >= 1")
         _need(self, self.regime in REGIMES, "regime", f"choose one of {', '.join(REGIMES)}")
         _need(self, _finite(self.refresh_epochs) and self.refresh_epochs >= 0, "refresh_epochs",
@@ -424,7 +431,7 @@ def parse_value(text: str, default: Any, where: str) -> Any:
         return None
     if isinstance(default, bool):
         return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int):
+    if isinstance(default, int) or (default is None and text.lstrip("+-").isdigit()):
         try:
             return int(text)
         except ValueError:
@@ -441,8 +448,9 @@ def parse_value(text: str, default: Any, where: str) -> Any:
 def hyperparameters() -> dict[str, dict[str, Any]]:
     """Every hyper-parameter name over all declarations: ``{name: {"default", "help", "methods"}}``, for the
     command line. A name several methods share with one default (``lam``, ``top_k``, ``temperature``) is one
-    run-wide setting; a name whose default differs between methods (``beta``, ``gamma``) is listed with
-    ``"default": None`` and ``"shared": False`` — set it per method in a spec (``npo:beta=0.2``)."""
+    run-wide setting (``"shared": True``); a name whose default differs between methods (``beta``, ``gamma``)
+    has ``"shared": False`` (its ``"default"`` is the first method's) — set it per method in a spec
+    (``npo:beta=0.2``)."""
     out: dict[str, dict[str, Any]] = {}
     for cls in METHODS.values():
         for f in dataclasses.fields(cls):

@@ -1,5 +1,6 @@
-"""Loss library: every objective against a naive dense float64 reference written here (value and gradient),
-the gradient identities of SPEC §2–3, invariances, reductions, and input validation."""
+"""Loss library: every fast form against its paper form (``*_loss_paper``, written as the paper prints it) and the
+paper forms against naive loop-based dense float64 references written here (value and gradient), the gradient
+identities of docs/theory.md §2–3, invariances, reductions, and input validation."""
 
 from __future__ import annotations
 
@@ -11,22 +12,32 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+import bs_ref.losses
 from bs_ref.losses import (
-    LOSSES,
+    BASE_LOSSES,
+    BASE_LOSSES_PAPER,
     bs_s_loss,
+    bs_s_loss_paper,
     bs_t_loss,
+    bs_t_loss_paper,
     ga_loss,
+    ga_loss_paper,
     ga_scaled_loss,
+    ga_scaled_loss_paper,
     graddiff_loss,
+    graddiff_loss_paper,
     local_beliefs,
     nll_loss,
     npo_loss,
+    npo_loss_paper,
     npo_weight,
     retain_kl_loss,
     retain_nll_loss,
     sequence_logprob,
     simnpo_loss,
+    simnpo_loss_paper,
     wga_loss,
+    wga_loss_paper,
 )
 
 IGN = -100
@@ -213,7 +224,7 @@ def test_retain_kl_matches_dense_reference_on_answer_positions(batch):
     logits, labels = batch
     ref_logits = logits + torch.randn_like(logits)
     assert_matches(lambda x: retain_kl_loss(x, ref_logits, labels), lambda x: ref_kl(x, ref_logits, labels), logits)
-    # prompt/padding positions of the reference never matter (OpenUnlearning's defect, SPEC §8)
+    # prompt/padding positions of the reference never matter (OpenUnlearning's defect, docs/theory.md §8)
     noisy_ref = ref_logits.clone()
     noisy_ref[:, :-1][labels[:, 1:] == IGN] += 50 * torch.randn_like(noisy_ref[:, :-1][labels[:, 1:] == IGN])
     assert torch.allclose(retain_kl_loss(logits, noisy_ref, labels), retain_kl_loss(logits, ref_logits, labels))
@@ -228,13 +239,205 @@ def test_retain_kl_is_zero_against_itself_and_positive_otherwise():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Gradient identities (SPEC §2–3)
+# Each fast form equals its paper form (value and gradient); the paper forms equal the naive loop references
+# ----------------------------------------------------------------------------------------------------------
+
+
+def assert_matches_many(ours, ref, tensors, scale=None):
+    """``assert_matches`` for a function of several logits tensors: value, and the gradient w.r.t. each."""
+    xs1 = [t.clone().requires_grad_(True) for t in tensors]
+    xs2 = [t.clone().requires_grad_(True) for t in tensors]
+    v1, v2 = ours(*xs1), ref(*xs2)
+    g1 = torch.autograd.grad(v1, xs1, allow_unused=True) if v1.requires_grad else [None] * len(xs1)
+    g2 = torch.autograd.grad(v2, xs2, allow_unused=True) if v2.requires_grad else [None] * len(xs2)
+    scale = max(1.0, *(float(t.abs().max()) for t in tensors)) if scale is None else scale
+    assert torch.allclose(v1.detach(), v2.detach(), rtol=1e-6, atol=1e-6 * scale), (v1, v2)
+    for t, a, b in zip(tensors, g1, g2):
+        a = torch.zeros_like(t) if a is None else a
+        b = torch.zeros_like(t) if b is None else b
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8), (a - b).abs().max()
+
+
+@given(batches())
+def test_ga_fast_form_equals_paper_form(batch):
+    logits, labels = batch
+    assert_matches(lambda x: ga_loss(x, labels), lambda x: ga_loss_paper(x, labels), logits)
+    assert_matches(lambda x: ga_loss_paper(x, labels), lambda x: ref_ga(x, labels), logits)
+
+
+@given(batches(), st.floats(0.0, 1.0))
+def test_ga_scaled_fast_form_equals_paper_form(batch, lam):
+    logits, labels = batch
+    assert_matches(
+        lambda x: ga_scaled_loss(x, labels, lam=lam), lambda x: ga_scaled_loss_paper(x, labels, lam=lam), logits
+    )
+
+
+@given(batches(), st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.sampled_from([0.3, 1.0, 2.5]))
+def test_bs_t_fast_form_equals_paper_form(batch, lam, k_frac, tau):
+    """The gather over {y_i} ∪ H_k(i) (fast) equals the dense soft target t_i of Eq. (5) (paper)."""
+    logits, labels = batch
+    k = max(1, round(k_frac * logits.shape[-1]))
+    assert_matches(
+        lambda x: bs_t_loss(x, labels, lam=lam, top_k=k, temperature=tau),
+        lambda x: bs_t_loss_paper(x, labels, lam=lam, top_k=k, temperature=tau),
+        logits,
+    )
+
+
+@given(batches(), st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.sampled_from([0.3, 1.0, 2.5]))
+def test_bs_t_paper_form_matches_authors_dense_formulation(batch, lam, k_frac, tau):
+    """An independent check of the paper form: the loop-based reference (the authors' masked-softmax target)."""
+    logits, labels = batch
+    k = max(1, round(k_frac * logits.shape[-1]))
+    assert_matches(
+        lambda x: bs_t_loss_paper(x, labels, lam=lam, top_k=k, temperature=tau),
+        lambda x: ref_bs_t(x, labels, lam, k, tau),
+        logits,
+    )
+
+
+@given(batches(), st.floats(0.01, 5.0), st.floats(-30.0, 30.0))
+def test_npo_fast_form_equals_paper_form(batch, beta, offset):
+    """−(2/β)·log σ(β(ℓ − ℓ_ref)) (fast) equals (2/β)·log(1 + (π_θ/π_ref)^β) of Eq. (3) as printed (paper)."""
+    logits, labels = batch
+    ref_lp = sequence_logprob(logits, labels) + offset
+    assert_matches(
+        lambda x: npo_loss(x, labels, ref_lp, beta=beta), lambda x: npo_loss_paper(x, labels, ref_lp, beta=beta), logits
+    )
+
+
+@given(batches(), st.floats(0.01, 5.0), st.floats(-30.0, 30.0))
+def test_npo_paper_form_matches_dense_reference(batch, beta, offset):
+    logits, labels = batch
+    ref_lp = sequence_logprob(logits, labels) + offset
+    assert_matches(
+        lambda x: npo_loss_paper(x, labels, ref_lp, beta=beta), lambda x: ref_npo(x, labels, ref_lp, beta), logits
+    )
+
+
+@given(batches(), st.floats(0.1, 8.0), st.floats(-1.0, 3.0))
+def test_simnpo_fast_form_equals_paper_form(batch, beta, delta):
+    logits, labels = batch
+    assert_matches(
+        lambda x: simnpo_loss(x, labels, beta=beta, delta=delta),
+        lambda x: simnpo_loss_paper(x, labels, beta=beta, delta=delta),
+        logits,
+    )
+    assert_matches(
+        lambda x: simnpo_loss_paper(x, labels, beta=beta, delta=delta),
+        lambda x: ref_simnpo(x, labels, beta, delta),
+        logits,
+    )
+
+
+@given(batches(), st.floats(0.0, 3.0))
+def test_wga_fast_form_equals_paper_form(batch, beta):
+    logits, labels = batch
+    assert_matches(lambda x: wga_loss(x, labels, beta=beta), lambda x: wga_loss_paper(x, labels, beta=beta), logits)
+    assert_matches(lambda x: wga_loss_paper(x, labels, beta=beta), lambda x: ref_wga(x, labels, beta), logits)
+
+
+@given(st.data(), st.floats(0.1, 3.0), st.floats(0.0, 3.0), st.sampled_from(["nll", "kl"]))
+def test_graddiff_fast_form_equals_paper_form(data, gamma, alpha, retain):
+    forget_logits, forget_labels = data.draw(batches())
+    vocab = forget_logits.shape[-1]
+    retain_logits, retain_labels = data.draw(batches(min_vocab=vocab, max_vocab=vocab))
+    ref = (retain_logits + torch.randn_like(retain_logits)) if retain == "kl" else None
+    kw = dict(gamma=gamma, alpha=alpha, retain=retain, retain_ref_logits=ref)
+    assert_matches_many(
+        lambda f, r: graddiff_loss(f, forget_labels, r, retain_labels, **kw),
+        lambda f, r: graddiff_loss_paper(f, forget_labels, r, retain_labels, **kw),
+        (forget_logits, retain_logits),
+    )
+    if retain == "kl":  # the paper form's KL term against the loop reference, on its own
+        assert_matches(
+            lambda x: graddiff_loss_paper(forget_logits, forget_labels, x, retain_labels, 0.0, 1.0, "kl", ref),
+            lambda x: ref_kl(x, ref, retain_labels),
+            retain_logits,
+        )
+
+
+@given(st.data(), st.floats(0.0, 1.0), st.sampled_from(["bs_t", "ga", "npo", "wga"]))
+def test_bs_s_fast_form_equals_paper_form(data, lam_bss, base):
+    """bs_s_loss (fast bases, belief term as one ``belief_piece``) equals Eq. (7) as printed on the paper forms."""
+    forget_logits, forget_labels = data.draw(batches())
+    vocab = forget_logits.shape[-1]
+    belief_logits, belief_labels = data.draw(batches(min_vocab=vocab, max_vocab=vocab))
+    kw = {}
+    if base == "bs_t":
+        kw = {"lam": data.draw(st.floats(0.0, 1.0)), "top_k": data.draw(st.integers(1, vocab))}
+    elif base in ("npo", "wga"):
+        kw = {"beta": data.draw(st.floats(0.05, 2.0))}
+    fk = {"ref_logprobs": sequence_logprob(forget_logits, forget_labels) - 1} if base == "npo" else {}
+    bk = {"ref_logprobs": sequence_logprob(belief_logits, belief_labels) + 1} if base == "npo" else {}
+    args = dict(lam_bss=lam_bss, base=base, base_kwargs=kw, forget_kwargs=fk, belief_kwargs=bk)
+    assert_matches_many(
+        lambda f, b: bs_s_loss(f, forget_labels, b, belief_labels, **args),
+        lambda f, b: bs_s_loss_paper(f, forget_labels, b, belief_labels, **args),
+        (forget_logits, belief_logits),
+    )
+
+
+def _fast_and_paper(labels, ref_lp):
+    return {
+        "ga": (lambda x: ga_loss(x, labels), lambda x: ga_loss_paper(x, labels)),
+        "ga_scaled": (lambda x: ga_scaled_loss(x, labels, lam=0.3), lambda x: ga_scaled_loss_paper(x, labels, lam=0.3)),
+        "bs_t": (
+            lambda x: bs_t_loss(x, labels, lam=0.4, top_k=5, temperature=0.5),
+            lambda x: bs_t_loss_paper(x, labels, lam=0.4, top_k=5, temperature=0.5),
+        ),
+        "npo": (lambda x: npo_loss(x, labels, ref_lp, beta=0.1), lambda x: npo_loss_paper(x, labels, ref_lp, beta=0.1)),
+        "simnpo": (lambda x: simnpo_loss(x, labels), lambda x: simnpo_loss_paper(x, labels)),
+        "wga": (lambda x: wga_loss(x, labels, beta=0.5), lambda x: wga_loss_paper(x, labels, beta=0.5)),
+    }
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 1e2, 1e4, 1e6])
+@pytest.mark.parametrize("name", ["ga", "ga_scaled", "bs_t", "npo", "simnpo", "wga"])
+def test_fast_and_paper_forms_agree_at_extreme_logit_scales(name, scale):
+    """Near-uniform (1e-6) to saturated (1e6) logits, deterministically (hypothesis may not draw every scale)."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, 6, 17, generator=g, dtype=torch.float64) * scale
+    labels = torch.randint(0, 17, (3, 6), generator=g)
+    labels[:, :2] = IGN
+    labels[2] = IGN  # a row without answer tokens
+    ref_lp = sequence_logprob(logits, labels) + 0.5 * scale
+    fast, paper = _fast_and_paper(labels, ref_lp)[name]
+    assert_matches(fast, paper, logits)
+
+
+def test_paper_forms_are_exported_beside_their_fast_forms():
+    pairs = {
+        ga_loss: ga_loss_paper,
+        ga_scaled_loss: ga_scaled_loss_paper,
+        bs_t_loss: bs_t_loss_paper,
+        npo_loss: npo_loss_paper,
+        simnpo_loss: simnpo_loss_paper,
+        wga_loss: wga_loss_paper,
+        graddiff_loss: graddiff_loss_paper,
+        bs_s_loss: bs_s_loss_paper,
+    }
+    for fast, paper in pairs.items():
+        assert paper.__name__ == fast.__name__ + "_paper"
+        assert paper.__module__ == fast.__module__  # in the same loss file
+        assert paper.__name__ in bs_ref.losses.__all__
+        assert "O(N·|V|)" in paper.__doc__  # says it is the reading/test form and what it costs
+    assert set(BASE_LOSSES_PAPER) == set(BASE_LOSSES)
+    assert {name: fn.__name__ for name, fn in BASE_LOSSES_PAPER.items()} == {
+        name: fn.__name__ + "_paper" for name, fn in BASE_LOSSES.items()
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gradient identities (docs/theory.md §2–3)
 # ----------------------------------------------------------------------------------------------------------
 
 
 @given(st.integers(2, 30), st.floats(0.0, 1.0), st.integers(0, 10_000), st.sampled_from([1.0, 2.0, 4.0]))
 def test_bs_t_logit_residual_is_p_minus_soft_target(vocab, lam, seed, tau):
-    """SPEC T5.2: ∂CE/∂z = p − t with t = λq + (1−λ)e_y; for v ≠ y that is G_GA[v] − λ q[v] (paper prints +)."""
+    """docs/theory.md T5.2: ∂CE/∂z = p − t with t = λq + (1−λ)e_y; for v ≠ y that is G_GA[v] − λ q[v] (the paper
+    prints +)."""
     g = torch.Generator().manual_seed(seed)
     k = int(torch.randint(1, vocab + 1, (1,), generator=g))
     z = torch.randn(1, 2, vocab, generator=g, dtype=torch.float64, requires_grad=True)
@@ -326,7 +529,7 @@ def all_losses(labels, ref_lp):
 
 @given(batches(min_vocab=3))
 def test_adding_a_constant_to_a_position_changes_nothing(batch):
-    """Every loss is a function of log-probabilities (SimNPO/NPO included — never raw logits, SPEC §8)."""
+    """Every loss is a function of log-probabilities (SimNPO/NPO included — never raw logits, docs/theory.md §8)."""
     logits, labels = batch
     ref_lp = sequence_logprob(logits, labels) - 1.0
     shift = torch.randn(logits.shape[0], logits.shape[1], 1, dtype=logits.dtype) * 7
@@ -430,7 +633,7 @@ def test_bs_s_is_the_weighted_combination_of_eq7(batch, lam_bss, base):
         forget_kwargs=fk,
         belief_kwargs=bk,
     )
-    fn = LOSSES[base]
+    fn = BASE_LOSSES[base]
     expected = (1 - lam_bss) * fn(logits, labels, **kw, **fk) + lam_bss * fn(belief_logits, belief_labels, **kw, **bk)
     assert torch.allclose(got, expected, atol=1e-10)
     # no usable belief (every sampled answer empty): the forget term alone, never NaN
@@ -458,10 +661,6 @@ def test_local_beliefs_expose_support_belief_and_topk_mass():
     assert torch.allclose(tb.topk_mass, p[:2].sum()[None])
     assert torch.allclose(tb.belief, (p[:2] / p[:2].sum())[None])
     assert at.counts.tolist() == [1]
-
-
-def test_registry_names_every_objective():
-    assert set(LOSSES) == {"ga", "ga_scaled", "graddiff", "npo", "simnpo", "wga", "bs_t", "bs_s"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -497,6 +696,19 @@ def _ok():
         (lambda lg, lb: graddiff_loss(lg, lb, lg, lb, retain="l2"), "retain"),
         (lambda lg, lb: bs_s_loss(lg, lb, lg, lb, base="dpo"), "base"),
         (lambda lg, lb: bs_s_loss(lg, lb, lg, lb, lam_bss=2.0), "lam_bss"),
+        (lambda lg, lb: bs_t_loss_paper(lg, lb, top_k=31), "top_k"),
+        (lambda lg, lb: bs_t_loss_paper(lg, lb, lam=1.5), "lam"),
+        (lambda lg, lb: bs_t_loss_paper(lg, lb, temperature=0.0), "temperature"),
+        (lambda lg, lb: ga_loss_paper(lg[:, :4], lb), "labels must have shape"),
+        (lambda lg, lb: ga_scaled_loss_paper(lg, lb, lam=-0.1), "lam"),
+        (lambda lg, lb: npo_loss_paper(lg, lb, torch.zeros(3)), "ref_logprobs"),
+        (lambda lg, lb: npo_loss_paper(lg, lb, torch.zeros(2), beta=0), "beta"),
+        (lambda lg, lb: simnpo_loss_paper(lg, lb, beta=-1), "beta"),
+        (lambda lg, lb: wga_loss_paper(lg, lb, beta=-1), "beta"),
+        (lambda lg, lb: graddiff_loss_paper(lg, lb, lg, lb, retain="kl"), "retain_ref_logits"),
+        (lambda lg, lb: graddiff_loss_paper(lg, lb, lg, lb, retain="l2"), "retain"),
+        (lambda lg, lb: bs_s_loss_paper(lg, lb, lg, lb, base="dpo"), "base"),
+        (lambda lg, lb: bs_s_loss_paper(lg, lb, lg, lb, lam_bss=2.0), "lam_bss"),
     ],
 )
 def test_bad_input_gives_one_clear_value_error(make, match):

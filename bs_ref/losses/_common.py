@@ -1,6 +1,6 @@
 """Shared pieces of every loss: input checks, answer-token gathering, reductions.
 
-Conventions (SPEC §1):
+Conventions (docs/theory.md §1):
     logits  [B, T, V]  as a Hugging Face causal LM returns them (position t predicts token t+1)
     labels  [B, T]     aligned with input_ids; prompt and padding positions hold IGNORE_INDEX (-100)
 
@@ -10,6 +10,11 @@ prompt/padding logits can never reach a value or a gradient, and that the log-no
 where it is needed.
 
 Arithmetic is done in ``compute_dtype(logits)``: float32 for half-precision logits, float64 for float64.
+
+The paper's forms of the losses (``*_loss_paper``, for reading and for the tests) start from
+``dense_answers``, which keeps the dense log-distribution log p_i over the whole vocabulary at every answer
+position, and reduce with ``answer_mean`` (E_{D_u} mean_{i∈A}); the fast forms use ``answer_tokens`` and
+``reduce_tokens``.
 """
 
 from __future__ import annotations
@@ -161,3 +166,57 @@ def mean_token_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     """Length-normalised answer log-probability −ℓ̄ of every row, shape [B] (0 for rows without answers)."""
     at = answer_tokens(logits, labels)
     return per_row_sum(at.target_logprob(), at) / at.counts.clamp(min=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The paper's forms (reading/test forms, O(N·|V|) memory): dense log-distributions, plain means
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DenseAnswers:
+    """The answer positions of a batch with their dense log-distribution, as the paper's formulas are written.
+
+    logits   [N, V]  z_i, the logits that predict answer token i (compute dtype)
+    logp     [N, V]  log p_i = log_softmax(z_i) over the whole vocabulary
+    targets  [N]     the answer token ids y_i
+    rows     [N]     which batch row each answer token belongs to
+    counts   [B]     |A|, the number of answer tokens of every row
+    """
+
+    logits: torch.Tensor
+    logp: torch.Tensor
+    targets: torch.Tensor
+    rows: torch.Tensor
+    counts: torch.Tensor
+
+    def target_logprob(self) -> torch.Tensor:
+        """log p_i[y_i] = log π_θ(y_i | x, y_<i) for every answer token, shape [N]."""
+        return self.logp.gather(-1, self.targets[:, None]).squeeze(-1)
+
+    def row_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Σ_{i∈A} values_i of every row, shape [B] (0 for rows without answer tokens)."""
+        return values.new_zeros(self.counts.shape[0]).index_add(0, self.rows, values)
+
+
+def dense_answers(logits: torch.Tensor, labels: torch.Tensor, name: str = "logits") -> DenseAnswers:
+    """Check inputs, shift (position t predicts label t+1), keep the answer positions A and take the dense
+    log_softmax over the whole vocabulary there (the paper's forms only; the fast forms use ``answer_tokens``)."""
+    check_logits_labels(logits, labels, name)
+    mask = labels[:, 1:] != IGNORE_INDEX  # A: the answer positions (prompt and padding are -100)
+    z = logits[:, :-1, :][mask].to(compute_dtype(logits))  # z_i, [N, V]
+    logp = torch.log_softmax(z, dim=-1)  # log p_i, [N, V]
+    return DenseAnswers(z, logp, labels[:, 1:][mask], mask.nonzero(as_tuple=True)[0], mask.sum(dim=1))
+
+
+def mean_over_rows(row_values: torch.Tensor, has_answer: torch.Tensor) -> torch.Tensor:
+    """E_{D_u}: the mean of per-row values [B] over the rows that have at least one answer token (0 if none)."""
+    kept = row_values[has_answer]
+    return kept.mean() if kept.numel() else kept.sum()
+
+
+def answer_mean(values: torch.Tensor, da: DenseAnswers) -> torch.Tensor:
+    """E_{D_u} mean_{i∈A} values_i: the mean over each row's answer tokens, then over the rows with answers
+    (the per-sequence mean of the authors' code, docs/theory.md §11.1)."""
+    has_answer = da.counts > 0
+    return mean_over_rows(da.row_sum(values) / da.counts.clamp(min=1).to(values.dtype), has_answer)

@@ -13,6 +13,9 @@ Shapes: forget logits [B, T, V] with labels [B, T]; belief logits [B·N, T', V']
 (belief rows of the same forget items) → scalar. For large N the belief term is evaluated in row chunks:
 ``belief_piece`` is one chunk's share of L_base(D̂_u), so the pieces of all chunks add up to it exactly
 (the unlearning loop backwards each piece as it goes; ``bs_s_loss`` runs the same function on one chunk).
+
+``bs_s_loss_paper`` writes Eq. (7) as printed, on the paper's forms of the base losses and with L_base(D̂_u)
+taken over all belief rows at once (for reading and for the tests).
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from typing import Any
 import torch
 
 from ._common import IGNORE_INDEX, check_fraction
-from .bs_t import bs_t_loss
-from .ga import ga_loss
-from .npo import npo_loss
-from .wga import wga_loss
+from .bs_t import bs_t_loss, bs_t_loss_paper
+from .ga import ga_loss, ga_loss_paper
+from .npo import npo_loss, npo_loss_paper
+from .wga import wga_loss, wga_loss_paper
 
 BASE_LOSSES = {"bs_t": bs_t_loss, "ga": ga_loss, "npo": npo_loss, "wga": wga_loss}
 """Base losses BS-S can wrap. NPO additionally needs ``ref_logprobs`` for each set of rows."""
+
+BASE_LOSSES_PAPER = {"bs_t": bs_t_loss_paper, "ga": ga_loss_paper, "npo": npo_loss_paper, "wga": wga_loss_paper}
+"""The paper's forms of the same base losses (``bs_s_loss_paper``; reading/test forms, row reduction only)."""
 
 
 def base_loss(name: str, logits: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -108,3 +114,39 @@ def bs_s_loss(
         belief_term = belief_piece(base, belief_logits, belief_labels, rows, tokens, reduction, **base_kwargs,
                                    **(belief_kwargs or {}))  # fmt: skip
     return bs_s_combine(forget_term, belief_term, lam_bss)  # Eq. (7)
+
+
+def bs_s_loss_paper(
+    forget_logits: torch.Tensor,
+    forget_labels: torch.Tensor,
+    belief_logits: torch.Tensor,
+    belief_labels: torch.Tensor,
+    lam_bss: float = 0.5,
+    base: str = "bs_t",
+    base_kwargs: dict[str, Any] | None = None,
+    forget_kwargs: dict[str, Any] | None = None,
+    belief_kwargs: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Eq. (7) as the paper prints it: (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u).
+
+    L_base is the paper's form of the base loss (``BASE_LOSSES_PAPER``: ``bs_t_loss_paper``, ``ga_loss_paper``,
+    ``npo_loss_paper``, ``wga_loss_paper``), and L_base(D̂_u) is its mean over all belief rows at once (the rows
+    with at least one answer token), with no chunking. As in ``bs_s_loss``, a belief batch without any answer
+    token leaves the forget term alone (docs/theory.md §4). ``base_kwargs`` go to both terms,
+    ``forget_kwargs`` / ``belief_kwargs`` to one (NPO's ``ref_logprobs`` of each set of rows); there is no
+    ``reduction`` (the paper forms take the per-row mean).
+
+    Reading/test form, O(N·|V|) memory for N answer tokens of all rows. The fast form is ``bs_s_loss`` on the
+    fast base losses; the unlearning loop evaluates L_base(D̂_u) in row chunks whose ``belief_piece``s add up
+    to it, so its peak memory grows with the chunk, not with the number of beliefs.
+    """
+    check_fraction(lam_bss, "lam_bss")
+    if base not in BASE_LOSSES_PAPER:
+        raise ValueError(f"base must be one of {sorted(BASE_LOSSES_PAPER)}, got {base!r}")
+    loss = BASE_LOSSES_PAPER[base]
+    kwargs = dict(base_kwargs or {})
+    forget_term = loss(forget_logits, forget_labels, **kwargs, **(forget_kwargs or {}))  # L_base(D_u)
+    if not bool((belief_labels[:, 1:] != IGNORE_INDEX).any()):  # no usable belief: the forget term alone
+        return forget_term
+    belief_term = loss(belief_logits, belief_labels, **kwargs, **(belief_kwargs or {}))  # L_base(D̂_u), all rows
+    return (1.0 - lam_bss) * forget_term + lam_bss * belief_term  # Eq. (7)

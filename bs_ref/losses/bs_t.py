@@ -18,8 +18,11 @@ memory is O(N·k) for N answer tokens, not the O(N·|V|) of a one-hot/target ten
 exactly. The belief comes from the current model in the same forward pass (no reference model) and is
 detached; ``detach=False`` is an ablation, not the paper's method.
 
-Its logit residual (SPEC T5.2) is ∂CE_i/∂z_i = p_i − t_i, so for v ≠ y_i: G_BST[v] = G_GA[v] − λ·q_i[v]
+Its logit residual (docs/theory.md T5.2) is ∂CE_i/∂z_i = p_i − t_i, so for v ≠ y_i: G_BST[v] = G_GA[v] − λ·q_i[v]
 (the paper prints +λq; substituting its own Eq. (2) gives −).
+
+``bs_t_loss_paper`` is the same objective written as the paper prints it — a dense soft target t_i over the
+whole vocabulary — for reading and for the tests; ``bs_t_loss`` is the fast form used everywhere else.
 
 Shapes: logits [B, T, V], labels [B, T] (HF-aligned, -100 on prompt/padding) → scalar.
 """
@@ -29,13 +32,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from ._common import (
     AnswerTokens,
+    answer_mean,
     answer_tokens,
     check_fraction,
     check_positive,
     check_reduction,
+    dense_answers,
     reduce_tokens,
 )
 
@@ -105,3 +111,38 @@ def bs_t_loss(
     at = answer_tokens(logits, labels)
     check_top_k(top_k, logits.shape[-1])
     return -reduce_tokens(bs_t_token_ce(at, float(lam), top_k, temperature, detach), at, reduction)  # Eq. (6)
+
+
+def bs_t_loss_paper(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.2,
+    top_k: int = 20,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Eq. (5)–(6) as the paper prints them: a dense soft target t_i = λ·q_i + (1−λ)·e_{y_i} over the whole
+    vocabulary and the full cross-entropy CE_i = −Σ_v t_i[v]·log p_i[v].
+
+    Reading/test form, O(N·|V|) memory for N answer tokens: it builds the [N, V] belief q, one-hot e_y,
+    target t and log-distribution log p. The fast form ``bs_t_loss`` never materialises t: it gathers the
+    k + 1 logits {y_i} ∪ H_k(i), takes q as a softmax over the k gathered logits and CE_i as
+    (1 − λ)(−log p_i[y_i]) + λ Σ_{v∈H_k} q_i[v](−log p_i[v]) (O(N·k) extra memory); it also has the
+    ``detach=False`` ablation and the other reductions, which this form does not.
+
+    Reduction: the paper's Eq. (6) sums CE over the answer tokens; like the authors' code this takes the mean
+    over each answer's tokens and then over the rows with answers (docs/theory.md §11.1). The logits must be
+    finite (a −inf logit gives 0·(−inf) in the dense sum; the fast form accepts −inf away from the label).
+    """
+    check_fraction(lam, "lam")
+    check_positive(temperature, "temperature")
+    da = dense_answers(logits, labels)
+    check_top_k(top_k, logits.shape[-1])
+    z = da.logits  # z_i, [N, V]
+    with torch.no_grad():  # q_i = sg(·): the belief carries no gradient
+        support = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, z.topk(top_k, dim=-1).indices, True)  # H_k(i)
+        q = torch.softmax(z / temperature, dim=-1) * support  # softmax(z_i/τ) restricted to H_k(i) ...
+        q = q / q.sum(dim=-1, keepdim=True)  # ... renormalised: Eq. (5)'s q_i, [N, V]
+    e_y = F.one_hot(da.targets, z.shape[-1]).to(z.dtype)  # e_{y_i}, [N, V]
+    t = lam * q + (1.0 - lam) * e_y  # Eq. (5): the soft target t_i, [N, V]
+    ce = -(t * da.logp).sum(dim=-1)  # CE_i = −Σ_v t_i[v]·log p_i[v]
+    return -answer_mean(ce, da)  # Eq. (6), per-sequence mean then mean over rows (authors' reduction)

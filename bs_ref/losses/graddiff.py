@@ -6,7 +6,9 @@ Paper: Li et al., ICLR 2026 (arXiv 2510.19422), Eq. (2):
 
 with L_retain either the answer NLL on a retain batch, or KL(π_θ ‖ π_ref) averaged over the retain
 batch's **answer positions only** (OpenUnlearning averages the KL over prompt and padding positions too,
-SPEC §8; we do not).
+docs/theory.md §8; we do not).
+
+``graddiff_loss_paper`` is Eq. (2) on the paper's forms of both terms (dense log-softmax; for reading and tests).
 
 Shapes: forget/retain logits [B, T, V], labels [B, T] (HF-aligned, -100 on prompt/padding) → scalar.
 """
@@ -17,13 +19,15 @@ import torch
 
 from ._common import (
     IGNORE_INDEX,
+    answer_mean,
     answer_tokens,
     check_logits_labels,
     check_reduction,
     compute_dtype,
+    dense_answers,
     reduce_tokens,
 )
-from .ga import ga_loss, nll_loss
+from .ga import ga_loss, ga_loss_paper, nll_loss
 
 
 def retain_nll_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "row") -> torch.Tensor:
@@ -94,3 +98,42 @@ def graddiff_loss(
     """Eq. (2): γ·GA(forget) + α·retain, with ``retain`` ∈ {"nll", "kl"} (kl needs ``retain_ref_logits``)."""
     retain_term = retain_loss(retain_logits, retain_labels, retain, retain_ref_logits, reduction)
     return regularised_loss(ga_loss(forget_logits, forget_labels, reduction), retain_term, gamma, alpha)  # Eq. (2)
+
+
+def graddiff_loss_paper(
+    forget_logits: torch.Tensor,
+    forget_labels: torch.Tensor,
+    retain_logits: torch.Tensor,
+    retain_labels: torch.Tensor,
+    gamma: float = 1.0,
+    alpha: float = 1.0,
+    retain: str = "nll",
+    retain_ref_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eq. (2) as the paper prints it: L_GD = γ·L_GA(D_u) + α·L_retain(D_r), every term from the dense
+    log-softmax over the vocabulary.
+
+    L_GA is ``ga_loss_paper`` (Eq. 1); L_retain is the answer NLL ℓ̄ on D_r (``retain="nll"``), or
+    KL(π_θ ‖ π_ref) = Σ_v p_θ[v]·(log p_θ[v] − log p_ref[v]) at the retain batch's answer positions
+    (``retain="kl"``, needs ``retain_ref_logits``; docs/theory.md §2). Both E_{D} mean_{i∈A}.
+
+    Reading/test form, O(N·|V|) memory. The fast form ``graddiff_loss`` computes the GA and NLL terms by a
+    gather minus the log-normaliser (the KL term is dense in both forms) and offers the other reductions.
+    """
+    forget_term = ga_loss_paper(forget_logits, forget_labels)  # L_GA(D_u), Eq. (1)
+    if retain == "nll":
+        retain_term = -ga_loss_paper(retain_logits, retain_labels)  # ℓ̄ on D_r
+    elif retain == "kl":
+        if retain_ref_logits is None:
+            raise ValueError("retain='kl' needs retain_ref_logits from the frozen reference model")
+        if retain_ref_logits.shape != retain_logits.shape:
+            raise ValueError(
+                f"ref_logits {tuple(retain_ref_logits.shape)} must match logits {tuple(retain_logits.shape)}"
+            )
+        da = dense_answers(retain_logits, retain_labels)
+        logp_ref = dense_answers(retain_ref_logits.detach(), retain_labels, "ref_logits").logp.to(da.logp.dtype)
+        kl = (da.logp.exp() * (da.logp - logp_ref)).sum(dim=-1)  # KL(π_θ ‖ π_ref) at each answer position
+        retain_term = answer_mean(kl, da)
+    else:
+        raise ValueError(f"retain must be 'nll' or 'kl', got {retain!r}")
+    return gamma * forget_term + alpha * retain_term  # Eq. (2)
