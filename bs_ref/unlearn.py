@@ -48,6 +48,7 @@ from transformers import get_scheduler
 
 from bs_ref.beliefs import BeliefCache
 from bs_ref.data.tofu import QADataset, collate_train
+from bs_ref.lora import AdapterDisabled, apply_lora, is_lora_model, lora_problem
 from bs_ref.losses import (
     IGNORE_INDEX,
     local_beliefs,
@@ -88,6 +89,11 @@ class UnlearnConfig:
     alpha: float = field(default=1.0, metadata={"help": "retain weight α (GA has no retain term; 0 turns it off)"})
     retain_loss: str = field(
         default="nll", metadata={"help": "retain term: nll (answer NLL) | kl (KL(π_θ‖π_ref) on answer positions)"}
+    )
+    lora: str | None = field(
+        default=None,
+        metadata={"help": "train a LoRA adapter only, e.g. r=8,alpha=16,targets=q_proj,v_proj (bs_ref.lora; pip "
+                  "install -e '.[lora]'); NPO/KL's reference is the model with the adapter off; none: all weights"},
     )
     template: str = field(default="plain", metadata={"cli": False})
     """Prompt template of ``bs_ref.data.tofu`` ("plain" or "chat"); must match how the model was trained."""
@@ -166,6 +172,8 @@ class UnlearnConfig:
         need(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "must be an integer >= 0")
         need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "choose 'no', 'bf16' or 'fp16'")
         need(self.num_threads is None or pos_int(self.num_threads), "num_threads", "must be an integer >= 1 or None")
+        problem = lora_problem(self.lora) if self.lora is not None else None
+        need(problem is None, "lora", problem or "")
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -222,6 +230,8 @@ def unlearn(
 
     accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
+    if cfg.lora is not None:  # only the adapter trains (its A drawn under cfg.seed); π_ref: the adapter off
+        model = apply_lora(model, cfg.lora)
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
@@ -245,11 +255,8 @@ def unlearn(
             generator=torch.Generator().manual_seed(cfg.seed + 1),
         )
 
-    # A frozen reference copy only where something needs one (NPO, the KL retain term, BS-S with the NPO base).
-    ref_model = None
-    if cfg.needs_reference:
-        ref_model = copy.deepcopy(model).eval()
-        ref_model.requires_grad_(False)
+    # A frozen reference only where something needs one (NPO, the KL retain term, BS-S with the NPO base).
+    ref_model = reference_model(model) if cfg.needs_reference else None
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, forget_loader = accelerator.prepare(model, optimizer, forget_loader)
@@ -269,7 +276,8 @@ def unlearn(
 
     belief_cache, prompts_by_index = None, None
     if method.belief_sampling is not None:  # BS-S: global beliefs per forget item, cached by dataset index
-        belief_cache = BeliefCache(**method.belief_sampling, seed=cfg.seed)
+        seed = belief_seed(cfg.seed, method.belief_sampling, accelerator.process_index)
+        belief_cache = BeliefCache(**method.belief_sampling, seed=seed, template=cfg.template)
         prompts_by_index = forget_set.prompts()
 
     log_file = None
@@ -431,7 +439,26 @@ class _StepStats:
 def _micro_step(cfg, model, ref_model, forget_batch, retain_batch, belief_batch, gamma, alpha, scale,
                 accelerator) -> dict:  # fmt: skip
     """Forward + backward of one (forget, retain) micro-batch; returns the detached numbers to log."""
-    method = cfg.method
+    return micro_step(cfg.method, model, forget_batch, retain_batch, belief_batch, gamma=gamma, alpha=alpha,
+                      retain_kind=cfg.retain_loss, scale=scale, backward=accelerator.backward,
+                      ref_model=ref_model)  # fmt: skip
+
+
+def micro_step(method: Method, model, forget_batch: dict, retain_batch: dict | None = None,
+               belief_batch: dict | None = None, *, gamma: float | None = None, alpha: float = 0.0,
+               retain_kind: str = "nll", scale: float = 1.0, backward=None, ref_model=None) -> dict:  # fmt: skip
+    """Forward + backward of ``scale · (γ·L_forget + α·L_retain)`` on one (forget, retain) micro-batch, exactly as
+    the loop runs it (``bs_ref.hf.UnlearningTrainer`` runs the same function); returns the detached numbers to
+    log: ``forget``, ``retain``, ``total``, ``forget_logprob``, ``topk_mass``.
+
+    One row set (every method but BS-S) is one forward, backwarded together with the retain term; several (BS-S,
+    Eq. 7) are backwarded one after another, the belief rows in row chunks (``forget_backward``). ``gamma``
+    defaults to the method's γ; ``alpha = 0`` or ``retain_batch=None`` leaves the retain term out; ``retain_kind``
+    is "nll" or "kl" (KL needs ``ref_model``). ``backward`` defaults to ``Tensor.backward`` (the loop passes
+    ``accelerator.backward``). ``ref_model``: π_ref (``reference_model``), needed by NPO and the KL retain term.
+    The caller accumulates, reduces across processes, clips and steps the optimiser."""
+    gamma = method.gamma if gamma is None else gamma
+    backward = backward if backward is not None else torch.Tensor.backward
     terms = method.forget_terms(forget_batch, belief_batch)
     ref = ref_model if method.needs_reference else None
     one_pass = len(terms) == 1 and terms[0].chunk_rows is None
@@ -443,24 +470,54 @@ def _micro_step(cfg, model, ref_model, forget_batch, retain_batch, belief_batch,
     else:  # several row sets (BS-S): backwarded one after another, in row chunks where declared
         forget_term = None
         stats = forget_backward(method, model, forget_batch, belief_batch, loss_scale=gamma * scale,
-                                backward=accelerator.backward, ref_model=ref_model)  # fmt: skip
+                                backward=backward, ref_model=ref_model)  # fmt: skip
     retain_term = None
     if retain_batch is not None and alpha > 0:
         retain_logits = model(**_model_inputs(retain_batch)).logits
         ref_retain_logits = None
-        if cfg.retain_loss == "kl":
+        if retain_kind == "kl":
+            if ref_model is None:
+                raise ValueError("retain_kind='kl' needs ref_model: π_ref on the same rows (see reference_model)")
             with torch.no_grad():
                 ref_retain_logits = ref_model(**_model_inputs(retain_batch)).logits
-        retain_term = retain_loss(retain_logits, retain_batch["labels"], cfg.retain_loss, ref_retain_logits)
+        retain_term = retain_loss(retain_logits, retain_batch["labels"], retain_kind, ref_retain_logits)
         stats["retain"] = float(retain_term.detach())
     stats["total"] = gamma * stats["forget"] + alpha * (stats.get("retain") or 0.0)
     if not math.isfinite(stats["total"]):
         return stats  # the loop stops with NonFiniteLossError
     if one_pass:
-        accelerator.backward(regularised_loss(forget_term, retain_term, gamma, alpha) * scale)  # L = γ·L_f + α·L_r
+        backward(regularised_loss(forget_term, retain_term, gamma, alpha) * scale)  # L = γ·L_f + α·L_r
     elif retain_term is not None:
-        accelerator.backward(alpha * retain_term * scale)
+        backward(alpha * retain_term * scale)
     return stats
+
+
+PROCESS_SEED_STRIDE = 1_000_003
+"""Offset between the belief seeds of two processes that sample different prompts (more refreshes than any run)."""
+
+
+def belief_seed(seed: int, sampling: dict, process_index: int = 0) -> int:
+    """The BS-S belief cache's seed on process ``process_index`` of a multi-process run.
+
+    A refresh of the whole forget set (off-policy, or on-policy every ``refresh_epochs`` > 0) samples the same
+    prompts on every process: one seed everywhere gives every process the cache one process would hold, so an
+    item's beliefs do not depend on the number of processes (and 2 processes × b rows give the weights of 1 × 2b).
+    A refresh every step (on-policy, ``refresh_epochs`` = 0) samples only the process's own batch: each process
+    then draws from its own stream, ``seed + PROCESS_SEED_STRIDE · process_index``. Process 0 always keeps
+    ``seed``, so a one-process run is unchanged."""
+    per_batch = sampling.get("regime") == "on_policy" and float(sampling.get("refresh_epochs", 1.0)) == 0.0
+    return seed + PROCESS_SEED_STRIDE * process_index if per_batch else seed
+
+
+def reference_model(model):
+    """π_ref, the frozen original model that NPO and the KL retain term compare against: for a model with a LoRA
+    adapter, the same model with its adapter disabled (``bs_ref.lora.AdapterDisabled``; no second copy in memory,
+    and since LoRA starts at B = 0 it is exactly the initial policy); otherwise a frozen deep copy in eval mode."""
+    if is_lora_model(model):
+        return AdapterDisabled(model)
+    ref_model = copy.deepcopy(model).eval()
+    ref_model.requires_grad_(False)
+    return ref_model
 
 
 def forget_backward(method: Method, model, forget_batch: dict, belief_batch: dict | None = None, *,

@@ -8,7 +8,7 @@ What it measures (issue "Beliefs and BS-S"), on one forget set of F items, batch
 
 1. **Step time, amortised over an epoch**: BS-S (N = 3, on-policy, one refresh per epoch, BS-T base) = the
    wall time of one epoch (the refresh, i.e. ``sample_beliefs`` over all F prompts, plus F/B steps of
-   ``bs_s_forward_backward`` and an optimiser step) divided by F/B; against NPO = forward + backward + the
+   ``bs_ref.unlearn.forget_backward`` and an optimiser step) divided by F/B; against NPO = forward + backward + the
    reference model's forward + optimiser step. Epochs of the two methods alternate and the median over the
    repeats is used, so contention from other processes hits both alike.
 2. **Generation**: ``sample_beliefs`` over 8 prompts (N = 3) in one batch against one prompt at a time.
@@ -19,7 +19,7 @@ What it measures (issue "Beliefs and BS-S"), on one forget set of F items, batch
    storage once (parameters excluded) while it is alive and record the peak over the step. That is the memory
    that micro-batching bounds; transient buffers freed inside a forward are not in it.
 4. **Profile**: where an epoch of BS-S goes: generation (the refresh), forget-term forward/backward (timed
-   again with no beliefs), belief-term forward/backward (the rest of ``bs_s_forward_backward``), optimiser.
+   again with no beliefs), belief-term forward/backward (the rest of ``bs_ref.unlearn.forget_backward``), optimiser.
 
 Compute bound: a BS-S step sends (1 + N)·B rows through forward + backward (≈ 3 forward units each), NPO sends
 B rows through forward + backward and B through the reference forward, so with beliefs as long as the forget
@@ -41,8 +41,11 @@ import weakref
 
 import torch
 
-from bs_ref.beliefs import BeliefCache, bs_s_forward_backward, right_pad, sample_beliefs
+from bs_ref.beliefs import BeliefCache, sample_beliefs
+from bs_ref.generation import right_pad
 from bs_ref.losses import IGNORE_INDEX, npo_loss, sequence_logprob
+from bs_ref.methods import make_method
+from bs_ref.unlearn import forget_backward
 
 
 def build_small_model(quick: bool, seed: int = 0):
@@ -121,7 +124,7 @@ def bs_s_epoch(model, tokenizer, cache, prompts, batches, opt, device, microbatc
         sync(device)
         t1 = time.perf_counter()
         beliefs = cache.batch(batch["index"], tokenizer.pad_token_id)
-        bs_s_forward_backward(model, batch, beliefs, belief_microbatch=microbatch)
+        forget_backward(make_method("bs_s", belief_microbatch=microbatch), model, batch, beliefs)
         sync(device)
         t2 = time.perf_counter()
         opt.step()
@@ -129,7 +132,7 @@ def bs_s_epoch(model, tokenizer, cache, prompts, batches, opt, device, microbatc
         sync(device)
         if profile is not None:
             profile["refresh"] += t1 - t
-            profile["bs_s_forward_backward"] += t2 - t1
+            profile["forget_backward"] += t2 - t1
             profile["optimiser"] += time.perf_counter() - t2
     return time.perf_counter() - t0
 
@@ -199,7 +202,7 @@ def peak_step_memory(model, forget, beliefs, microbatch, device) -> tuple[int, i
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     with SavedActivationMeter(model) as meter:
-        bs_s_forward_backward(model, forget, beliefs, belief_microbatch=microbatch)
+        forget_backward(make_method("bs_s", belief_microbatch=microbatch), model, forget, beliefs)
     peak = meter.peak
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -208,19 +211,55 @@ def peak_step_memory(model, forget, beliefs, microbatch, device) -> tuple[int, i
     return peak, max(meter.graph_peaks[1:], default=0)
 
 
+SUMMARY = "BS-S vs NPO step time, batched generation, memory, profile"
+
+
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The options of ``bench.py bs_s`` (also the ``bs_s`` sub-command of experiments/bench.py)."""
+    parser = argparse.ArgumentParser(prog="bench.py bs_s", description=__doc__.split("\n\n")[0], add_help=add_help)
+    parser.add_argument(
+        "--quick", action="store_true", help="small model and workload, < 2 min on 2 CPU cores (default: off)"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="HF checkpoint directory, hub id, or 'smollm2' (default: a random Llama built here, "
+        "d=128/2 layers/V=512 with --quick, else d=256/4 layers/V=2048)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: %(default)s; cuda when available, else cpu)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default: %(default)s, for stable ratios)"
+    )
+    parser.add_argument("--items", type=int, default=None, help="forget items F (default: 16 with --quick, else 32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="forget batch B (default: %(default)s)")
+    parser.add_argument(
+        "--answer-len",
+        type=int,
+        default=None,
+        help="answer tokens A = belief max_new_tokens (default: 16 with --quick, else 32)",
+    )
+    parser.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default: %(default)s)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="epochs per method, the median is reported (default: 2 with --quick, else 3)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random model, the workload and belief sampling (default: %(default)s)",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench.py bs_s", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small model and workload (< 2 min on 2 CPU cores)")
-    parser.add_argument("--model", default=None, help="HF checkpoint directory, hub id, or 'smollm2'")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable ratios)")
-    parser.add_argument("--items", type=int, default=None, help="forget items F (default 16 quick / 32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="forget batch B")
-    parser.add_argument("--answer-len", type=int, default=None, help="answer tokens A = belief max_new_tokens")
-    parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=None, help="epochs per method (median; 2 quick / 3)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -263,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     warm = {i: prompts[i] for i in batches[0]["index"].tolist()}
     bs_s_epoch(bs_model, tokenizer, fresh_cache(), warm, batches[:1], opt_bs, device, microbatch, 0)
     npo_times, bs_times = [], []
-    profile = dict(refresh=0.0, bs_s_forward_backward=0.0, optimiser=0.0)
+    profile = dict(refresh=0.0, forget_backward=0.0, optimiser=0.0)
     for epoch in range(repeats):
         npo_times.append(npo_epoch(npo_model, ref_model, batches, opt_npo, device))
         bs_times.append(
@@ -289,11 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     sync(device)
     t = time.perf_counter()
     for batch in batches:
-        bs_s_forward_backward(bs_model, batch, None)
+        forget_backward(make_method("bs_s"), bs_model, batch, None)
     sync(device)
     forget_only = time.perf_counter() - t
     bs_model.zero_grad(set_to_none=True)
-    fwd_bwd = profile["bs_s_forward_backward"] / repeats
+    fwd_bwd = profile["forget_backward"] / repeats
     total = refresh + fwd_bwd + profile["optimiser"] / repeats
     parts = {
         "generation (refresh: generate + per-token log-probs)": refresh,

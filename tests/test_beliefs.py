@@ -1,6 +1,6 @@
 """Global beliefs, the belief cache and the BS-S step (bs_ref.beliefs) on a tiny randomly initialised Llama with
 word-level tokenizers built here: stop handling for two chat templates, batch invariance, the confidence
-filter, cache regimes and pairing, micro-batched gradients against the un-micro-batched Eq. (7), and errors."""
+filter, cache regimes and pairing, the loop's chunked BS-S gradient against the full-batch Eq. (7), and errors."""
 
 from __future__ import annotations
 
@@ -15,17 +15,11 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from bs_ref.beliefs import (
-    BeliefCache,
-    bs_s_forward_backward,
-    chat_end_of_turn_id,
-    right_pad,
-    sample_beliefs,
-    score_answers,
-    stop_token_ids,
-    topk_mass,
-)
-from bs_ref.losses import IGNORE_INDEX, bs_s_loss, sequence_logprob
+from bs_ref.beliefs import BeliefCache, sample_beliefs, topk_mass
+from bs_ref.generation import right_pad
+from bs_ref.losses import IGNORE_INDEX, bs_s_loss, bs_t_loss, sequence_logprob
+from bs_ref.methods import make_method
+from bs_ref.unlearn import forget_backward
 
 WORDS = [f"w{i}" for i in range(48)]
 
@@ -95,17 +89,8 @@ def im_end():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Stop tokens
+# Stop tokens (the rule itself, and that sampling and evaluation cut alike: tests/test_generation.py)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def test_end_of_turn_is_derived_from_each_chat_template():
-    other = make_tokenizer(TURNS, specials=("<start_of_turn>", "<end_of_turn>"))
-    assert chat_end_of_turn_id(TOK) == TOK.convert_tokens_to_ids("<|im_end|>")
-    assert chat_end_of_turn_id(other) == other.convert_tokens_to_ids("<end_of_turn>")
-    assert stop_token_ids(TOK) == [TOK.eos_token_id, im_end()]
-    assert stop_token_ids(other) == [other.eos_token_id, other.convert_tokens_to_ids("<end_of_turn>")]
-    assert stop_token_ids(make_tokenizer(None)) == [TOK.eos_token_id]  # no template: EOS alone
 
 
 @pytest.mark.parametrize(
@@ -119,7 +104,7 @@ def test_answers_end_at_the_first_stop_token(template, specials, stop):
     tok = make_tokenizer(template, specials=specials)
     stop_id = tok.convert_tokens_to_ids(stop)
     model = with_stop_bias(MODEL, stop_id, 3.0)  # the end-of-turn token is likely but not certain
-    b = sample_beliefs(model, tok, PROMPTS, n=4, max_new_tokens=12, seed=1)
+    b = sample_beliefs(model, tok, PROMPTS, n=4, max_new_tokens=12, seed=1, template="chat")
     stops = {stop_id, tok.eos_token_id}
     lengths, ended_by_turn = set(), 0
     for i in range(len(b)):
@@ -135,7 +120,7 @@ def test_answers_end_at_the_first_stop_token(template, specials, stop):
 def test_a_token_that_is_not_this_templates_end_of_turn_does_not_stop():
     tok = make_tokenizer(TURNS, specials=("<start_of_turn>", "<end_of_turn>"))
     model = with_stop_bias(MODEL, tok.convert_tokens_to_ids("<|im_end|>"), 50.0)  # always <|im_end|>
-    b = sample_beliefs(model, tok, PROMPTS[:2], n=1, temperature=0.0, max_new_tokens=5)
+    b = sample_beliefs(model, tok, PROMPTS[:2], n=1, temperature=0.0, max_new_tokens=5, template="chat")
     assert b.stopped == [False, False] and all(len(b.answer_ids(i)) == 5 for i in range(2))
 
 
@@ -150,8 +135,11 @@ def test_empty_answers_are_counted_and_kept_out_of_the_loss():
     belief_batch = cache.batch([0, 1], TOK.pad_token_id)
     assert belief_batch["input_ids"].shape[0] == 0
     forget = forget_batch([0, 1])
-    out = bs_s_forward_backward(copy.deepcopy(MODEL), forget, belief_batch)
-    assert out["belief_term"] is None and math.isfinite(float(out["loss"]))
+    model = copy.deepcopy(MODEL)
+    out = forget_backward(make_method("bs_s"), model, forget, belief_batch)
+    with torch.no_grad():  # no usable belief: Eq. (7) is the forget term alone
+        alone = bs_t_loss(model(input_ids=forget["input_ids"]).logits, forget["labels"])
+    assert math.isfinite(out["forget"]) and out["forget"] == pytest.approx(float(alone), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -255,14 +243,14 @@ def test_bad_inputs_raise_clear_errors():
         cache.batch([0, 3], TOK.pad_token_id)
     with pytest.raises(ValueError, match="off-policy beliefs are missing"):
         cache.maybe_refresh(MODEL, TOK, epoch=0.5, step=1, prompts_by_index={5: PROMPTS[5]})
-    with pytest.raises(ValueError, match="base must be one of"):
-        bs_s_forward_backward(MODEL, forget_batch([0]), None, base="dpo")
+    with pytest.raises(ValueError, match="bs_s:base='dpo'"):
+        make_method("bs_s", base="dpo")
     with pytest.raises(ValueError, match="ref_model"):
-        bs_s_forward_backward(MODEL, forget_batch([0]), None, base="npo")
+        forget_backward(make_method("bs_s", base="npo"), MODEL, forget_batch([0]), None)
     with pytest.raises(ValueError, match="belief_microbatch"):
-        bs_s_forward_backward(MODEL, forget_batch([0]), None, belief_microbatch=0)
+        make_method("bs_s", belief_microbatch=0)
     with pytest.raises(ValueError, match="lam_bss"):
-        bs_s_forward_backward(MODEL, forget_batch([0]), None, lam_bss=1.5)
+        make_method("bs_s", lam_bss=1.5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -308,7 +296,8 @@ def train_with_cache(cache, steps=6, steps_per_epoch=2, lr=0.5):
         cache.maybe_refresh(model, TOK, epoch=step / steps_per_epoch, step=step, prompts_by_index=wanted)
         forget = forget_batch(batch_items)
         opt.zero_grad()
-        bs_s_forward_backward(model, forget, cache.batch(forget["index"], TOK.pad_token_id), belief_microbatch=2)
+        beliefs = cache.batch(forget["index"], TOK.pad_token_id)
+        forget_backward(make_method("bs_s", belief_microbatch=2), model, forget, beliefs)
         opt.step()
         snapshots.append({i: [b.input_ids for b in bs] for i, bs in cache.entries.items()})
     return model, snapshots
@@ -406,26 +395,31 @@ def full_batch_gradient(model, forget, beliefs, lam_bss, base, base_kwargs, ref_
 @settings(max_examples=12)
 @given(
     base=st.sampled_from(["bs_t", "ga", "npo", "wga"]),
-    reduction=st.sampled_from(["row", "token", "sum"]),
     microbatch=st.integers(1, 20),
     lam_bss=st.floats(0.0, 1.0),
     loss_scale=st.sampled_from([1.0, 0.25]),
     items=st.lists(st.integers(0, 5), min_size=1, max_size=4, unique=True),
 )
-def test_micro_batched_gradient_equals_full_batch_eq7(base, reduction, microbatch, lam_bss, loss_scale, items):
+def test_chunked_gradient_equals_full_batch_eq7(base, microbatch, lam_bss, loss_scale, items):
+    """The loop's BS-S backward (declaration's row sets, belief rows in chunks) has Eq. (7)'s full-batch gradient."""
     model = MODEL64
     ref_model = make_model(seed=3, dtype=torch.float64) if base == "npo" else None
     forget = forget_batch(items)
     beliefs = cached_beliefs().batch(items, TOK.pad_token_id)
-    base_kwargs = {"reduction": reduction, **({"lam": 0.3, "top_k": 5} if base == "bs_t" else {})}
+    base_kwargs = {"lam": 0.3, "top_k": 5} if base == "bs_t" else {}
     want_loss, want_grads = full_batch_gradient(model, forget, beliefs, lam_bss, base, base_kwargs, ref_model)
     model.zero_grad()
-    out = bs_s_forward_backward(
-        model, forget, beliefs, lam_bss=lam_bss, base=base, base_kwargs=base_kwargs, belief_microbatch=microbatch,
-        loss_scale=loss_scale, ref_model=ref_model,
-    )  # fmt: skip
-    assert float(out["loss"]) == pytest.approx(float(want_loss), rel=1e-9, abs=1e-9)
-    assert out["microbatches"] == math.ceil(beliefs["input_ids"].shape[0] / microbatch)
+    method = make_method("bs_s", base=base, lam_bss=lam_bss, belief_microbatch=microbatch, lam=0.3, top_k=5)
+    calls = []
+
+    def backward(loss):
+        calls.append(1)
+        loss.backward()
+
+    out = forget_backward(method, model, forget, beliefs, loss_scale=loss_scale, ref_model=ref_model,
+                          backward=backward)  # fmt: skip
+    assert out["forget"] == pytest.approx(float(want_loss), rel=1e-9, abs=1e-9)
+    assert len(calls) == 1 + math.ceil(beliefs["input_ids"].shape[0] / microbatch)  # forget rows + each chunk
     for p, want in zip(model.parameters(), want_grads):
         torch.testing.assert_close(p.grad, loss_scale * want, rtol=1e-8, atol=1e-10)
     model.zero_grad()
@@ -440,16 +434,17 @@ def test_every_backward_goes_through_the_given_callable():
         seen.append(float(loss.detach()))
         loss.backward()
 
+    method = make_method("bs_s", belief_microbatch=2, top_k=5)
     MODEL64.zero_grad()
-    plain = bs_s_forward_backward(MODEL64, forget, beliefs, belief_microbatch=2)
+    plain = forget_backward(method, MODEL64, forget, beliefs)
     want = [p.grad.clone() for p in MODEL64.parameters()]
     MODEL64.zero_grad()
-    out = bs_s_forward_backward(MODEL64, forget, beliefs, belief_microbatch=2, backward=backward, log_top_k=5)
-    assert len(seen) == 1 + out["microbatches"]
+    out = forget_backward(method, MODEL64, forget, beliefs, backward=backward)
+    assert len(seen) == 1 + math.ceil(beliefs["input_ids"].shape[0] / 2)
     for p, w in zip(MODEL64.parameters(), want):
         torch.testing.assert_close(p.grad, w, rtol=0, atol=0)
     assert out["forget_logprob"] == pytest.approx(plain["forget_logprob"]) and out["forget_logprob"] < 0
-    assert 0.0 < out["topk_mass"] <= 1.0 + 1e-9 and "topk_mass" not in plain
+    assert 0.0 < out["topk_mass"] <= 1.0 + 1e-9
     MODEL64.zero_grad()
 
 
@@ -457,10 +452,8 @@ def test_npo_base_at_the_reference_weights_is_ga_scaled_by_one():
     """At θ = θ_ref the NPO weight is 1, so BS-S(NPO) has the gradient of BS-S(GA) with summed NLLs."""
     forget, beliefs = forget_batch([0, 3]), cached_beliefs().batch([0, 3], TOK.pad_token_id)
     MODEL64.zero_grad()
-    bs_s_forward_backward(MODEL64, forget, beliefs, base="npo", ref_model=MODEL64, belief_microbatch=2)
+    forget_backward(make_method("bs_s", base="npo", belief_microbatch=2), MODEL64, forget, beliefs, ref_model=MODEL64)
     npo = [p.grad.clone() for p in MODEL64.parameters()]
-    MODEL64.zero_grad()
-    bs_s_forward_backward(MODEL64, forget, beliefs, base="ga", base_kwargs={"reduction": "sum"}, belief_microbatch=2)
     MODEL64.zero_grad()
     logits = MODEL64(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
     belief_logits = MODEL64(input_ids=beliefs["input_ids"], attention_mask=beliefs["attention_mask"]).logits
@@ -470,11 +463,6 @@ def test_npo_base_at_the_reference_weights_is_ga_scaled_by_one():
     for p, want in zip(MODEL64.parameters(), npo):
         torch.testing.assert_close(p.grad, want, rtol=1e-8, atol=1e-10)
     MODEL64.zero_grad()
-
-
-def test_score_answers_marks_zero_length_answers_nan():
-    scores = score_answers(MODEL, [PROMPTS[0], PROMPTS[1]], [[5], []], TOK.pad_token_id)
-    assert math.isfinite(scores[0]) and math.isnan(scores[1])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from bs_ref.generation import encode_pair, generate, score_answers, stop_token_ids
 from bs_ref.losses import sequence_logprob
 from bs_ref.metrics import leakage, paper, tofu
-from bs_ref.metrics._scoring import chat_end_of_turn_id, generate, score_answers, stop_token_ids
 
 WORDS = (
     "question answer : the author was born in paris rome 1990 1985 and wrote books about cats dogs war "
@@ -132,7 +132,7 @@ def test_batched_greedy_generation_equals_unbatched(model, tokenizer):
     for p, out in zip(prompts, batched):
         single = generate(model, [p], tokenizer.pad_token_id, stop, max_new_tokens=12, batch_size=1)[0]
         assert out == single
-        assert tokenizer.eos_token_id not in out[0] and len(out[0]) <= 12
+        assert tokenizer.eos_token_id not in out[0].tokens and len(out[0].tokens) <= 12
     texts = tofu.generate_answers(model, tokenizer, [r["question"] for r in RECORDS], max_new_tokens=8, batch_size=2)
     assert texts == [tofu.generate_answers(model, tokenizer, [r["question"]], max_new_tokens=8)[0] for r in RECORDS]
 
@@ -252,9 +252,9 @@ def test_synthetic_benchmark_end_to_end():
     items = tofu.evaluate_split(lm, tok, forget, "forget", max_new_tokens=6, num_samples=2)
     for rec, it in zip(forget, items):
         mask = leakage.fact_token_mask(
-            tok, rec["answer"], rec["fact_span"], tofu.encode_candidate(tok, "q", rec["answer"])[1]
+            tok, rec["answer"], rec["fact_span"], encode_pair(tok, "q", rec["answer"])[1]
         )
-        covered = tok.decode([t for t, m in zip(tofu.encode_candidate(tok, "q", rec["answer"])[1], mask) if m])
+        covered = tok.decode([t for t, m in zip(encode_pair(tok, "q", rec["answer"])[1], mask) if m])
         assert rec["fact"] in covered  # the masked tokens spell the fact (plus at most a boundary character)
         assert it["fact_n_tokens"] == int(mask.sum()) and it["fact_logprob"] < 0
         assert isinstance(it["fact_leak_paraphrased_question"], bool)
@@ -279,18 +279,26 @@ def test_real_tofu_records_evaluate(tofu_dir, model, tokenizer):
     assert 0 < out["forget_truth_ratio"] <= 1 and 0 < out["real_authors_prob"] < 1
 
 
-def test_chat_end_of_turn_token_stops_generation(tokenizer):
-    chat = copy.deepcopy(tokenizer)
-    chat.add_special_tokens({"additional_special_tokens": ["<eot>"]})
-    chat.chat_template = (
-        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eot> {% endfor %}"
-        "{% if add_generation_prompt %}assistant : {% endif %}"
-    )
-    eot = chat.convert_tokens_to_ids("<eot>")
-    assert chat_end_of_turn_id(chat) == eot
-    assert stop_token_ids(chat, template="chat") == [chat.eos_token_id, eot]
-    assert stop_token_ids(chat, template="plain") == [chat.eos_token_id]
-    assert chat_end_of_turn_id(tokenizer) is None  # no chat template
+def test_a_diverged_model_is_evaluated_not_crashed(model, tokenizer):
+    """Logits blown up as by a diverged GA run (``--preset smoke --lr 5``): mean NLLs in the thousands, where
+    exp(NLL) overflows. Every metric is still a number in its range."""
+    diverged = copy.deepcopy(model)
+    with torch.no_grad():
+        diverged.lm_head.weight.mul_(1e4)
+    retain = [{k: v for k, v in r.items() if not k.startswith("fact")} for r in RECORDS]
+    analogue = [{"question": r["question"], "answer": r["answer"], "perturbed_answer": r["perturbed_answer"]}
+                for r in RECORDS]  # fmt: skip
+    splits = {"forget": RECORDS, "retain": retain, "real_authors": analogue, "world_facts": analogue}
+    per_split = tofu.evaluate(diverged, tokenizer, splits, max_new_tokens=4)
+    nlls = [it["nll_answer"] for it in per_split["forget"]] + [it["nll_paraphrased"] for it in per_split["forget"]]
+    assert max(nlls) > 710  # exp(-NLL) underflows, and exp(NLL) would overflow
+    log_ratios = [tofu.log_truth_ratio(it["nll_paraphrased"], it["nll_perturbed"]) for it in per_split["retain"]]
+    assert max(log_ratios) > 710  # R = exp(log R) overflowed here before the log-space rewrite
+    out = tofu.aggregate(per_split, per_split["forget"])
+    for name in ("model_utility", "forget_quality", "mem", "util", "agg", "para_prob", "tr_mod", "forget_truth_ratio"):
+        assert 0.0 <= out[name] <= 1.0, name
+    for it in per_split["forget"]:
+        assert 0.0 <= it["truth_ratio"] <= math.inf and 0.0 <= it["tr_mod"] <= 1.0 and 0.0 <= it["prob"] <= 1.0
 
 
 def test_fluency_classifier_from_a_local_checkpoint(tokenizer, tmp_path):

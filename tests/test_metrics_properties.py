@@ -142,3 +142,136 @@ def test_contains_fact_whole_words():
     assert not leakage.contains_fact("Born in 19901.", "1990")
     assert leakage.fact_leak_rate(["in Paris", "in Rome"], ["Paris", "Paris"]) == 0.5
     assert leakage.fact_leak_rate([["no", "in Paris"], ["no"]], ["Paris", "Paris"]) == 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# Defined for any NLL: a collapsed model (NLLs of 1e4, 1e308, inf) is a result, not a crash
+# --------------------------------------------------------------------------------------------------
+
+EXTREME = [0.0, 1e-300, 1e-5, 1.0, 30.0, 700.0, 1e4, 1e308, 1.7e308, math.inf]
+extreme_nll = st.one_of(st.sampled_from(EXTREME), st.floats(min_value=0.0, max_value=1e308))
+extreme_perturbed = st.lists(extreme_nll, min_size=1, max_size=5)
+moderate_nll = st.floats(min_value=0.0, max_value=300.0)
+
+
+def old_truth_ratio(para, pert, convention):
+    """The formula before the log-space rewrite (it overflowed): the reference where it gave a number."""
+    from scipy.special import logsumexp
+
+    pert = np.asarray(pert, dtype=float)
+    with np.errstate(over="raise"):  # an overflowing mean (of [1e308, 1e308]) is an overflow too
+        log_p_wrong = logsumexp(-pert) - math.log(pert.size) if convention == "arithmetic" else -pert.mean()
+    return float(math.exp(log_p_wrong + float(para)))
+
+
+def old_answer_prob(gt, pert, kind):
+    from scipy.special import logsumexp
+
+    if kind in ("forget", "retain"):
+        return float(math.exp(-gt))
+    return float(math.exp(-gt - logsumexp(np.concatenate([[-gt], -np.asarray(pert, dtype=float)]))))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the old formulas' own overflow warnings
+@given(extreme_nll, extreme_perturbed)
+def test_every_metric_is_defined_and_in_range_for_any_nll(para, pert):
+    for convention in tofu.CONVENTIONS:
+        r = tofu.truth_ratio(para, pert, convention)
+        assert 0.0 <= r <= math.inf and not math.isnan(r)
+        for kind in tofu.SPLIT_KINDS:
+            score = float(tofu.truth_ratio_score(r, kind))
+            assert 0.0 <= score <= 1.0
+        assert 0.0 <= float(paper.tr_mod(r)) <= 1.0
+        try:
+            old = old_truth_ratio(para, pert, convention)
+        except (OverflowError, FloatingPointError):
+            continue
+        if not math.isnan(old):
+            assert r == old  # bit for bit wherever the old formula gave a number
+            if old > 0.0:
+                assert float(tofu.truth_ratio_score(r, "forget")) == min(old, 1.0 / old)
+    for kind in tofu.SPLIT_KINDS:
+        p = tofu.answer_prob(para, pert, kind)
+        assert 0.0 <= p <= 1.0
+        old = old_answer_prob(para, pert, kind)
+        if not math.isnan(old):
+            assert p == old
+    assert 0.0 <= paper.prob_from_nll(para) <= 1.0
+    m = paper.mem(0.5, 0.5, paper.prob_from_nll(para), float(paper.tr_mod(tofu.truth_ratio(para, pert))))
+    assert paper.MEM_EPS - 1e-15 <= m <= 1.0
+
+
+@given(moderate_nll, st.lists(moderate_nll, min_size=1, max_size=5))
+def test_log_space_metrics_equal_a_plain_float64_reference_on_ordinary_nlls(para, pert):
+    p_c, p_w = np.exp(-para), np.exp(-np.asarray(pert))
+    geometric, arithmetic = np.prod(p_w) ** (1 / len(pert)) / p_c, np.mean(p_w) / p_c
+    if 1e-250 < np.prod(p_w) and 1e-300 < p_c:  # the naive reference itself underflows beyond this
+        assert tofu.truth_ratio(para, pert, "tofu") == pytest.approx(geometric, rel=1e-9)
+    if 1e-300 < p_c and np.mean(p_w) > 1e-300:
+        assert tofu.truth_ratio(para, pert, "arithmetic") == pytest.approx(arithmetic, rel=1e-9)
+    assert tofu.answer_prob(para, pert, "retain") == math.exp(-para)
+    if p_c + p_w.sum() > 1e-300:
+        assert tofu.answer_prob(para, pert, "world_facts") == pytest.approx(p_c / (p_c + p_w.sum()), rel=1e-9)
+
+
+def test_the_limits_of_the_truth_ratio_and_prob():
+    inf = math.inf
+    assert tofu.truth_ratio(inf, [1.0]) == inf and tofu.truth_ratio(1.0, [inf]) == 0.0
+    assert tofu.truth_ratio(1e4, [0.0]) == inf and tofu.truth_ratio(0.0, [1e308, 1e308]) == 0.0
+    assert tofu.truth_ratio(1e308, [1e308, 1e308]) == 1.0  # the mean of [1e308, 1e308] does not overflow
+    for convention in tofu.CONVENTIONS:  # both answers impossible: indistinguishable, as for any equal NLLs
+        assert tofu.truth_ratio(inf, [inf, inf], convention) == 1.0
+    assert tofu.truth_ratio(inf, [inf, 2.0], "tofu") == 1.0  # geometric mean with a zero: P_w = 0 = P_c
+    assert tofu.truth_ratio(inf, [inf, 2.0], "arithmetic") == inf  # P_w = e^-2 / 2 > 0 = P_c
+    assert tofu.truth_ratio_score(np.array([0.0, inf, 1.0]), "forget").tolist() == [0.0, 0.0, 1.0]
+    assert tofu.truth_ratio_score(np.array([0.0, inf, 1.0]), "retain").tolist() == [1.0, 0.0, 0.0]
+    assert float(paper.tr_mod(inf)) == 0.0 and float(paper.tr_mod(0.0)) == 1.0
+    assert tofu.answer_prob(inf, [], "forget") == 0.0 and tofu.answer_prob(1e308, [], "retain") == 0.0
+    assert tofu.answer_prob(inf, [1.0, 2.0], "real_authors") == 0.0
+    assert tofu.answer_prob(1.0, [inf, inf], "real_authors") == 1.0
+    assert tofu.answer_prob(inf, [inf, inf], "real_authors") == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: tofu.truth_ratio(math.nan, [1.0]),
+        lambda: tofu.truth_ratio(1.0, [2.0, math.nan], "arithmetic"),
+        lambda: tofu.truth_ratio(-math.inf, [1.0]),
+        lambda: tofu.answer_prob(math.nan, [1.0], "forget"),
+        lambda: tofu.answer_prob(1.0, [math.nan], "world_facts"),
+        lambda: tofu.truth_ratio_score(math.nan, "forget"),
+        lambda: paper.tr_mod(np.array([1.0, math.nan])),
+        lambda: paper.prob_from_nll(math.nan),
+        lambda: leakage.summarise([{"fact_logprob": math.nan}]),
+    ],
+)
+def test_nan_nlls_raise_a_clear_error(call):
+    with pytest.raises(ValueError, match="NaN"):
+        call()
+
+
+def collapsed_item(i, nll_answer, nll_para, nll_pert, fact_logprob):
+    return {
+        "index": i, "nll_answer": nll_answer, "nll_paraphrased": nll_para, "nll_perturbed": nll_pert,
+        "rougeL_recall": 0.0, "es": 0.0, "em": 0.0, "generation": "", "fact_leak": False,
+        "fact_logprob": fact_logprob,
+    }  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:ks_2samp. Exact calculation unsuccessful")
+@given(st.lists(st.tuples(extreme_nll, extreme_nll, extreme_perturbed), min_size=1, max_size=6))
+def test_aggregate_of_a_collapsed_model_is_a_result(rows):
+    items = [collapsed_item(i, a, p, q, -a) for i, (a, p, q) in enumerate(rows)]
+    out = tofu.aggregate({kind: items for kind in tofu.SPLIT_KINDS}, items)
+    bounded = ["model_utility", "forget_quality", "para_prob", "tr_mod", "mem", "util", "agg", "fluency"]
+    bounded += [f"{s}_{m}" for s in tofu.SPLIT_KINDS for m in tofu.UTILITY_METRICS]
+    for name in bounded:
+        assert 0.0 <= out[name] <= 1.0, name
+    assert out["fact_logprob"] <= 0.0 and not math.isnan(out["fact_logprob"])
+
+
+def test_leakage_log_prob_means_do_not_overflow():
+    assert leakage.summarise([{"fact_logprob": -1e308}, {"fact_logprob": -1e308}])["fact_logprob"] == -1e308
+    assert leakage.summarise([{"fact_logprob": -math.inf}, {"fact_logprob": -1.0}])["fact_logprob"] == -math.inf
+    assert paper.stable_mean([1.0, 2.0, 4.0]) == float(np.mean([1.0, 2.0, 4.0]))

@@ -1,10 +1,11 @@
 """bs_ref.metrics — TOFU metrics (SPEC §6), the paper's Mem/Util/Agg, and leakage metrics.
 
-``tofu``: Prob, ROUGE-L recall, truth ratio, forget quality, model utility under named conventions;
-batched teacher-forced scoring and left-padded generation; the per-item output format.
-``paper``: extraction strength, exact memorisation, TR_mod, Mem/Util/Agg, fluency (offline proxy or a
-local classifier). ``leakage``: fact-leak rate, fact-token log-prob, belief bands, semantic similarity.
-Command line: ``python -m bs_ref.metrics aggregate --log FILE --retain-log FILE [--convention NAME]``.
+``tofu``: Prob, ROUGE-L recall, truth ratio, forget quality, model utility under named conventions; the
+per-item output format. ``paper``: extraction strength, exact memorisation, TR_mod, Mem/Util/Agg, fluency
+(offline proxy or a local classifier). ``leakage``: fact-leak rate, fact-token log-prob, belief bands,
+semantic similarity. Scoring, generation and stop tokens come from ``bs_ref.generation`` (shared with BS-S).
+Every metric is defined for any mean NLL in [0, inf]. Imports run one way: tofu -> leakage, paper.
+Command line: ``python experiments/metrics_cli.py aggregate --log FILE --retain-log FILE [--convention NAME]``.
 """
 
 from .leakage import (

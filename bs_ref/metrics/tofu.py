@@ -51,8 +51,9 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import hmean, ks_2samp
 
+from bs_ref.generation import AnswerScores, encode_pair, generate_answers, pad_token_id_of, score_answers
+
 from . import leakage, paper
-from ._scoring import AnswerScores, generate, pad_token_id_of, score_answers, stop_token_ids
 
 CONVENTIONS = ("tofu", "tofu-legacy", "arithmetic")
 LEGACY_DS_SIZE = 300
@@ -83,35 +84,65 @@ def check_kind(kind: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def truth_ratio(nll_paraphrased: float, nll_perturbed: Sequence[float], convention: str = "tofu") -> float:
-    """R = geomean_j P(â_j) / P(ã) (or the arithmetic mean of P(â_j) for ``arithmetic``), in log space."""
+def log_truth_ratio(nll_paraphrased: float, nll_perturbed: Sequence[float], convention: str = "tofu") -> float:
+    """log R = log P_w - log P_c, for mean NLLs anywhere in [0, inf] (see ``truth_ratio``); NaN raises."""
     check_convention(convention)
-    pert = np.asarray(nll_perturbed, dtype=float)
+    nll_c = float(paper.check_nll(nll_paraphrased, "nll_paraphrased"))
+    pert = paper.check_nll(nll_perturbed, "nll_perturbed")
     if pert.size == 0:
         raise ValueError("truth_ratio needs at least one perturbed answer (perturbed_answer is empty)")
     if convention == "arithmetic":
-        log_p_wrong = logsumexp(-pert) - math.log(pert.size)  # log mean_j P(â_j)
+        with np.errstate(divide="ignore"):  # every perturbed answer impossible: log 0 = -inf
+            log_p_wrong = logsumexp(-pert) - math.log(pert.size)  # log mean_j P(â_j)
     else:
-        log_p_wrong = -pert.mean()  # log geomean_j P(â_j)
-    return float(math.exp(log_p_wrong + float(nll_paraphrased)))  # P_w / P_c, P_c = exp(-nll_paraphrased)
+        log_p_wrong = -paper.stable_mean(pert)  # log geomean_j P(â_j)
+    if log_p_wrong == -math.inf and nll_c == math.inf:
+        return 0.0  # P_w = P_c = 0: both impossible, indistinguishable (the limit along equal NLLs)
+    return float(log_p_wrong + nll_c)  # log P_w - log P_c, P_c = exp(-nll_paraphrased)
+
+
+def truth_ratio(nll_paraphrased: float, nll_perturbed: Sequence[float], convention: str = "tofu") -> float:
+    """R = geomean_j P(â_j) / P(ã) (or the arithmetic mean of P(â_j) for ``arithmetic``), in log space.
+
+    Defined for any mean NLL in [0, inf]: R = exp(log R) is inf when it overflows (or P(ã) = 0) and 0 when
+    every perturbed answer has P = 0; when both sides are impossible R = 1 (as for any equal NLLs). A NaN NLL
+    (NaN logits) raises a ValueError.
+    """
+    log_r = log_truth_ratio(nll_paraphrased, nll_perturbed, convention)
+    try:
+        return float(math.exp(log_r))  # P_w / P_c
+    except OverflowError:
+        return math.inf
 
 
 def truth_ratio_score(ratio: np.ndarray | float, kind: str) -> np.ndarray:
-    """Forget split: min(R, 1/R) (1 = indistinguishable from chance); other splits: max(0, 1 - R)."""
+    """Forget split: min(R, 1/R) (1 = indistinguishable from chance); other splits: max(0, 1 - R). In [0, 1]
+    for every R in [0, inf] (R = 0 or inf scores 0); a NaN R raises a ValueError."""
     check_kind(kind)
     r = np.asarray(ratio, dtype=float)
+    if np.isnan(r).any():
+        raise ValueError(f"truth ratios must be numbers in [0, inf], got NaN in {ratio!r} (NaN NLLs?)")
     if kind == "forget":
-        return np.minimum(r, 1.0 / r)
+        with np.errstate(divide="ignore"):  # R = 0: 1/R = inf, min(0, inf) = 0
+            return np.minimum(r, 1.0 / r)
     return np.maximum(0.0, 1.0 - r)
 
 
 def answer_prob(nll_answer: float, nll_perturbed: Sequence[float], kind: str) -> float:
-    """Prob of one item: P(a) for forget/retain; P(a) / (P(a) + sum_j P(â_j)) for real authors/world facts."""
+    """Prob of one item: P(a) for forget/retain; P(a) / (P(a) + sum_j P(â_j)) for real authors/world facts.
+
+    In [0, 1] for mean NLLs anywhere in [0, inf]: an impossible answer (NLL inf) gets 0, or 1 / (1 + #perturbed)
+    when every candidate is impossible (all count as equally likely, as for any equal NLLs). NaN raises.
+    """
     check_kind(kind)
     if kind in ("forget", "retain"):
-        return float(math.exp(-nll_answer))
-    log_all = logsumexp(np.concatenate([[-nll_answer], -np.asarray(nll_perturbed, dtype=float)]))
-    return float(math.exp(-nll_answer - log_all))
+        return paper.prob_from_nll(nll_answer)
+    nll_a = float(paper.check_nll(nll_answer, "nll_answer"))
+    pert = paper.check_nll(nll_perturbed, "nll_perturbed")
+    if nll_a == math.inf:
+        return 1.0 / (1 + pert.size) if bool(np.all(pert == math.inf)) else 0.0
+    log_all = logsumexp(np.concatenate([[-nll_a], -pert]))
+    return float(math.exp(-nll_a - log_all))
 
 
 def forget_quality(model_ratios: Sequence[float], retain_ratios: Sequence[float]) -> dict:
@@ -211,7 +242,7 @@ def aggregate(
 
     # The paper's Table-1 metrics (metrics/paper.py) on the forget split.
     es, em = _mean_field(forget, "es"), _mean_field(forget, "em")
-    para_prob = float(np.mean([math.exp(-it["nll_paraphrased"]) for it in forget])) if forget else None
+    para_prob = float(np.mean([paper.prob_from_nll(it["nll_paraphrased"]) for it in forget])) if forget else None
     tr_mod = float(np.mean(paper.tr_mod(item_ratios(forget, convention)))) if forget else None
     generations = [it.get("generation") for it in forget]
     fluency, fluency_source = None, None
@@ -231,7 +262,7 @@ def aggregate(
         util=util,
         agg=paper.agg(mem, util) if None not in (mem, util) else None,
     )
-    heldout = [math.exp(-it["nll_heldout"]) for it in forget if it.get("nll_heldout") is not None]
+    heldout = [paper.prob_from_nll(it["nll_heldout"]) for it in forget if it.get("nll_heldout") is not None]
     out["heldout_prob"] = float(np.mean(heldout)) if heldout else None  # P(never-trained phrasing)
     out.update(leakage.summarise(forget))
     return out
@@ -319,7 +350,7 @@ def _read_json(path: Path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Model-facing: teacher-forced log-probs, greedy generation, one split's per-item results.
+# Model-facing: one split's per-item results (scoring and generation: bs_ref.generation).
 # --------------------------------------------------------------------------------------------------
 
 
@@ -338,60 +369,15 @@ def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> np.
     return np.array([scorer.score(ref, gen)["rougeL"].recall for gen, ref in zip(generations, references)])
 
 
-def encode_candidate(tokenizer, question: str, answer: str, template: str = "plain") -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids + EOS) exactly as training sees them (``bs_ref.data.tofu.encode_qa``)."""
-    from bs_ref.data.tofu import encode_qa
-
-    enc = encode_qa(tokenizer, question, answer, template=template)
-    start = next((i for i, label in enumerate(enc["labels"]) if label != -100), None)
-    if start is None:
-        raise ValueError(f"answer {answer!r} has no tokens after encoding; every answer must be non-empty")
-    return list(enc["input_ids"][:start]), list(enc["input_ids"][start:])
-
-
 def answer_logprobs(
     model, tokenizer, questions: Sequence[str], answers: Sequence[str], template: str = "plain", batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher-forced (sum log-prob, number of answer tokens) of every answer after its question; batched."""
     if len(questions) != len(answers):
         raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
-    pairs = [encode_candidate(tokenizer, q, a, template) for q, a in zip(questions, answers)]
+    pairs = [encode_pair(tokenizer, q, a, template) for q, a in zip(questions, answers)]
     scores = score_answers(model, [p for p, _ in pairs], [a for _, a in pairs], pad_token_id_of(tokenizer), batch_size)
     return np.array([s.sum_logprob for s in scores]), np.array([s.n_tokens for s in scores])
-
-
-def generate_answers(
-    model,
-    tokenizer,
-    questions: Sequence[str],
-    template: str = "plain",
-    max_new_tokens: int = 200,
-    batch_size: int = 32,
-    num_samples: int = 0,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-) -> list[str] | list[list[str]]:
-    """Greedy answers (left-padded batches, stop at EOS / end-of-turn); with ``num_samples`` = N > 0,
-    N sampled answers per question instead (a list of N strings per question)."""
-    from bs_ref.data.tofu import encode_prompt
-
-    prompts = [encode_prompt(tokenizer, q, template=template) for q in questions]
-    ids = generate(
-        model,
-        prompts,
-        pad_token_id_of(tokenizer),
-        stop_token_ids(tokenizer, model, template),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        num_return_sequences=max(1, num_samples),
-        do_sample=num_samples > 0,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-    )
-    texts = [[tokenizer.decode(s, skip_special_tokens=True).strip() for s in row] for row in ids]
-    return texts if num_samples > 0 else [row[0] for row in texts]
 
 
 def max_answer_tokens(tokenizer, records: Sequence[dict], margin: int = 8) -> int:
@@ -452,7 +438,7 @@ def evaluate_split(
         if isinstance(rec.get("heldout_answer"), str):  # synthetic benchmark: a phrasing never trained
             candidates.append((i, "heldout_answer", rec["heldout_answer"]))
         candidates.extend((i, "perturbed_answer", wrong) for wrong in rec["perturbed_answer"])
-    encoded = [encode_candidate(tokenizer, records[i]["question"], text, template) for i, _, text in candidates]
+    encoded = [encode_pair(tokenizer, records[i]["question"], text, template) for i, _, text in candidates]
     scores = score_answers(model, [p for p, _ in encoded], [a for _, a in encoded], pad, batch_size)
     by_item: list[dict[str, list[tuple[AnswerScores, list[int]]]]] = [{} for _ in records]
     for (i, role, _), s, (_, ids) in zip(candidates, scores, encoded):
@@ -497,7 +483,7 @@ def evaluate_split(
             "rougeL_recall": float(rouge[i]),
             "es": paper.extraction_strength(ans.argmax_matches),
             "em": paper.exact_memorisation(ans.argmax_matches),
-            "para_prob": math.exp(-nll_paraphrased),
+            "para_prob": paper.prob_from_nll(nll_paraphrased),
             "tr_mod": float(paper.tr_mod(ratio)),
         }
         if "heldout_answer" in scored:

@@ -1,13 +1,13 @@
-"""Command line for the TOFU metrics (SPEC §6).
+"""Command line for the TOFU metrics of ``bs_ref.metrics`` (SPEC §6).
 
-    python -m bs_ref.metrics aggregate --log FILE --retain-log FILE [--convention tofu|tofu-legacy|arithmetic]
+    python experiments/metrics_cli.py aggregate --log FILE --retain-log FILE [--convention tofu|tofu-legacy|arithmetic]
 
 FILE is a locuslab/tofu ``eval_log_aggregated.json`` or a ``bs_ref.tofu_eval/v1`` per-item file
 (``bs_ref.metrics.tofu.write_eval_log``). Prints one JSON object: forget_quality, log10_forget_quality,
 n, model_utility, the nine utility components, the forget split's Prob/ROUGE/TR, the paper's
 Mem/Util/Agg where the inputs allow, leakage rates where items carry facts, and the convention.
 
-    python -m bs_ref.metrics speed [--threads 2] [--n-authors 100]
+    python experiments/metrics_cli.py speed [--threads 2] [--n-authors 100]
 
 times a full evaluation (forget10 + retain + real-authors + world-facts analogues of the synthetic
 benchmark, every per-item metric) with a randomly initialised ~5M-parameter Llama and a BPE tokenizer
@@ -20,21 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
-from .tofu import CONVENTIONS, aggregate, read_eval_log
+import torch
+
+from bs_ref.data.synthetic import SyntheticConfig, benchmark_texts, build_benchmark
+from bs_ref.metrics.tofu import CONVENTIONS, aggregate, evaluate, max_answer_tokens, read_eval_log
+from bs_ref.models import TinyLlamaConfig, build_tiny_llama, count_parameters, train_tokenizer
 
 
 def time_evaluation(threads: int, n_authors: int, batch_size: int, hidden_size: int = 256) -> dict:
     """Seconds to evaluate the four synthetic splits (see the module docstring)."""
-    import time
-
-    import torch
-
-    from bs_ref.data.synthetic import SyntheticConfig, benchmark_texts, build_benchmark
-    from bs_ref.models import TinyLlamaConfig, build_tiny_llama, count_parameters, train_tokenizer
-
-    from .tofu import evaluate, max_answer_tokens
-
     torch.set_num_threads(threads)
     benchmark = build_benchmark(SyntheticConfig(n_authors=n_authors))
     tokenizer = train_tokenizer(benchmark_texts(benchmark))
@@ -64,7 +60,7 @@ def time_evaluation(threads: int, n_authors: int, batch_size: int, hidden_size: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bs_ref.metrics", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python experiments/metrics_cli.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     agg = sub.add_parser("aggregate", help="summary metrics (FQ, MU, ...) of an evaluation log as one JSON object")
     agg.add_argument("--log", required=True, help="evaluation log of the model (locuslab/tofu or bs_ref format)")

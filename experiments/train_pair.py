@@ -1,0 +1,54 @@
+"""Train (or load from the cache) the original/retain pair of a model preset and report greedy fact recall.
+
+    python experiments/train_pair.py --preset default            # or smoke | smollm2; --cache-dir DIR
+
+The pair is ``bs_ref.models.get_or_train_pair`` on the synthetic benchmark (cached by config hash); the report
+(JSON on stdout) gives the cache path, parameter count, template, training times and the fraction of forget
+facts each model recalls greedily (``bs_ref.metrics.leakage.fact_leak_rate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+
+from bs_ref.data.synthetic import SyntheticConfig, build_benchmark
+from bs_ref.generation import generate_answers
+from bs_ref.metrics.leakage import fact_leak_rate
+from bs_ref.models import PRESETS, get_or_train_pair
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Train (or load from the cache) the original/retain pair of a preset and report greedy fact recall."""
+    parser = argparse.ArgumentParser(prog="python experiments/train_pair.py", description=main.__doc__)
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--cache-dir", default=None, help="default: bs_ref.models.default_cache_dir()")
+    parser.add_argument("--forget", default="forget10", help="forget split whose retain twin is trained")
+    parser.add_argument(
+        "--benchmark", default=None, choices=["default", "smoke"], help="synthetic benchmark size (default: as preset)"
+    )
+    args = parser.parse_args(argv)
+    size = args.benchmark or ("smoke" if args.preset in ("smoke", "smollm2") else "default")
+    benchmark_cfg = SyntheticConfig.smoke() if size == "smoke" else SyntheticConfig()
+    start = time.perf_counter()
+    original, retain, tokenizer, info = get_or_train_pair(
+        benchmark_cfg, args.preset, args.cache_dir, forget=args.forget, return_info=True
+    )
+    report = {"preset": args.preset, "benchmark": size, "wall_s": round(time.perf_counter() - start, 1)}
+    report.update({k: info[k] for k in ("path", "n_parameters", "template")})
+    for role in ("original", "retain"):
+        report[f"train_{role}_s"] = round(info[role]["seconds"], 1)
+        report[f"train_{role}_cpu_s"] = round(info[role].get("cpu_seconds", float("nan")), 1)
+    records = build_benchmark(benchmark_cfg)[args.forget]
+    questions, facts = [r["question"] for r in records], [r["fact"] for r in records]
+    for role, model in (("original", original), ("retain_twin", retain)):
+        answers = generate_answers(model, tokenizer, questions, template=info["template"], max_new_tokens=48)
+        report[f"forget_recall_{role}"] = fact_leak_rate(answers, facts)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
