@@ -123,17 +123,42 @@ def peak_extra_bytes(name, batch, seq, vocab, device, dtype):
     return value
 
 
+LOSSES_SUMMARY = "time and peak memory of BS-T vs GA vs the dense BS-T formulation"
+
+
+def losses_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The options of ``bench.py losses``."""
+    ap = argparse.ArgumentParser(prog="bench.py losses", description=__doc__.split("\n\n")[0], add_help=add_help)
+    ap.add_argument("--batch", type=int, default=4, help="batch size B of the logits (default: %(default)s)")
+    ap.add_argument("--seq", type=int, default=256, help="sequence length T (default: %(default)s; 64 with --quick)")
+    ap.add_argument(
+        "--vocab", type=int, nargs="+", default=[128256, 49152], help="vocabulary sizes V (default: 128256 49152)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per round, median (default: %(default)s; 2 with --quick)"
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds over the variants (default: %(default)s; 2 with --quick)",
+    )
+    ap.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: %(default)s; cuda when available, else cpu)",
+    )
+    ap.add_argument(
+        "--dtype", default=None, help="logits dtype, a torch dtype name (default: float32 on CPU, bfloat16 on CUDA)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="T = 64, 2 repeats, 2 rounds; overrides those options (default: off)"
+    )
+    return ap
+
+
 def bench_losses(argv=None):
-    ap = argparse.ArgumentParser(prog="bench.py losses", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--vocab", type=int, nargs="+", default=[128256, 49152])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the variants")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default=None, help="logits dtype (default float32 on CPU, bfloat16 on CUDA)")
-    ap.add_argument("--quick", action="store_true", help="T = 64, 3 repeats")
-    args = ap.parse_args(argv)
+    args = losses_parser().parse_args(argv)
     if args.quick:
         args.seq, args.repeats, args.rounds = 64, 2, 2
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
@@ -166,11 +191,28 @@ def bench_losses(argv=None):
         print(f"V={vocab} dense/bs_t extra-memory ratio (bs_t extra floored at the O(BTk) reference): {ratio:.1f}")
 
 
+def main_parser() -> argparse.ArgumentParser:
+    """``bench.py COMMAND [options]``: the sub-commands and their options (the same parsers they run with)."""
+    from bench_bs_s import SUMMARY as BS_S_SUMMARY  # experiments/bench_bs_s.py
+    from bench_bs_s import build_parser as bs_s_parser
+
+    ap = argparse.ArgumentParser(
+        prog="bench.py",
+        description=__doc__.split("\n\n")[0] + " Output: 'name: value' lines.",
+        epilog="Options of a sub-command: python experiments/bench.py COMMAND --help",
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, summary, parent in (
+        ("losses", LOSSES_SUMMARY, losses_parser(add_help=False)),
+        ("bs_s", BS_S_SUMMARY, bs_s_parser(add_help=False)),
+    ):
+        sub.add_parser(name, parents=[parent], help=summary, description=parent.description)
+    return ap
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("losses", "bs_s"):
-        print("usage: python experiments/bench.py {losses,bs_s} [options]  (see --help of each)", file=sys.stderr)
-        return 2
+    main_parser().parse_args(argv)  # --help, a missing or unknown COMMAND, bad options: exits here
     if argv[0] == "losses":
         bench_losses(argv[1:])
     else:

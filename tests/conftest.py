@@ -1,5 +1,9 @@
 """Shared test configuration: hypothesis profiles and data locations.
 
+Real TOFU data: ``tofu_dir`` is the full copy named by ``BS_REF_TOFU_DIR`` when set, else the committed excerpt
+``tests/fixtures/tofu_excerpt`` (3 authors); ``tofu_full_dir`` skips unless the full copy is set;
+``tofu_logs_dir`` (locuslab/tofu evaluation logs, ``BS_REF_TOFU_LOGS``) skips when unset.
+
 Hypothesis profiles: ``dev`` (fast, random) and ``ci`` (derandomised, more examples). Select with
 ``HYPOTHESIS_PROFILE=dev|ci``; the default is ``ci`` when the ``CI`` variable is set, else ``dev``.
 """
@@ -40,15 +44,50 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(scope="session")
-def tofu_dir() -> Path:
-    """The local copy of locuslab/TOFU named by BS_REF_TOFU_DIR (skip when unset)."""
+# A committed excerpt of real TOFU (3 authors; tests/fixtures/tofu_excerpt/README.md): the real-data tests run on it
+# when BS_REF_TOFU_DIR does not name the full copy.
+TOFU_EXCERPT_DIR = Path(__file__).resolve().parent / "fixtures" / "tofu_excerpt"
+
+
+def tofu_full_copy() -> Path | None:
+    """The full local copy of locuslab/TOFU named by BS_REF_TOFU_DIR, or None when the variable is unset."""
     value = os.environ.get("BS_REF_TOFU_DIR")
     if not value:
-        pytest.skip("BS_REF_TOFU_DIR is not set: point it at a local directory of the TOFU JSON files")
+        return None
     path = Path(value)
     if not path.is_dir():
-        pytest.skip(f"BS_REF_TOFU_DIR={value} is not a directory")
+        pytest.fail(
+            f"BS_REF_TOFU_DIR={value} is not a directory: point it at the TOFU JSON files, or unset it to run the "
+            "real-data tests on the committed excerpt tests/fixtures/tofu_excerpt",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tofu_dir() -> Path:
+    """Real TOFU: the full copy named by BS_REF_TOFU_DIR when set, else the committed excerpt (3 authors).
+
+    For tests that hold on any real TOFU directory (schema, structure, plumbing); tests of the full copy's
+    sizes use ``tofu_full_dir``."""
+    return tofu_full_copy() or TOFU_EXCERPT_DIR
+
+
+@pytest.fixture(scope="session")
+def tofu_is_excerpt(tofu_dir) -> bool:
+    """Whether ``tofu_dir`` is the committed excerpt (BS_REF_TOFU_DIR unset)."""
+    return tofu_dir == TOFU_EXCERPT_DIR
+
+
+@pytest.fixture(scope="session")
+def tofu_full_dir() -> Path:
+    """The full local copy of locuslab/TOFU named by BS_REF_TOFU_DIR (skip when unset)."""
+    path = tofu_full_copy()
+    if path is None:
+        pytest.skip(
+            "needs the full TOFU copy (the committed excerpt has 3 authors): set BS_REF_TOFU_DIR to a local "
+            "directory of the TOFU JSON files"
+        )
     return path
 
 
@@ -57,7 +96,10 @@ def tofu_logs_dir() -> Path:
     """The locuslab/tofu aggregated evaluation logs named by BS_REF_TOFU_LOGS (skip when unset)."""
     value = os.environ.get("BS_REF_TOFU_LOGS")
     if not value:
-        pytest.skip("BS_REF_TOFU_LOGS is not set: point it at the directory of locuslab/tofu eval logs")
+        pytest.skip(
+            "needs the locuslab/tofu evaluation logs (golden values; no excerpt is committed): set BS_REF_TOFU_LOGS "
+            "to their directory"
+        )
     path = Path(value)
     if not path.is_dir():
         pytest.skip(f"BS_REF_TOFU_LOGS={value} is not a directory")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,19 @@ TOFU_SIZES = {
     "real_authors_perturbed": 100,
     "world_facts": 117,
     "world_facts_perturbed": 117,
+}
+
+QA_PER_AUTHOR = 20  # TOFU lists 20 question/answer pairs per author, author by author
+
+# The committed excerpt (tests/fixtures/tofu_excerpt, made by tests/fixtures/make_tofu_excerpt.py): authors 0, 1
+# (retain) and 198 (forget01, hence forget05/forget10) of full; the first 10 real_authors/world_facts rows.
+EXCERPT_DIR = Path(__file__).resolve().parent / "fixtures" / "tofu_excerpt"
+EXCERPT_SIZES = {
+    **{c: 20 for c in ("forget01", "forget05", "forget10")},
+    **{f"{c}_perturbed": 20 for c in ("forget01", "forget05", "forget10")},
+    **{c: 40 for c in ("retain90", "retain95", "retain99", "retain_perturbed")},
+    "full": 60,
+    **{c: 10 for c in ("real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed")},
 }
 
 CHAT_TEMPLATE = (
@@ -91,18 +105,24 @@ GOOD_PERTURBED = {
 
 
 @pytest.mark.parametrize("config", TOFU_CONFIGS)
-def test_real_tofu_sizes_and_fields(tofu_dir, config):
+def test_real_tofu_sizes(tofu_full_dir, config):
+    assert len(load_tofu(tofu_full_dir, config)) == TOFU_SIZES[config]
+
+
+@pytest.mark.parametrize("config", TOFU_CONFIGS)
+def test_real_tofu_fields(tofu_dir, config):
     records = load_tofu(tofu_dir, config)
-    assert len(records) == TOFU_SIZES[config]
     assert all(isinstance(r["question"], str) and isinstance(r["answer"], str) for r in records)
+    if not config.startswith(("real_authors", "world_facts")):
+        assert len(records) % QA_PER_AUTHOR == 0  # whole authors, 20 questions each
     if config.endswith("_perturbed"):
         n_perturbed = 3 if config.startswith(("real_authors", "world_facts")) else 5
         assert all(len(r["perturbed_answer"]) == n_perturbed for r in records)
-    if config in ("forget10_perturbed", "retain_perturbed"):
+    if config in ("forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed"):
         assert all(r["paraphrased_answer"] and r["paraphrased_question"] for r in records)
 
 
-def test_real_tofu_splits_partition_full(tofu_dir):
+def test_real_tofu_splits_partition_full(tofu_dir, tofu_is_excerpt):
     full = load_tofu(tofu_dir, "full")
     for forget in ("forget01", "forget05", "forget10"):
         forget_cfg, retain_cfg, perturbed_cfg = forget_retain_configs(forget)
@@ -113,7 +133,11 @@ def test_real_tofu_splits_partition_full(tofu_dir):
             (r["question"], r["answer"]) for r in forget_records
         ]
     retain_perturbed = load_tofu(tofu_dir, "retain_perturbed")
-    assert [r["question"] for r in retain_perturbed] == [r["question"] for r in full[:400]]
+    assert len(retain_perturbed) == (EXCERPT_SIZES if tofu_is_excerpt else TOFU_SIZES)["retain_perturbed"]
+    assert [r["question"] for r in retain_perturbed] == [r["question"] for r in full[: len(retain_perturbed)]]
+    for name in ("real_authors", "world_facts"):
+        plain, perturbed = load_tofu(tofu_dir, name), load_tofu(tofu_dir, f"{name}_perturbed")
+        assert [(r["question"], r["answer"]) for r in plain] == [(r["question"], r["answer"]) for r in perturbed]
 
 
 def test_real_tofu_first_record(tofu_dir):
@@ -126,6 +150,26 @@ def test_real_tofu_first_record(tofu_dir):
         "answer": "Paris",
         "perturbed_answer": ["Berlin", "London", "Madrid"],
     }
+
+
+def test_tofu_excerpt_is_small_complete_and_licensed():
+    """The committed excerpt: every config, the documented sizes, well under 300 KB, source and licence named."""
+    assert {p.stem for p in EXCERPT_DIR.glob("*.json")} == set(TOFU_CONFIGS) == set(EXCERPT_SIZES)
+    for config, size in EXCERPT_SIZES.items():
+        assert len(load_tofu(EXCERPT_DIR, config)) == size, config
+    assert sum(p.stat().st_size for p in EXCERPT_DIR.iterdir()) < 250_000
+    readme = (EXCERPT_DIR / "README.md").read_text(encoding="utf-8")
+    for needle in ("locuslab/TOFU", "Maini", "TOFU: A Task of Fictitious Unlearning for LLMs", "MIT", "Copyright"):
+        assert needle in readme
+
+
+def test_tofu_excerpt_rows_are_the_full_copys_lines(tofu_full_dir):
+    """Each excerpt file is a subsequence of the full copy's file, line for line and byte for byte."""
+    for config in TOFU_CONFIGS:
+        source = (tofu_full_dir / f"{config}.json").read_text(encoding="utf-8").splitlines()
+        rows = iter(source)
+        for line in (EXCERPT_DIR / f"{config}.json").read_text(encoding="utf-8").splitlines():
+            assert any(line == row for row in rows), f"{config}.json: a row not in order in {tofu_full_dir}"
 
 
 def test_forget_retain_configs():

@@ -2,20 +2,33 @@
 
 The logs (``BS_REF_TOFU_LOGS``) hold per-item losses, truth ratios, ROUGE and generations of the model
 finetuned on all of TOFU ("full") and of its retain90 twin. Every number below is recomputed from the
-per-item fields by bs_ref.metrics; the expected constants are the published ones.
+per-item fields by bs_ref.metrics; the expected constants are the published ones. The golden values need the
+logs themselves (no excerpt of them is committed): those tests skip, saying so, when BS_REF_TOFU_LOGS is unset.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bs_ref.metrics import tofu
-from bs_ref.metrics.__main__ import main as cli_main
+
+METRICS_CLI = Path(__file__).resolve().parent.parent / "experiments" / "metrics_cli.py"
+
+
+def cli_main(argv: list[str]) -> int:
+    """``main`` of experiments/metrics_cli.py (the metrics command line), called in-process."""
+    spec = importlib.util.spec_from_file_location("metrics_cli", METRICS_CLI)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
 
 FULL = "llama2-7b_full_wd0.01.json"
 RETAIN = "llama2-7b_retain90_wd0.01.json"
@@ -83,7 +96,7 @@ def test_own_format_round_trip(logs, tmp_path):
 
 
 def test_cli_aggregate_prints_the_golden_json(tofu_logs_dir):
-    cmd = [sys.executable, "-m", "bs_ref.metrics", "aggregate", "--log", str(tofu_logs_dir / FULL)]
+    cmd = [sys.executable, str(METRICS_CLI), "aggregate", "--log", str(tofu_logs_dir / FULL)]
     cmd += ["--retain-log", str(tofu_logs_dir / RETAIN), "--convention", "tofu"]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     assert out["forget_quality"] == pytest.approx(1.834e-21, rel=1e-3)
@@ -94,13 +107,17 @@ def test_cli_aggregate_prints_the_golden_json(tofu_logs_dir):
     assert out["real_authors_rouge"] == pytest.approx(0.933, abs=1e-9)
 
 
-def test_cli_rejects_bad_input(tmp_path, tofu_logs_dir, capsys):
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    """Needs no logs: a file that is no log, and a missing file."""
     bad = tmp_path / "bad.json"
     bad.write_text('{"something": 1}')
     assert cli_main(["aggregate", "--log", str(bad)]) == 2
     assert "neither" in capsys.readouterr().err
     assert cli_main(["aggregate", "--log", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_retain_log_without_forget_split(tmp_path, tofu_logs_dir, capsys):
     only_retain = tofu.write_eval_log(
         tmp_path / "r.json", {"retain": tofu.load_locuslab_log(tofu_logs_dir / FULL)["retain"]}
     )
