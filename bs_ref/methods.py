@@ -353,8 +353,9 @@ class BSS(Method):
               "must be a number >= 0 (> 0 for npo)")  # fmt: skip
         try:
             self.base_method.validate()
-        except ValueError as error:
-            raise ValueError(f"bs_s base: {error} (set it through bs_s:base_beta)") from None
+        except ValueError as error:  # a base's β is BS-S's base_beta; its λ, k, τ are BS-S's own fields
+            hint = " (set it through bs_s:base_beta)" if ":beta=" in str(error) else ""
+            raise ValueError(f"bs_s base: {error}{hint}") from None
         _need(self, _pos_int(self.n_beliefs), "n_beliefs", "must be an integer >= 1")
         _need(self, self.regime in REGIMES, "regime", f"choose one of {', '.join(REGIMES)}")
         _need(self, _finite(self.refresh_epochs) and self.refresh_epochs >= 0, "refresh_epochs",

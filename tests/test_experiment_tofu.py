@@ -1,11 +1,14 @@
-"""experiments/tofu.py and bs_ref.experiment: the TOFU protocol end to end, resume, real data, bad input.
+"""experiments/tofu.py end to end: the protocol, resume, Ctrl-C, divergence, collapse, real data, bad input.
 
-- the smoke preset end to end: every method, every output file, every number in its range;
-- resume: a rerun keeps finished results, adds new methods, recovers from an interruption, and refuses to mix
-  settings without --overwrite;
-- the real-TOFU path on the local copy (BS_REF_TOFU_DIR) with a tiny model trained here on one author;
-- bad input: one ValueError naming the input;
-- matched forgetting, summaries and atomic writes on synthetic curves (hypothesis).
+- the smoke preset end to end: every method, every output file, every number in its range, the versions;
+- resume: a rerun keeps finished results, adds new methods, recovers from Ctrl-C (exit 130, one line saying what
+  is kept), and refuses to mix settings without --overwrite;
+- a NaN run stops with one line naming the method, the seed and the fix, every other result kept; a collapsed
+  model (huge learning rate) is a result, reported like any other;
+- the real-TOFU path on the local copy (BS_REF_TOFU_DIR, else the committed excerpt) with a tiny model trained here;
+- bad input: one ValueError naming every bad input, before anything is written.
+
+The parts of the protocol have their own tests: tests/test_protocol_*.py.
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from bs_ref import experiment as ex
+from bs_ref.metrics.leakage import BANDS
+from bs_ref.protocol.store import REFERENCE_METHODS
+from bs_ref.unlearn import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "tofu.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPLIT_KINDS = ("forget", "retain", "real_authors", "world_facts")
 
 
 def _load_script():
@@ -55,7 +58,7 @@ def model_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, model_cache):
     out = tmp_path_factory.mktemp("smoke") / "run"
-    argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--progress", "false"]
+    argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress"]
     report = tofu.main(argv)
     return out, report, argv
 
@@ -82,14 +85,14 @@ def test_smoke_writes_every_output(smoke_run):
         path = out / "plots" / name
         assert path.is_file() and path.read_bytes()[:8] == PNG_MAGIC, name
     for method in tofu.DEFAULT_METHODS:
-        seed_dir = "shared" if method in tofu.REFERENCE_METHODS else "seed0"
+        seed_dir = "shared" if method in REFERENCE_METHODS else "seed0"
         directory = out / "methods" / method / seed_dir
         assert (directory / "result.json").is_file(), method
         if method != "retrain":
             evaluation = json.loads((directory / "eval.json").read_text())
-            assert set(evaluation["splits"]) == set(tofu.SPLIT_KINDS)
-            assert all(evaluation["splits"][k] for k in tofu.SPLIT_KINDS)
-        if method not in tofu.REFERENCE_METHODS:
+            assert set(evaluation["splits"]) == set(SPLIT_KINDS)
+            assert all(evaluation["splits"][k] for k in SPLIT_KINDS)
+        if method not in REFERENCE_METHODS:
             log = (directory / "train_log.jsonl").read_text().splitlines()
             assert json.loads(log[0])["event"] == "start" and json.loads(log[-1])["event"] == "end"
     assert not list(out.rglob("*.tmp")), "a temporary file was left behind"
@@ -115,8 +118,9 @@ def test_smoke_summary_values_in_range(smoke_run):
 def test_smoke_curves_and_config(smoke_run):
     out, report, argv = smoke_run
     config = json.loads((out / "config.json").read_text())
-    for key in ("torch", "transformers", "bs_ref"):
-        assert config["versions"][key]
+    for key in ("torch", "transformers", "tokenizers", "numpy", "scipy", "accelerate", "rouge_score", "bs_ref"):
+        assert config["versions"][key], key
+    assert config["versions"]["cpu_capability"] and "ATEN_CPU_CAPABILITY" in config["versions"]
     conventions = config["conventions"]
     assert conventions["template"] == "plain" and conventions["metric_convention"] == "tofu"
     assert conventions["bs_s_regime"] == "off_policy"
@@ -128,9 +132,9 @@ def test_smoke_curves_and_config(smoke_run):
         assert steps[0] == 0 and steps == sorted(set(steps)) and len(steps) >= 2
         assert result["curve"][0] == start  # every curve starts at the original model
         assert result["config"]["lr"] == config["identity"]["lr"]  # equal budgets
-        for point in result["curve"]:
+        for point in result["curve"]:  # a band may be missing (no candidates on this kernel path) or empty (None)
             assert point["target_logprob"] <= 0
-            assert all(point[f"band_{b}_logprob"] is None or point[f"band_{b}_logprob"] <= 0 for b in ex.BANDS)
+            assert all(point.get(f"band_{b}_logprob") is None or point[f"band_{b}_logprob"] <= 0 for b in BANDS)
     table = (out / "table.md").read_text()
     assert "python experiments/tofu.py " + " ".join(argv) in table
     assert "| bs_t |" in table and "At matched forgetting" in table
@@ -163,26 +167,31 @@ def test_resume_adds_only_new_methods(smoke_run, tmp_path, model_cache):
     assert _mtimes(out) == after
 
 
-def test_interrupted_run_resumes_and_overwrite_is_explicit(tmp_path, model_cache, monkeypatch):
+def test_interrupted_run_resumes_and_overwrite_is_explicit(tmp_path, model_cache, monkeypatch, capsys):
     out = tmp_path / "run"
-    argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--progress", "false",
+    argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
             "--methods", "original", "ga", "ga_scaled", "--epochs", "1"]  # fmt: skip
-    real_run_method, calls = tofu.run_method, []
+    real_unlearn, calls = tofu.unlearn, []
 
     def interrupted(*args, **kwargs):
-        calls.append(args[6])
+        calls.append(args[4].method.name)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # the run dies inside the second method
-        return real_run_method(*args, **kwargs)
+            raise KeyboardInterrupt  # Ctrl-C inside the second method
+        return real_unlearn(*args, **kwargs)
 
-    monkeypatch.setattr(tofu, "run_method", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(tofu, "unlearn", interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
         tofu.main(argv)
+    assert stopped.value.code == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: kept 2 finished result(s) in {out} (original, ga seed 0); the same command")
+    assert last.endswith("python experiments/tofu.py " + " ".join(argv))
     assert (out / "methods/ga/seed0/result.json").is_file()
     assert not (out / "methods/ga_scaled/seed0/result.json").exists()
     finished = _mtimes(out)
 
-    monkeypatch.setattr(tofu, "run_method", real_run_method)
+    monkeypatch.setattr(tofu, "unlearn", real_unlearn)
     tofu.main(argv)
     assert (out / "methods/ga_scaled/seed0/result.json").is_file()
     assert {k: v for k, v in _mtimes(out).items() if k in finished} == finished
@@ -194,7 +203,49 @@ def test_interrupted_run_resumes_and_overwrite_is_explicit(tmp_path, model_cache
     tofu.main(argv + ["--lr", "1e-3", "--overwrite", "--methods", "ga"])
     new = json.loads(ga.read_text())
     assert new["config"]["lr"] == 1e-3 and old["config"]["lr"] != 1e-3
+    assert new["config"]["method"] == {"name": "ga", "gamma": 1.0}
     assert not (out / "methods/ga_scaled").exists()  # --overwrite replaced the old results
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A NaN run stops with one line; a collapsed model is a result
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_diverged_method_is_one_line_and_every_other_result_is_kept(tmp_path, model_cache, monkeypatch, capsys):
+    out = tmp_path / "nan"
+    argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
+            "--methods", "original", "ga", "npo", "--epochs", "1"]  # fmt: skip
+    real_unlearn = tofu.unlearn
+    message = (
+        "unlearning diverged: the forget loss is nan at step 1 (epoch 0.50) of method 'ga' with lr=0.003; "
+        "lower the learning rate (or keep max_grad_norm set)"
+    )  # the loop's own error when the loss is NaN
+
+    def diverging(model, tokenizer, forget, retain, cfg, *args, **kwargs):
+        if cfg.method.name == "ga":
+            raise NonFiniteLossError(message)
+        return real_unlearn(model, tokenizer, forget, retain, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(tofu, "unlearn", diverging)
+    capsys.readouterr()
+    report = tofu.main(argv)
+    lines = [x for x in capsys.readouterr().err.splitlines() if "ga seed 0 stopped" in x]
+    assert len(lines) == 1 and "lower --lr" in lines[0] and lines[0].endswith(message)
+    assert report["diverged"] == [f"ga seed 0: {message}"]
+    assert [r["method"] for r in _read_csv(out / "summary.csv")] == ["original", "npo"]
+    assert "## Diverged" in report["table"] and "- ga seed 0: unlearning diverged" in report["table"]
+
+
+def test_a_collapsed_model_is_a_result(tmp_path, model_cache):
+    out = tmp_path / "collapse"
+    report = tofu.main(["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
+                        "--methods", "original", "retrain", "ga", "bs_s", "--epochs", "2", "--lr", "5"])  # fmt: skip
+    rows = {r["method"]: r for r in _read_csv(out / "summary.csv")}
+    assert set(rows) == {"original", "retrain", "ga", "bs_s"} or report["diverged"]
+    for method in set(rows) - set(REFERENCE_METHODS):
+        assert 0 <= _float(rows[method]["model_utility"]) <= 1 or rows[method]["model_utility"] == ""
+    assert (out / "table.md").is_file()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -230,7 +281,7 @@ def tiny_tofu_models(tofu_dir, tmp_path_factory):
 
 def test_real_tofu_path(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
     out = tmp_path / "real"
-    common = ["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--progress", "false",
+    common = ["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--no-progress",
               "--cache-dir", str(model_cache), "--max-new-tokens", "12"]  # fmt: skip
     argv = common + ["--out", str(out), "--model", str(tiny_tofu_models / "original"),
                      "--retain-model", str(tiny_tofu_models / "retain"),
@@ -295,6 +346,11 @@ def synthetic_dir(tmp_path_factory) -> Path:
         (["--data", "synthetic", "--model", "some/model"], "need real data"),
         (["--convention", "median"], "median"),
         (["--preset", "huge"], "preset"),
+        (["--lr", "-1"], r"^--lr -1.0 is invalid: must be a positive number"),
+        (["--lam", "1.5"], r"^--lam 1.5 is invalid: must lie in \[0, 1\]"),
+        (["--methods", "bs_t:lam=1.5"], r"^bs_t:lam=1.5 is invalid"),
+        (["--npo-beta", "0.2"], None),  # gone: npo:beta=0.2 in --methods
+        (["--data", "/nonexistent", "--lr", "0"], r"^5 problems with the arguments:\n  - --data /nonexistent does not"),
     ],
 )
 def test_bad_arguments(tmp_path, extra, message):
@@ -351,171 +407,3 @@ def test_cli_prints_one_line_error(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown method 'nonsense'")
     assert "Traceback" not in proc.stderr
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Method specs, presets
-# ------------------------------------------------------------------------------------------------------------
-
-
-def test_presets_and_method_specs():
-    paper = tofu.parse_args(["--preset", "paper"])
-    assert (paper.lr, paper.epochs, paper.batch_size * paper.grad_accum, paper.weight_decay, paper.warmup) == (
-        1e-5, 10, 32, 0.01, 1.0)  # fmt: skip
-    assert paper.bf16 and paper.template == "chat"
-    assert tofu.parse_args(["--preset", "paper", "--lr", "3e-5"]).lr == 3e-5  # flags beat the preset
-    args = tofu.parse_args(["--grid", "--methods", "bs_t", "ga_scaled"])
-    names = [name for name, _, _ in tofu.resolve_methods(args)]
-    assert names[:2] == ["bs_t", "ga_scaled"] and "bs_t:temperature=1" not in names
-    assert {"bs_t:lam=0.6", "bs_t:temperature=4", "bs_t:lam=0.6,temperature=2", "ga_scaled:lam=0.6"} <= set(names)
-    assert len(names) == len(set(names)) == 2 + 5 + 1  # τ×λ = 6 BS-T variants (one is bs_t), GA×(1−λ) at λ=0.6
-    cfg = tofu.unlearn_config(args, "bs_t", {"temperature": 2.0, "lam": 0.6}, seed=3)
-    assert (cfg.temperature, cfg.lam, cfg.seed, cfg.lr) == (2.0, 0.6, 3, args.lr)
-    assert tofu.method_dirname("bs_t:lam=0.6,temperature=2") == "bs_t__lam-0.6_temperature-2"
-
-
-# ------------------------------------------------------------------------------------------------------------
-# bs_ref.experiment on synthetic curves
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _curve(drops, utilities, leaks=None):
-    leaks = leaks or [0.0] * len(drops)
-    return [
-        {"step": 5 * i, "target_logprob": -d, "model_utility": u, "fact_leak": f}
-        for i, (d, u, f) in enumerate(zip(drops, utilities, leaks))
-    ]
-
-
-def test_matched_forgetting_reads_each_curve_at_the_common_level():
-    curves = {
-        "fast": _curve([0.0, 2.0, 4.0, 6.0], [0.9, 0.8, 0.7, 0.6]),
-        "slow": _curve([0.0, 1.0, 2.0, 3.0], [0.9, 0.88, 0.86, 0.84]),
-    }
-    level, at = ex.matched_forgetting(curves, "target_drop", ["model_utility"])
-    assert level == pytest.approx(0.9 * 3.0)  # 0.9 × the most forgetting both methods reach
-    assert at["slow"]["model_utility"] == pytest.approx(0.846) and at["slow"]["step"] == pytest.approx(13.5)
-    assert at["fast"]["model_utility"] == pytest.approx(0.765) and at["fast"]["step"] == pytest.approx(6.75)
-    assert ex.common_level(curves, "target_drop", margin=1.0) == pytest.approx(3.0)
-
-
-def test_matched_forgetting_on_fact_leak_and_nothing_forgotten():
-    curves = {
-        "a": _curve([0, 1, 2], [0.9, 0.8, 0.7], leaks=[1.0, 0.5, 0.25]),
-        "b": _curve([0, 1, 2], [0.9, 0.85, 0.8], leaks=[1.0, 0.75, 0.5]),
-    }
-    level, at = ex.matched_forgetting(curves, "fact_unleaked", ["model_utility"])
-    assert level == pytest.approx(0.45)  # both reach a leak rate of 0.5; matched at 0.9 × that forgetting
-    assert at["a"]["model_utility"] == pytest.approx(0.81) and at["b"]["model_utility"] == pytest.approx(0.81)
-    flat = {"a": _curve([0, 0, 0], [0.9, 0.9, 0.9]), "b": _curve([0, -1, -2], [0.9] * 3)}
-    level, at = ex.matched_forgetting(flat, "target_drop", ["model_utility"])
-    assert math.isnan(level) and at == {"a": None, "b": None}
-
-
-def test_one_weak_method_does_not_set_the_matched_level():
-    curves = {
-        "weak": _curve([0.0, 0.02, 0.04], [0.9, 0.9, 0.9]),
-        "a": _curve([0.0, 1.0, 2.0], [0.9, 0.8, 0.7]),
-        "b": _curve([0.0, 2.0, 3.0], [0.9, 0.85, 0.8]),
-        "c": _curve([0.0, 3.0, 5.0], [0.9, 0.6, 0.5]),
-    }
-    level, at = ex.matched_forgetting(curves, "target_drop", ["model_utility"])
-    assert level == pytest.approx(0.9 * 2.0)  # lower median of the maxima 0.04, 2, 3, 5: half the methods reach it
-    assert at["weak"] is None  # not reached: no value is made up for it
-    assert at["a"]["model_utility"] == pytest.approx(0.72) and at["b"]["model_utility"] == pytest.approx(0.855)
-    level_min, at_min = ex.matched_forgetting(curves, "target_drop", ["model_utility"], policy="min")
-    assert level_min == pytest.approx(0.036) and all(v is not None for v in at_min.values())
-    with pytest.raises(ValueError, match="policy"):
-        ex.common_level(curves, "target_drop", policy="max")
-
-
-def test_matched_table_reports_methods_that_do_not_reach_the_level():
-    tofu = _load_script()
-    results = [
-        {"method": m, "seed": s, "curve": _curve(d, [0.9, 0.8, 0.7], leaks=[1.0, 0.6, 0.4])}
-        for s in (0, 1)
-        for m, d in (("weak", [0.0, 0.01, 0.03]), ("a", [0.0, 1.0, 2.0]), ("b", [0.0, 2.0, 4.0]))
-    ]
-    for r in results:
-        for p in r["curve"]:
-            p.update({f"band_{b}_logprob": -1.0 for b in ex.BANDS}, mem=0.1, log10_forget_quality=-3.0)
-    rows, levels = tofu.matched_rows(results, [0, 1])
-    assert levels["target_drop"] == pytest.approx(1.8)
-    weak = [r for r in rows if r["measure"] == "target_drop" and r["method"] == "weak"]
-    assert len(weak) == 2 and not any(r["reached"] for r in weak) and weak[0]["max_forgetting"] == pytest.approx(0.03)
-    table = tofu.format_matched([r for r in rows if r["measure"] == "target_drop"], "target_drop")
-    assert "| weak | not reached (best: 0.030 nats) |" in table
-    assert "| a | 2/2 seeds | 9.000 ± 0.000 | 0.720 ± 0.000 |" in table
-    given = tofu.matched_rows(results, [0, 1], {"target_drop": 1.0, "fact_unleaked": 0.5})[1]
-    assert given == {"target_drop": 1.0, "fact_unleaked": 0.5}
-
-
-@given(
-    st.lists(st.floats(0, 5), min_size=2, max_size=11),
-    st.lists(st.floats(0, 1), min_size=12, max_size=12),
-    st.floats(0.01, 1.0),
-)
-def test_interpolation_lies_between_the_crossing_evaluations(increments, utilities, fraction):
-    drops = np.concatenate([[0.0], np.cumsum(increments)])
-    curve = _curve(list(drops), utilities[: len(drops)])
-    if drops[-1] <= 0:
-        return
-    level = fraction * drops[-1]
-    point = ex.interpolate_at_level(curve, "target_drop", level, ["model_utility"])
-    i = int(np.argmax(drops >= level))
-    lo, hi = curve[max(i - 1, 0)], curve[i]
-    assert lo["step"] <= point["step"] <= hi["step"]
-    low_u, high_u = sorted((lo["model_utility"], hi["model_utility"]))
-    assert low_u - 1e-9 <= point["model_utility"] <= high_u + 1e-9
-    assert ex.interpolate_at_level(curve, "target_drop", drops[-1] + 1.0, ["model_utility"]) is None
-
-
-def test_summary_rows_mean_std_and_table():
-    results = [
-        {"method": "ga", "seed": s, "metrics": {"forget_quality": fq, "model_utility": 0.5, "fact_leak": None}}
-        for s, fq in ((0, 0.1), (1, 0.3), (2, 0.2))
-    ] + [{"method": "original", "seed": None, "metrics": {"forget_quality": 1e-5, "model_utility": 0.6}}]
-    rows = ex.summary_rows(results)
-    mean = next(r for r in rows if r["method"] == "ga" and r["seed"] == "mean")
-    std = next(r for r in rows if r["method"] == "ga" and r["seed"] == "std")
-    assert mean["forget_quality"] == pytest.approx(0.2) and std["forget_quality"] == pytest.approx(0.1)
-    assert mean["fact_leak"] == ""  # no values: empty, not zero
-    table = ex.format_table(rows)
-    assert "| ga | 0.200 ± 0.100 |" in table and "fact leak" not in table
-    assert "1.00e-05" in table
-
-
-def test_leak_while_forgotten_flags_only_methods_the_standard_metrics_call_forgotten():
-    def result(method, leak, rouge, tr, seed=0):
-        metrics = {"fact_leak": leak, "forget_rougeL": rouge, "forget_truth_ratio": tr, "forget_quality": 0.1}
-        return {"method": method, "seed": seed, "metrics": metrics}
-
-    results = [
-        result("original", 1.0, 0.95, 0.30, seed=None),
-        result("retrain", 0.0, 0.40, 0.60, seed=None),
-        result("ga", 0.5, 0.38, 0.62),  # both metrics at the retain level, the fact still leaks
-        result("npo", 0.5, 0.90, 0.60),  # ROUGE-L says remembered, truth ratio says forgotten
-        result("wga", 0.0, 0.30, 0.70),  # forgotten and no leak: not flagged
-        result("simnpo", 0.9, 0.90, 0.30),  # leaks, and the standard metrics see it: not flagged
-    ]
-    flagged = tofu.leak_while_forgotten(ex.summary_rows(results))
-    assert flagged == [
-        "ga: fact leak 0.50 (retain model 0.00) while ROUGE-L and truth ratio are at the retain model's level",
-        "npo: fact leak 0.50 (retain model 0.00) while truth ratio is at the retain model's level",
-    ]
-    assert tofu.leak_while_forgotten(ex.summary_rows(results[2:])) == []  # no retain model: nothing to compare
-
-
-def test_atomic_writes_and_run_dir_identity(tmp_path):
-    path = ex.write_json(tmp_path / "a" / "x.json", {"v": float("nan"), "w": np.float32(1.5)})
-    assert json.loads(path.read_text()) == {"v": None, "w": 1.5}
-    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
-    store = ex.RunDir(tmp_path / "run", {"lr": 1.0})
-    ex.write_json(store.path("config.json"), {"identity": store.identity})
-    store.save_result("ga", 0, {"metrics": {}}, {"splits": {}})
-    assert store.is_finished("ga", 0) and (store.method_dir("ga", 0) / "eval.json").is_file()
-    ex.RunDir(tmp_path / "run", {"lr": 1.0})  # same settings: resume
-    with pytest.raises(ValueError, match="differing: lr.*--overwrite"):
-        ex.RunDir(tmp_path / "run", {"lr": 2.0})
-    ex.RunDir(tmp_path / "run", {"lr": 2.0}, overwrite=True)
-    assert not store.is_finished("ga", 0)

@@ -17,8 +17,8 @@ from transformers import LlamaForCausalLM
 from bs_ref import unlearn as unlearn_module
 from bs_ref.data.tofu import QADataset, collate_train
 from bs_ref.losses import mean_token_logprob
-from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_causal_lm, train_tokenizer
 from bs_ref.methods import METHODS, make_method
+from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_causal_lm, train_tokenizer
 from bs_ref.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
 
 COLOURS = ["red", "blue", "green", "amber", "violet", "silver"]

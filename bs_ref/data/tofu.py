@@ -123,7 +123,8 @@ def forget_retain_configs(forget: str) -> tuple[str, str, str]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _is_hub_name(source: str) -> bool:
+def is_hub_name(source: str) -> bool:
+    """Whether ``source`` reads as a hub dataset name ``owner/name`` rather than a local path."""
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source))
 
 
@@ -141,7 +142,7 @@ def load_tofu(source: str | Path, config: str) -> list[dict]:
         if not path.is_dir():
             raise ValueError(f"TOFU source {str(source)!r} is a file; pass the directory that holds {config}.json")
         return _load_local(path, config)
-    if isinstance(source, str) and _is_hub_name(source):
+    if isinstance(source, str) and is_hub_name(source):
         return _load_hub(source, config)
     raise ValueError(
         f"TOFU source {str(source)!r} is neither an existing directory nor a hub dataset name "

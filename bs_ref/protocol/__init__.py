@@ -1,0 +1,21 @@
+"""The experiment protocol: everything an unlearning experiment does besides choosing its settings.
+
+``experiments/tofu.py`` reads top to bottom (arguments → data → models → for seed, for method: unlearn →
+evaluate → report); the parts it calls live here, one job per module:
+
+- ``cli``: the command line built from dataclasses (the experiment's own, the library's configs, the methods'
+  run-wide hyper-parameters), presets, method specs and labels, and one message for every argument problem;
+- ``data``: the data source and its splits (``DataConfig``, ``load_data``);
+- ``models``: the original model and its retain twin, and the device (``ModelConfig``, ``load_models``);
+- ``evaluate``: full and light evaluations, belief bands, the reference models (``EvalConfig``, ``Evaluator``);
+- ``store``: the run directory — atomic writes, resume, the identity check, provenance (``RunDir``);
+- ``tables``: summary rows, per-method statistics, CSV and Markdown tables;
+- ``matched``: comparing methods at matched forgetting, read off their curves;
+- ``plots``: the figures (matplotlib, optional);
+- ``report``: summary.csv, matched.csv, table.md and the plots of a run.
+
+Imports run one way, with no circle: ``cli`` ← ``data`` ← ``models``; ``store`` ← ``tables`` ← ``matched`` ←
+``plots`` ← ``report``; ``evaluate`` uses ``cli``, ``data``, ``matched`` and ``store``. The package uses
+``bs_ref.data``, ``bs_ref.models``, ``bs_ref.metrics`` and ``bs_ref.methods``; nothing else in ``bs_ref``
+imports it, and it imports nothing from ``experiments``.
+"""

@@ -1,0 +1,320 @@
+"""Evaluating models the same way for every method: the full evaluation, the light one along training, the
+belief bands, and the reference models (original, retain twin).
+
+- ``Evaluator.full``: every TOFU metric on every split, per item (``bs_ref.metrics.tofu.evaluate``; greedy
+  answers, plus ``--leak-samples`` sampled answers per forget item where the data has facts);
+  ``Evaluator.aggregate`` the summary numbers (docs/theory.md §6) and ``summary_metrics`` those of
+  ``summary.csv``.
+- ``Evaluator.curve_point``: the light evaluation run every ``--eval-every`` steps: the forget answers' mean
+  token log-prob, the belief bands' mean log-probs, and FQ, MU, Mem, the fact-leak rate ... on
+  ``--curve-items`` items per utility split and the whole forget split (``--curve-forget-items``). A point
+  lacks the band keys when the original model gave no band candidates, and a band is None when it is empty.
+- ``Evaluator.build_bands``: the original model's high/mid/low-likelihood candidate answers to the curve
+  forget questions, the target itself excluded (the squeezing trace; docs/theory.md SEQ1, SEQ2).
+- ``references``: the retain model's per-item forget results (every FQ needs them), the ``retrain`` and
+  ``original`` rows, the belief bands and the step-0 point every curve starts from, computed once per run
+  directory and reused on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, normalise, score_belief_bands
+from bs_ref.metrics.tofu import (
+    CONVENTIONS,
+    EVAL_FORMAT,
+    aggregate,
+    evaluate,
+    generate_answers,
+    max_answer_tokens,
+    read_eval_log,
+)
+from bs_ref.protocol.cli import arg
+from bs_ref.protocol.data import Data
+from bs_ref.protocol.matched import FORGETTING_MEASURES
+from bs_ref.protocol.store import RunDir, read_json, write_json
+
+CURVE_METRICS = (
+    "forget_quality",
+    "log10_forget_quality",
+    "model_utility",
+    "mem",
+    "util",
+    "agg",
+    "fact_leak",
+    "fact_leak_rate_paraphrased_question",
+    "fact_logprob",
+    "heldout_prob",
+    "forget_rouge",
+    "forget_truth_ratio",
+)
+"""Aggregate numbers recorded at every evaluation during training (besides the log-probs)."""
+
+
+@dataclass
+class EvalConfig:
+    """How models are evaluated (the same for every method)."""
+
+    convention: str = arg("tofu", f"metric convention of bs_ref.metrics: {' | '.join(CONVENTIONS)}")
+    curve_items: int = arg(16, "items per utility split in the light evaluations")
+    curve_forget_items: int = arg(0, "forget items in the light evaluations; 0: all of them (matched fact-leak "
+                                  "needs every item)")  # fmt: skip
+    max_new_tokens: int = arg(0, "greedy answer budget; 0: longest reference answer + 8 tokens (TOFU: 200)")
+    eval_batch_size: int = arg(32, "batch size of scoring and generation")
+    band_samples: int = arg(9, "candidates sampled per forget question for the belief bands")
+    band_temperature: float = arg(1.0, "sampling temperature of the band candidates")
+    leak_samples: int = arg(5, "sampled answers per forget item for the any-of-N fact leak (final evaluation)")
+    fluency_classifier: str | None = arg(None, "local text-classification checkpoint for Fluency (default: "
+                                         "offline proxy)")  # fmt: skip
+
+
+def problems(cfg: EvalConfig) -> list[str]:
+    """Every problem of the evaluation settings."""
+    out = []
+    if cfg.convention not in CONVENTIONS:
+        out.append(f"--convention {cfg.convention} is unknown; choose one of {', '.join(CONVENTIONS)}")
+    if cfg.curve_items < 2:
+        out.append(f"--curve-items must be >= 2, got {cfg.curve_items}")
+    if cfg.curve_forget_items == 1 or cfg.curve_forget_items < 0:
+        out.append(f"--curve-forget-items must be 0 (all) or >= 2, got {cfg.curve_forget_items}")
+    for name in ("eval_batch_size", "band_samples"):
+        if getattr(cfg, name) < 1:
+            out.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("max_new_tokens", "leak_samples"):
+        if getattr(cfg, name) < 0:
+            out.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not (math.isfinite(cfg.band_temperature) and cfg.band_temperature > 0):
+        out.append(f"--band-temperature must be > 0, got {cfg.band_temperature}")
+    return out
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all of them when k >= n)."""
+    if k >= n:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+class Evaluator:
+    """Full and light evaluations of a model, sharing the retain model's forget items and the belief bands."""
+
+    def __init__(self, cfg: EvalConfig, data: Data, tokenizer):
+        self.cfg, self.data, self.tokenizer, self.template = cfg, data, tokenizer, data.template
+        self.max_new_tokens = cfg.max_new_tokens or max_answer_tokens(
+            tokenizer, [r for split in data.evaluation.values() for r in split]
+        )
+        self.curve_index = {k: spread(len(v), self.curve_size(k, len(v))) for k, v in data.evaluation.items()}
+        self.curve_splits = {k: [v[i] for i in self.curve_index[k]] for k, v in data.evaluation.items()}
+        self.retain_forget_items: list[dict] | None = None
+        self.bands: BeliefBands | None = None
+
+    def curve_size(self, split: str, n: int) -> int:
+        """Items of ``split`` in the light evaluations: the whole forget split unless --curve-forget-items."""
+        if split == "forget":
+            return self.cfg.curve_forget_items or n
+        return self.cfg.curve_items
+
+    def full(self, model, seed: int = 0) -> dict[str, list[dict]]:
+        """Per-item results of every split (greedy, plus sampled answers for the any-of-N fact leak)."""
+        return evaluate(
+            model,
+            self.tokenizer,
+            self.data.evaluation,
+            self.template,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.cfg.eval_batch_size,
+            num_samples=self.cfg.leak_samples if self.data.has_facts else 0,
+            seed=seed,
+        )
+
+    def aggregate(self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None = None) -> dict:
+        """The summary numbers of per-item results (FQ against the retain model's forget items)."""
+        retain_forget = self.retain_forget_items if retain_forget is None else retain_forget
+        agg = aggregate(per_split, retain_forget, self.cfg.convention, fluency_classifier=self.cfg.fluency_classifier)
+        agg["fact_leak"] = agg.get("fact_leak_rate")
+        return agg
+
+    def curve_point(self, step: int, model) -> dict:
+        """The light evaluation: log-probs of targets and bands on the curve items, and the aggregate
+        metrics on ``curve_items`` items per split (greedy answers, same budget as the full evaluation)."""
+        start = time.perf_counter()
+        per_split = evaluate(
+            model,
+            self.tokenizer,
+            self.curve_splits,
+            self.template,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.cfg.eval_batch_size,
+        )
+        retain_forget = None
+        if self.retain_forget_items is not None:
+            retain_forget = [self.retain_forget_items[i] for i in self.curve_index["forget"]]
+        agg = aggregate(per_split, retain_forget, self.cfg.convention, fluency_classifier=self.cfg.fluency_classifier)
+        point: dict[str, Any] = {"step": step}
+        point["target_logprob"] = float(np.mean([-it["nll_answer"] for it in per_split["forget"]]))
+        if self.bands is not None:
+            scores = score_belief_bands(model, self.tokenizer, self.bands, batch_size=self.cfg.eval_batch_size)
+            for band in BANDS:
+                point[f"band_{band}_logprob"] = scores.get(band)
+        agg["fact_leak"] = agg.get("fact_leak_rate")
+        for key in CURVE_METRICS:
+            point[key] = agg.get(key)
+        point["eval_s"] = time.perf_counter() - start
+        return point
+
+    def build_bands(self, original_model) -> BeliefBands | None:
+        """High/mid/low-likelihood candidate answers of the ORIGINAL model to the curve forget questions,
+        excluding the target answer itself (the squeeze is about the model's *other* beliefs); None when the
+        model gave no candidate besides the target."""
+        records = self.curve_splits["forget"]
+        questions = [r["question"] for r in records]
+        samples = generate_answers(
+            original_model,
+            self.tokenizer,
+            questions,
+            self.template,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.cfg.eval_batch_size,
+            num_samples=self.cfg.band_samples,
+            temperature=self.cfg.band_temperature,
+            seed=0,
+        )
+        candidates = [
+            [s for s in row if s.strip() and normalise(s) != normalise(r["answer"])] for row, r in zip(samples, records)
+        ]
+        if not any(candidates):
+            return None
+        keep = [i for i, c in enumerate(candidates) if c]
+        return build_belief_bands(
+            original_model,
+            self.tokenizer,
+            [questions[i] for i in keep],
+            [candidates[i] for i in keep],
+            template=self.template,
+            batch_size=self.cfg.eval_batch_size,
+        )
+
+    def payload(self, per_split: dict, **meta) -> dict:
+        """The ``eval.json`` of per-item results (``bs_ref.metrics.tofu.EVAL_FORMAT``)."""
+        return {"format": EVAL_FORMAT, "convention": self.cfg.convention,
+                "meta": {"template": self.template, **meta}, "splits": per_split}  # fmt: skip
+
+
+def conventions(settings: dict[str, Any], max_new_tokens: int) -> dict:
+    """The named conventions recorded in config.json (docs/theory.md §12), from the run's settings
+    ({flag name: value}) and the generation budget in effect."""
+    geometric = settings["convention"] != "arithmetic"
+    truth_ratio = "R = geomean_j P(perturbed_j) / P(paraphrased), P = exp(-mean token NLL)"
+    return {
+        "template": settings["template"],
+        "metric_convention": settings["convention"],
+        "forget_quality": "scipy.stats.ks_2samp p-value of per-item truth ratios vs the retain model (log10)",
+        "truth_ratio": truth_ratio if geometric else "R = mean_j P(perturbed_j) / P(paraphrased)",
+        "max_new_tokens": max_new_tokens,
+        "greedy_generation": True,
+        "bs_s_regime": settings["regime"],
+        "bs_s_select": settings["select"],
+        "bs_s_base": settings["base"],
+        "bs_t": {k: settings[k] for k in ("lam", "top_k", "temperature")},
+        "equal_budget": {k: settings[k] for k in ("lr", "epochs", "batch_size", "grad_accum", "max_steps")},
+        "curves": {
+            k: settings[k]
+            for k in ("eval_every", "curve_items", "curve_forget_items", "band_samples", "band_temperature")
+        }
+        | {"curve_forget_items": settings["curve_forget_items"] or "all"},
+        "matched_forgetting": FORGETTING_MEASURES,
+    }
+
+
+def summary_metrics(agg: dict) -> dict:
+    """The numbers of ``summary.csv`` from an ``aggregate`` dict."""
+    return {
+        "forget_quality": agg.get("forget_quality"),
+        "log10_forget_quality": agg.get("log10_forget_quality"),
+        "model_utility": agg.get("model_utility"),
+        "mem": agg.get("mem"),
+        "util": agg.get("util"),
+        "agg": agg.get("agg"),
+        "fact_leak": agg.get("fact_leak_rate"),
+        "fact_leak_paraphrased_question": agg.get("fact_leak_rate_paraphrased_question"),
+        "fact_leak_any_of_n": agg.get("fact_leak_rate_any_of_n"),
+        "fact_logprob": agg.get("fact_logprob"),
+        "heldout_prob": agg.get("heldout_prob"),
+        "forget_prob": agg.get("forget_prob"),
+        "forget_rougeL": agg.get("forget_rouge"),
+        "forget_truth_ratio": agg.get("forget_truth_ratio"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- references
+def references(store: RunDir, evaluator: Evaluator, original, retain_model, retain_logs: str | None, device: str,
+               want_retrain: bool, announce=print) -> tuple[dict, str | None]:  # fmt: skip
+    """Evaluate the reference models once per run directory; returns (the step-0 curve point, the note that
+    says why forget quality is skipped, or None).
+
+    In order: the retain model's per-item results (its ``eval.json``, or ``retain_logs``), which every FQ
+    compares against; the ``retrain`` row; the belief bands and the step-0 point of the original model
+    (``start.json``); the ``original`` row. Models are moved to ``device`` for their evaluation and back."""
+    retain_eval, note = None, None
+    retain_file = store.method_dir("retrain", None) / "eval.json"
+    if retain_model is not None:
+        if retain_file.is_file():
+            retain_eval = read_eval_log(retain_file)
+        else:
+            announce(f"evaluating the retain model on {sum(evaluator.data.info['n_eval'].values())} items")
+            retain_eval = evaluator.full(retain_model.to(device))
+            retain_model.to("cpu")
+            write_json(retain_file, evaluator.payload(retain_eval))
+    elif retain_logs:
+        retain_eval = _retain_logs(retain_logs, evaluator.data)
+    else:
+        note = "forget quality skipped: no retain model (--allow-no-retain); FQ needs the retain model's truth ratios"
+    if retain_eval is not None:
+        evaluator.retain_forget_items = retain_eval["forget"]
+    if want_retrain and not store.is_finished("retrain", None):
+        store.save_result("retrain", None, reference_result("retrain", evaluator.aggregate(retain_eval)))
+
+    original.to(device)
+    start_path = store.path("start.json")
+    if start_path.is_file():
+        start = read_json(start_path)
+        evaluator.bands = None if start.get("bands") is None else BeliefBands(**start["bands"])
+        start_point = start["point"]
+    else:
+        announce("belief bands and the step-0 evaluation of the original model")
+        evaluator.bands = evaluator.build_bands(original)
+        start_point = evaluator.curve_point(0, original)
+        bands = None if evaluator.bands is None else dataclasses.asdict(evaluator.bands)
+        write_json(start_path, {"point": start_point, "bands": bands})
+    if not store.is_finished("original", None):
+        per_split = evaluator.full(original)
+        result = reference_result("original", evaluator.aggregate(per_split))
+        result["curve"] = [start_point]
+        store.save_result("original", None, result, evaluator.payload(per_split))
+    original.to("cpu")
+    return start_point, note
+
+
+def reference_result(name: str, agg: dict) -> dict:
+    """The ``result.json`` of a reference method (no seed, no curve of its own)."""
+    return {"method": name, "seed": None, "metrics": summary_metrics(agg), "aggregate": agg, "curve": [], "steps": 0}
+
+
+def _retain_logs(path: str, data: Data) -> dict[str, list[dict]]:
+    retain_eval = read_eval_log(path)
+    if "forget" not in retain_eval:
+        raise ValueError(f"--retain-logs {path} has no forget split; give the retain model's full log")
+    n_forget = len(data.evaluation["forget"])
+    if len(retain_eval["forget"]) < n_forget:
+        raise ValueError(
+            f"--retain-logs {path} has {len(retain_eval['forget'])} forget items but the forget split has "
+            f"{n_forget}; give the log of the same forget split"
+        )
+    return {k: v[: len(data.evaluation[k])] for k, v in retain_eval.items() if k in data.evaluation}

@@ -1,0 +1,116 @@
+"""The models an experiment starts from, and the hardware it runs on.
+
+Synthetic data: the original model and its retain twin are trained here, from scratch or by fine-tuning
+SmolLM2 (``--model-preset``, ``bs_ref.models.PRESETS``), and cached by config hash
+(``bs_ref.models.get_or_train_pair``). Real data: ``--model`` (a checkpoint directory or hub id) and
+``--retain-model``, or ``--retain-logs`` (a locuslab/tofu evaluation log or an ``eval.json`` of this
+project) for forget quality, which needs the retain model's truth ratios (docs/theory.md §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bs_ref import models
+from bs_ref.protocol.cli import arg
+from bs_ref.protocol.data import Data, DataConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    """Which models, and where they run."""
+
+    model_preset: str = arg("default", "synthetic: model/training preset of bs_ref.models.PRESETS (default | "
+                            "smoke | smollm2)")  # fmt: skip
+    model: str | None = arg(None, "original (fine-tuned) model: local checkpoint or hub id; needs --data")
+    retain_model: str | None = arg(None, "retain-only twin: local checkpoint or hub id")
+    retain_logs: str | None = arg(None, "instead of --retain-model: a locuslab/tofu eval_log_aggregated.json or "
+                                  "this project's eval.json of the retain model")  # fmt: skip
+    allow_no_retain: bool = arg(False, "run without a retain model: forget quality is then skipped (and says why)")
+    cache_dir: str | None = arg(None, "model cache (default $BS_REF_CACHE or ~/.cache/bs_ref)")
+    device: str = arg("auto", "auto (CUDA when available) | cpu | cuda")
+    threads: int = arg(1, "torch CPU threads; 1 is fastest for the small from-scratch models (on a busy "
+                       "2-core machine extra threads spin: ~50x slower); the smollm2 preset uses 2")  # fmt: skip
+    bf16: bool = arg(False, "bf16 mixed precision (used only on CUDA)")
+
+    @property
+    def device_name(self) -> str:
+        """The device the run uses: ``auto`` resolved to cuda or cpu."""
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    @property
+    def mixed_precision(self) -> str:
+        """``accelerate``'s mixed-precision setting: bf16 only when asked for and on CUDA."""
+        return "bf16" if self.bf16 and self.device_name == "cuda" else "no"
+
+
+def problems(cfg: ModelConfig, data: DataConfig, methods: list[str]) -> list[str]:
+    """Every problem of the model settings given the data settings and the method names (nothing is loaded)."""
+    out = []
+    if cfg.threads < 1:
+        out.append(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.device not in DEVICES:
+        out.append(f"--device {cfg.device} is unknown; choose auto, cpu or cuda")
+    elif cfg.device == "cuda" and not torch.cuda.is_available():
+        out.append("--device cuda was asked for but CUDA is not available; use --device auto or cpu")
+    if data.synthetic:
+        if cfg.model or cfg.retain_model or cfg.retain_logs:
+            out.append("--model/--retain-model/--retain-logs need real data: pass --data locuslab/TOFU or a local "
+                       "TOFU directory (the synthetic benchmark trains its own pair; see --model-preset)")  # fmt: skip
+        if cfg.model_preset not in models.PRESETS:
+            out.append(f"--model-preset {cfg.model_preset} is unknown; choose one of {', '.join(models.PRESETS)}")
+        return out
+    if not cfg.model:
+        out.append(f"--data {data.data} needs --model (the fine-tuned original model: path or hub id)")
+    if cfg.retain_model and cfg.retain_logs:
+        out.append("give --retain-model or --retain-logs, not both")
+    if not (cfg.retain_model or cfg.retain_logs or cfg.allow_no_retain):
+        out.append("forget quality needs the retain model: pass --retain-model (path or hub id) or --retain-logs "
+                   "(its eval log), or --allow-no-retain to skip forget quality")  # fmt: skip
+    if cfg.retain_logs and not Path(cfg.retain_logs).is_file():
+        out.append(f"--retain-logs {cfg.retain_logs} does not exist; give the path of the JSON log")
+    for name in ("model", "retain_model"):
+        value = getattr(cfg, name)
+        if value and _looks_like_path(value) and not Path(value).expanduser().exists():
+            out.append(f"--{name.replace('_', '-')} {value} does not exist; give a checkpoint directory or a hub id "
+                       "(owner/name)")  # fmt: skip
+    if "retrain" in methods and not (cfg.retain_model or cfg.retain_logs):
+        out.append("method 'retrain' needs --retain-model or --retain-logs; drop it from --methods or add one")
+    return out
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).expanduser().exists()
+
+
+def load_models(cfg: ModelConfig, data: Data, progress: bool = True, announce: Callable[[str], None] | None = None):
+    """(original, retain model or None, tokenizer, info). Synthetic: the cached pair (trained on first use)."""
+    if data.benchmark_cfg is not None:
+        model_cfg, train_cfg = models.resolve_preset(cfg.model_preset)
+        train_cfg = dataclasses.replace(train_cfg, template=data.template)
+        original, retain, tokenizer, info = models.get_or_train_pair(
+            data.benchmark_cfg,
+            model_cfg,
+            cfg.cache_dir,
+            train_cfg=train_cfg,
+            forget=data.info["forget"],
+            progress=progress,
+            return_info=True,
+            announce=announce,
+        )
+        return original, retain, tokenizer, {"pair": info, "model_preset": cfg.model_preset}
+    original, tokenizer = models.load_model(cfg.model, cache_dir=cfg.cache_dir)
+    retain = None
+    if cfg.retain_model:
+        retain, _ = models.load_model(cfg.retain_model, cache_dir=cfg.cache_dir)
+    info = {"model": cfg.model, "retain_model": cfg.retain_model, "retain_logs": cfg.retain_logs}
+    return original, retain, tokenizer, info

@@ -1,0 +1,139 @@
+"""bs_ref.protocol.store, tables and report: the run directory, summary tables, table.md, plots.
+
+- atomic writes, the identity check, the one-line message of an interrupted run, the library versions;
+- summary rows with mean ± std, tables with "n/a" for a missing number;
+- the leak-while-forgotten lines;
+- the report of results whose curves lack belief bands, and without matplotlib (plots skipped, with the
+  install line).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from bs_ref.protocol import plots, report, tables
+from bs_ref.protocol.matched import given_levels
+from bs_ref.protocol.store import RunDir, versions, write_json
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_atomic_writes_and_run_dir_identity(tmp_path):
+    path = write_json(tmp_path / "a" / "x.json", {"v": float("nan"), "w": np.float32(1.5)})
+    assert json.loads(path.read_text()) == {"v": None, "w": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+    store = RunDir(tmp_path / "run", {"lr": 1.0})
+    write_json(store.path("config.json"), {"identity": store.identity})
+    store.save_result("bs_t:lam=0.6", 0, {"metrics": {}}, {"splits": {}})
+    assert store.method_dir("bs_t:lam=0.6", 0) == tmp_path / "run/methods/bs_t__lam-0.6/seed0"
+    assert store.is_finished("bs_t:lam=0.6", 0) and (store.method_dir("bs_t:lam=0.6", 0) / "eval.json").is_file()
+    assert store.load_result("bs_t:lam=0.6", 0)["method"] == "bs_t:lam=0.6"
+    RunDir(tmp_path / "run", {"lr": 1.0})  # same settings: resume
+    with pytest.raises(ValueError, match="differing: lr.*--overwrite"):
+        RunDir(tmp_path / "run", {"lr": 2.0})
+    RunDir(tmp_path / "run", {"lr": 2.0}, overwrite=True)
+    assert not store.is_finished("bs_t:lam=0.6", 0)
+
+
+def test_interrupted_message_says_what_is_kept_and_how_to_resume(tmp_path):
+    store = RunDir(tmp_path / "run", {})
+    store.save_result("original", None, {"metrics": {}})
+    store.save_result("ga", 0, {"metrics": {}})
+    line = store.interrupted(["original", "retrain", "ga", "npo"], [0, 1], "python experiments/tofu.py --seeds 0 1")
+    assert "\n" not in line
+    assert line == (f"interrupted: kept 2 finished result(s) in {store.root} (original, ga seed 0); the same "
+                    "command resumes where it stopped: python experiments/tofu.py --seeds 0 1")  # fmt: skip
+    assert "no result had finished" in RunDir(tmp_path / "empty", {}).interrupted(["ga"], [0], "cmd")
+
+
+def test_versions_record_every_library_that_touches_numbers(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    recorded = versions()
+    for key in ("torch", "transformers", "tokenizers", "numpy", "scipy", "accelerate", "rouge_score", "bs_ref"):
+        assert recorded[key], key
+    assert recorded["ATEN_CPU_CAPABILITY"] == "avx2" and recorded["cpu_capability"]
+
+
+def test_summary_rows_mean_std_and_table():
+    results = [
+        {"method": "ga", "seed": s, "metrics": {"forget_quality": fq, "model_utility": 0.5, "fact_leak": None}}
+        for s, fq in ((0, 0.1), (1, 0.3), (2, 0.2))
+    ] + [{"method": "original", "seed": None, "metrics": {"forget_quality": 1e-5, "model_utility": 0.6}}]
+    rows = tables.summary_rows(results)
+    mean = next(r for r in rows if r["method"] == "ga" and r["seed"] == "mean")
+    std = next(r for r in rows if r["method"] == "ga" and r["seed"] == "std")
+    assert mean["forget_quality"] == pytest.approx(0.2) and std["forget_quality"] == pytest.approx(0.1)
+    assert mean["fact_leak"] == ""  # no values: empty, not zero
+    table = tables.format_table(rows)
+    assert "| ga | 0.200 ± 0.100 |" in table and "fact leak" not in table
+    assert "1.00e-05" in table
+    rows[0]["model_utility"] = ""
+    assert "| original | 1.00e-05 | n/a |" not in tables.format_table(rows)  # the MU column still has values
+    assert tables.mean_std((float("nan"), float("nan"), 0)) == "n/a"
+
+
+def test_leak_while_forgotten_flags_only_methods_the_standard_metrics_call_forgotten():
+    def result(method, leak, rouge, tr, seed=0):
+        metrics = {"fact_leak": leak, "forget_rougeL": rouge, "forget_truth_ratio": tr, "forget_quality": 0.1}
+        return {"method": method, "seed": seed, "metrics": metrics}
+
+    results = [
+        result("original", 1.0, 0.95, 0.30, seed=None),
+        result("retrain", 0.0, 0.40, 0.60, seed=None),
+        result("ga", 0.5, 0.38, 0.62),  # both metrics at the retain level, the fact still leaks
+        result("npo", 0.5, 0.90, 0.60),  # ROUGE-L says remembered, truth ratio says forgotten
+        result("wga", 0.0, 0.30, 0.70),  # forgotten and no leak: not flagged
+        result("simnpo", 0.9, 0.90, 0.30),  # leaks, and the standard metrics see it: not flagged
+    ]
+    flagged = report.leak_while_forgotten(tables.summary_rows(results))
+    assert flagged == [
+        "ga: fact leak 0.50 (retain model 0.00) while ROUGE-L and truth ratio are at the retain model's level",
+        "npo: fact leak 0.50 (retain model 0.00) while truth ratio is at the retain model's level",
+    ]
+    assert report.leak_while_forgotten(tables.summary_rows(results[2:])) == []  # no retain model: nothing to compare
+
+
+def _results_without_bands() -> list[dict]:
+    """Two methods whose curves lack the belief-band keys (the original model gave no band candidates)."""
+    out = [{"method": "original", "seed": None, "metrics": {"mem": 0.1, "util": 0.9, "agg": 0.2}, "curve": []}]
+    for method, drops in (("ga", (0.0, 1.0, 2.0)), ("bs_t", (0.0, 0.5, 1.5))):
+        curve = [{"step": 3 * i, "target_logprob": -1.0 - d, "model_utility": 0.9 - 0.1 * i, "mem": 0.1 * i,
+                  "fact_leak": 1.0 - 0.4 * i, "log10_forget_quality": -2.0} for i, d in enumerate(drops)]  # fmt: skip
+        out.append({"method": method, "seed": 0, "metrics": {"mem": 0.3, "util": 0.8, "agg": 0.4, "fact_leak": 0.2},
+                    "curve": curve})  # fmt: skip
+    return out
+
+
+def _write(tmp_path, results, **extra):
+    store = RunDir(tmp_path / "run", {})
+    return store, report.write_report(store, results, seeds=[0], command="python experiments/tofu.py",
+                                      settings="Data: test.", has_facts=True, given=given_levels(None, None),
+                                      **extra)  # fmt: skip
+
+
+def test_report_of_curves_without_belief_bands(tmp_path):
+    store, written = _write(tmp_path, _results_without_bands(), diverged=["npo seed 0: unlearning diverged: ..."])
+    with open(store.path("matched.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(r["high_band_change"] == r["mid_band_change"] == r["low_band_change"] == "" for r in rows)
+    table = store.path("table.md").read_text()
+    assert "Belief bands: n/a" in table and "| n/a | n/a | n/a |" in table
+    assert "## Diverged" in table and "- npo seed 0: unlearning diverged" in table
+    if plots.pyplot() is not None:
+        assert store.path("plots", "squeezing_trace.png").read_bytes()[:8] == PNG_MAGIC
+        assert "Plots: plots/mem_util_agg.png, plots/squeezing_trace.png, plots/tradeoff.png" in table
+    assert written["table"] == table
+
+
+def test_report_without_matplotlib_says_plots_were_skipped_and_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    store, written = _write(tmp_path, _results_without_bands())
+    table = store.path("table.md").read_text()
+    assert "Plots: skipped: matplotlib is not installed (pip install -e '.[plots]' brings the plots)." in table
+    assert not store.path("plots").exists() and written["plots"] == dict.fromkeys(written["plots"])
