@@ -268,6 +268,7 @@ class BeliefCache:
         )  # fmt: skip
         self.seed = seed
         self.entries: dict[int, list[_CachedBelief]] = {}
+        self.sampled_at: dict[int, Any] = {}  # dataset index -> step of its last sampling
         self.refreshes = 0
         self.last_refresh_step: int | None = None
         self.last_refresh_epoch: float | None = None
@@ -296,6 +297,7 @@ class BeliefCache:
                 _CachedBelief(beliefs.input_ids[j], beliefs.labels[j], beliefs.mean_logprob[j], beliefs.is_empty[j])
             )
         self.entries.update(fresh)
+        self.sampled_at.update({i: step for i in indices})
         self.refreshes += 1
         self.last_refresh_step, self.last_refresh_epoch = step, epoch
         self.beliefs_sampled += len(beliefs)
@@ -324,6 +326,14 @@ class BeliefCache:
                     "sampled once from the original model for every forget item; pass all forget prompts to the "
                     "first refresh/maybe_refresh call"
                 )
+        if self.regime == "on_policy" and self.refresh_epochs == 0.0 and self.refreshes > 0:
+            # every step: sample the items of this step that were not yet sampled at it (with gradient
+            # accumulation a step has several micro-batches, each with its own items)
+            stale = {i: p for i, p in prompts_by_index.items() if self.sampled_at.get(int(i), -1) != step}
+            if not stale:
+                return False
+            self.refresh(model, tokenizer, stale, step=step, epoch=float(epoch))
+            return True
         if not self.needs_refresh(epoch, step):
             return False
         self.refresh(model, tokenizer, prompts_by_index, step=step, epoch=float(epoch))
@@ -388,12 +398,14 @@ class BeliefCache:
             "last_refresh_epoch": self.last_refresh_epoch,
             "beliefs_sampled": self.beliefs_sampled,
             "empty_sampled": self.empty_sampled,
+            "sampled_at": dict(self.sampled_at),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.entries = {int(i): [_CachedBelief(**b) for b in bs] for i, bs in state["entries"].items()}
         for key in ("refreshes", "last_refresh_step", "last_refresh_epoch", "beliefs_sampled", "empty_sampled"):
             setattr(self, key, state[key])
+        self.sampled_at = {int(i): s for i, s in state.get("sampled_at", {}).items()}
 
 
 def _prompt_length(labels: list[int]) -> int:

@@ -279,3 +279,14 @@ def test_empty_sets_raise_value_error(tiny):
         unlearn(model, tokenizer, [], RETAIN, config("ga"))
     with pytest.raises(ValueError, match="retain_records is empty"):
         unlearn(model, tokenizer, FORGET, [], config("graddiff"))
+
+
+def test_every_step_beliefs_with_gradient_accumulation(tiny, tmp_path):
+    """On-policy BS-S refreshed every step samples the items of every micro-batch of the step (not only the
+    first one's: with grad_accum > 1 the second micro-batch used to find no cached beliefs)."""
+    model, tokenizer = fresh(tiny)
+    cfg = config("bs_s", tmp_path, regime="on_policy", refresh_epochs=0.0, batch_size=1, grad_accum=2, epochs=1)
+    unlearn(model, tokenizer, FORGET, RETAIN, cfg)
+    steps = step_lines(read_log(cfg.log_path))
+    assert [s["step"] for s in steps] == [1, 2]  # 4 items, 1 per micro-batch, 2 micro-batches per step
+    assert steps[-1]["beliefs"]["refreshes"] == 4  # one per micro-batch: each has its own item
