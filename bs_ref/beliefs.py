@@ -18,7 +18,7 @@ Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422
   template's end-of-turn token (``stop_token_ids(tokenizer, model, template)``), so a sampled belief ends
   where an evaluated answer would. An answer that stops immediately is *empty*: it is counted and kept out of
   the loss.
-* **BeliefCache** keyed by the forget example's dataset index (SPEC §4): off-policy (sampled once from the
+* **BeliefCache** keyed by the forget example's dataset index (docs/theory.md §4): off-policy (sampled once from the
   original model θ_o, then fixed: the variant Theorem 5.3 covers) or on-policy (resampled from the current
   model every ``refresh_epochs``; 0 = every step). It lives on CPU; ``batch(indices)`` returns exactly those
   items' beliefs, so each forget item is paired with its own beliefs.
@@ -137,7 +137,7 @@ def sample_beliefs(
     seed: int = 0,
     template: str = "plain",
 ) -> Beliefs:
-    """Global beliefs: ``n`` answers per prompt from ``model`` (SPEC §4), batched ``batch_size`` prompts at a time.
+    """Global beliefs: ``n`` answers per prompt from ``model`` (docs/theory.md §4), batched ``batch_size`` prompts at a time.
 
     ``select``: "sample" (n draws), "filter" (m ≥ n draws, default 2n; keep the n with the highest mean token
     log-prob; empty answers rank last since they never reach the loss), "beam" (n best of m beams, default n).
@@ -228,7 +228,7 @@ class _CachedBelief:
 
 
 class BeliefCache:
-    """Global beliefs of every forget item, keyed by its dataset index, on CPU (SPEC §4).
+    """Global beliefs of every forget item, keyed by its dataset index, on CPU (docs/theory.md §4).
 
     regime          "off_policy": sampled once (from the original model, before unlearning) and then fixed;
                     "on_policy": resampled from the current model every ``refresh_epochs`` epochs

@@ -325,7 +325,7 @@ class FirstOrderCheck:
     """error = |measured − predicted| (max over entries) per step size; ratio = error/η².
 
     bounded: ratio stayed within ``growth`` × its value at the largest η (errors below ``atol`` count as
-    zero), i.e. the error is O(η²) as SPEC §5 defines "first order". order: log-log slope of the error
+    zero), i.e. the error is O(η²) as docs/theory.md §5 defines "first order". order: log-log slope of the error
     between the largest and smallest η (≈ 2 for a generic second-order remainder; larger when it vanishes).
     """
 

@@ -1,4 +1,4 @@
-"""Command line for the TOFU metrics of ``bs_ref.metrics`` (SPEC §6).
+"""Command line for the TOFU metrics of ``bs_ref.metrics`` (docs/theory.md §6).
 
     python experiments/metrics_cli.py aggregate --log FILE --retain-log FILE [--convention tofu|tofu-legacy|arithmetic]
 

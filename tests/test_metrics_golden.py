@@ -1,4 +1,4 @@
-"""Golden values of SPEC §6 from locuslab/tofu's own evaluation logs (Llama-2-7b, ds_size 300).
+"""Golden values of docs/theory.md §6 from locuslab/tofu's own evaluation logs (Llama-2-7b, ds_size 300).
 
 The logs (``BS_REF_TOFU_LOGS``) hold per-item losses, truth ratios, ROUGE and generations of the model
 finetuned on all of TOFU ("full") and of its retain90 twin. Every number below is recomputed from the

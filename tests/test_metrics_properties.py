@@ -1,4 +1,4 @@
-"""Property tests of the metric math (SPEC §6): truth ratio, forget quality, model utility, ES/EM, Mem."""
+"""Property tests of the metric math (docs/theory.md §6): truth ratio, forget quality, model utility, ES/EM, Mem."""
 
 from __future__ import annotations
 

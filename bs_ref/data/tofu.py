@@ -6,7 +6,7 @@ a local copy is a directory with one ``<config>.json`` file per config, either J
 or one JSON array. The synthetic benchmark (``bs_ref.data.synthetic``) writes the same files, so real and
 synthetic data go through this one loader.
 
-Encoding (SPEC §6, the TOFU conventions):
+Encoding (docs/theory.md §6, the TOFU conventions):
 
     prompt  = PLAIN_TEMPLATE.format(question=q)          template "plain" (the tokenizer adds BOS if it does)
             | chat_template([user: q], add_generation_prompt=True)        template "chat"

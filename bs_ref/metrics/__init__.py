@@ -1,4 +1,4 @@
-"""bs_ref.metrics — TOFU metrics (SPEC §6), the paper's Mem/Util/Agg, and leakage metrics.
+"""bs_ref.metrics — TOFU metrics (docs/theory.md §6), the paper's Mem/Util/Agg, and leakage metrics.
 
 ``tofu``: Prob, ROUGE-L recall, truth ratio, forget quality, model utility under named conventions; the
 per-item output format. ``paper``: extraction strength, exact memorisation, TR_mod, Mem/Util/Agg, fluency

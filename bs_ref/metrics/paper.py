@@ -1,4 +1,4 @@
-"""The paper's Table-1 metrics: extraction strength, exact memorisation, Mem / Util / Agg (SPEC §6).
+"""The paper's Table-1 metrics: extraction strength, exact memorisation, Mem / Util / Agg (docs/theory.md §6).
 
 Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422), Table 1 reports
 
@@ -53,7 +53,7 @@ WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def extraction_strength(argmax_matches: Sequence[bool] | np.ndarray) -> float:
-    """ES = 1 - k*/|y| from the per-token "greedy prediction == label" flags of one answer (SPEC §6).
+    """ES = 1 - k*/|y| from the per-token "greedy prediction == label" flags of one answer (docs/theory.md §6).
 
     ``argmax_matches[i]`` says whether the teacher-forced argmax at answer position i equals the label.
     k* = the smallest k such that positions k..|y|-1 all match (|y| when the last one does not).
@@ -68,7 +68,7 @@ def extraction_strength(argmax_matches: Sequence[bool] | np.ndarray) -> float:
 
 
 def exact_memorisation(argmax_matches: Sequence[bool] | np.ndarray) -> float:
-    """EM = fraction of answer tokens whose teacher-forced argmax equals the label (SPEC §6)."""
+    """EM = fraction of answer tokens whose teacher-forced argmax equals the label (docs/theory.md §6)."""
     matches = np.asarray(argmax_matches, dtype=bool)
     if matches.size == 0:
         raise ValueError("exact_memorisation needs at least one answer token; the answer is empty")
@@ -88,7 +88,7 @@ def check_nll(values: float | Sequence[float] | np.ndarray, what: str) -> np.nda
 
 
 def prob_from_nll(nll: float) -> float:
-    """P = exp(-mean NLL), the TOFU probability of an answer (Prob, ParaProb): 0 at NLL = inf (SPEC §6)."""
+    """P = exp(-mean NLL), the TOFU probability of an answer (Prob, ParaProb): 0 at NLL = inf (docs/theory.md §6)."""
     x = float(check_nll(nll, "nll"))
     try:
         return math.exp(-x)
@@ -108,7 +108,7 @@ def stable_mean(values: Sequence[float] | np.ndarray) -> float:
 
 
 def tr_mod(truth_ratio: np.ndarray | float) -> np.ndarray:
-    """TR_mod = P_c / (P_c + P_w) = 1 / (1 + R) with R = P_w / P_c the truth ratio (SPEC §6); in [0, 1] for R
+    """TR_mod = P_c / (P_c + P_w) = 1 / (1 + R) with R = P_w / P_c the truth ratio (docs/theory.md §6); in [0, 1] for R
     in [0, inf] (R = inf gives 0). A NaN R raises a ValueError."""
     r = np.asarray(truth_ratio, dtype=float)
     if np.isnan(r).any():
@@ -125,17 +125,17 @@ def harmonic_mean(values: Sequence[float], eps: float = 0.0) -> float:
 
 
 def mem(es: float, em: float, para_prob: float, tr_mod_value: float, eps: float = MEM_EPS) -> float:
-    """Mem = HM(1 - ES, 1 - EM, 1 - ParaProb, 1 - TR_mod), each floored at eps (SPEC §6, Table 1)."""
+    """Mem = HM(1 - ES, 1 - EM, 1 - ParaProb, 1 - TR_mod), each floored at eps (docs/theory.md §6, Table 1)."""
     return harmonic_mean([1.0 - es, 1.0 - em, 1.0 - para_prob, 1.0 - tr_mod_value], eps=eps)
 
 
 def util(model_utility: float, fluency: float, eps: float = MEM_EPS) -> float:
-    """Util = HM(MU, Fluency) (SPEC §6)."""
+    """Util = HM(MU, Fluency) (docs/theory.md §6)."""
     return harmonic_mean([model_utility, fluency], eps=eps)
 
 
 def agg(mem_value: float, util_value: float, eps: float = MEM_EPS) -> float:
-    """Agg = HM(Mem, Util) (SPEC §6)."""
+    """Agg = HM(Mem, Util) (docs/theory.md §6)."""
     return harmonic_mean([mem_value, util_value], eps=eps)
 
 

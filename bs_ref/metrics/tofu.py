@@ -1,4 +1,4 @@
-"""TOFU evaluation (SPEC §6): Prob, ROUGE-L recall, truth ratio, forget quality, model utility.
+"""TOFU evaluation (docs/theory.md §6): Prob, ROUGE-L recall, truth ratio, forget quality, model utility.
 
 TOFU: Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs", 2024 (locuslab/tofu); the
 evaluation follows OpenUnlearning (locuslab/open-unlearning) and is used by Li et al., "LLM Unlearning
@@ -188,7 +188,7 @@ def item_ratios(items: list[dict], convention: str) -> np.ndarray:
 
 
 def split_summary(items: list[dict], kind: str, convention: str = "tofu") -> dict:
-    """Mean Prob, ROUGE-L recall and truth-ratio score of one split (SPEC §6)."""
+    """Mean Prob, ROUGE-L recall and truth-ratio score of one split (docs/theory.md §6)."""
     check_kind(kind)
     items = apply_convention(items, convention)
     if not items:
@@ -213,7 +213,7 @@ def aggregate(
     convention: str = "tofu",
     fluency_classifier=None,
 ) -> dict:
-    """Every summary number of SPEC §6 from per-item results: FQ, MU and its 9 components, the forget
+    """Every summary number of docs/theory.md §6 from per-item results: FQ, MU and its 9 components, the forget
     split's Prob/ROUGE/TR, the paper's Mem/Util/Agg, and the leakage rates when items carry facts.
 
     ``per_split`` maps split kinds ("forget", "retain", "real_authors", "world_facts") to item lists
@@ -362,7 +362,7 @@ def _rouge_scorer():
 
 
 def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """ROUGE-L recall of each generation against its reference (rouge_score, stemmer on; SPEC §6)."""
+    """ROUGE-L recall of each generation against its reference (rouge_score, stemmer on; docs/theory.md §6)."""
     if len(generations) != len(references):
         raise ValueError(f"got {len(generations)} generations but {len(references)} references")
     scorer = _rouge_scorer()
