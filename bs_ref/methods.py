@@ -17,7 +17,8 @@ and differs only in ``L_forget``, in whether it carries the retain term, and in 
 * ``needs_reference``: whether a frozen copy π_ref of the original model is needed;
 * ``belief_sampling``: for BS-S, how global beliefs are drawn and cached (``bs_ref.beliefs.BeliefCache``);
 * ``forget_terms``: how the forget objective splits into row sets for the loop — one term for every method,
-  two for BS-S (the forget rows and the belief rows, the latter backwarded in row chunks; Eq. 7).
+  two for BS-S (the forget rows and the belief rows, the latter backwarded in row chunks; Eq. 7), or, with
+  ``share_prefix``, one whose rows are packed over their shared prompts (``bs_ref.prefix``).
 
 The loop (``bs_ref.unlearn``), the claims suite and the experiment know no method names: they look a method
 up in ``METHODS`` (or parse a spec with ``method_from_spec``) and call these members. Adding a method is one
@@ -37,6 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from bs_ref import prefix
 from bs_ref.losses import (
     belief_counts,
     belief_piece,
@@ -47,6 +49,7 @@ from bs_ref.losses import (
     simnpo_loss,
     wga_loss,
 )
+from bs_ref.losses.bs_s import weighted_row_piece
 
 REGIMES = ("off_policy", "on_policy")
 SELECTS = ("sample", "filter", "beam")
@@ -64,12 +67,17 @@ class ForgetTerm:
     The loop runs ``rows`` through the model (in chunks of ``chunk_rows`` rows when set, longest first), and
     ``piece(logits, labels, ref_logprobs)`` gives that chunk's contribution; ``weight`` multiplies it. The
     pieces of all chunks add up to the term. ``ref_logprobs`` is None unless the method needs a reference.
+
+    ``run`` (None for every term but BS-S with ``share_prefix`` or ``belief_subsample``): a term that runs its own
+    rows. The loop then calls ``run(model, loss_scale, backward, ref_model)`` instead of chunking ``rows`` itself;
+    it backwards ``loss_scale`` times the term and returns (the term, detached; the forget rows' logged numbers).
     """
 
     rows: dict[str, torch.Tensor]
     weight: float
     piece: Callable[..., torch.Tensor]
     chunk_rows: int | None = None
+    run: Callable[..., tuple[torch.Tensor, dict]] | None = None
 
 
 @dataclass
@@ -291,6 +299,8 @@ class BSS(Method):
     belief_top_p: float = hp(1.0, "BS-S nucleus top-p of the sampled beliefs")
     belief_max_new_tokens: int = hp(64, "BS-S longest sampled belief, in tokens")
     belief_microbatch: int = hp(8, "BS-S belief rows per forward/backward (bounds memory as N grows)")
+    share_prefix: bool = hp(False, "BS-S: each forget prompt once, its answers as branches over it (same loss)")
+    belief_subsample: int | None = hp(None, "BS-S: m of each item's N beliefs per step, weighted N/m (None: all N)")
 
     @property
     def base_method(self) -> Method:
@@ -333,6 +343,8 @@ class BSS(Method):
         if rows == 0:  # no usable belief (none cached, or every sampled answer empty): the forget term alone
             return [ForgetTerm(forget_batch, 1.0, self.forget_loss)]
         kwargs = self._base_kwargs()
+        if self.share_prefix or self.belief_subsample is not None:
+            return self._branch_terms(forget_batch, belief_batch, kwargs)
 
         def piece(logits, labels, ref_logprobs=None):
             extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}
@@ -342,6 +354,49 @@ class BSS(Method):
             ForgetTerm(forget_batch, 1.0 - self.lam_bss, self.forget_loss),  # (1 − λ_BSS)·L_base(D_u)
             ForgetTerm(belief_batch, self.lam_bss, piece, chunk_rows=self.belief_microbatch),  # λ_BSS·L_base(D̂_u)
         ]
+
+    def _branch_terms(self, forget_batch: dict, belief_batch: dict, kwargs: dict) -> list[ForgetTerm]:
+        """Eq. (7) through ``bs_ref.prefix``: each row weighted on its own, rows run by the term's ``run``.
+
+        ``share_prefix``: one term, every forget row packed with its belief rows over their shared prompt, weights
+        (1 − λ_BSS)/B and λ_BSS/R (the loop's weight 1). Otherwise the forget term as today and the belief rows
+        as a second term, weight λ_BSS. ``belief_subsample=m``: m of each item's beliefs, drawn when the term runs
+        (once per step), each weighted N_i/m_i (unbiased; proof in ``bs_ref.prefix``)."""
+
+        def piece(logits, labels, ref_logprobs=None, row_weights=None):  # Σ_r w_r·L_base(row r) on one chunk
+            extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}
+            return weighted_row_piece(self.base, logits, labels, row_weights, **kwargs, **extra)
+
+        def beliefs(weight):
+            return prefix.belief_rows(belief_batch, weight, self.belief_subsample, self.subsample_generator)
+
+        def runner(make_rows):
+            def run(model, loss_scale=1.0, backward=None, ref_model=None):
+                return prefix.run_rows(model, make_rows(), piece, share_prefix=self.share_prefix,
+                                       chunk_rows=self.belief_microbatch, loss_scale=loss_scale, backward=backward,
+                                       ref_model=ref_model, top_k=self.top_k_for_logging)  # fmt: skip
+
+            return run
+
+        if self.share_prefix:
+            packed = runner(lambda: prefix.forget_rows(forget_batch, 1.0 - self.lam_bss) + beliefs(self.lam_bss))
+            return [ForgetTerm(forget_batch, 1.0, piece, chunk_rows=self.belief_microbatch, run=packed)]
+        return [
+            ForgetTerm(forget_batch, 1.0 - self.lam_bss, self.forget_loss),  # (1 − λ_BSS)·L_base(D_u)
+            ForgetTerm(belief_batch, self.lam_bss, piece, self.belief_microbatch, runner(lambda: beliefs(1.0))),
+        ]  # the second: λ_BSS·L̂_base(D̂_u), whose expectation over the draws is λ_BSS·L_base(D̂_u)
+
+    def seed_subsample(self, seed: int) -> None:
+        """Seed the draws of ``belief_subsample`` (their own ``torch.Generator``; the global RNG is never used). The
+        loop calls it with ``seed + process_index``; unseeded, the draws start from seed 0."""
+        self._subsample_generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def subsample_generator(self) -> torch.Generator:
+        """The generator of the belief-subsampling draws (``seed_subsample``)."""
+        if getattr(self, "_subsample_generator", None) is None:
+            self.seed_subsample(0)
+        return self._subsample_generator
 
     def validate(self) -> None:
         super().validate()
@@ -369,6 +424,9 @@ class BSS(Method):
         _need(self, _finite(self.belief_top_p) and 0 < self.belief_top_p <= 1, "belief_top_p", "must lie in (0, 1]")
         _need(self, _pos_int(self.belief_max_new_tokens), "belief_max_new_tokens", "must be an integer >= 1")
         _need(self, _pos_int(self.belief_microbatch), "belief_microbatch", "must be an integer >= 1")
+        _need(self, isinstance(self.share_prefix, bool), "share_prefix", "must be True or False")
+        _need(self, self.belief_subsample is None or _pos_int(self.belief_subsample), "belief_subsample",
+              "must be an integer >= 1 (beliefs per item per step), or None (all N)")  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------------------

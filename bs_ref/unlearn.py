@@ -9,7 +9,9 @@ minimises (docs/theory.md §2, ``bs_ref.losses.regularised_loss``)
     L = γ · L_forget(D_u) + α · L_retain(D_r)
 
 with ``L_retain`` the answer NLL on the retain batch or KL(π_θ ‖ π_ref) on its answer positions
-(``bs_ref.losses.retain_loss``). A frozen reference copy π_ref is made only when something needs one.
+(``bs_ref.losses.retain_loss``). A frozen reference copy π_ref is made only when something needs one. With
+``cfg.lora`` (``bs_ref.lora``) only a LoRA adapter trains and π_ref is the same model with its adapter disabled:
+no copy (``reference_model``).
 
 A method's forget objective is one or more row sets (``Method.forget_terms``). One set (every method but
 BS-S) is run in one forward and backwarded together with the retain term. Several sets (BS-S, Eq. 7: the
@@ -20,10 +22,13 @@ activation memory grows with the chunk, not with the number of beliefs N. Every 
 
 The loop is written against ``accelerate.Accelerator``: the same code runs on one CPU, one GPU, or several
 GPUs with ``accelerate launch``. Gradients of the micro-batches of one optimiser step are accumulated
-locally (``no_sync``) and averaged across processes once, before the step.
+locally (``no_sync``) and averaged across processes once, before the step. ``accelerator.prepare`` shards the
+forget and retain loaders by batch from one shared permutation, so P processes × batch b see the rows of one
+process × P·b (tests/test_multiprocess.py); BS-S caches use one seed on every process except when each process
+samples its own rows every step (``belief_seed``). The logged numbers are averaged over the processes.
 
 Every optimiser step appends one JSON line to ``log_path`` (flushed immediately): step, epoch, lr, the
-forget/retain/total loss, the forget batch's mean answer log-prob, its top-k mass S_k (SPEC D1/D2), and
+forget/retain/total loss, the forget batch's mean answer log-prob, its top-k mass S_k (docs/theory.md D1/D2), and
 the belief statistics of BS-S. A NaN/inf loss or weight stops the run with ``NonFiniteLossError``; the
 log written so far stays on disk, with a final ``{"error": ...}`` line.
 
@@ -172,7 +177,10 @@ class UnlearnConfig:
         need(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "must be an integer >= 0")
         need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "choose 'no', 'bf16' or 'fp16'")
         need(self.num_threads is None or pos_int(self.num_threads), "num_threads", "must be an integer >= 1 or None")
-        problem = lora_problem(self.lora) if self.lora is not None else None
+        problem = None
+        if self.lora is not None:  # a string, so that as_dict() and the logs record it
+            problem = lora_problem(self.lora) if isinstance(self.lora, str) else "give a spec string such as " \
+                "r=8,alpha=16,targets=q_proj,v_proj (bs_ref.lora.LoraSpec.spec() writes one)"
         need(problem is None, "lora", problem or "")
 
 
@@ -278,6 +286,8 @@ def unlearn(
     if method.belief_sampling is not None:  # BS-S: global beliefs per forget item, cached by dataset index
         seed = belief_seed(cfg.seed, method.belief_sampling, accelerator.process_index)
         belief_cache = BeliefCache(**method.belief_sampling, seed=seed, template=cfg.template)
+        if hasattr(method, "seed_subsample"):  # BS-S belief subsampling: its own stream per process, not the global RNG
+            method.seed_subsample(cfg.seed + accelerator.process_index)
         prompts_by_index = forget_set.prompts()
 
     log_file = None
@@ -387,6 +397,8 @@ def unlearn(
                 micro = 0
                 record = {"step": step, "epoch": round(epoch_index + (batch_index + 1) / batches_per_epoch, 6)}
                 record.update(lr=lr, **stats.mean())
+                if accelerator.num_processes > 1:  # the mean over every process's rows, not process 0's alone
+                    record.update(_mean_over_processes(record, accelerator))
                 if belief_cache is not None:
                     record["beliefs"] = belief_cache.stats()
                 stats = _StepStats()
@@ -413,6 +425,13 @@ def unlearn(
     inner = accelerator.unwrap_model(model)
     inner.eval()
     return inner
+
+
+def _mean_over_processes(record: dict, accelerator) -> dict:
+    """The logged per-step numbers averaged over the processes (each a mean over its own rows)."""
+    names = [k for k in ("forget_loss", "retain_loss", "loss", "forget_logprob", "topk_mass") if record[k] is not None]
+    values = torch.tensor([float(record[k]) for k in names], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(names, accelerator.reduce(values, reduction="mean").tolist()))
 
 
 class _StepStats:
@@ -533,7 +552,11 @@ def forget_backward(method: Method, model, forget_batch: dict, belief_batch: dic
     stats: dict[str, float | None] = {}
     weighted = []
     for index, term in enumerate(method.forget_terms(forget_batch, belief_batch)):
-        if term.chunk_rows is not None:
+        if term.run is not None:  # a term that runs its own rows (BS-S prefix sharing / subsampling, bs_ref.prefix)
+            value, term_stats = term.run(model, loss_scale * term.weight, run_backward, ref)
+            if index == 0:
+                stats.update(term_stats)
+        elif term.chunk_rows is not None:
             value, _ = backward_over_row_chunks(model, term, loss_scale, run_backward, ref)
         else:
             piece, logits, labels = _forward_term(model, term, ref)

@@ -3,28 +3,40 @@
     python experiments/bench.py bs_s --quick              # small model, < 2 min on 2 CPU cores
     python experiments/bench.py bs_s                      # a larger random Llama (d=256, 4 layers), longer answers
     python experiments/bench.py bs_s --model smollm2      # any HF checkpoint / hub id, or the packaged SmolLM2
+    python experiments/bench.py bs_s --quick --profile    # + torch.profiler tables of a BS-T and a BS-S step, V=128k
 
 What it measures (issue "Beliefs and BS-S"), on one forget set of F items, batch B, answers of A tokens:
 
-1. **Step time, amortised over an epoch**: BS-S (N = 3, on-policy, one refresh per epoch, BS-T base) = the
-   wall time of one epoch (the refresh, i.e. ``sample_beliefs`` over all F prompts, plus F/B steps of
-   ``bs_ref.unlearn.forget_backward`` and an optimiser step) divided by F/B; against NPO = forward + backward + the
-   reference model's forward + optimiser step. Epochs of the two methods alternate and the median over the
-   repeats is used, so contention from other processes hits both alike.
+1. **Step time against NPO and against the compute floor**, for four BS-S variants (N = 3, BS-T base,
+   ``VARIANTS``): Eq. (7) exactly (``bs_s``), with m = 1 of the N beliefs per step (``bs_s(m=1)``, unbiased,
+   ``BSS.belief_subsample``), and both with prefix sharing (``bs_s(shared)``, ``bs_s(m=1,shared)``,
+   ``BSS.share_prefix``; ``bs_ref.prefix``). A BS-S step is ``bs_ref.unlearn.forget_backward`` plus an optimiser
+   step on the cached beliefs; NPO's is forward + backward + the reference model's forward + optimiser step. The
+   steps of NPO and of every variant run in turn, batch by batch, so contention from other processes hits all
+   alike; a method's step time is the mean over the batches of each batch's median over the epochs.
+   ``<variant>/npo step-time ratio`` is that of the **off-policy** regime (the paper's default): the beliefs are
+   sampled once before the run, so a step holds no generation. Generation is reported apart: the seconds of one
+   refresh (``sample_beliefs`` over all F prompts), its share of an on-policy step (one refresh per epoch,
+   amortised over the F/B steps of the epoch) and of an off-policy run (paid once, over ``OFF_POLICY_EPOCHS``
+   epochs), and the on-policy ratios. The beliefs are refreshed from each variant's own model every epoch.
+   **Compute floor**: tokens × passes on the batches actually run (``floor_tokens``, padding excluded):
+   forward + backward ≈ 3 units per token, a reference forward ≈ 1, so NPO = 3·T_forget + 1·T_forget and BS-S =
+   3·(T_forget + T_beliefs), with T_beliefs the expected tokens of the kept beliefs under subsampling and a
+   shared prompt counted once per packed sequence. ``measured/floor`` = step-time ratio / floor. The floor counts
+   tokens only: a forward's fixed cost, the attention's length, the BS-T loss's top-k are not in it.
 2. **Generation**: ``sample_beliefs`` over 8 prompts (N = 3) in one batch against one prompt at a time.
-3. **Peak memory** of the BS-S step against ``belief_microbatch`` and against N. On CUDA:
-   ``torch.cuda.max_memory_allocated`` above the memory held before the step. On CPU the process RSS is too
+3. **Peak memory** of the BS-S step against ``belief_microbatch`` and against N (also with prefix sharing). On
+   CUDA: ``torch.cuda.max_memory_allocated`` above the memory held before the step. On CPU the process RSS is too
    coarse (and the allocator keeps freed pages), so we measure the activations autograd keeps for backward:
    every tensor saved by the graph passes through ``torch.autograd.graph.saved_tensors_hooks``; we count its
    storage once (parameters excluded) while it is alive and record the peak over the step. That is the memory
    that micro-batching bounds; transient buffers freed inside a forward are not in it.
-4. **Profile**: where an epoch of BS-S goes: generation (the refresh), forget-term forward/backward (timed
-   again with no beliefs), belief-term forward/backward (the rest of ``bs_ref.unlearn.forget_backward``), optimiser.
+4. **Profile**: where an on-policy epoch of exact BS-S goes: generation (the refresh), forget-term
+   forward/backward (timed again with no beliefs), belief-term forward/backward (the rest of
+   ``bs_ref.unlearn.forget_backward``), optimiser. ``--profile`` adds operator tables (``profile_steps``).
 
-Compute bound: a BS-S step sends (1 + N)·B rows through forward + backward (≈ 3 forward units each), NPO sends
-B rows through forward + backward and B through the reference forward, so with beliefs as long as the forget
-answers the ratio cannot fall below (1 + N)·3/4 = 3 at N = 3 even with free generation; the script prints
-that bound next to the measured ratio.
+Compute bound (the exact, unshared floor at equal lengths): a BS-S step sends (1 + N)·B rows through forward +
+backward, NPO B rows through forward + backward and B through the reference forward: (1 + N)·3/4 = 3 at N = 3.
 
 Workload: random token prompts and answers (any tokenizer), the belief answers capped at the forget answer
 length, so belief rows cost about as much as forget rows (an untrained model rarely stops early: the
@@ -35,17 +47,31 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 import weakref
 
 import torch
 
+from bs_ref import prefix
 from bs_ref.beliefs import BeliefCache, sample_beliefs
 from bs_ref.generation import right_pad
 from bs_ref.losses import IGNORE_INDEX, npo_loss, sequence_logprob
 from bs_ref.methods import make_method
 from bs_ref.unlearn import forget_backward
+
+VARIANTS = (  # (name in the ratio lines, label of the floor lines, BSS fields)
+    ("bs_s", "exact", {}),
+    ("bs_s(m=1)", "m=1", {"belief_subsample": 1}),
+    ("bs_s(shared)", "exact, shared", {"share_prefix": True}),
+    ("bs_s(m=1,shared)", "m=1, shared", {"share_prefix": True, "belief_subsample": 1}),
+)
+"""The BS-S variants timed against NPO: Eq. (7) exactly, with m = 1 of the N beliefs per step (unbiased), each
+with and without prefix sharing (``bs_ref.prefix``)."""
+
+OFF_POLICY_EPOCHS = 10
+"""Epochs of the run over which an off-policy sampling is spread in the generation-share line (the authors' 10)."""
 
 
 def build_small_model(quick: bool, seed: int = 0):
@@ -98,43 +124,64 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def npo_epoch(model, ref_model, batches, opt, device):
-    """One NPO epoch: forward + backward + reference forward + step per batch."""
+def npo_step(model, ref_model, batch, opt, device) -> float:
+    """One NPO step: forward + backward + reference forward + optimiser step; its seconds."""
     sync(device)
     t0 = time.perf_counter()
-    for batch in batches:
-        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-        with torch.no_grad():
-            ref = sequence_logprob(ref_model(input_ids=ids, attention_mask=mask).logits, labels)
-        loss = npo_loss(model(input_ids=ids, attention_mask=mask).logits, labels, ref)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    with torch.no_grad():
+        ref = sequence_logprob(ref_model(input_ids=ids, attention_mask=mask).logits, labels)
+    loss = npo_loss(model(input_ids=ids, attention_mask=mask).logits, labels, ref)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     sync(device)
     return time.perf_counter() - t0
 
 
-def bs_s_epoch(model, tokenizer, cache, prompts, batches, opt, device, microbatch, epoch, profile=None):
-    """One BS-S epoch: the on-policy refresh (once per epoch) then a BS-S step per batch."""
+def bs_s_step(model, tokenizer, cache, batch, opt, device, method, ref_model=None):
+    """One BS-S step of ``method`` on its cached beliefs: (forward/backward seconds, optimiser seconds, its
+    ``floor_tokens``). ``ref_model``: π_ref, used with the NPO base only."""
+    beliefs = cache.batch(batch["index"], tokenizer.pad_token_id)
     sync(device)
-    t0 = time.perf_counter()
-    for step, batch in enumerate(batches):
-        t = time.perf_counter()
-        cache.maybe_refresh(model, tokenizer, epoch=epoch + step / len(batches), step=step, prompts_by_index=prompts)
-        sync(device)
-        t1 = time.perf_counter()
-        beliefs = cache.batch(batch["index"], tokenizer.pad_token_id)
-        forget_backward(make_method("bs_s", belief_microbatch=microbatch), model, batch, beliefs)
-        sync(device)
-        t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync(device)
-        if profile is not None:
-            profile["refresh"] += t1 - t
-            profile["forget_backward"] += t2 - t1
-            profile["optimiser"] += time.perf_counter() - t2
-    return time.perf_counter() - t0
+    t = time.perf_counter()
+    forget_backward(method, model, batch, beliefs, ref_model=ref_model if method.needs_reference else None)
+    sync(device)
+    t1 = time.perf_counter()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync(device)
+    return t1 - t, time.perf_counter() - t1, floor_tokens(batch, beliefs, method)
+
+
+def refresh_seconds(model, tokenizer, cache, prompts, epoch, device) -> float:
+    """The on-policy refresh at the start of an epoch (``sample_beliefs`` over every forget prompt)."""
+    sync(device)
+    t = time.perf_counter()
+    assert cache.maybe_refresh(model, tokenizer, epoch=epoch, step=0, prompts_by_index=prompts)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def floor_tokens(forget, beliefs, method) -> tuple[float, float]:
+    """(tokens a BS-S step of ``method`` sends through forward + backward, tokens of the NPO step) on this batch,
+    padding excluded. BS-S: every forget row and (the expected number of) belief rows, prompt + answer each; with
+    ``belief_subsample`` m an item with N_i answered beliefs sends min(m, N_i) of them, each of mean length; with
+    ``share_prefix`` an item's prompt is counted once per packed sequence (once when 1 + N ≤ belief_microbatch).
+    NPO: the forget rows (forward + backward, and a reference forward on the same tokens)."""
+    by_item: dict[int, list] = {}
+    for owner, row in zip(beliefs["owner_index"].tolist(), prefix.split_rows(beliefs)):
+        if row is not None:
+            by_item.setdefault(owner, []).append(row)
+    bs_s = npo = 0.0
+    for index, (prompt, answer, _) in zip(forget["index"].tolist(), prefix.split_rows(forget)):
+        rows = by_item.get(index, [])
+        kept = len(rows) if method.belief_subsample is None else min(method.belief_subsample, len(rows))
+        answers = len(answer) + (kept / len(rows) * sum(len(a) for _, a, _ in rows) if rows else 0.0)
+        prompts = math.ceil((1 + kept) / method.belief_microbatch) if method.share_prefix else 1 + kept
+        bs_s += prompts * len(prompt) + answers
+        npo += len(prompt) + len(answer)
+    return bs_s, npo
 
 
 class SavedActivationMeter:
@@ -191,7 +238,7 @@ class _Saved:
         self.tensor = tensor
 
 
-def peak_step_memory(model, forget, beliefs, microbatch, device) -> tuple[int, int]:
+def peak_step_memory(model, forget, beliefs, microbatch, device, **bs_s_fields) -> tuple[int, int]:
     """Peak memory (bytes) of one BS-S forward/backward and of its belief term alone. The step peak is the CUDA
     allocator peak above the memory held before the step, or the saved-activation peak on CPU; the belief-term
     peak is the largest saved-activation peak of a belief micro-batch graph (the forget graph is freed by its
@@ -202,7 +249,7 @@ def peak_step_memory(model, forget, beliefs, microbatch, device) -> tuple[int, i
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     with SavedActivationMeter(model) as meter:
-        forget_backward(make_method("bs_s", belief_microbatch=microbatch), model, forget, beliefs)
+        forget_backward(make_method("bs_s", belief_microbatch=microbatch, **bs_s_fields), model, forget, beliefs)
     peak = meter.peak
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -247,7 +294,20 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=None,
-        help="epochs per method, the median is reported (default: 2 with --quick, else 3)",
+        help="epochs per method; a step time is the mean over batches of each batch's median over the epochs "
+        "(default: 10 with --quick, else 5)",
+    )
+    parser.add_argument(
+        "--base",
+        default="bs_t",
+        choices=("bs_t", "ga", "npo", "wga"),
+        help="BS-S base loss L_base (default: %(default)s, the paper's best; ga shows the floor without BS-T's top-k)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one BS-T step and one BS-S step (exact, and m=1 with prefix sharing) at V=128256 with "
+        "torch.profiler and print the top operators by self time (default: off)",
     )
     parser.add_argument(
         "--seed",
@@ -265,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     items = args.items or (16 if args.quick else 32)
     answer_len = args.answer_len or (16 if args.quick else 32)
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (10 if args.quick else 5)
     n_beliefs, microbatch = 3, 8
 
     if args.model:
@@ -288,57 +348,106 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {device}")
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"workload: F={items} B={args.batch_size} prompt={args.prompt_len} answer={answer_len} tokens")
-    print(f"bs_s settings: N={n_beliefs} on_policy refresh_epochs=1 select=sample base=bs_t microbatch={microbatch}")
+    print(f"bs_s settings: N={n_beliefs} on_policy refresh_epochs=1 select=sample base={args.base} "
+          f"microbatch={microbatch}")  # fmt: skip
 
-    # 1. step time amortised over an epoch (alternating epochs, median)
+    # 1. step time: NPO and the four BS-S variants step by step in turn (contention hits all alike), and the floors
     def fresh_cache():
-        return BeliefCache("on_policy", refresh_epochs=1.0, n=n_beliefs, max_new_tokens=answer_len + 1)
+        return BeliefCache("on_policy", refresh_epochs=1.0, n=n_beliefs, max_new_tokens=answer_len + 1, seed=args.seed)
 
-    bs_model, npo_model = copy.deepcopy(model), copy.deepcopy(model)
-    opt_bs = torch.optim.SGD(bs_model.parameters(), lr=1e-4)
+    npo_model = copy.deepcopy(model)
     opt_npo = torch.optim.SGD(npo_model.parameters(), lr=1e-4)
-    cache = fresh_cache()
-    npo_epoch(npo_model, ref_model, batches[:1], opt_npo, device)  # warm-up (allocator, kernels)
-    warm = {i: prompts[i] for i in batches[0]["index"].tolist()}
-    bs_s_epoch(bs_model, tokenizer, fresh_cache(), warm, batches[:1], opt_bs, device, microbatch, 0)
-    npo_times, bs_times = [], []
-    profile = dict(refresh=0.0, forget_backward=0.0, optimiser=0.0)
-    for epoch in range(repeats):
-        npo_times.append(npo_epoch(npo_model, ref_model, batches, opt_npo, device))
-        bs_times.append(
-            bs_s_epoch(bs_model, tokenizer, cache, prompts, batches, opt_bs, device, microbatch, epoch, profile)
-        )
-    assert cache.refreshes == repeats, "on-policy refresh_epochs=1 must refresh once per epoch"
-    npo_step = statistics.median(npo_times) / len(batches)
-    bs_step = statistics.median(bs_times) / len(batches)
-    print(f"npo step seconds: {npo_step:.4f}")
+    runs = {"npo": dict(steps=[[] for _ in batches])}
+    for tag, label, fields in VARIANTS:
+        method = make_method("bs_s", base=args.base, belief_microbatch=microbatch, **fields)
+        method.seed_subsample(args.seed)
+        run = dict(label=label, method=method, model=copy.deepcopy(model), cache=fresh_cache(), refresh=[],
+                   steps=[[] for _ in batches], backward=[], optimiser=[], tokens=[])  # fmt: skip
+        run["opt"] = torch.optim.SGD(run["model"].parameters(), lr=1e-4)
+        runs[tag] = run
+    for epoch in range(-1, repeats):  # epoch -1: warm-up (allocator, kernels), not recorded
+        for run in list(runs.values())[1:]:
+            seconds = refresh_seconds(run["model"], tokenizer, run["cache"], prompts, epoch + 1, device)
+            if epoch >= 0:
+                run["refresh"].append(seconds)
+        for b, batch in enumerate(batches):
+            seconds = npo_step(npo_model, ref_model, batch, opt_npo, device)
+            if epoch >= 0:
+                runs["npo"]["steps"][b].append(seconds)
+            for run in list(runs.values())[1:]:
+                model_, cache, opt, method = run["model"], run["cache"], run["opt"], run["method"]
+                fwd_bwd, opt_seconds, tokens = bs_s_step(model_, tokenizer, cache, batch, opt, device, method,
+                                                         ref_model)  # fmt: skip
+                if epoch >= 0:
+                    run["steps"][b].append(fwd_bwd + opt_seconds)
+                    run["backward"].append(fwd_bwd)
+                    run["optimiser"].append(opt_seconds)
+                    run["tokens"].append(tokens)
+
+    def step_seconds(run) -> float:  # the mean over the batches of each batch's median step
+        return statistics.fmean(statistics.median(times) for times in run["steps"])
+
+    npo_step_s = step_seconds(runs["npo"])
+    generation = statistics.median([t for run in list(runs.values())[1:] for t in run["refresh"]])  # any variant
+    steps_per_epoch = len(batches)
+    exact = runs["bs_s"]
+    off_policy = step_seconds(exact)
+    bs_step = off_policy + statistics.median(exact["refresh"]) / steps_per_epoch
+    print(f"npo step seconds: {npo_step_s:.4f}")
     print(f"bs_s step seconds (amortised, incl. refresh): {bs_step:.4f}")
-    print(f"bs_s/npo step-time ratio: {bs_step / npo_step:.3f}")
+    print(f"bs_s step seconds (off-policy: beliefs sampled once, no generation in the step): {off_policy:.4f}")
+    print(f"bs_s/npo step-time ratio: {off_policy / npo_step_s:.3f}")
     # rows through forward+backward (≈ 3 forward units each): BS-S (1 + N)·B, NPO B plus B reference forwards
     bound = (1 + n_beliefs) * 3 / (3 + 1)
     print(f"bs_s/npo compute lower bound without generation ((1+N)*3/(3+1), equal lengths): {bound:.2f}")
-    print(f"bs_s step over its compute lower bound: {bs_step / npo_step / bound:.3f}")
-    no_refresh = (statistics.median(bs_times) - profile["refresh"] / repeats) / len(batches)
-    print(
-        f"bs_s/npo step-time ratio without the refresh (off-policy after its one sampling): {no_refresh / npo_step:.3f}"
-    )
+    print(f"bs_s step over its compute lower bound: {off_policy / npo_step_s / bound:.3f}")
+    ratio = off_policy / npo_step_s
+    print(f"bs_s/npo step-time ratio without the refresh (off-policy after its one sampling): {ratio:.3f}")
+    print(f"bs_s/npo step-time ratio on-policy (one refresh per epoch, amortised): {bs_step / npo_step_s:.3f}")
+    variants = {tag: run for tag, run in runs.items() if tag != "npo"}
+    for tag, run in variants.items():
+        if tag != "bs_s":
+            print(f"{tag}/npo step-time ratio: {step_seconds(run) / npo_step_s:.3f}")
+    # the floor: tokens × passes (forward + backward ≈ 3 units per token, a reference forward 1) on the batches run
+    for run in variants.values():
+        bs_tokens, npo_tokens = (sum(x) for x in zip(*run["tokens"]))
+        passes = 4 if run["method"].needs_reference else 3  # the NPO base also runs π_ref on every row
+        run["floor"] = passes * bs_tokens / (4 * npo_tokens)
+        print(f"compute floor ({run['label']}): {run['floor']:.3f}")
+    for run in variants.values():
+        print(f"measured/floor ({run['label']}): {step_seconds(run) / npo_step_s / run['floor']:.3f}")
+    # generation: an on-policy run pays a refresh every epoch, an off-policy run once before its first step
+    print(f"generation seconds per refresh (F={items} prompts x N={n_beliefs}): {generation:.4f}")
+    for run in variants.values():
+        epoch_steps = steps_per_epoch * step_seconds(run)
+        on = generation / (generation + epoch_steps)
+        off = generation / (generation + OFF_POLICY_EPOCHS * epoch_steps)
+        print(f"generation share of an on-policy step ({run['label']}, one refresh per epoch): {on:.3f}")
+        print(f"generation share of an off-policy run ({run['label']}, sampled once, {OFF_POLICY_EPOCHS} epochs): "
+              f"{off:.3f}")  # fmt: skip
+    for tag, run in variants.items():
+        if tag != "bs_s":
+            ratio = (step_seconds(run) + generation / steps_per_epoch) / npo_step_s
+            print(f"{tag}/npo step-time ratio on-policy (one refresh per epoch, amortised): {ratio:.3f}")
+    bs_model = exact["model"]
 
     # 4. profile of a BS-S epoch: the refresh (generation), then the step split into forget and belief terms
-    refresh = profile["refresh"] / repeats
+    refresh = statistics.median(exact["refresh"])
     sync(device)
     t = time.perf_counter()
     for batch in batches:
-        forget_backward(make_method("bs_s"), bs_model, batch, None)
+        forget_backward(make_method("bs_s", base=args.base), bs_model, batch, None, ref_model=ref_model)
     sync(device)
     forget_only = time.perf_counter() - t
     bs_model.zero_grad(set_to_none=True)
-    fwd_bwd = profile["forget_backward"] / repeats
-    total = refresh + fwd_bwd + profile["optimiser"] / repeats
+    fwd_bwd = steps_per_epoch * statistics.median(exact["backward"])
+    optimiser = steps_per_epoch * statistics.median(exact["optimiser"])
+    total = refresh + fwd_bwd + optimiser
     parts = {
         "generation (refresh: generate + per-token log-probs)": refresh,
         "forget term forward/backward": min(forget_only, fwd_bwd),
         "belief term forward/backward": max(fwd_bwd - forget_only, 0.0),
-        "optimiser step": profile["optimiser"] / repeats,
+        "optimiser step": optimiser,
     }
     for name, seconds in parts.items():
         print(f"profile {name} share: {seconds / total:.3f}")
@@ -384,6 +493,59 @@ def main(argv: list[str] | None = None) -> None:
         whole, _ = peak_step_memory(model, forget, beliefs, beliefs["input_ids"].shape[0], device)
         print(f"peak memory step N={n} belief_microbatch={microbatch} {unit}: {peak / 2**20:.2f}")
         print(f"peak memory step N={n} un-micro-batched {unit}: {whole / 2**20:.2f}")
+    for n in (1, 2, 4, 8):  # prefix sharing: at most belief_microbatch branches per forward, whatever N
+        beliefs = _first_n_beliefs(big, forget, n, tokenizer.pad_token_id)
+        peak, _ = peak_step_memory(model, forget, beliefs, microbatch, device, share_prefix=True)
+        print(f"peak memory step N={n} belief_microbatch={microbatch} shared prefix {unit}: {peak / 2**20:.2f}")
+
+    if args.profile:
+        profile_steps(args, device)
+
+
+def profile_steps(args, device, vocab: int = 128256, rows: int = 4, answer_len: int = 32, top: int = 12) -> None:
+    """torch.profiler tables (top operators by self time) of one BS-T step and of one BS-S step (N = 3 beliefs of the
+    forget answers' length; exact, and m = 1 with prefix sharing) on a random Llama with a Llama-3 vocabulary (tied
+    embeddings, d = 128, 2 layers): forward + backward of the forget term + optimiser step, after one warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bs_ref.models import TinyLlamaConfig, build_tiny_llama
+
+    cfg = TinyLlamaConfig(hidden_size=128, intermediate_size=344, num_layers=2, num_heads=2, vocab_size=vocab)
+    model = build_tiny_llama(vocab, cfg, seed=args.seed).to(device).train()
+    g = torch.Generator().manual_seed(args.seed)
+    prompt_len = args.prompt_len
+    ids = torch.randint(3, vocab, (rows, prompt_len + answer_len), generator=g)
+    labels = ids.clone()
+    labels[:, :prompt_len] = IGNORE_INDEX
+    forget = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids), "index": torch.arange(rows)}
+    belief_ids = torch.cat([ids[:, :prompt_len].repeat_interleave(3, 0),
+                            torch.randint(3, vocab, (3 * rows, answer_len), generator=g)], dim=1)  # fmt: skip
+    belief_labels = belief_ids.clone()
+    belief_labels[:, :prompt_len] = IGNORE_INDEX
+    beliefs = {"input_ids": belief_ids, "labels": belief_labels, "attention_mask": torch.ones_like(belief_ids),
+               "owner_index": torch.arange(rows).repeat_interleave(3)}  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    batch = {k: v.to(device) for k, v in forget.items()}
+    cases = (("bs_t", make_method("bs_t"), None), ("bs_s", make_method("bs_s"), beliefs),
+             ("bs_s(m=1,shared)", make_method("bs_s", share_prefix=True, belief_subsample=1), beliefs))  # fmt: skip
+    print(f"profile model: random Llama (d=128, 2 layers, V={vocab}), B={rows} prompt={prompt_len} "
+          f"answer={answer_len} tokens, N=3 beliefs of {answer_len} tokens")  # fmt: skip
+
+    def step(method, belief_batch):
+        forget_backward(method, model, batch, belief_batch)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+
+    for name, method, belief_batch in cases:
+        step(method, belief_batch)  # warm-up
+        t = time.perf_counter()
+        with profile(activities=activities) as prof:
+            step(method, belief_batch)
+        print(f"profile {name} step seconds (under the profiler): {time.perf_counter() - t:.3f}")
+        print(prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=48))
 
 
 def _first_n_beliefs(cache, forget, n, pad_id):

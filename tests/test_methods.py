@@ -118,6 +118,8 @@ FIELD_VALUES = {
     "lam_bss": st.floats(0.0, 1.0),
     "base": st.sampled_from(BS_S_BASES),
     "base_beta": st.none() | st.floats(0.01, 3.0),
+    "share_prefix": st.booleans(),
+    "belief_subsample": st.none() | st.integers(1, 8),
     "n_beliefs": st.integers(1, 8),
     "regime": st.sampled_from(["off_policy", "on_policy"]),
     "refresh_epochs": st.floats(0.0, 4.0),

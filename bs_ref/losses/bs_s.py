@@ -150,3 +150,17 @@ def bs_s_loss_paper(
         return forget_term
     belief_term = loss(belief_logits, belief_labels, **kwargs, **(belief_kwargs or {}))  # L_base(D̂_u), all rows
     return (1.0 - lam_bss) * forget_term + lam_bss * belief_term  # Eq. (7)
+
+
+def weighted_row_piece(
+    base: str, logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    """Σ_r w_r · L_base(row r): the "row" reduction with a weight per row instead of 1/(rows with an answer).
+
+    With w_r = 1/R on every row of a belief batch (R: its rows with an answer) this is ``belief_piece``'s row
+    mean; ``bs_ref.prefix`` uses it for rows that carry their own weights — forget and belief rows packed in one
+    forward under prefix sharing ((1 − λ_BSS)/B and λ_BSS/R), and subsampled belief rows reweighted N_i/m_i
+    (Horvitz–Thompson). A row without answer tokens contributes 0. ``kwargs``: the base loss's hyper-parameters
+    and, for NPO, ``ref_logprobs`` of these rows."""
+    per_row = base_loss(base, logits, labels, reduction="none", **kwargs)
+    return (per_row * row_weights.to(per_row)).sum()
