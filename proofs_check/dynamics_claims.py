@@ -5,7 +5,7 @@ Theorem 5.3. Conventions of ``bs_ref.dynamics``: L is the minimised loss, G = �
 
     Δ log π(y_o|χ_o) = −η·A·K·G + O(η²),   A = I − 1·πᵀ,   K = ∇_θ z(χ_o)∇_θ z(χ_u)ᵀ      (Lemma 5.1)
 
-"First order" is checked as SPEC §5 says: error/η² stays bounded while η shrinks 10×, 100×
+"First order" is checked as docs/theory.md §1 defines it: error/η² stays bounded while η shrinks 10×, 100×
 (``bs_ref.dynamics.first_order_check``, float64).
 
 T5.2 is stated for the cross-entropy residual: ∂CE(t, p)/∂z = p − t, so G_GA = p − e_y and

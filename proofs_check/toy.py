@@ -1,4 +1,4 @@
-"""Toy models for the claims suite: the ``toy_softmax`` and ``toy_autoregressive`` tiers of SPEC §5.
+"""Toy models for the claims suite: the ``toy_softmax`` and ``toy_autoregressive`` tiers of docs/theory.md §5.
 
 toy_softmax
     Free logits z ∈ R^V (the model *is* its logits: K = I) and a linear head z = W·φ(x) + b over fixed

