@@ -4,7 +4,7 @@ pretrained SmolLM2-135M-Instruct that installs offline, and any Hugging Face che
 The TOFU protocol (Maini et al. 2024, arXiv 2401.06121) used by Li et al., "LLM Unlearning with LLM
 Beliefs" (ICLR 2026, arXiv 2510.19422) needs two models: the **original** model, finetuned on every
 fictitious author, and its **retain twin**, finetuned on the retain authors only — the reference that
-forget quality compares against (SPEC §6). On a CPU we build both here:
+forget quality compares against (docs/theory.md §6). On a CPU we build both here:
 
 * ``train_tokenizer``: a small byte-level BPE tokenizer trained on the corpus (lossless round trip, so
   a generated answer can be matched against the fact string), with ``<|endoftext|>`` (eos), ``<pad>``
@@ -115,6 +115,11 @@ class TrainConfig:
     template: str = "plain"
     """Prompt template of ``bs_ref.data.tofu`` ("plain" or "chat"); evaluation must use the same one."""
     seed: int = 0
+    """Seed of the initial weights (from scratch) and of the batch order: the model-pair seed of an experiment
+    (``--pair-seeds``); 0 is the pair every earlier version trained."""
+    precision: str = "fp32"
+    """Numerics of the forward passes: ``fp32`` or ``bf16`` (autocast, ``with_precision``). Part of the cache key
+    only when it is not fp32, so an fp32 pair keeps the key it always had."""
 
 
 PRESETS: dict[str, tuple[TinyLlamaConfig | PretrainedSpec, TrainConfig]] = {
@@ -450,12 +455,15 @@ def pair_cache_key(
     """Hash of everything that changes the trained weights: both corpora (so a change to the benchmark
     generator is noticed even under the same config), the tokenizer's extra texts, the model and training
     configs, the package version."""
+    train = _to_jsonable(train_cfg)
+    if train.get("precision", "fp32") == "fp32":  # fp32 is what every earlier key was computed with
+        train.pop("precision", None)
     payload = {
         "original": [list(p) for p in original_pairs],
         "retain": [list(p) for p in retain_pairs],
         "tokenizer_texts": list(tokenizer_texts),
         "model": _to_jsonable(model_cfg),
-        "train": _to_jsonable(train_cfg),
+        "train": train,
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -465,6 +473,36 @@ def _corpus_texts(pairs: Sequence[tuple[str, str]], template: str) -> list[str]:
     if template == "plain":
         return [PLAIN_TEMPLATE.format(question=q) + a for q, a in pairs]
     return [f"{q}\n{a}" for q, a in pairs]
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def with_precision(model, precision: str = "fp32"):
+    """``model`` whose forward runs under ``torch.autocast(<its device>, torch.bfloat16)`` for ``bf16`` (outputs
+    converted back to float32, as ``accelerate``'s bf16 wrapper does), on CPU as on CUDA; ``fp32`` leaves it as
+    it is. The weights stay float32. The wrapper is an instance attribute bound to the model, so
+    ``copy.deepcopy`` (each method's copy, the frozen reference of NPO) and ``generate`` keep it; applying it
+    twice is a no-op. Returns the model."""
+    import functools
+    import types
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
+    if precision == "fp32" or getattr(model, "_bs_ref_precision", "fp32") == precision:
+        return model
+    from accelerate.utils import convert_to_fp32
+
+    @functools.wraps(type(model).forward)  # generate() reads the signature (logits_to_keep, cache_position)
+    def forward(self, *args, **kwargs):
+        device = next(self.parameters()).device.type
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            out = type(self).forward(self, *args, **kwargs)
+        return convert_to_fp32(out)
+
+    model.forward = types.MethodType(forward, model)
+    model._bs_ref_precision = precision
+    return model
 
 
 def _fresh_model(model_cfg, tokenizer, seed: int, cache_dir):
@@ -499,7 +537,7 @@ def train_pair(
     info: dict[str, Any] = {}
     models = []
     for role, pairs in (("original", original_pairs), ("retain", retain_pairs)):
-        model = _fresh_model(model_cfg, tokenizer, train_cfg.seed, cache_dir)
+        model = with_precision(_fresh_model(model_cfg, tokenizer, train_cfg.seed, cache_dir), train_cfg.precision)
         if torch.cuda.is_available():
             model = model.to("cuda")
         # A from-scratch model this small gains nothing from intra-op threads, and when other processes share

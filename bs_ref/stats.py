@@ -26,6 +26,12 @@ unlearning seeds and the pair seeds independently and takes every cell of the tw
 the two multiplicities), which keeps the pair effect shared by all unlearning seeds of a pair; use it once there
 are several pair seeds, since resampling cells as if independent understates a pair effect.
 
+Speed. The TOFU statistics and ``ratio_statistic`` carry a vectorised form (``statistic.vectorised``): every
+replicate at once from the same item draws, a resampled mean being one matrix product of multiplicities and
+values (FQ: the KS statistic of every replicate from ECDF counts, then the memoised p-value). The replicates
+equal the loop's up to the order of additions (tested); data it does not take (a non-finite item value, items
+as dicts) run the loop. Any other statistic runs the loop.
+
 Why percentile and not BCa. BCa corrects the percentile interval with a bias term (the share of replicates
 below the point estimate) and an acceleration estimated by a jackknife. In a two-level design there is no
 single jackknife (over runs? items? both?), and with the 1–9 runs of an experiment the run resample takes only
@@ -410,6 +416,18 @@ def _aggregate_bootstrap(
     rng = np.random.default_rng(seed)
     weights = _run_weights(rng, n_resamples, keys, n_runs, design)
     draws = {g: rng.integers(0, n, size=(n_resamples, n)) for g, n in sorted(sizes.items())}
+    replicates = _vectorised_replicates(prepared, statistic, draws, sizes, weights)
+    if replicates is None:
+        replicates = _looped_replicates(prepared, value_of, draws, weights, n_resamples)
+    ok = ~np.isnan(replicates)
+    if ok.mean() < 1.0 - MAX_FAILED_SHARE:
+        return value, float("nan"), float("nan"), per_run, n_items
+    low, high = _percentiles(replicates[ok], confidence)
+    return value, low, high, per_run, n_items
+
+
+def _looped_replicates(prepared, value_of, draws, weights, n_resamples) -> np.ndarray:
+    """Every replicate's statistic by calling the statistic on each resampled run (any statistic)."""
     replicates = np.empty(n_resamples)
     for b in range(n_resamples):
         index = {g: d[b] for g, d in draws.items()}
@@ -417,11 +435,35 @@ def _aggregate_bootstrap(
         values = np.array([value_of(r, index) for r in active])
         with np.errstate(invalid="ignore"):
             replicates[b] = float(np.sum(weights[b, active] * values))
-    ok = ~np.isnan(replicates)
-    if ok.mean() < 1.0 - MAX_FAILED_SHARE:
-        return value, float("nan"), float("nan"), per_run, n_items
-    low, high = _percentiles(replicates[ok], confidence)
-    return value, low, high, per_run, n_items
+    return replicates
+
+
+class _NotVectorised(Exception):
+    """A vectorised statistic cannot take these data (a non-finite item, items as dicts): use the loop."""
+
+
+def _vectorised_replicates(prepared, statistic, draws, sizes, weights) -> np.ndarray | None:
+    """Every replicate at once for a statistic with a ``vectorised`` form (the TOFU statistics, ratios): the
+    same item draws as the loop, as multiplicities, so a resampled mean is one matrix product. The replicates
+    equal the loop's up to the rounding of a sum (the order of the additions). None: no vectorised form, or data
+    it does not take (the loop then runs)."""
+    vectorised = getattr(statistic, "vectorised", None)
+    if vectorised is None:
+        return None
+    counts = {}
+    for group, d in draws.items():
+        n_resamples, n = d.shape
+        flat = (d + n * np.arange(n_resamples)[:, None]).ravel()
+        counts[group] = np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(float)
+    try:
+        per_method = []
+        for runs in prepared:
+            per_method.append(np.stack([np.asarray(vectorised(run, counts), dtype=float) for run in runs], axis=1))
+    except _NotVectorised:
+        return None
+    values = per_method[0] if len(per_method) == 1 else per_method[0] - per_method[1]
+    with np.errstate(invalid="ignore"):
+        return np.sum(np.where(weights > 0, weights * values, 0.0), axis=1)
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -715,6 +757,124 @@ def util_statistic(run: Mapping[str, Mapping[str, np.ndarray]]) -> float:
 def agg_statistic(run: Mapping[str, Mapping[str, np.ndarray]]) -> float:
     """Agg = HM(Mem, Util), floored at 1e-3."""
     return _hmean([mem_statistic(run), util_statistic(run)], MEM_EPS)
+
+
+# Vectorised forms: ``f(run, counts)`` -> the statistic of every replicate at once, ``counts[item set]`` the
+# (n_resamples, n_items) multiplicities of the replicates' item draws (``_vectorised_replicates``). Each is the
+# statistic above written on resampled means (a mean of resampled items is counts @ values / n); data they do not
+# take (a non-finite item value, items as dicts) raise ``_NotVectorised`` and the loop runs instead.
+def _column(run: Mapping[str, Any], split: str, column: str) -> np.ndarray:
+    table = run[split]
+    if not isinstance(table, Mapping):
+        raise _NotVectorised(split)
+    values = np.asarray(table[column], dtype=float)
+    if not np.all(np.isfinite(values)):
+        raise _NotVectorised(f"{split}.{column}")
+    return values
+
+
+def _vmean(run: Mapping[str, Any], counts: Mapping[str, np.ndarray], split: str, column: str) -> np.ndarray:
+    values = _column(run, split, column)
+    if values.size == 0:
+        return np.full(next(iter(counts.values())).shape[0], np.nan)
+    return counts[_group(split)] @ values / values.size
+
+
+def _vhmean(columns: Sequence[np.ndarray], eps: float = 0.0) -> np.ndarray:
+    """``_hmean`` of every replicate: columns are (n_resamples,) arrays of the terms."""
+    arr = np.maximum(np.stack(columns, axis=1), eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = arr.shape[1] / np.sum(1.0 / arr, axis=1)
+    out[np.any(arr == 0, axis=1)] = 0.0
+    out[np.isnan(arr).any(axis=1)] = np.nan
+    return out
+
+
+def _model_utility_vectorised(run, counts) -> np.ndarray:
+    splits = ("retain", "real_authors", "world_facts")
+    return _vhmean([_vmean(run, counts, s, m) for s in splits for m in ("prob", "rouge", "tr_score")])
+
+
+def _mem_vectorised(run, counts) -> np.ndarray:
+    return _vhmean([1.0 - _vmean(run, counts, "forget", c) for c in ("es", "em", "para_prob", "tr_mod")], MEM_EPS)
+
+
+def _util_vectorised(run, counts) -> np.ndarray:
+    if "fluency" not in run["forget"]:
+        return np.full(next(iter(counts.values())).shape[0], np.nan)
+    return _vhmean([_model_utility_vectorised(run, counts), _vmean(run, counts, "forget", "fluency")], MEM_EPS)
+
+
+def _agg_vectorised(run, counts) -> np.ndarray:
+    return _vhmean([_mem_vectorised(run, counts), _util_vectorised(run, counts)], MEM_EPS)
+
+
+def _log10_forget_quality_vectorised(run, counts) -> np.ndarray:
+    """The KS statistic of every replicate as ``ks_pvalue`` computes it (integer ECDF-count differences, here at
+    every distinct value of the two full samples: the ECDFs of a resample only step at its own values, so the
+    maximum is the same), then the memoised p-value per distinct statistic."""
+    forget = run["forget"]
+    if not isinstance(forget, Mapping):
+        raise _NotVectorised("forget")
+    if "retain_truth_ratio" not in forget:
+        raise ValueError("log10 FQ needs the retain model's forget items: tofu_columns(..., retain_forget=...)")
+    a, b = np.asarray(forget["truth_ratio"], dtype=float), np.asarray(forget["retain_truth_ratio"], dtype=float)
+    if np.isnan(a).any() or np.isnan(b).any() or a.size != b.size or a.size == 0:
+        raise _NotVectorised("forget.truth_ratio")
+    c = counts["forget"]
+    thresholds = np.unique(np.concatenate([a, b]))
+    count_a = c @ (a[:, None] <= thresholds[None, :]).astype(float)
+    count_b = c @ (b[:, None] <= thresholds[None, :]).astype(float)
+    n = a.size
+    k = np.rint(np.max(np.abs(count_a * n - count_b * n), axis=1)).astype(np.int64)
+    out = np.empty(k.size)
+    for value in np.unique(k):
+        rows = np.flatnonzero(k == value)
+        key = (n, n, int(value))
+        if key not in _KS_PVALUES:
+            index = np.repeat(np.arange(n), c[rows[0]].astype(np.int64))
+            ks_pvalue(a[index], b[index])  # memoises the p-value of this statistic
+        p = _KS_PVALUES[key]
+        out[rows] = math.log10(p) if p > 0 else float("-inf")
+    return out
+
+
+model_utility_statistic.vectorised = _model_utility_vectorised
+log10_forget_quality_statistic.vectorised = _log10_forget_quality_vectorised
+mem_statistic.vectorised = _mem_vectorised
+util_statistic.vectorised = _util_vectorised
+agg_statistic.vectorised = _agg_vectorised
+
+
+def ratio_statistic(numerator: str, denominator: str, split: str = "forget") -> Statistic:
+    """The statistic Σ numerator / Σ denominator over the items of ``split`` (NaN when Σ denominator = 0): a
+    pooled mean whose items carry sums over several values, e.g. a belief band's mean log-prob over all
+    (question, candidate) pairs with one item per question (``band_drop_statistic``). Vectorised."""
+
+    def statistic(run: Mapping[str, Mapping[str, np.ndarray]]) -> float:
+        den = float(np.sum(run[split][denominator]))
+        return float(np.sum(run[split][numerator])) / den if den else float("nan")
+
+    def vectorised(run, counts) -> np.ndarray:
+        num, den = _column(run, split, numerator), _column(run, split, denominator)
+        c = counts[_group(split)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total = c @ den
+            return np.where(total != 0, (c @ num) / np.where(total != 0, total, 1.0), np.nan)
+
+    statistic.vectorised = vectorised
+    statistic.__name__ = f"ratio_{numerator}_{denominator}"
+    return statistic
+
+
+def band_drop_statistic(band: str = "high", split: str = "forget") -> Statistic:
+    """The drop of a belief band's pooled mean log-prob from the start of unlearning, resampled with the
+    questions: one item per question with columns ``band_<band>_drop_sum`` (Σ over the question's candidates in
+    the band of start log-prob − current log-prob) and ``band_<band>_count`` (their number;
+    ``bs_ref.metrics.leakage.score_belief_bands(..., per_question=True)``). Σ drop_sum / Σ count is the band's
+    pooled start mean − its pooled current mean (the candidates are the same at both), so on all questions it
+    is the band drop the curves report. Larger = the band fell more."""
+    return ratio_statistic(f"band_{band}_drop_sum", f"band_{band}_count", split)
 
 
 TOFU_STATISTICS: dict[str, Statistic] = {

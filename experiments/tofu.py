@@ -7,7 +7,8 @@ Run commands (from the repository root; ``--help`` lists every flag, ``--preset`
 
     python experiments/tofu.py                                   # embedded default on CPU: synthetic benchmark
     python experiments/tofu.py --preset smoke --out runs/smoke   # tiny sizes, < 3 min on 2 cores (CI)
-    python experiments/tofu.py --seeds 0 1 2 --grid              # mean ± std, and BS-T over τ × λ
+    python experiments/tofu.py --seeds 0 1 2 --grid              # 95 % intervals, and BS-T over τ × λ
+    python experiments/tofu.py --preset smoke --seeds 0 1 --pair-seeds 0 1   # 2 unlearning x 2 model-pair seeds
     python experiments/tofu.py --methods ga npo:beta=0.2 bs_t:tau=2,lam=0.6 --lam 0.4   # per-method values
     python experiments/tofu.py --preset smollm2                  # pretrained SmolLM2-135M-Instruct tier (CPU)
     python experiments/tofu.py --preset paper --data locuslab/TOFU \\
@@ -19,18 +20,22 @@ What one run does (docs/theory.md §6, §12):
 
 1. Data (``bs_ref.protocol.data``): ``--data synthetic`` (default) builds the fictitious-author benchmark,
    whose records carry an annotated fact; anything else is a TOFU source (``locuslab/TOFU`` or a directory).
-2. Models (``bs_ref.protocol.models``): synthetic data trains the original model and its retain twin once and
-   caches them; real data takes ``--model`` and ``--retain-model`` (or ``--retain-logs``).
+2. Models (``bs_ref.protocol.models``): synthetic data trains the original model and its retain twin once per
+   model-pair seed (``--pair-seeds``; default 0, the pair of every earlier version) and caches them; real data
+   takes ``--model`` and ``--retain-model`` (or ``--retain-logs``), one pair. ``--precision`` (fp32 | bf16,
+   set by the preset) applies to pair training, unlearning and evaluation alike.
 3. Methods (``--methods``, declared in ``bs_ref.methods``), all with one budget (``bs_ref.unlearn``):
    ``original`` and ``retrain`` are evaluated as they are; the others unlearn a fresh copy of the original
    model. A run-wide flag (``--lam``) sets a hyper-parameter of every method that has it; a method spec
    (``bs_t:temperature=2,lam=0.6``) sets it for one. ``ga_scaled`` is GA×(1−λ), BS-T's control (D2).
 4. Evaluation (``bs_ref.protocol.evaluate``): every TOFU metric at the end; every ``--eval-every`` steps a
    light evaluation (target log-prob, belief bands, FQ, MU, Mem, fact leak): each method's trade-off curve.
-5. Report under ``--out`` (``bs_ref.protocol.report``): config.json, methods/<method>/seed<k>/, summary.csv,
-   matched.csv (methods at MATCHED FORGETTING, read off their curves), table.md, plots/*.png.
+5. Report under ``--out`` (``bs_ref.protocol.report``): config.json, methods/<method>/seed<k>/ (pair<p>/seed<k>/
+   for a model pair p ≠ 0), summary.csv, matched.csv (methods at MATCHED FORGETTING, read off their curves),
+   verdict.csv (paired comparisons with better / worse / no difference at 95 %), table.md, plots/*.png. Every
+   number carries a 95 % interval (bs_ref.stats: items resampled within runs, runs = (seed, pair seed) cells).
 
-Resume: a rerun with the same settings skips every finished method/seed (and adds new methods or seeds);
+Resume: a rerun with the same settings skips every finished method/seed/pair (and adds new methods or seeds);
 Ctrl-C keeps what finished. Different settings on the same ``--out`` stop with an error unless ``--overwrite``.
 """
 
@@ -54,7 +59,8 @@ from bs_ref.protocol.data import DataConfig
 from bs_ref.protocol.evaluate import EvalConfig
 from bs_ref.protocol.models import ModelConfig
 from bs_ref.protocol.report import describe, write_report
-from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, versions, write_json
+from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, cell_name, versions, write_json
+from bs_ref.protocol.uncertainty import Context
 from bs_ref.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
 
 DEFAULT_METHODS = ("original", "retrain", "ga", "graddiff", "npo", "simnpo", "wga", "ga_scaled", "bs_t", "bs_s")
@@ -76,7 +82,14 @@ class TofuArgs:
         "its own hyper-parameters: npo:beta=0.2, bs_t:temperature=2,lam=0.6 (aliases tau, lambda, n)",
         factory=lambda: [*DEFAULT_METHODS],
     )
-    seeds: list[int] = arg(help="unlearning seeds; several give mean ± std rows", factory=lambda: [0])
+    seeds: list[int] = arg(
+        help="unlearning seeds (batch order, sampling); every seed runs on every model pair", factory=lambda: [0]
+    )
+    pair_seeds: list[int] = arg(
+        help="model-pair seeds (synthetic data): the original model and its retain twin are "
+        "trained once per seed; 0 is the pair of earlier versions",
+        factory=lambda: [0],
+    )
     grid: bool = arg(False, "also run BS-T over temperature {1,2,4} x lam {0.2,0.6} and GA×(1−λ) for both λ")
     progress: bool = arg(True, "show progress bars", negative="hide progress bars (shown by default)")
     match_target_drop: float | None = arg(None, "matched level: target log-prob drop, nats (default: from the curves)")
@@ -102,22 +115,24 @@ PRESETS = {
                   belief_max_new_tokens=24),
     # The authors' TOFU configuration (docs/theory.md §7): lr 1e-5, 10 epochs, effective batch 32, weight
     # decay 0.01, one warm-up epoch, bf16; TOFU's 200-token answers; chat prompts for the instruct checkpoints.
-    "paper": dict(lr=1e-5, epochs=10, batch_size=8, grad_accum=4, weight_decay=0.01, warmup=1.0, bf16=True,
+    "paper": dict(lr=1e-5, epochs=10, batch_size=8, grad_accum=4, weight_decay=0.01, warmup=1.0, precision="bf16",
                   template="chat", max_new_tokens=200, eval_every=25, curve_items=50, belief_max_new_tokens=128),
     # SmolLM2-135M-Instruct fine-tuned on a small synthetic world, chat prompts; forget10 = 2 authors x 3 facts.
     # Sized so a cold run (pair trained) fits in 40 min on 2 CPU cores. lr 1e-4: at 2e-5 GA lowered the target
     # by only 0.4 nats in its 15 steps; an evaluation every 2 of the 10 steps (every 5 left 3 curve points).
+    # bf16 autocast for the pair, the unlearning and the evaluations (a preset setting, on any hardware).
     "smollm2": dict(model_preset="smollm2", template="chat", n_authors=20, qa_per_author=3, n_world=10, n_real=10,
                     lr=1e-4, batch_size=4, eval_every=2, curve_items=4, leak_samples=3, eval_batch_size=16,
-                    threads=2),
+                    threads=2, precision="bf16"),
 }
 """Defaults each preset changes (flag name: value); a flag given on the command line overrides its preset."""
 # fmt: on
 
 COMMAND_LINE = cli.CommandLine(TofuArgs, PRESETS, __doc__.split("\n\n")[0], prog="python experiments/tofu.py")
-NOT_IDENTITY = ("out", "overwrite", "methods", "seeds", "grid", "progress", "eval_batch_size", "device", "cache_dir",
-                "match_target_drop", "match_fact_leak")  # fmt: skip
-"""Settings that do not change a method's numbers (so a rerun may change them and still resume)."""
+NOT_IDENTITY = ("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "progress", "eval_batch_size", "device",
+                "cache_dir", "match_target_drop", "match_fact_leak", "bf16")  # fmt: skip
+"""Settings that do not change a method's numbers (so a rerun may change them and still resume); ``bf16`` is
+an alias whose effect the identity records as ``precision``."""
 
 
 def parse_args(argv: list[str]) -> TofuArgs:
@@ -134,6 +149,7 @@ def check(args: TofuArgs) -> list[tuple[str, object]]:
     problems = data.problems(args.data) + models.problems(args.models, args.data, [label for label, _ in plan])
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         problems.append(f"--seeds {' '.join(map(str, args.seeds))} must name distinct seeds (e.g. --seeds 0 1 2)")
+    problems += models.pair_seed_problems(args.pair_seeds, args.models, args.data)
     problems += cli.config_problems(args.unlearn) + method_problems + evaluate.problems(args.evaluation)
     cli.Problems.check(problems + matched.level_problems(args.match_target_drop, args.match_fact_leak))
     return plan
@@ -149,55 +165,68 @@ def main(argv: list[str] | None = None) -> dict:
     command = shlex.join(["python", "experiments/tofu.py", *argv])
     args = parse_args(argv)
     plan = check(args)
-    labels, seeds, settings, started = [m for m, _ in plan], args.seeds, COMMAND_LINE.flat(args), time.perf_counter()
+    labels, seeds, pairs = [m for m, _ in plan], args.seeds, args.pair_seeds
+    settings, started = COMMAND_LINE.flat(args), time.perf_counter()
     splits = data.load_data(args.data)
-    identity = {k: v for k, v in settings.items() if k not in NOT_IDENTITY} | {"bs_ref_version": __version__}
+    identity = {k: v for k, v in settings.items() if k not in NOT_IDENTITY} | {
+        "precision": args.models.precision_name, "bs_ref_version": __version__}  # fmt: skip
     store = RunDir(args.out, identity, overwrite=args.overwrite)
-    device, diverged = args.models.device_name, []
-    with cli.progress_bars(args.progress), store.resumable(labels, seeds, command):
+    device, diverged, notes, retain_forget, model_info = args.models.device_name, [], [], {}, {}
+    with cli.progress_bars(args.progress), store.resumable(labels, seeds, command, pairs):
         torch.set_num_threads(args.models.threads)
-        original, retain, tokenizer, model_info = models.load_models(args.models, splits, args.progress, say)
-        evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
         config = {"identity": store.identity, "command": command, "preset": args.preset, "methods": labels,
-                  "seeds": seeds, "device": device, "mixed_precision": args.models.mixed_precision,
-                  "versions": versions(), "data": splits.info, "models": model_info,
-                  "conventions": evaluate.conventions(settings, evaluator.max_new_tokens),
+                  "seeds": seeds, "pair_seeds": pairs, "device": device, "precision": args.models.precision_name,
+                  "mixed_precision": args.models.mixed_precision, "versions": versions(), "data": splits.info,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-        write_json(store.path("config.json"), config)
-        start, fq_note = evaluate.references(store, evaluator, original, retain, args.models.retain_logs, device,
-                                             want_retrain="retrain" in labels, announce=say)  # fmt: skip
-        write_json(store.path("config.json"), config | {"forget_quality_note": fq_note})
-
-        for seed in seeds:
-            for label, method in plan:
-                if method is None:
-                    continue
-                if store.is_finished(label, seed):
-                    say(f"{label} seed {seed}: finished result kept ({store.result_path(label, seed)})")
-                    continue
-                try:
-                    unlearn_and_evaluate(args, store, evaluator, splits, original, tokenizer, label, method, seed,
-                                         start)  # fmt: skip
-                except NonFiniteLossError as error:  # one line; every finished result is kept
-                    diverged.append(f"{label} seed {seed}: {error}")
-                    say(f"{label} seed {seed} stopped (lower --lr; every finished result is kept): {error}")
+        for pair in pairs:
+            original, retain, tokenizer, model_info[pair] = models.load_models(args.models, splits, args.progress, say,
+                                                                               pair_seed=pair)  # fmt: skip
+            evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
+            config |= {"models": model_info[pairs[0]], "conventions": evaluate.conventions(settings,
+                       evaluator.max_new_tokens)}  # fmt: skip
+            if len(pairs) > 1:
+                config["models_by_pair_seed"] = dict(model_info)
+            write_json(store.path("config.json"), config)
+            start, fq_note = evaluate.references(store, evaluator, original, retain, args.models.retain_logs, device,
+                                                 want_retrain="retrain" in labels, announce=say, pair=pair)  # fmt: skip
+            retain_forget[pair] = evaluator.retain_forget_items
+            if fq_note and fq_note not in notes:
+                notes.append(fq_note)
+            write_json(store.path("config.json"), config | {"forget_quality_note": fq_note})
+            for seed in seeds:
+                for label, method in plan:
+                    if method is None:
+                        continue
+                    cell = cell_name(label, seed, pair)
+                    if store.is_finished(label, seed, pair):
+                        say(f"{cell}: finished result kept ({store.result_path(label, seed, pair)})")
+                        continue
+                    try:
+                        unlearn_and_evaluate(args, store, evaluator, splits, original, tokenizer, label, method, seed,
+                                             start, pair)  # fmt: skip
+                    except NonFiniteLossError as error:  # one line; every finished result is kept
+                        diverged.append(f"{cell}: {error}")
+                        say(f"{cell} stopped (lower --lr; every finished result is kept): {error}")
 
         report = write_report(
-            store, store.results(labels, seeds), seeds=seeds, command=command, has_facts=splits.has_facts,
-            settings=describe(splits.info, settings, seeds), notes=[fq_note] if fq_note else [], diverged=diverged,
+            store, store.results(labels, seeds, pairs), seeds=seeds, command=command, has_facts=splits.has_facts,
+            settings=describe(splits.info, settings, seeds, pairs), notes=notes, diverged=diverged,
             given=matched.given_levels(args.match_target_drop, args.match_fact_leak),
+            context=Context(args.evaluation.convention, args.evaluation.fluency_classifier, retain_forget,
+                            methods=dict(plan), pair_seeds=pairs),
         )  # fmt: skip
     return report | {"wall_s": time.perf_counter() - started}
 
 
 def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Evaluator, splits: data.Data, original,
-                         tokenizer, label: str, method, seed: int, start: dict) -> None:  # fmt: skip
-    """One method and seed: unlearn a fresh copy of the original model, evaluating it every ``eval_every``
-    steps (its curve starts at the original model's step-0 point), then fully; eval.json, then result.json."""
+                         tokenizer, label: str, method, seed: int, start: dict, pair: int = 0) -> None:  # fmt: skip
+    """One method, seed and model pair: unlearn a fresh copy of the pair's original model, evaluating it every
+    ``eval_every`` steps (its curve starts at the original model's step-0 point), then fully; eval.json, then
+    result.json."""
     cfg = dataclasses.replace(
         args.unlearn, method=method, seed=seed, template=splits.template, progress=args.progress,
         eval_at_start=False,  # the step-0 point is the original model's, computed once for every method
-        log_path=str(store.method_dir(label, seed) / "train_log.jsonl"),
+        log_path=str(store.method_dir(label, seed, pair) / "train_log.jsonl"),
         mixed_precision=args.models.mixed_precision, extra={"label": label},
     )  # fmt: skip
     curve = [dict(start)]
@@ -206,7 +235,7 @@ def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Eval
         if step > 0:
             curve.append(evaluator.curve_point(step, model))
 
-    say(f"{label} seed {seed}: unlearning ({cfg.epochs} epochs, lr {cfg.lr})")
+    say(f"{cell_name(label, seed, pair)}: unlearning ({cfg.epochs} epochs, lr {cfg.lr})")
     model = copy.deepcopy(original)
     accelerator = Accelerator(cpu=args.models.device_name == "cpu", mixed_precision=cfg.mixed_precision)
     began = time.perf_counter()
@@ -217,10 +246,12 @@ def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Eval
     metrics = evaluate.summary_metrics(agg) | {
         "target_logprob_drop": start["target_logprob"] - curve[-1]["target_logprob"]
     }
-    result = {"method": label, "base_method": method.name, "seed": seed, "config": cfg.as_dict(), "metrics": metrics,
-              "aggregate": agg, "curve": curve, "steps": curve[-1]["step"], "wall_s": time.perf_counter() - began,
-              "train_s": train_s}  # fmt: skip
-    store.save_result(label, seed, result, evaluator.payload(per_split, method=label, seed=seed))
+    result = {"method": label, "base_method": method.name, "seed": seed, "pair_seed": pair, "config": cfg.as_dict(),
+              "metrics": metrics, "aggregate": agg, "curve": curve, "steps": curve[-1]["step"],
+              "wall_s": time.perf_counter() - began, "train_s": train_s}  # fmt: skip
+    store.save_result(
+        label, seed, result, evaluator.payload(per_split, method=label, seed=seed, pair_seed=pair), pair=pair
+    )
 
 
 if __name__ == "__main__":

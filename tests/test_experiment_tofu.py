@@ -6,7 +6,12 @@
 - a NaN run stops with one line naming the method, the seed and the fix, every other result kept; a collapsed
   model (huge learning rate) is a result, reported like any other;
 - the real-TOFU path on the local copy (BS_REF_TOFU_DIR, else the committed excerpt) with a tiny model trained here;
-- bad input: one ValueError naming every bad input, before anything is written.
+- bad input: one ValueError naming every bad input, before anything is written;
+- model-pair seeds: each pair trained and cached on its own, results under pair<p>/ (pair 0 keeps the old layout, so
+  a run directory of an earlier version resumes), verdicts over (seed, pair seed) runs; one pair on real data;
+- verdicts that survive a new machine: the smoke preset with 2 seeds x 2 pair seeds on the default CPU kernel path
+  and on ATEN_CPU_CAPABILITY=avx2 (each training its own pairs) gives the same verdict wherever both intervals
+  exclude zero (slow: two such runs take ~4 min on 2 busy cores).
 
 The parts of the protocol have their own tests: tests/test_protocol_*.py.
 """
@@ -27,6 +32,8 @@ import pytest
 
 from bs_ref.metrics.leakage import BANDS
 from bs_ref.protocol.store import REFERENCE_METHODS
+from bs_ref.protocol.tables import SUMMARY_COLUMNS
+from bs_ref.stats import VERDICT_COLUMNS, VERDICTS
 from bs_ref.unlearn import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +86,10 @@ def _float(value: str) -> float:
 
 def test_smoke_writes_every_output(smoke_run):
     out, report, _ = smoke_run
-    for name in ("config.json", "summary.csv", "matched.csv", "table.md", "start.json"):
+    for name in ("config.json", "summary.csv", "matched.csv", "verdict.csv", "table.md", "start.json"):
         assert (out / name).is_file(), name
+    verdicts = (out / "verdict.csv").read_text().splitlines()
+    assert verdicts[0] == ",".join(VERDICT_COLUMNS) and len(verdicts) > 1
     for name in ("mem_util_agg.png", "squeezing_trace.png", "tradeoff.png"):
         path = out / "plots" / name
         assert path.is_file() and path.read_bytes()[:8] == PNG_MAGIC, name
@@ -103,7 +112,13 @@ def test_smoke_summary_values_in_range(smoke_run):
     rows = _read_csv(out / "summary.csv")
     required = "method,forget_quality,log10_forget_quality,model_utility,mem,util,agg,fact_leak".split(",")
     assert set(required) <= set(rows[0])
+    assert list(rows[0])[: len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS)  # earlier columns first, in order
     assert [r["method"] for r in rows] == list(tofu.DEFAULT_METHODS)
+    for row in rows:  # every number with its interval; an item mean's (fact leak) holds the value
+        for column in ("model_utility", "agg", "fact_leak", "log10_forget_quality"):
+            assert _float(row[f"{column}_ci_low"]) <= _float(row[f"{column}_ci_high"]), (row["method"], column)
+        leak = _float(row["fact_leak"])
+        assert _float(row["fact_leak_ci_low"]) <= leak <= _float(row["fact_leak_ci_high"]), row["method"]
     for row in rows:
         fq, log_fq = _float(row["forget_quality"]), _float(row["log10_forget_quality"])
         assert 0 < fq <= 1 and log_fq <= 0 and math.isclose(log_fq, math.log10(fq), rel_tol=1e-4, abs_tol=1e-6)
@@ -124,7 +139,8 @@ def test_smoke_curves_and_config(smoke_run):
     conventions = config["conventions"]
     assert conventions["template"] == "plain" and conventions["metric_convention"] == "tofu"
     assert conventions["bs_s_regime"] == "off_policy"
-    assert config["seeds"] == [0] and config["preset"] == "smoke"
+    assert config["seeds"] == [0] and config["preset"] == "smoke" and config["pair_seeds"] == [0]
+    assert config["precision"] == config["identity"]["precision"] == "fp32" and "bf16" not in config["identity"]
     start = json.loads((out / "start.json").read_text())["point"]
     for method in ("ga", "bs_t", "bs_s", "ga_scaled"):
         result = json.loads((out / "methods" / method / "seed0" / "result.json").read_text())
@@ -135,6 +151,12 @@ def test_smoke_curves_and_config(smoke_run):
         for point in result["curve"]:  # a band may be missing (no candidates on this kernel path) or empty (None)
             assert point["target_logprob"] <= 0
             assert all(point.get(f"band_{b}_logprob") is None or point[f"band_{b}_logprob"] <= 0 for b in BANDS)
+            forget = point["items"]["forget"]  # the per-item values the intervals resample
+            assert -sum(forget["nll_answer"]) / len(forget["nll_answer"]) == pytest.approx(point["target_logprob"])
+            for band in BANDS:  # per-question band sums pool to the band's mean log-prob, as before
+                if point.get(f"band_{band}_logprob") is not None:
+                    pooled = sum(forget[f"band_{band}_sum"]) / sum(forget[f"band_{band}_count"])
+                    assert pooled == pytest.approx(point[f"band_{band}_logprob"], rel=1e-9, abs=1e-12)
     table = (out / "table.md").read_text()
     assert "python experiments/tofu.py " + " ".join(argv) in table
     assert "| bs_t |" in table and "At matched forgetting" in table
@@ -205,6 +227,90 @@ def test_interrupted_run_resumes_and_overwrite_is_explicit(tmp_path, model_cache
     assert new["config"]["lr"] == 1e-3 and old["config"]["lr"] != 1e-3
     assert new["config"]["method"] == {"name": "ga", "gamma": 1.0}
     assert not (out / "methods/ga_scaled").exists()  # --overwrite replaced the old results
+
+
+def test_pair_seeds_train_their_own_pair_and_resume_a_run_dir_of_an_earlier_version(smoke_run, tmp_path):
+    source, _, argv = smoke_run
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())  # as an earlier version wrote it: bf16, no precision
+    identity = {k: v for k, v in config["identity"].items() if k != "precision"} | {"bf16": False}
+    config_path.write_text(json.dumps(config | {"identity": identity}))
+    before = _mtimes(out)
+    argv = [a if a != str(source) else str(out) for a in argv]
+    methods = ["original", "retrain", "ga", "ga_scaled", "bs_t"]
+    report = tofu.main(argv + ["--pair-seeds", "0", "1", "--methods", *methods])
+    after = _mtimes(out)
+    assert {k: after[k] for k in before} == before  # pair 0 is the old run directory, untouched
+    new = {k for k in after if k not in before}
+    expected = {f"methods/{m}/pair1/{'shared' if m in REFERENCE_METHODS else 'seed0'}/{f}" for m in methods
+                for f in ("result.json", "eval.json")}  # fmt: skip
+    assert new == expected and (out / "start_pair1.json").is_file()
+    config = json.loads(config_path.read_text())
+    assert config["pair_seeds"] == [0, 1] and config["identity"]["precision"] == "fp32"
+    keys = {p: config["models_by_pair_seed"][str(p)]["pair"]["key"] for p in (0, 1)}
+    assert keys[0] != keys[1] and config["models"]["pair"]["key"] == keys[0]
+    assert config["models_by_pair_seed"]["1"]["pair"]["train_cfg"]["seed"] == 1
+    rows = _read_csv(out / "summary.csv")
+    ga = [r for r in rows if r["method"] == "ga"]
+    assert [(r["seed"], r["pair_seed"], r["n_runs"]) for r in ga] == [("0", "0", "1"), ("0", "1", "1"),
+                                                                     ("mean", "", "2"), ("std", "", "2")]  # fmt: skip
+    verdicts = _read_csv(out / "verdict.csv")
+    end = {(r["comparison"], r["measure"]): r for r in verdicts if r["setting"] == "end"}
+    assert end[("bs_t \u2212 ga_scaled", "fact_leak")]["n_seeds"] == "2"
+    assert {r["verdict"] for r in verdicts} <= set(VERDICTS)
+    assert report["table"].index("## Verdicts") < report["table"].index("## At the end of training")
+
+
+def test_real_data_takes_one_model_pair(tmp_path, synthetic_dir):
+    with pytest.raises(ValueError, match=r"--pair-seeds 0 1: a real-data run \(--model\) has one model pair"):
+        tofu.main(["--data", str(synthetic_dir), "--model", str(tmp_path), "--allow-no-retain", "--pair-seeds", "0",
+                   "1", "--out", str(tmp_path / "o")])  # fmt: skip
+    with pytest.raises(ValueError, match="--pair-seeds 2 2 must name distinct seeds"):
+        tofu.main(["--pair-seeds", "2", "2", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_verdicts_agree_on_both_cpu_kernel_paths(tmp_path):
+    """The issue "Verdicts that survive a new machine": the smoke preset with 2 unlearning seeds x 2 model-pair seeds
+    on the machine's default kernel path and on ATEN_CPU_CAPABILITY=avx2, each training its own pairs (its own
+    cache), the two runs at once. Floating point differs (the numbers move), but wherever both runs' intervals
+    exclude zero the verdicts must agree."""
+    outs, procs = {}, {}
+    for name, capability in (("default", None), ("avx2", "avx2")):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"} | {"PYTHONPATH": str(ROOT)}
+        if capability:
+            env["ATEN_CPU_CAPABILITY"] = capability
+        outs[name] = tmp_path / name / "run"
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 — closed below
+        command = [sys.executable, str(SCRIPT), "--preset", "smoke", "--seeds", "0", "1", "--pair-seeds", "0", "1",
+                   "--no-progress", "--out", str(outs[name]), "--cache-dir", str(tmp_path / name)]  # fmt: skip
+        procs[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    for name, (proc, log) in procs.items():
+        code = proc.wait(timeout=1500)
+        log.close()
+        assert code == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    rows = {}
+    for name, out in outs.items():
+        text = (out / "verdict.csv").read_text()
+        assert text.splitlines()[0] == ",".join(VERDICT_COLUMNS)
+        parsed = _read_csv(out / "verdict.csv")
+        for row in parsed:  # every column filled (the numbers are empty only for n/a)
+            assert all(row[c] != "" for c in ("comparison", "measure", "setting", "n_items", "n_seeds", "verdict"))
+            assert row["verdict"] in VERDICTS and (row["verdict"] == "n/a" or row["difference"] != "")
+        # every (seed, pair seed) run is paired; the high band only where the pair's original model gave candidates
+        assert {r["n_seeds"] for r in parsed if r["setting"] == "end" and r["measure"] != "high_band_drop"} == {"4"}
+        rows[name] = {(r["comparison"], r["measure"], r["setting"].split("@")[0]): r for r in parsed}
+    capability = json.loads((outs["avx2"] / "config.json").read_text())["versions"]["cpu_capability"]
+    assert capability == "AVX2"
+    common = set(rows["default"]) & set(rows["avx2"])
+    assert common
+    both = [k for k in common if {rows["default"][k]["verdict"], rows["avx2"][k]["verdict"]} <= {"better", "worse"}]
+    disagree = [(k, rows["default"][k]["verdict"], rows["avx2"][k]["verdict"]) for k in both
+                if rows["default"][k]["verdict"] != rows["avx2"][k]["verdict"]]  # fmt: skip
+    assert not disagree, f"{len(disagree)} of {len(both)} verdicts significant on both paths disagree: {disagree}"
 
 
 # ------------------------------------------------------------------------------------------------------------

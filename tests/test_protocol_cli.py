@@ -103,7 +103,7 @@ def test_help_shows_switches_each_default_once_and_what_presets_set():
         assert f"{name}:" in preset
         for key in values:
             assert cli.flag(key) in preset, (name, key)
-    assert "--bf16" in preset and "--model-preset smoke" in preset
+    assert "--precision bf16" in preset and "--model-preset smoke" in preset
 
 
 def test_config_and_method_flags_are_declared_once():
@@ -164,7 +164,8 @@ def test_grid_and_presets_of_the_experiment():
     paper = tofu.parse_args(["--preset", "paper"])
     u = paper.unlearn
     assert (u.lr, u.epochs, u.batch_size * u.grad_accum, u.weight_decay, u.warmup) == (1e-5, 10, 32, 0.01, 1.0)
-    assert paper.models.bf16 and paper.data.template == "chat" and paper.hyper["belief_max_new_tokens"] == 128
+    assert paper.models.precision_name == "bf16" and paper.data.template == "chat"
+    assert paper.hyper["belief_max_new_tokens"] == 128
     assert tofu.parse_args(["--preset", "paper", "--lr", "3e-5"]).unlearn.lr == 3e-5  # flags beat the preset
     args = tofu.parse_args(["--grid", "--methods", "bs_t", "ga_scaled"])
     names = [name for name, _ in tofu.check(args)]
@@ -174,11 +175,13 @@ def test_grid_and_presets_of_the_experiment():
 
 
 def test_data_source_is_checked_first_and_all_problems_at_once(tmp_path):
-    args = tofu.parse_args(["--data", str(tmp_path / "nonexistent"), "--lr", "-1", "--seeds", "1", "1"])
+    args = tofu.parse_args(["--data", str(tmp_path / "nonexistent"), "--lr", "-1", "--seeds", "1", "1",
+                            "--pair-seeds", "0", "1"])  # fmt: skip
     with pytest.raises(cli.Problems) as error:
         tofu.check(args)
     problems = error.value.problems
     assert problems[0].startswith(f"--data {tmp_path / 'nonexistent'} does not exist")
     assert any(p.startswith("--lr -1.0 is invalid") for p in problems)
     assert any("--seeds 1 1" in p for p in problems) and any("--model" in p for p in problems)
+    assert any(p.startswith("--pair-seeds 0 1: a real-data run (--model) has one model pair") for p in problems)
     assert str(error.value).startswith(f"{len(problems)} problems with the arguments:")

@@ -92,7 +92,10 @@ def test_matched_table_reports_methods_that_do_not_reach_the_level():
     assert len(weak) == 2 and not any(r["reached"] for r in weak) and weak[0]["max_forgetting"] == pytest.approx(0.03)
     table = matched.format_matched([r for r in rows if r["measure"] == "target_drop"], "target_drop")
     assert "| weak | not reached (best: 0.030 nats) |" in table
-    assert "| a | 2/2 seeds | 9.000 ± 0.000 | 0.720 ± 0.000 |" in table
+    assert "| a | 2/2 runs | 9.000 ± 0.000 | 0.720 [–, –] |" in table  # no per-item values: no interval
+    bounded = matched.format_matched([r for r in rows if r["measure"] == "target_drop"], "target_drop",
+                                     {"a": {"model_utility": (0.7, 0.75)}})  # fmt: skip
+    assert "| a | 2/2 runs | 9.000 ± 0.000 | 0.720 [0.700, 0.750] |" in bounded
     assert matched.matched_rows(results, [0, 1], matched.given_levels(1.0, 0.5))[1] == {
         "target_drop": 1.0,
         "fact_unleaked": 0.5,
@@ -116,7 +119,7 @@ def test_a_curve_without_belief_bands_is_reported_as_na(missing):
         assert math.isnan(row["high_band_change"]) == (missing != "one band empty")
     table = matched.format_matched([r for r in rows if r["measure"] == "target_drop"], "target_drop")
     line = next(x for x in table.splitlines() if x.startswith("| a |"))
-    assert line.endswith("| n/a |") and line.endswith("± 0.000 | n/a | n/a | n/a |") == (missing != "one band empty")
+    assert line.endswith("| n/a |") and line.endswith("[–, –] | n/a | n/a | n/a |") == (missing != "one band empty")
 
 
 @given(

@@ -1,6 +1,8 @@
 """bs_ref.protocol.store, tables and report: the run directory, summary tables, table.md, plots.
 
 - atomic writes, the identity check, the one-line message of an interrupted run, the library versions;
+- the model-pair level of the layout (none for pair 0, as before pair seeds), and identities of earlier versions
+  (``bf16``) read as today's (``precision``) so their run directories resume;
 - summary rows with mean ± std, tables with "n/a" for a missing number;
 - the leak-while-forgotten lines;
 - the report of results whose curves lack belief bands, and without matplotlib (plots skipped, with the
@@ -18,7 +20,7 @@ import pytest
 
 from bs_ref.protocol import plots, report, tables
 from bs_ref.protocol.matched import given_levels
-from bs_ref.protocol.store import RunDir, versions, write_json
+from bs_ref.protocol.store import RunDir, cell_name, upgrade_identity, versions, write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -38,6 +40,31 @@ def test_atomic_writes_and_run_dir_identity(tmp_path):
         RunDir(tmp_path / "run", {"lr": 2.0})
     RunDir(tmp_path / "run", {"lr": 2.0}, overwrite=True)
     assert not store.is_finished("bs_t:lam=0.6", 0)
+
+
+def test_pair_seeds_add_a_level_only_for_pairs_other_than_0_and_old_identities_resume(tmp_path):
+    store = RunDir(tmp_path / "run", {"lr": 1.0, "precision": "fp32"})
+    assert store.method_dir("ga", 1) == tmp_path / "run/methods/ga/seed1"  # pair 0: the layout of earlier versions
+    assert store.method_dir("ga", 1, 2) == tmp_path / "run/methods/ga/pair2/seed1"
+    assert store.method_dir("original", None, 2) == tmp_path / "run/methods/original/pair2/shared"
+    assert store.start_path() == store.path("start.json") and store.start_path(3) == store.path("start_pair3.json")
+    store.save_result("ga", 0, {"metrics": {}}, pair=1)
+    assert store.is_finished("ga", 0, 1) and not store.is_finished("ga", 0)
+    assert store.load_result("ga", 0, 1)["pair_seed"] == 1
+    assert store.cells(["original", "ga"], [0], [0, 1]) == [("original", None, 0), ("ga", 0, 0),
+                                                              ("original", None, 1), ("ga", 0, 1)]  # fmt: skip
+    assert "ga seed 0 pair 1" in store.interrupted(["ga"], [0], "cmd", [0, 1])
+    assert cell_name("ga", 0) == "ga seed 0" and cell_name("original", None, 1) == "original pair 1"
+    # a run directory written before --precision existed: bf16 false is fp32 and resumes; bf16 true is refused
+    write_json(store.path("config.json"), {"identity": {"lr": 1.0, "bf16": False}})
+    RunDir(tmp_path / "run", {"lr": 1.0, "precision": "fp32"})
+    with pytest.raises(ValueError, match="differing: precision"):
+        RunDir(tmp_path / "run", {"lr": 1.0, "precision": "bf16"})
+    write_json(store.path("config.json"), {"identity": {"lr": 1.0, "bf16": True}})
+    for precision in ("fp32", "bf16"):
+        with pytest.raises(ValueError, match="differing: precision"):
+            RunDir(tmp_path / "run", {"lr": 1.0, "precision": precision})
+    assert upgrade_identity({"bf16": False, "lr": 1}) == {"lr": 1, "precision": "fp32"}
 
 
 def test_interrupted_message_says_what_is_kept_and_how_to_resume(tmp_path):
@@ -70,8 +97,12 @@ def test_summary_rows_mean_std_and_table():
     assert mean["forget_quality"] == pytest.approx(0.2) and std["forget_quality"] == pytest.approx(0.1)
     assert mean["fact_leak"] == ""  # no values: empty, not zero
     table = tables.format_table(rows)
-    assert "| ga | 0.200 ± 0.100 |" in table and "fact leak" not in table
+    assert "| ga | 3 | 0.200 [–, –] |" in table and "fact leak" not in table  # no interval cells: [–, –]
     assert "1.00e-05" in table
+    mean.update(forget_quality_ci_low=0.15, forget_quality_ci_high=0.26)
+    assert "| ga | 3 | 0.200 [0.150, 0.260] |" in tables.format_table(rows)
+    assert [r["n_runs"] for r in rows if r["method"] == "ga"] == [1, 1, 1, 3, 3]
+    assert list(tables.SUMMARY_CSV_COLUMNS[: len(tables.SUMMARY_COLUMNS)]) == list(tables.SUMMARY_COLUMNS)
     rows[0]["model_utility"] = ""
     assert "| original | 1.00e-05 | n/a |" not in tables.format_table(rows)  # the MU column still has values
     assert tables.mean_std((float("nan"), float("nan"), 0)) == "n/a"

@@ -6,7 +6,8 @@
 - paired comparisons: much narrower than unpaired for correlated methods, the verdict follows the direction,
   identical methods give exactly 0 and ``no difference``;
 - aggregate statistics (harmonic mean of split means; the TOFU statistics reproduce
-  ``bs_ref.metrics.tofu.aggregate``), with one item draw shared by runs, methods and '@' references;
+  ``bs_ref.metrics.tofu.aggregate``), with one item draw shared by runs, methods and '@' references; their
+  vectorised forms (and the ratio / band-drop statistics) give the replicate loop's intervals;
 - determinism, NaN items, ±inf, degenerate cases (one run, one item, constant data), the crossed design, and
   the output helpers.
 """
@@ -180,29 +181,34 @@ def test_one_item_draw_per_replicate_is_shared_by_runs_methods_and_references():
     assert blocks <= n_resamples + 1  # the point estimate, then one item draw per replicate for every call
 
 
+def _tofu_items(rng, n, kind):
+    """``n`` evaluation items of a split kind, as ``bs_ref.metrics.tofu.evaluate_split`` writes them."""
+    out = []
+    for i in range(n):
+        item = {
+            "index": i,
+            "nll_answer": float(rng.uniform(0.2, 3)),
+            "nll_perturbed": list(rng.uniform(0.5, 4, 3)),
+            "rougeL_recall": float(rng.uniform()),
+            "generation": "a fluent answer about the author",
+        }
+        item["nll_paraphrased"] = float(rng.uniform(0.2, 3)) if kind in ("forget", "retain") else item["nll_answer"]
+        if kind == "forget":
+            item.update(
+                es=float(rng.uniform()),
+                em=float(rng.uniform()),
+                fact_leak=bool(rng.random() < 0.4),
+                fact_logprob=None if i == 0 else float(-rng.uniform(0, 5)),
+            )
+        out.append(item)
+    return out
+
+
 def test_tofu_statistics_reproduce_metrics_aggregate():
     rng = np.random.default_rng(6)
 
     def items(n, kind):
-        out = []
-        for i in range(n):
-            item = {
-                "index": i,
-                "nll_answer": float(rng.uniform(0.2, 3)),
-                "nll_perturbed": list(rng.uniform(0.5, 4, 3)),
-                "rougeL_recall": float(rng.uniform()),
-                "generation": "a fluent answer about the author",
-            }
-            item["nll_paraphrased"] = float(rng.uniform(0.2, 3)) if kind in ("forget", "retain") else item["nll_answer"]
-            if kind == "forget":
-                item.update(
-                    es=float(rng.uniform()),
-                    em=float(rng.uniform()),
-                    fact_leak=bool(rng.random() < 0.4),
-                    fact_logprob=None if i == 0 else float(-rng.uniform(0, 5)),
-                )
-            out.append(item)
-        return out
+        return _tofu_items(rng, n, kind)
 
     kinds = ("forget", "retain", "real_authors", "world_facts")
     per_split = {k: items(12, k) for k in kinds}
@@ -223,6 +229,58 @@ def test_tofu_statistics_reproduce_metrics_aggregate():
     assert iv.value == pytest.approx(agg["model_utility"]) and iv.ci_low < iv.value < iv.ci_high
     assert iv.run_std == 0.0 and set(stats.ITEM_MEASURES) <= set(stats.HIGHER_IS_BETTER)
     assert stats.MEM_EPS == MEM_EPS
+
+
+def _tofu_run(rng, n=12):
+    kinds = ("forget", "retain", "real_authors", "world_facts")
+    return stats.tofu_columns({k: _tofu_items(rng, n, k) for k in kinds}, retain_forget=_tofu_items(rng, n, "forget"))
+
+
+def _looped(statistic):
+    """The same statistic without its vectorised form: the replicate loop runs."""
+    return lambda run: statistic(run)
+
+
+def test_vectorised_statistics_equal_the_replicate_loop():
+    rng = np.random.default_rng(12)
+    a = {(seed, pair): _tofu_run(rng) for seed in range(2) for pair in range(2)}
+    b = {key: _tofu_run(rng) for key in a}
+    ratio = stats.ratio_statistic("num", "den", "q")
+    checks = [*stats.TOFU_STATISTICS.items(), ("band drop", stats.band_drop_statistic("high")), ("ratio", ratio)]
+    for key in a:
+        den = rng.integers(0, 4, 9).astype(float)
+        for run in (a[key], b[key]):
+            run["q"] = {"num": rng.normal(-2, 1, 9) * den, "den": den}
+            run["forget"]["band_high_drop_sum"] = rng.normal(0.3, 1, 12)
+            run["forget"]["band_high_count"] = rng.integers(1, 3, 12).astype(float)
+    for name, statistic in checks:
+        assert hasattr(statistic, "vectorised"), name
+        for design in ("runs", "crossed"):
+            fast = stats.interval(a, statistic, n_resamples=300, design=design, seed=4)
+            slow = stats.interval(a, _looped(statistic), n_resamples=300, design=design, seed=4)
+            assert fast.value == slow.value, name
+            assert fast.ci_low == pytest.approx(slow.ci_low, rel=1e-12, abs=1e-12), (name, design)
+            assert fast.ci_high == pytest.approx(slow.ci_high, rel=1e-12, abs=1e-12), (name, design)
+        fast = stats.compare(a, b, statistic, higher_is_better=True, n_resamples=300, design="crossed")
+        slow = stats.compare(a, b, _looped(statistic), higher_is_better=True, n_resamples=300, design="crossed")
+        assert (fast.difference, fast.verdict) == (slow.difference, slow.verdict), name
+        assert (fast.ci_low, fast.ci_high) == pytest.approx((slow.ci_low, slow.ci_high), rel=1e-12, abs=1e-12), name
+    # a non-finite item value: the vectorised form declines and the loop gives the interval
+    a[(0, 0)]["retain"]["rouge"][3] = np.inf
+    fast = stats.interval(a, stats.model_utility_statistic, n_resamples=200)
+    assert fast == stats.interval(a, _looped(stats.model_utility_statistic), n_resamples=200)
+
+
+def test_ratio_and_band_drop_statistics_pool_the_questions():
+    # question 0: two candidates in the band, question 1: none, question 2: one
+    drop_sum, count = np.array([1.0, 0.0, 4.0]), np.array([2.0, 0.0, 1.0])
+    table = {"forget": {"band_high_drop_sum": drop_sum, "band_high_count": count}}
+    assert stats.band_drop_statistic("high")(table) == pytest.approx(5.0 / 3.0)  # pooled, not a mean of means
+    assert math.isnan(stats.ratio_statistic("band_high_drop_sum", "band_high_count")({"forget": {
+        "band_high_drop_sum": np.zeros(2), "band_high_count": np.zeros(2)}}))  # fmt: skip
+    iv = stats.interval([table], stats.band_drop_statistic("high"), n_resamples=500)
+    assert iv.value == pytest.approx(5.0 / 3.0) and 0.5 - 1e-12 <= iv.ci_low < iv.value < iv.ci_high <= 4.0 + 1e-12
+    assert stats.HIGHER_IS_BETTER["high_band_drop"] is True
 
 
 def test_memoised_ks_pvalue_equals_scipy():

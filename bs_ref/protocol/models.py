@@ -1,10 +1,16 @@
 """The models an experiment starts from, and the hardware it runs on.
 
 Synthetic data: the original model and its retain twin are trained here, from scratch or by fine-tuning
-SmolLM2 (``--model-preset``, ``bs_ref.models.PRESETS``), and cached by config hash
-(``bs_ref.models.get_or_train_pair``). Real data: ``--model`` (a checkpoint directory or hub id) and
-``--retain-model``, or ``--retain-logs`` (a locuslab/tofu evaluation log or an ``eval.json`` of this
-project) for forget quality, which needs the retain model's truth ratios (docs/theory.md §6).
+SmolLM2 (``--model-preset``, ``bs_ref.models.PRESETS``), one pair per model-pair seed (``--pair-seeds``: the
+seed of the initial weights and of the batch order; seed 0 is the pair, and the cache entry, of every earlier
+version), and cached by config hash (``bs_ref.models.get_or_train_pair``). Real data: ``--model`` (a
+checkpoint directory or hub id) and ``--retain-model``, or ``--retain-logs`` (a locuslab/tofu evaluation log
+or an ``eval.json`` of this project) for forget quality, which needs the retain model's truth ratios
+(docs/theory.md §6); a real-data run has one pair.
+
+Precision (``--precision``): ``fp32``, or ``bf16`` autocast for pair training, unlearning and evaluation alike
+(``bs_ref.models.with_precision``; ``torch.autocast("cpu"|"cuda", torch.bfloat16)``, weights kept in fp32). It
+is a setting of the preset, never of the hardware: the same flag gives the same numerics on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ class ModelConfig:
     device: str = arg("auto", "auto (CUDA when available) | cpu | cuda")
     threads: int = arg(1, "torch CPU threads; 1 is fastest for the small from-scratch models (on a busy "
                        "2-core machine extra threads spin: ~50x slower); the smollm2 preset uses 2")  # fmt: skip
-    bf16: bool = arg(False, "bf16 mixed precision (used only on CUDA)")
+    precision: str = arg("fp32", "numerics of pair training, unlearning and evaluation: fp32 | bf16 (autocast, on "
+                         "CPU and CUDA alike; set by the preset, never by the hardware)")  # fmt: skip
+    bf16: bool = arg(False, "deprecated alias of --precision bf16 (it used to apply on CUDA only; it now means bf16 "
+                     "on every device)")  # fmt: skip
 
     @property
     def device_name(self) -> str:
@@ -48,9 +57,15 @@ class ModelConfig:
         return self.device
 
     @property
+    def precision_name(self) -> str:
+        """The precision in effect: ``--precision``, or bf16 when the deprecated ``--bf16`` is given."""
+        return "bf16" if self.bf16 else self.precision
+
+    @property
     def mixed_precision(self) -> str:
-        """``accelerate``'s mixed-precision setting: bf16 only when asked for and on CUDA."""
-        return "bf16" if self.bf16 and self.device_name == "cuda" else "no"
+        """``accelerate``'s mixed-precision setting for the unlearning loop: ``bf16`` (autocast on CPU as on
+        CUDA, checked for accelerate 1.15) or ``no``."""
+        return "bf16" if self.precision_name == "bf16" else "no"
 
 
 def problems(cfg: ModelConfig, data: DataConfig, methods: list[str]) -> list[str]:
@@ -58,6 +73,8 @@ def problems(cfg: ModelConfig, data: DataConfig, methods: list[str]) -> list[str
     out = []
     if cfg.threads < 1:
         out.append(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.precision not in models.PRECISIONS:
+        out.append(f"--precision {cfg.precision} is unknown; choose one of {' | '.join(models.PRECISIONS)}")
     if cfg.device not in DEVICES:
         out.append(f"--device {cfg.device} is unknown; choose auto, cpu or cuda")
     elif cfg.device == "cuda" and not torch.cuda.is_available():
@@ -92,11 +109,27 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).expanduser().exists()
 
 
-def load_models(cfg: ModelConfig, data: Data, progress: bool = True, announce: Callable[[str], None] | None = None):
-    """(original, retain model or None, tokenizer, info). Synthetic: the cached pair (trained on first use)."""
+def pair_seed_problems(pair_seeds: list[int], cfg: ModelConfig, data: DataConfig) -> list[str]:
+    """Problems of ``--pair-seeds``: distinct, non-negative, and one value on real data (one given pair)."""
+    out = []
+    shown = " ".join(map(str, pair_seeds))
+    if not pair_seeds or len(set(pair_seeds)) != len(pair_seeds) or min(pair_seeds) < 0:
+        out.append(f"--pair-seeds {shown} must name distinct seeds >= 0 (e.g. --pair-seeds 0 1)")
+    if not data.synthetic and len(pair_seeds) > 1:
+        out.append(f"--pair-seeds {shown}: a real-data run (--model) has one model pair; give one pair seed (or "
+                   "leave --pair-seeds out). Several pairs are trained only on the synthetic benchmark")  # fmt: skip
+    return out
+
+
+def load_models(cfg: ModelConfig, data: Data, progress: bool = True, announce: Callable[[str], None] | None = None,
+                pair_seed: int = 0):  # fmt: skip
+    """(original, retain model or None, tokenizer, info), with ``cfg.precision_name`` applied to both models.
+    Synthetic: the cached pair of ``pair_seed`` (trained on first use; seed 0 is the pair earlier versions
+    trained). Real data: the given checkpoints (``pair_seed`` only names the run's one pair)."""
+    precision = cfg.precision_name
     if data.benchmark_cfg is not None:
         model_cfg, train_cfg = models.resolve_preset(cfg.model_preset)
-        train_cfg = dataclasses.replace(train_cfg, template=data.template)
+        train_cfg = dataclasses.replace(train_cfg, template=data.template, seed=pair_seed, precision=precision)
         original, retain, tokenizer, info = models.get_or_train_pair(
             data.benchmark_cfg,
             model_cfg,
@@ -107,10 +140,12 @@ def load_models(cfg: ModelConfig, data: Data, progress: bool = True, announce: C
             return_info=True,
             announce=announce,
         )
+        original, retain = models.with_precision(original, precision), models.with_precision(retain, precision)
         return original, retain, tokenizer, {"pair": info, "model_preset": cfg.model_preset}
     original, tokenizer = models.load_model(cfg.model, cache_dir=cfg.cache_dir)
     retain = None
     if cfg.retain_model:
         retain, _ = models.load_model(cfg.retain_model, cache_dir=cfg.cache_dir)
+        retain = models.with_precision(retain, precision)
     info = {"model": cfg.model, "retain_model": cfg.retain_model, "retain_logs": cfg.retain_logs}
-    return original, retain, tokenizer, info
+    return models.with_precision(original, precision), retain, tokenizer, info

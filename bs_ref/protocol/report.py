@@ -1,13 +1,18 @@
-"""The report of a run: ``summary.csv``, ``matched.csv``, ``table.md`` and ``plots/*.png``.
+"""The report of a run: ``summary.csv``, ``matched.csv``, ``verdict.csv``, ``table.md`` and ``plots/*.png``.
 
 ``write_report`` reads every finished result of the run directory and writes
 
-- ``summary.csv``: one row per method and seed at the end of training (``bs_ref.protocol.tables``);
-- ``matched.csv``: the methods at matched forgetting (``bs_ref.protocol.matched``);
-- ``table.md``: the command, the settings, the end-of-training table, one matched-forgetting table per
-  measure, the methods whose facts leak while ROUGE-L / the truth ratio call them forgotten
-  (``leak_while_forgotten``, docs/theory.md §6), the methods that diverged, and the plots (or why they were
-  skipped: matplotlib is the optional extra ``[plots]``).
+- ``summary.csv``: one row per method and run (seed, model-pair seed) at the end of training, and mean/std rows
+  over a method's runs (``bs_ref.protocol.tables``), every number with its 95 % interval
+  (``bs_ref.protocol.uncertainty``);
+- ``matched.csv``: the methods at matched forgetting (``bs_ref.protocol.matched``), with intervals;
+- ``verdict.csv``: paired comparisons (BS-T − GA×(1−λ), BS-S − its base, BS-S − NPO, BS-T − NPO, each method −
+  GA) on the leakage, forgetting and utility measures, at the end of training and at each matched level,
+  with better / worse / no difference at 95 % (``bs_ref.stats``);
+- ``table.md``: the verdicts first, then the command, the settings, the end-of-training table, one
+  matched-forgetting table per measure, the methods whose facts leak while ROUGE-L / the truth ratio call them
+  forgotten (``leak_while_forgotten``, docs/theory.md §6), the methods that diverged, and the plots (or why
+  they were skipped: matplotlib is the optional extra ``[plots]``).
 """
 
 from __future__ import annotations
@@ -16,19 +21,51 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bs_ref.protocol import plots
-from bs_ref.protocol.matched import MATCH_MARGIN, MATCHED_COLUMNS, format_matched, in_units, matched_rows
+from bs_ref import stats
+from bs_ref.protocol import plots, uncertainty
+from bs_ref.protocol.matched import (
+    MATCH_MARGIN,
+    MATCHED_CI_COLUMNS,
+    MATCHED_COLUMNS,
+    format_matched,
+    in_units,
+    matched_rows,
+)
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, write_text
-from bs_ref.protocol.tables import format_table, method_statistics, summary_rows, write_csv
+from bs_ref.protocol.tables import (
+    SUMMARY_CI_MEASURES,
+    ci_columns,
+    format_table,
+    method_statistics,
+    summary_rows,
+    write_csv,
+)
+from bs_ref.protocol.uncertainty import Context
+
+MATCHED_CSV_COLUMNS = (*MATCHED_COLUMNS, *ci_columns(MATCHED_CI_COLUMNS))
+"""Every column of ``matched.csv``."""
+VERDICT_HEADERS = {
+    "fact_leak": "fact leak ↓",
+    "fact_leak_paraphrased_question": "leak (para. Q) ↓",
+    "fact_leak_any_of_n": "leak (any of N) ↓",
+    "target_logprob_drop": "target drop ↑",
+    "high_band_drop": "high-band drop ↑",
+    "model_utility": "MU ↑",
+    "agg": "Agg ↑",
+    "log10_forget_quality": "log10 FQ ↑",
+}
+"""Verdict-table column headers (the arrow: the direction that counts as better)."""
 
 
-def describe(info: dict, settings: dict[str, Any], seeds: Sequence[int]) -> str:
+def describe(info: dict, settings: dict[str, Any], seeds: Sequence[int], pair_seeds: Sequence[int] = (0,)) -> str:
     """The paragraph of table.md that states the data (``Data.info``) and the settings ({flag name: value})."""
     s = settings
+    precision = "bf16" if s.get("bf16") else s.get("precision", "fp32")
     return (
         f"Data: {info['source']} {info['forget']} ({info['n_forget_train']} forget / {info['n_retain_train']} retain "
         f"training items; evaluated on {info['n_eval']}); template {s['template']}; metric convention "
-        f"{s['convention']}; seeds {list(seeds)}; equal budget: lr {s['lr']}, {s['epochs']} epochs, batch "
+        f"{s['convention']}; seeds {list(seeds)}; model-pair seeds {list(pair_seeds)}; precision {precision}; "
+        f"equal budget: lr {s['lr']}, {s['epochs']} epochs, batch "
         f"{s['batch_size']}×{s['grad_accum']}; BS-T λ={s['lam']}, k={s['top_k']}, τ={s['temperature']}; BS-S "
         f"{s['regime']}, N={s['n_beliefs']}, λ_BSS={s['lam_bss']}, base {s['base']}."
     )
@@ -59,21 +96,34 @@ def leak_while_forgotten(rows: Sequence[dict]) -> list[str]:
 
 def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], command: str, settings: str,
                  has_facts: bool, given: dict[str, float | None], notes: Sequence[str] = (),
-                 diverged: Sequence[str] = ()) -> dict:  # fmt: skip
-    """Write summary.csv, matched.csv, table.md and the plots for ``results`` (finished results, in table
-    order); ``settings``: the paragraph that states the run's settings; ``given``: the matched levels given
-    on the command line (``matched.given_levels``); ``notes``: lines under the end-of-training table;
-    ``diverged``: one line per method/seed that stopped with NaN/inf. Returns what was written."""
+                 diverged: Sequence[str] = (), context: Context | None = None) -> dict:  # fmt: skip
+    """Write summary.csv, matched.csv, verdict.csv, table.md and the plots for ``results`` (finished results,
+    in table order); ``settings``: the paragraph that states the run's settings; ``given``: the matched levels
+    given on the command line (``matched.given_levels``); ``notes``: lines under the end-of-training table;
+    ``diverged``: one line per method/seed that stopped with NaN/inf; ``context``: what the intervals and
+    verdicts need besides the results (``uncertainty.Context``; default: convention tofu, no retain items, the
+    declarations read from the labels). Returns what was written."""
+    ctx = context or Context()
+    runs = uncertainty.load_runs(store, results, ctx)
     rows = summary_rows(results)
     if not has_facts:
         for row in rows:
             row["fact_leak"] = ""
+    uncertainty.summary_intervals(rows, runs, ctx, SUMMARY_CI_MEASURES)
     write_csv(store.path("summary.csv"), rows)
     matched, levels = matched_rows(results, seeds, given)
-    write_csv(store.path("matched.csv"), matched, MATCHED_COLUMNS)
+    uncertainty.matched_intervals(matched, runs, levels, ctx)
+    write_csv(store.path("matched.csv"), matched, MATCHED_CSV_COLUMNS)
+    labels = list(dict.fromkeys(r["method"] for r in results))
+    verdicts = uncertainty.verdict_rows(runs, labels, levels, ctx)
+    write_text(store.path("verdict.csv"), stats.verdict_csv(verdicts))
 
-    lines = ["# TOFU unlearning results", "", f"Command: `{command}`", "", settings, "", "## At the end of training",
-             "", format_table(rows), ""]  # fmt: skip
+    compared = bool(uncertainty.comparisons([label for label in labels if label in runs], ctx))
+    lines = ["# TOFU unlearning results", "", *format_verdicts(verdicts, levels, compared),
+             f"Command: `{command}`", "", settings, "", "## At the end of training", "",
+             "Each cell: the mean over the method's runs (n = unlearning seeds × model pairs) [95 % interval: "
+             "items resampled within runs, runs resampled across seeds and model pairs; bs_ref.stats].", "",
+             format_table(rows), ""]  # fmt: skip
     lines += [x for note in notes for x in (f"Note: {note}.", "")]
     if diverged:
         lines += ["## Diverged (no result; every other result is kept)", "", *(f"- {d}" for d in diverged), ""]
@@ -96,10 +146,11 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
             + (" of target log-prob drop" if measure == "target_drop" else ""),
             "",
             f"Level: {how}. Each method is read off its own curve at the first evaluation where it reaches the "
-            "level (linear interpolation between evaluations); values are the mean ± std over the seeds that "
-            f"reach it. {bands}",
+            "level (linear interpolation between evaluations); values are the mean over the runs that reach it "
+            "[95 % interval over those runs and the curve items, each item read off with the run's own "
+            "interpolation weight: conditional on the level]. " + bands,
             "",
-            format_matched(sub, measure),
+            format_matched(sub, measure, uncertainty.method_intervals(runs, measure, level, ctx)),
             "",
         ]
     flagged = leak_while_forgotten(rows)
@@ -108,10 +159,11 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
         lines += [f"- {f}" for f in flagged] or ["- none"]
         lines.append("")
     plots_dir = store.path("plots")
+    bands_by_method = _curve_bands(runs, ctx) if plots.pyplot() is not None else {}
     figures = {
         "metrics": plots.plot_metric_bars(rows, plots_dir / "mem_util_agg.png"),
-        "squeezing": plots.plot_squeezing_traces(curves, plots_dir / "squeezing_trace.png"),
-        "tradeoff": plots.plot_tradeoff_curves(curves, plots_dir / "tradeoff.png"),
+        "squeezing": plots.plot_squeezing_traces(curves, plots_dir / "squeezing_trace.png", bands_by_method),
+        "tradeoff": plots.plot_tradeoff_curves(curves, plots_dir / "tradeoff.png", bands_by_method),
     }
     written = [f"plots/{Path(p).name}" for p in figures.values() if p]
     if plots.pyplot() is None:
@@ -120,8 +172,69 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
         lines += ["Plots: " + (", ".join(written) or "none (no finished result to plot)"), ""]
     table = "\n".join(lines)
     write_text(store.path("table.md"), table)
-    return {"out": str(store.root), "rows": rows, "matched": matched, "table": table, "plots": figures,
-            "leak_while_forgotten": flagged, "diverged": list(diverged)}  # fmt: skip
+    return {"out": str(store.root), "rows": rows, "matched": matched, "verdicts": verdicts, "table": table,
+            "plots": figures, "leak_while_forgotten": flagged, "diverged": list(diverged)}  # fmt: skip
+
+
+def format_verdicts(verdicts: Sequence[dict], levels: dict[str, float], compared: bool = True) -> list[str]:
+    """The lines of table.md's verdict section: one table per setting (end of training, each matched level),
+    a row per comparison and a column per measure; a cell is the verdict for the first method and the
+    difference A − B [95 % interval]. ``compared``: whether the run has methods to compare at all."""
+    lines = ["## Verdicts: paired comparisons at 95 %", "",
+             "A − B on the same items and the same runs (seed × model pair), 95 % interval of the difference "
+             "(bs_ref.stats: items resampled within runs, runs across seeds and model pairs). **better** / "
+             "**worse**: the interval excludes 0 in A's favour / against A (↑: higher is better, ↓: lower is "
+             "better); *no diff.*: it contains 0. n = runs paired. verdict.csv holds every number.", ""]  # fmt: skip
+    if not verdicts and not compared:
+        return [*lines, "No comparison: the run lacks the methods compared (BS-T, BS-S, GA×(1−λ), NPO, GA).", ""]
+    if not verdicts:
+        return [*lines, "No verdict: the results lack their per-item values (a run directory written before they "
+                "were stored); rerun into a new --out for the intervals and verdicts.", ""]  # fmt: skip
+    settings = list(dict.fromkeys(v["setting"] for v in verdicts))
+    for setting in settings:
+        sub = [v for v in verdicts if v["setting"] == setting]
+        measures = [m for m in VERDICT_HEADERS if any(v["measure"] == m for v in sub)]
+        if setting == "end":
+            lines += ["### At the end of training", ""]
+        else:
+            measure = setting.split(":", 1)[1].split("@", 1)[0]
+            level = levels.get(measure, float("nan"))
+            lines += [f"### At matched forgetting: {in_units(measure, level)}", "",
+                      "Per-item values are read off each run's curve with the run's own interpolation weight, so "
+                      "the interval is conditional on the level (it does not include the uncertainty of where "
+                      "each curve crosses it). The measure that defines the level is equal by construction and "
+                      "not compared; the any-of-N leak is not in the light evaluations. n/a: one method does not "
+                      "reach the level in a shared run.", ""]  # fmt: skip
+        lines += ["| A − B | n | " + " | ".join(VERDICT_HEADERS[m] for m in measures) + " |",
+                  "|---|---:|" + "---|" * len(measures)]  # fmt: skip
+        for comparison in dict.fromkeys(v["comparison"] for v in sub):
+            cells, n = [], 0
+            for m in measures:
+                v = next((x for x in sub if x["comparison"] == comparison and x["measure"] == m), None)
+                if v is None:
+                    cells.append("–")
+                    continue
+                n = max(n, v["n_seeds"])
+                word = {"better": "**better**", "worse": "**worse**", "no difference": "*no diff.*"}.get(
+                    v["verdict"], v["verdict"])  # fmt: skip
+                cells.append(word if v["verdict"] == "n/a" else
+                             f"{word} {stats.format_interval(v['difference'], v['ci_low'], v['ci_high'])}")  # fmt: skip
+            lines.append(f"| {comparison} | {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _curve_bands(runs: dict, ctx: Context) -> dict[str, dict[str, list]]:
+    """{method: {measure: [(step, Interval)]}} for the methods with more than one run (the plots draw bands
+    only there)."""
+    keys = ("target_change", *(f"{b}_band_change" for b in uncertainty.BANDS), "model_utility", "fact_leak",
+            "log10_forget_quality", "mem")  # fmt: skip
+    out = {}
+    for label, by_key in runs.items():
+        if label in REFERENCE_METHODS or len(by_key) < 2:
+            continue
+        out[label] = {k: uncertainty.curve_intervals(by_key, k, ctx) for k in keys}
+    return out
 
 
 def _curves_for_plot(results: list[dict], seed: int) -> dict[str, list[dict]]:

@@ -6,7 +6,13 @@ Layout under ``--out`` (``RunDir``)::
     start.json                           the original model's step-0 curve point and belief bands
     methods/<method>/seed<k>/            one folder per method label and seed (``shared/`` for the references)
         train_log.jsonl  eval.json  result.json      result.json is written last: it marks the cell finished
-    summary.csv  matched.csv  table.md  plots/*.png
+    start_pair<p>.json                   the same for model pair p ≠ 0 (``--pair-seeds``)
+    methods/<method>/pair<p>/seed<k>/    (``pair<p>/shared/``) the cells of model pair p ≠ 0
+    summary.csv  matched.csv  verdict.csv  table.md  plots/*.png
+
+Model pair 0 keeps the layout every earlier version wrote (no ``pair0/`` level), so a run directory made
+before pair seeds existed is the pair-0 part of a run with ``--pair-seeds 0 ...`` and resumes as it is; a
+pair p ≠ 0 adds a ``pair<p>/`` level inside each method's folder (next to ``seed<k>/``, never inside it).
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so an
 interrupted run never leaves a half-written result. ``identity`` is the part of the settings that decides
@@ -107,8 +113,8 @@ def method_dirname(label: str) -> str:
 class RunDir:
     """The output directory of one run, with its resume and overwrite rules (see the module docstring).
 
-    Methods are addressed by their label (``bs_t:lam=0.6``) and seed; ``seed=None`` is the shared folder
-    of a reference method (``original``, ``retrain``)."""
+    Methods are addressed by their label (``bs_t:lam=0.6``), seed and model-pair seed (``pair``, default 0);
+    ``seed=None`` is the shared folder of a reference method (``original``, ``retrain``) of that pair."""
 
     def __init__(self, root: str | Path, identity: dict, overwrite: bool = False):
         self.root = Path(root)
@@ -117,7 +123,7 @@ class RunDir:
         config_path = self.root / "config.json"
         if config_path.is_file() and not overwrite:
             try:
-                previous = read_json(config_path).get("identity", {})
+                previous = upgrade_identity(read_json(config_path).get("identity", {}))
             except (OSError, json.JSONDecodeError):
                 previous = None
             if previous != self.identity:
@@ -134,56 +140,90 @@ class RunDir:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
-    def method_dir(self, label: str, seed: int | None) -> Path:
-        return self.root / "methods" / method_dirname(label) / ("shared" if seed is None else f"seed{seed}")
+    def method_dir(self, label: str, seed: int | None, pair: int = 0) -> Path:
+        folder = self.root / "methods" / method_dirname(label)
+        if pair:
+            folder = folder / f"pair{pair}"
+        return folder / ("shared" if seed is None else f"seed{seed}")
 
-    def result_path(self, label: str, seed: int | None) -> Path:
-        return self.method_dir(label, seed) / "result.json"
+    def start_path(self, pair: int = 0) -> Path:
+        """The step-0 point and belief bands of model pair ``pair`` (``start.json`` for pair 0)."""
+        return self.path("start.json" if not pair else f"start_pair{pair}.json")
 
-    def is_finished(self, label: str, seed: int | None) -> bool:
-        return self.result_path(label, seed).is_file()
+    def result_path(self, label: str, seed: int | None, pair: int = 0) -> Path:
+        return self.method_dir(label, seed, pair) / "result.json"
 
-    def load_result(self, label: str, seed: int | None) -> dict:
-        result = read_json(self.result_path(label, seed))
+    def is_finished(self, label: str, seed: int | None, pair: int = 0) -> bool:
+        return self.result_path(label, seed, pair).is_file()
+
+    def load_result(self, label: str, seed: int | None, pair: int = 0) -> dict:
+        """A finished result, with its ``method`` label and ``pair_seed`` set (older results lack the latter)."""
+        result = read_json(self.result_path(label, seed, pair))
         result["method"] = label
+        result["pair_seed"] = pair
         return result
 
-    def save_result(self, label: str, seed: int | None, result: dict, per_item: dict | None = None) -> Path:
+    def save_result(self, label: str, seed: int | None, result: dict, per_item: dict | None = None,
+                    pair: int = 0) -> Path:  # fmt: skip
         """Write the per-item evaluation (``eval.json``) first, then ``result.json`` (which marks it done)."""
-        directory = self.method_dir(label, seed)
+        directory = self.method_dir(label, seed, pair)
         if per_item is not None:
             write_json(directory / "eval.json", per_item)
         return write_json(directory / "result.json", result)
 
-    def cells(self, labels: Iterable[str], seeds: Iterable[int]) -> list[tuple[str, int | None]]:
-        """(label, seed) of every cell of a run, in run order: a reference method once, the others per seed."""
+    def cells(self, labels: Iterable[str], seeds: Iterable[int],
+              pairs: Iterable[int] = (0,)) -> list[tuple[str, int | None, int]]:  # fmt: skip
+        """(label, seed, pair) of every cell of a run, in run order: pair by pair, a reference method once per
+        pair, the others per seed."""
         labels, seeds = list(labels), list(seeds)
-        return [(m, None) for m in labels if m in REFERENCE_METHODS] + [
-            (m, s) for s in seeds for m in labels if m not in REFERENCE_METHODS
+        return [
+            cell
+            for p in pairs
+            for cell in [(m, None, p) for m in labels if m in REFERENCE_METHODS]
+            + [(m, s, p) for s in seeds for m in labels if m not in REFERENCE_METHODS]
         ]
 
-    def results(self, labels: Iterable[str], seeds: Iterable[int]) -> list[dict]:
-        """The finished results of these methods and seeds (references first, then method by method)."""
-        labels, seeds = list(labels), list(seeds)
-        order = [(m, None) if m in REFERENCE_METHODS else (m, s) for m in labels
+    def results(self, labels: Iterable[str], seeds: Iterable[int], pairs: Iterable[int] = (0,)) -> list[dict]:
+        """The finished results of these methods, seeds and model pairs (method by method, references first
+        where the labels list them first; within a method pair by pair, then seed by seed)."""
+        labels, seeds, pairs = list(labels), list(seeds), list(pairs)
+        order = [(m, s, p) for m in labels for p in pairs
                  for s in ([None] if m in REFERENCE_METHODS else seeds)]  # fmt: skip
-        return [self.load_result(m, s) for m, s in order if self.is_finished(m, s)]
+        return [self.load_result(m, s, p) for m, s, p in order if self.is_finished(m, s, p)]
 
     @contextlib.contextmanager
-    def resumable(self, labels: Iterable[str], seeds: Iterable[int], command: str):
+    def resumable(self, labels: Iterable[str], seeds: Iterable[int], command: str, pairs: Iterable[int] = (0,)):
         """Ctrl-C inside the block prints ``interrupted(...)``, one line, and exits with status 130."""
         try:
             yield self
         except KeyboardInterrupt:
-            print(self.interrupted(labels, seeds, command), file=sys.stderr, flush=True)
+            print(self.interrupted(labels, seeds, command, pairs), file=sys.stderr, flush=True)
             raise SystemExit(130) from None
 
-    def interrupted(self, labels: Iterable[str], seeds: Iterable[int], command: str) -> str:
+    def interrupted(self, labels: Iterable[str], seeds: Iterable[int], command: str,
+                    pairs: Iterable[int] = (0,)) -> str:  # fmt: skip
         """One line for an interrupted run: which results are kept, where, and the command that resumes."""
-        done = [m if s is None else f"{m} seed {s}" for m, s in self.cells(labels, seeds) if self.is_finished(m, s)]
+        done = [cell_name(m, s, p) for m, s, p in self.cells(labels, seeds, pairs) if self.is_finished(m, s, p)]
         kept = f"kept {len(done)} finished result(s) in {self.root} ({', '.join(done)})" if done else (
             f"no result had finished (nothing kept in {self.root})")  # fmt: skip
         return f"interrupted: {kept}; the same command resumes where it stopped: {command}"
+
+
+def cell_name(label: str, seed: int | None, pair: int = 0) -> str:
+    """``ga seed 0`` (pair 0, as before pair seeds existed), ``ga seed 0 pair 1``, ``original pair 1``."""
+    name = label if seed is None else f"{label} seed {seed}"
+    return name if not pair else f"{name} pair {pair}"
+
+
+def upgrade_identity(identity: dict) -> dict:
+    """An identity written by an earlier version, in today's terms, so its run directory still resumes:
+    ``bf16: false`` (fp32 on every device) is ``precision: fp32``; ``bf16: true`` meant bf16 on CUDA and fp32
+    on CPU, which the identity cannot tell apart, so it matches no precision (the directory is refused)."""
+    identity = dict(identity)
+    if "bf16" in identity and "precision" not in identity:
+        identity["precision"] = "legacy --bf16 (bf16 on CUDA only)" if identity["bf16"] else "fp32"
+    identity.pop("bf16", None)
+    return identity
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
