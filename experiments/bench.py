@@ -3,6 +3,7 @@
     python experiments/bench.py losses            # BS-T vs GA vs the dense formulation, V = 128256 and 49152
     python experiments/bench.py losses --quick    # smaller T, fewer repeats
     python experiments/bench.py bs_s [--quick]    # BS-S step time vs NPO, batched belief generation
+    python experiments/bench.py precision         # bf16 autocast vs fp32: train step and generation speed-ups
 
 ``losses`` times forward+backward of ``bs_t_loss``, ``ga_loss`` and the authors' dense BS-T formulation
 (one-hot, top-k mask and soft-target tensors of size B×T×|V|) on logits [B, T, V] that require grad, and
@@ -195,6 +196,8 @@ def main_parser() -> argparse.ArgumentParser:
     """``bench.py COMMAND [options]``: the sub-commands and their options (the same parsers they run with)."""
     from bench_bs_s import SUMMARY as BS_S_SUMMARY  # experiments/bench_bs_s.py
     from bench_bs_s import build_parser as bs_s_parser
+    from bench_precision import SUMMARY as PRECISION_SUMMARY  # experiments/bench_precision.py
+    from bench_precision import build_parser as precision_parser
 
     ap = argparse.ArgumentParser(
         prog="bench.py",
@@ -205,6 +208,7 @@ def main_parser() -> argparse.ArgumentParser:
     for name, summary, parent in (
         ("losses", LOSSES_SUMMARY, losses_parser(add_help=False)),
         ("bs_s", BS_S_SUMMARY, bs_s_parser(add_help=False)),
+        ("precision", PRECISION_SUMMARY, precision_parser(add_help=False)),
     ):
         sub.add_parser(name, parents=[parent], help=summary, description=parent.description)
     return ap
@@ -215,6 +219,10 @@ def main(argv=None):
     main_parser().parse_args(argv)  # --help, a missing or unknown COMMAND, bad options: exits here
     if argv[0] == "losses":
         bench_losses(argv[1:])
+    elif argv[0] == "precision":
+        from bench_precision import main as bench_precision  # experiments/bench_precision.py
+
+        bench_precision(argv[1:])
     else:
         from bench_bs_s import main as bench_bs_s  # experiments/bench_bs_s.py
 
