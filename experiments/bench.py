@@ -124,7 +124,7 @@ def peak_extra_bytes(name, batch, seq, vocab, device, dtype):
     return value
 
 
-LOSSES_SUMMARY = "time and peak memory of BS-T vs GA vs the dense BS-T formulation"
+LOSSES_SUMMARY = "time and peak memory: BS-T vs GA vs the dense BS-T form"
 
 
 def losses_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -192,6 +192,16 @@ def bench_losses(argv=None):
         print(f"V={vocab} dense/bs_t extra-memory ratio (bs_t extra floored at the O(BTk) reference): {ratio:.1f}")
 
 
+class _CommandsFormatter(argparse.HelpFormatter):
+    """Keeps each sub-command's summary on its line: argparse measures the sub-command names without the two
+    columns of indentation it then prints them with."""
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 2
+
+
 def main_parser() -> argparse.ArgumentParser:
     """``bench.py COMMAND [options]``: the sub-commands and their options (the same parsers they run with)."""
     from bench_bs_s import SUMMARY as BS_S_SUMMARY  # experiments/bench_bs_s.py
@@ -203,6 +213,7 @@ def main_parser() -> argparse.ArgumentParser:
         prog="bench.py",
         description=__doc__.split("\n\n")[0] + " Output: 'name: value' lines.",
         epilog="Options of a sub-command: python experiments/bench.py COMMAND --help",
+        formatter_class=_CommandsFormatter,
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, summary, parent in (
