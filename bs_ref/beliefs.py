@@ -137,7 +137,7 @@ def sample_beliefs(
     seed: int = 0,
     template: str = "plain",
 ) -> Beliefs:
-    """Global beliefs: ``n`` answers per prompt from ``model`` (docs/theory.md §4), batched ``batch_size`` prompts at a time.
+    """Global beliefs: ``n`` answers per prompt from ``model`` (docs/theory.md §4), ``batch_size`` prompts a batch.
 
     ``select``: "sample" (n draws), "filter" (m ≥ n draws, default 2n; keep the n with the highest mean token
     log-prob; empty answers rank last since they never reach the loss), "beam" (n best of m beams, default n).

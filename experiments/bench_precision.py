@@ -44,7 +44,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per row (default: 32)")
     ap.add_argument("--steps", type=int, default=3, help="timed repeats after one untimed (default: 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    ap.add_argument("--quick", action="store_true", help="2 layers, vocabulary 4096: checks the plumbing (default: off)")
+    ap.add_argument("--quick", action="store_true", help="2 layers, vocabulary 4096: a plumbing check (default: off)")
     return ap
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +186,17 @@ def test_data_source_is_checked_first_and_all_problems_at_once(tmp_path):
     assert any("--seeds 1 1" in p for p in problems) and any("--model" in p for p in problems)
     assert any(p.startswith("--pair-seeds 0 1: a real-data run (--model) has one model pair") for p in problems)
     assert str(error.value).startswith(f"{len(problems)} problems with the arguments:")
+
+
+def test_no_progress_silences_a_tqdm_imported_before_it():
+    """tqdm reads TQDM_DISABLE only when it is imported; --no-progress must still silence bars created later
+    (e.g. transformers' GGUF conversion), and leave tqdm as it was afterwards."""
+    from tqdm.auto import tqdm
+
+    from bs_ref.protocol.cli import progress_bars
+
+    with progress_bars(False):
+        assert tqdm(range(2)).disable
+    assert not tqdm(range(2), file=open(os.devnull, "w")).disable
+    with progress_bars(True):
+        assert not tqdm(range(2), file=open(os.devnull, "w")).disable

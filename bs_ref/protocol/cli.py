@@ -38,6 +38,8 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import tqdm.std
+
 from bs_ref.methods import METHODS, Method, hyperparameters, make_method, parse_spec
 
 _INVALID = re.compile(r"^(?:[\w ]+: )?(?:(\w+):)?(\w+)=(.*?) is invalid: (.*?)(?: \(set it through [^)]*\))?$", re.S)
@@ -211,14 +213,24 @@ def _format(value: Any) -> str:
 
 @contextlib.contextmanager
 def progress_bars(enabled: bool):
-    """``--no-progress`` for every library: TQDM_DISABLE=1 inside the block (also the bars of libraries that
-    bypass transformers' switch, such as the GGUF conversion), the environment restored afterwards."""
+    """``--no-progress`` for every library: inside the block every tqdm bar is created disabled (also the bars of
+    libraries that bypass transformers' switch, such as the GGUF conversion) and TQDM_DISABLE=1 is set for child
+    processes; both are restored afterwards. (tqdm reads TQDM_DISABLE when it is imported, so the variable alone
+    does not reach a tqdm that is already loaded.)"""
     before = os.environ.get("TQDM_DISABLE")
+    original_init = tqdm.std.tqdm.__init__
     if not enabled:
         os.environ["TQDM_DISABLE"] = "1"
+
+        def quiet_init(self, *args, **kwargs):
+            kwargs["disable"] = True
+            original_init(self, *args, **kwargs)
+
+        tqdm.std.tqdm.__init__ = quiet_init
     try:
         yield
     finally:
+        tqdm.std.tqdm.__init__ = original_init
         os.environ.pop("TQDM_DISABLE", None)
         if before is not None:
             os.environ["TQDM_DISABLE"] = before
