@@ -31,6 +31,7 @@ imported — its folder is located with ``importlib.util.find_spec``. The first 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -38,12 +39,27 @@ import math
 import os
 import shutil
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import convert_to_fp32
+from safetensors.torch import save_model
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as tokenizer_models
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    get_scheduler,
+)
+from transformers.utils import logging as hf_logging
 
 from bs_ref import __version__
 from bs_ref.data.synthetic import benchmark_texts, build_benchmark, training_corpus
@@ -183,7 +199,6 @@ def smollm2_available() -> tuple[bool, str]:
 
 def load_smollm2(cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
     """Load SmolLM2-135M-Instruct (model, tokenizer) offline; cache a safetensors copy on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ok, why = smollm2_available()
     if not ok:
@@ -210,7 +225,6 @@ def load_smollm2(cache_dir: str | Path | None = None, dtype: torch.dtype = torch
 def _save_plain(model, directory: Path) -> None:
     """Save a de-quantised model as a plain safetensors checkpoint (``save_pretrained`` refuses models
     loaded from GGUF, although their weights are ordinary float tensors after de-quantisation)."""
-    from safetensors.torch import save_model
 
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
@@ -225,7 +239,6 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32, cache
     A local path that does not exist is a ValueError (not a hub lookup); a hub id that cannot be fetched
     (offline, private, misspelt) is a ValueError naming it. A tokenizer without a pad token gets EOS as pad.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(path_or_id)
     if name == "smollm2":
@@ -264,15 +277,13 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048):
     fact strings character for character. Special tokens: ``<|endoftext|>`` (eos; also the chat
     end-of-turn), ``<pad>``, ``<s>`` (bos; not added automatically), and the chat role markers.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     if isinstance(texts, str) or not texts:
         raise ValueError("texts must be a non-empty sequence of strings (the training corpus)")
     if vocab_size < 300:
         raise ValueError(f"vocab_size must be >= 300 (256 byte symbols + special tokens), got {vocab_size}")
     special = [EOS_TOKEN, PAD_TOKEN, BOS_TOKEN, *CHAT_ROLE_TOKENS]
-    core = Tokenizer(models.BPE())
+    core = Tokenizer(tokenizer_models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -299,7 +310,6 @@ def build_tiny_llama(vocab_size: int, cfg: TinyLlamaConfig | None = None, tokeni
 
     With a ``tokenizer`` the eos/pad/bos ids go into the model config (``generate`` then stops at EOS).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = cfg or TinyLlamaConfig()
     if cfg.hidden_size % cfg.num_heads:
@@ -366,8 +376,6 @@ def train_causal_lm(
     ``history``, if given, receives the mean loss of every epoch. ``num_threads`` sets torch's CPU threads for
     the run (restored afterwards; None leaves them alone).
     """
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
     if not pairs:
         raise ValueError("pairs is empty: nothing to train on (check the benchmark split)")
@@ -484,14 +492,11 @@ def with_precision(model, precision: str = "fp32"):
     it is. The weights stay float32. The wrapper is an instance attribute bound to the model, so
     ``copy.deepcopy`` (each method's copy, the frozen reference of NPO) and ``generate`` keep it; applying it
     twice is a no-op. Returns the model."""
-    import functools
-    import types
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
     if precision == "fp32" or getattr(model, "_bs_ref_precision", "fp32") == precision:
         return model
-    from accelerate.utils import convert_to_fp32
 
     @functools.wraps(type(model).forward)  # generate() reads the signature (logits_to_keep, cache_position)
     def forward(self, *args, **kwargs):
@@ -593,7 +598,6 @@ def get_or_train_models(
     written under a temporary name and renamed when complete, so an interrupted run never leaves a
     half-written cache entry, and a second run loads in seconds.
     """
-    from transformers.utils import logging as hf_logging
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if not progress:  # also silence transformers' own save/load bars
@@ -612,7 +616,6 @@ def _get_or_train_models(
     original_pairs, retain_pairs, model_cfg, train_cfg, cache_dir, tokenizer_texts, progress, extra_info, return_info,
     announce,
 ):  # fmt: skip
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_cfg, train_cfg = resolve_preset(model_cfg, train_cfg)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -85,6 +85,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import ks_2samp
+
+from bs_ref.metrics import paper
+from bs_ref.metrics.tofu import answer_prob, apply_convention, item_ratios, truth_ratio_score
 
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -644,8 +648,6 @@ def tofu_columns(
     given the reference models' forget items of the run's pair — ``retain_truth_ratio`` (for FQ) and
     ``target_drop`` = nll_answer − the original model's nll_answer (the item's log-prob drop). The reference
     columns live in the forget table, so every resample moves them with the forget items."""
-    from bs_ref.metrics import paper
-    from bs_ref.metrics.tofu import answer_prob, apply_convention, item_ratios, truth_ratio_score
 
     out: dict[str, dict[str, np.ndarray]] = {}
     for kind, items in per_split.items():
@@ -724,7 +726,6 @@ def ks_pvalue(a: np.ndarray, b: np.ndarray) -> float:
     the sample sizes and on the KS statistic, an integer k / (n_a n_b); k is computed here (as ks_2samp does:
     right-sided ECDF counts over the pooled data) and ks_2samp runs once per (n_a, n_b, k). Bootstrap
     replicates take few distinct k, so FQ costs a sort instead of an exact p-value per replicate."""
-    from scipy.stats import ks_2samp
 
     a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
     if a.size == 0 or b.size == 0 or np.isnan(a).any() or np.isnan(b).any():

@@ -40,6 +40,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers.utils import logging as hf_logging
+
+from bs_ref.models import _save_plain
 
 from ._common import AttackResult, AttackUnavailable, evaluate_items, plain_copy
 
@@ -109,7 +113,6 @@ def bitsandbytes_available() -> tuple[bool, str]:
 
 def quantization_config(bits: int):
     """The ``transformers.BitsAndBytesConfig`` of the attack: NF4 with float32 compute (4) or LLM.int8 (8)."""
-    from transformers import BitsAndBytesConfig
 
     if bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -122,7 +125,6 @@ def _save(model, directory: Path) -> None:
     try:
         model.save_pretrained(directory)
     except Exception:  # e.g. a model loaded from GGUF, which save_pretrained refuses (plain tensors after loading)
-        from bs_ref.models import _save_plain
 
         _save_plain(model, directory)
 
@@ -138,13 +140,11 @@ def quantize_copy(model, bits: int, *, device: str | torch.device | None = None,
     autocast wrapper of ``bs_ref.models.with_precision`` is not carried over). ``cpu_fast_path``: see the module
     docstring."""
     bnb = require_bitsandbytes()
-    from transformers import AutoModelForCausalLM
 
     config = quantization_config(bits)
     _drop_cast_notice()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     device_map = {"": str(device) if device.type != "cuda" else (device.index or 0)}
-    from transformers.utils import logging as hf_logging
 
     source = plain_copy(model)
     bars_were_on = hf_logging.is_progress_bar_enabled()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bs_ref.protocol.store import write_text
+from bs_ref.stats import format_interval
 
 SUMMARY_COLUMNS = (
     "method",
@@ -197,7 +198,6 @@ def mean_std(stat: tuple[float, float, int], digits: int = 3) -> str:
 def with_interval(stat: tuple[float, float, int], low: Any = None, high: Any = None, digits: int = 3) -> str:
     """``value [low, high]`` of one (mean, std, n) statistic and its 95 % interval; ``value [–, –]`` where the
     interval is missing; ``MISSING`` for n = 0."""
-    from bs_ref.stats import format_interval
 
     mean, _, n = stat
     if n == 0:

@@ -37,7 +37,10 @@ from typing import Any
 import numpy as np
 
 from bs_ref import stats
+from bs_ref.methods import method_from_spec
 from bs_ref.metrics.leakage import BANDS
+from bs_ref.metrics.paper import prob_from_nll
+from bs_ref.metrics.tofu import read_eval_log
 from bs_ref.protocol.matched import FORGETTING_MEASURES, crossing, lerp, run_key
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir
 from bs_ref.protocol.tables import number
@@ -174,7 +177,6 @@ class Run:
                 except (ValueError, KeyError):
                     tables = {}
                 if "forget" in tables:
-                    from bs_ref.metrics.paper import prob_from_nll
 
                     forget_items = per_split["forget"]
                     tables["forget"]["heldout_prob"] = np.array(
@@ -198,7 +200,6 @@ class Run:
         path = self.store.method_dir(self.label, seed, pair) / "eval.json"
         if not path.is_file():
             return None
-        from bs_ref.metrics.tofu import read_eval_log
 
         try:
             return read_eval_log(path)
@@ -370,7 +371,6 @@ def _declaration(label: str, ctx: Context):
     method = ctx.methods.get(label)
     if method is not None:
         return method
-    from bs_ref.methods import method_from_spec
 
     try:
         return method_from_spec(label)
