@@ -28,7 +28,7 @@ from bs_ref.data.tofu import (
     load_tofu,
 )
 
-# Sizes of the published configs (../shared/data/README.md).
+# Sizes of the published configs (the locuslab/TOFU dataset card).
 TOFU_SIZES = {
     "full": 4000,
     "forget01": 40,

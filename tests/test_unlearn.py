@@ -10,23 +10,15 @@ import tempfile
 
 import pytest
 import torch
+from _tiny import FORGET, RETAIN, fresh, train_tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import LlamaForCausalLM
 
 from bs_ref import unlearn as unlearn_module
 from bs_ref.data.tofu import QADataset, collate_train
 from bs_ref.losses import mean_token_logprob
 from bs_ref.methods import METHODS, make_method
-from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_causal_lm, train_tokenizer
 from bs_ref.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
-
-COLOURS = ["red", "blue", "green", "amber", "violet", "silver"]
-RECORDS = [
-    {"question": f"What colour is the door of house {i}?", "answer": f"The door of house {i} is {COLOURS[i % 6]}."}
-    for i in range(16)
-]
-FORGET, RETAIN = RECORDS[:4], RECORDS[4:]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,20 +32,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny():
-    """(state_dict, tokenizer, config): a 1-layer Llama trained on RECORDS until the answers are likely (~1 s)."""
-    torch.manual_seed(0)
-    pairs = [(r["question"], r["answer"]) for r in RECORDS]
-    tokenizer = train_tokenizer([f"Question: {q}\nAnswer: {a}" for q, a in pairs], vocab_size=320)
-    model = build_tiny_llama(len(tokenizer), TinyLlamaConfig(32, 64, 1, 2, 64, 320), tokenizer)
-    train_causal_lm(model, tokenizer, pairs, epochs=40, lr=2e-2, batch_size=16, progress=False)
-    return {k: v.clone() for k, v in model.state_dict().items()}, tokenizer, model.config
-
-
-def fresh(tiny):
-    state, tokenizer, config = tiny
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(state)
-    return model, tokenizer
+    """(state_dict, tokenizer, config): the tiny Llama of tests/_tiny.py (~1 s to train)."""
+    return train_tiny()
 
 
 def forget_logprob(model, tokenizer, records=FORGET) -> float:
