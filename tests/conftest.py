@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import train_tiny
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -33,6 +34,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 # One torch thread: the suite's models are tiny, and on a shared 2-core machine extra threads spin-wait (measured
 # up to ~50x slower with 2 threads under load). BS_REF_TEST_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("BS_REF_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(state_dict, tokenizer, config): the tiny Llama of tests/_tiny.py, trained once for the session (~1 s)."""
+    return train_tiny()
 
 
 def pytest_collection_modifyitems(config, items):

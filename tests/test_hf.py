@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from _tiny import FORGET, RETAIN, fresh, max_abs_diff, train_tiny
+from _tiny import FORGET, RETAIN, fresh, max_abs_diff
 from transformers import TrainingArguments
 
 from bs_ref.data.tofu import QADataset
@@ -26,19 +26,6 @@ from bs_ref.unlearn import UnlearnConfig, unlearn
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft
 TOL = 1e-6
 """Largest |Δw| allowed between the Trainer's and the loop's final weights (float32 weights of size ~0.1-1)."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return train_tiny()
 
 
 def declaration(name: str, **kw):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from _tiny import FORGET, RETAIN, eval_records, fresh, train_tiny
+from _tiny import FORGET, RETAIN, eval_records, fresh
 from transformers import LlamaForCausalLM
 
 from bs_ref import unlearn as unlearn_module
@@ -23,19 +23,6 @@ from bs_ref.unlearn import UnlearnConfig, unlearn
 
 SPEC = "r=4,alpha=8,targets=q_proj,v_proj"
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return train_tiny()
 
 
 def config(method: str, tmp_path, **kw) -> UnlearnConfig:

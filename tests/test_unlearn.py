@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 import torch
-from _tiny import FORGET, RETAIN, fresh, train_tiny
+from _tiny import FORGET, RETAIN, fresh
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,12 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """(state_dict, tokenizer, config): the tiny Llama of tests/_tiny.py (~1 s to train)."""
-    return train_tiny()
 
 
 def forget_logprob(model, tokenizer, records=FORGET) -> float:
