@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import shlex
 import sys
@@ -53,11 +54,14 @@ import torch
 from accelerate import Accelerator
 
 from bs_ref import __version__
-from bs_ref.protocol import cli, data, evaluate, matched, models
+from bs_ref import models as model_presets
+from bs_ref.attacks import replay_unlearning
+from bs_ref.protocol import cli, data, evaluate, matched, models, recovery
 from bs_ref.protocol.cli import arg, method_settings, section
 from bs_ref.protocol.data import DataConfig
 from bs_ref.protocol.evaluate import EvalConfig
 from bs_ref.protocol.models import ModelConfig
+from bs_ref.protocol.recovery import AttackConfig, Attacker
 from bs_ref.protocol.report import describe, write_report
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, cell_name, versions, write_json
 from bs_ref.protocol.uncertainty import Context
@@ -105,6 +109,7 @@ class TofuArgs:
         "Each applies to every method that has it; a method spec sets one method's own value (npo:beta=0.2).",
     )
     evaluation: EvalConfig = section(EvalConfig, "evaluation (bs_ref.protocol.evaluate)")
+    attacks: AttackConfig = section(AttackConfig, "recovery attacks (bs_ref.protocol.recovery, docs/theory.md §9)")
 
 
 # fmt: off
@@ -130,9 +135,11 @@ PRESETS = {
 
 COMMAND_LINE = cli.CommandLine(TofuArgs, PRESETS, __doc__.split("\n\n")[0], prog="python experiments/tofu.py")
 NOT_IDENTITY = ("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "progress", "eval_batch_size", "device",
-                "cache_dir", "match_target_drop", "match_fact_leak", "bf16")  # fmt: skip
+                "cache_dir", "match_target_drop", "match_fact_leak", "bf16", "attacks", "attack_at", "attack_lr",
+                "attack_epochs")  # fmt: skip
 """Settings that do not change a method's numbers (so a rerun may change them and still resume); ``bf16`` is
-an alias whose effect the identity records as ``precision``."""
+an alias whose effect the identity records as ``precision``. The attack settings are kept with each attack's
+results instead (``bs_ref.protocol.recovery``), so changing them recomputes only the attacks."""
 
 
 def parse_args(argv: list[str]) -> TofuArgs:
@@ -151,6 +158,7 @@ def check(args: TofuArgs) -> list[tuple[str, object]]:
         problems.append(f"--seeds {' '.join(map(str, args.seeds))} must name distinct seeds (e.g. --seeds 0 1 2)")
     problems += models.pair_seed_problems(args.pair_seeds, args.models, args.data)
     problems += cli.config_problems(args.unlearn) + method_problems + evaluate.problems(args.evaluation)
+    problems += recovery.problems(args.attacks)
     cli.Problems.check(problems + matched.level_problems(args.match_target_drop, args.match_fact_leak))
     return plan
 
@@ -172,11 +180,14 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.models.precision_name, "bs_ref_version": __version__}  # fmt: skip
     store = RunDir(args.out, identity, overwrite=args.overwrite)
     device, diverged, notes, retain_forget, model_info = args.models.device_name, [], [], {}, {}
+    attack_labels, attack_notes = args.attacks.labels()
     with cli.progress_bars(args.progress), store.resumable(labels, seeds, command, pairs):
         torch.set_num_threads(args.models.threads)
         config = {"identity": store.identity, "command": command, "preset": args.preset, "methods": labels,
                   "seeds": seeds, "pair_seeds": pairs, "device": device, "precision": args.models.precision_name,
                   "mixed_precision": args.models.mixed_precision, "versions": versions(), "data": splits.info,
+                  "attacks": {"run": attack_labels, "at": args.attacks.settings() if attack_labels else [],
+                              "skipped": attack_notes},
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
         for pair in pairs:
             original, retain, tokenizer, model_info[pair] = models.load_models(args.models, splits, args.progress, say,
@@ -193,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             if fq_note and fq_note not in notes:
                 notes.append(fq_note)
             write_json(store.path("config.json"), config | {"forget_quality_note": fq_note})
+            attacker = make_attacker(args, splits, tokenizer, evaluator, attack_labels)
             for seed in seeds:
                 for label, method in plan:
                     if method is None:
@@ -203,32 +215,50 @@ def main(argv: list[str] | None = None) -> dict:
                         continue
                     try:
                         unlearn_and_evaluate(args, store, evaluator, splits, original, tokenizer, label, method, seed,
-                                             start, pair)  # fmt: skip
+                                             start, pair, attacker)  # fmt: skip
                     except NonFiniteLossError as error:  # one line; every finished result is kept
                         diverged.append(f"{cell}: {error}")
                         say(f"{cell} stopped (lower --lr; every finished result is kept): {error}")
-
+            if attacker is not None:
+                attack_references(store, attacker, labels, seeds, pair, {"original": original, "retrain": retain})
+        given = matched.given_levels(args.match_target_drop, args.match_fact_leak)
+        if attack_labels:
+            attack_missing(args, store, plan, seeds, pairs, splits, attack_labels, given)
+        recovery_part = None
+        if attack_labels:
+            cells = recovery.load_cells(store, labels, seeds, pairs, args.attacks.settings())
+            measure = "fact_leak" if splits.has_facts else "target_logprob"
+            recovery_part = recovery.recovery_report(cells, labels, Context(methods=dict(plan), pair_seeds=pairs),
+                                                     measure=measure)  # fmt: skip
+        notes += attack_notes
         report = write_report(
             store, store.results(labels, seeds, pairs), seeds=seeds, command=command, has_facts=splits.has_facts,
-            settings=describe(splits.info, settings, seeds, pairs), notes=notes, diverged=diverged,
-            given=matched.given_levels(args.match_target_drop, args.match_fact_leak),
+            settings=describe(splits.info, settings, seeds, pairs), notes=notes, diverged=diverged, given=given,
             context=Context(args.evaluation.convention, args.evaluation.fluency_classifier, retain_forget,
                             methods=dict(plan), pair_seeds=pairs),
+            recovery=recovery_part,
         )  # fmt: skip
     return report | {"wall_s": time.perf_counter() - started}
 
 
-def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Evaluator, splits: data.Data, original,
-                         tokenizer, label: str, method, seed: int, start: dict, pair: int = 0) -> None:  # fmt: skip
-    """One method, seed and model pair: unlearn a fresh copy of the pair's original model, evaluating it every
-    ``eval_every`` steps (its curve starts at the original model's step-0 point), then fully; eval.json, then
-    result.json."""
-    cfg = dataclasses.replace(
+def unlearn_config(args: TofuArgs, store: RunDir, splits: data.Data, label: str, method, seed: int,
+                   pair: int = 0) -> UnlearnConfig:  # fmt: skip
+    """The unlearning config of one method, seed and model pair (the same for the run and for its replays)."""
+    return dataclasses.replace(
         args.unlearn, method=method, seed=seed, template=splits.template, progress=args.progress,
         eval_at_start=False,  # the step-0 point is the original model's, computed once for every method
         log_path=str(store.method_dir(label, seed, pair) / "train_log.jsonl"),
         mixed_precision=args.models.mixed_precision, extra={"label": label},
     )  # fmt: skip
+
+
+def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Evaluator, splits: data.Data, original,
+                         tokenizer, label: str, method, seed: int, start: dict, pair: int = 0,
+                         attacker: Attacker | None = None) -> None:  # fmt: skip
+    """One method, seed and model pair: unlearn a fresh copy of the pair's original model, evaluating it every
+    ``eval_every`` steps (its curve starts at the original model's step-0 point), then fully; eval.json, then
+    result.json; then, with ``attacker`` and ``--attack-at end|both``, the recovery attacks on the final model."""
+    cfg = unlearn_config(args, store, splits, label, method, seed, pair)
     curve = [dict(start)]
 
     def callback(step: int, model) -> None:
@@ -252,6 +282,76 @@ def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Eval
     store.save_result(
         label, seed, result, evaluator.payload(per_split, method=label, seed=seed, pair_seed=pair), pair=pair
     )
+    if attacker is not None and "end" in args.attacks.settings():
+        attacker.attack(store, label, seed, pair, "end", model.eval(), step=result["steps"], announce=say)
+
+
+# ------------------------------------------------------------------------------------------------ attacks
+def make_attacker(args: TofuArgs, splits: data.Data, tokenizer, evaluator: evaluate.Evaluator,
+                  attack_labels: list[str]) -> Attacker | None:  # fmt: skip
+    """The recovery attacks of this run (None with ``--attacks none``). Relearning trains at ``--attack-lr``, by
+    default the learning rate and batch size the model pair was fine-tuned with (a given checkpoint: TOFU's
+    1e-5 and the unlearning batch size)."""
+    if not attack_labels:
+        return None
+    if args.models.model:
+        lr, batch_size = recovery.PAPER_TOFU_LR, args.unlearn.batch_size
+    else:
+        train_cfg = model_presets.resolve_preset(args.models.model_preset)[1]
+        lr, batch_size = train_cfg.lr, train_cfg.batch_size
+    return Attacker(attack_labels, splits.forget_train, tokenizer, template=splits.template,
+                    lr=args.attacks.attack_lr or lr, epochs=args.attacks.attack_epochs, batch_size=batch_size,
+                    max_new_tokens=evaluator.max_new_tokens, eval_batch_size=args.evaluation.eval_batch_size,
+                    num_samples=args.evaluation.leak_samples if splits.has_facts else 0,
+                    num_threads=args.models.threads)  # fmt: skip
+
+
+def attack_references(store: RunDir, attacker: Attacker, labels: list[str], seeds: list[int], pair: int,
+                      references: dict) -> None:  # fmt: skip
+    """Attack the original and the retain model once per unlearning seed (the relearning split and the samples
+    are the seed's), unless their results under these settings are kept."""
+    for seed in seeds:
+        for name, model in references.items():
+            if name in labels and model is not None and not attacker.done(store, name, seed, pair, "end"):
+                attacker.attack(store, name, seed, pair, "end", model.eval(), step=None, announce=say)
+
+
+def attack_missing(args: TofuArgs, store: RunDir, plan, seeds: list[int], pairs: list[int], splits: data.Data,
+                   attack_labels: list[str], given: dict) -> None:  # fmt: skip
+    """Attacks not yet run: at the end of finished methods whose model is gone (resumed runs), and at matched
+    forgetting (the run's target-drop level, known once every method has finished). Each model is replayed from
+    the pair's original model by the deterministic unlearning run."""
+    labels = [label for label, _ in plan]
+    results = store.results(labels, seeds, pairs)
+    level = matched.matched_rows(results, seeds, given)[1].get("target_drop", float("nan"))
+    wanted = args.attacks.settings()
+    for pair in pairs:
+        original, retain, tokenizer, _ = models.load_models(args.models, splits, args.progress, say, pair_seed=pair)
+        attacker = make_attacker(args, splits, tokenizer, evaluate.Evaluator(args.evaluation, splits, tokenizer),
+                                 attack_labels)  # fmt: skip
+        attack_references(store, attacker, labels, seeds, pair, {"original": original, "retrain": retain})
+        todo = []
+        for label, method in plan:
+            for seed in seeds:
+                if method is None or not store.is_finished(label, seed, pair):
+                    continue
+                result = store.load_result(label, seed, pair)
+                for setting in wanted:
+                    step, at = result["steps"], None
+                    if setting == "matched":
+                        step = recovery.matched_step(result, level) if math.isfinite(level) and level > 0 else None
+                        if step is None:  # never reaches the level: no matched model to attack
+                            continue
+                        at = level
+                    if not attacker.done(store, label, seed, pair, setting, at):
+                        todo.append((label, method, seed, setting, step, at))
+        for label, method, seed, setting, step, at in todo:
+            say(f"{cell_name(label, seed, pair)}: replaying the unlearning run to step {step} ({setting})")
+            cfg = unlearn_config(args, store, splits, label, method, seed, pair)
+            accelerator = Accelerator(cpu=args.models.device_name == "cpu", mixed_precision=cfg.mixed_precision)
+            model = replay_unlearning(original, tokenizer, splits.forget_train, splits.retain_train, cfg, [step],
+                                      accelerator=accelerator)[step]  # fmt: skip
+            attacker.attack(store, label, seed, pair, setting, model, step=step, level=at, announce=say)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ def test_resume_adds_only_new_methods(smoke_run, tmp_path, model_cache):
     after = _mtimes(out)
     assert {k: after[k] for k in before} == before  # finished results untouched
     new = {k for k in after if k not in before}
-    assert new == {f"methods/bs_t__lam-0.6/seed0/{n}" for n in ("result.json", "eval.json")}
+    # the new method's result and the attacks on its end model; no attack of a finished method is rerun
+    assert new == {f"methods/bs_t__lam-0.6/seed0/{n}" for n in ("result.json", "eval.json", "attacks_end.json")}
     rows = _read_csv(out / "summary.csv")
     assert "bs_t:lam=0.6" in [r["method"] for r in rows]
     tofu.main(argv + ["--methods", *tofu.DEFAULT_METHODS, "bs_t:lam=0.6"])  # again: nothing is recomputed
@@ -192,7 +193,7 @@ def test_resume_adds_only_new_methods(smoke_run, tmp_path, model_cache):
 def test_interrupted_run_resumes_and_overwrite_is_explicit(tmp_path, model_cache, monkeypatch, capsys):
     out = tmp_path / "run"
     argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-            "--methods", "original", "ga", "ga_scaled", "--epochs", "1"]  # fmt: skip
+            "--methods", "original", "ga", "ga_scaled", "--epochs", "1", "--attacks", "none"]  # fmt: skip
     real_unlearn, calls = tofu.unlearn, []
 
     def interrupted(*args, **kwargs):
@@ -240,7 +241,7 @@ def test_pair_seeds_train_their_own_pair_and_resume_a_run_dir_of_an_earlier_vers
     before = _mtimes(out)
     argv = [a if a != str(source) else str(out) for a in argv]
     methods = ["original", "retrain", "ga", "ga_scaled", "bs_t"]
-    report = tofu.main(argv + ["--pair-seeds", "0", "1", "--methods", *methods])
+    report = tofu.main(argv + ["--pair-seeds", "0", "1", "--methods", *methods, "--attacks", "none"])
     after = _mtimes(out)
     assert {k: after[k] for k in before} == before  # pair 0 is the old run directory, untouched
     new = {k for k in after if k not in before}
@@ -286,7 +287,8 @@ def test_verdicts_agree_on_both_cpu_kernel_paths(tmp_path):
         outs[name] = tmp_path / name / "run"
         log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 — closed below
         command = [sys.executable, str(SCRIPT), "--preset", "smoke", "--seeds", "0", "1", "--pair-seeds", "0", "1",
-                   "--no-progress", "--out", str(outs[name]), "--cache-dir", str(tmp_path / name)]  # fmt: skip
+                   "--no-progress", "--out", str(outs[name]), "--cache-dir", str(tmp_path / name), "--attacks",
+                   "none"]  # fmt: skip
         procs[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     for name, (proc, log) in procs.items():
         code = proc.wait(timeout=1500)
@@ -321,7 +323,7 @@ def test_verdicts_agree_on_both_cpu_kernel_paths(tmp_path):
 def test_a_diverged_method_is_one_line_and_every_other_result_is_kept(tmp_path, model_cache, monkeypatch, capsys):
     out = tmp_path / "nan"
     argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-            "--methods", "original", "ga", "npo", "--epochs", "1"]  # fmt: skip
+            "--methods", "original", "ga", "npo", "--epochs", "1", "--attacks", "none"]  # fmt: skip
     real_unlearn = tofu.unlearn
     message = (
         "unlearning diverged: the forget loss is nan at step 1 (epoch 0.50) of method 'ga' with lr=0.003; "
@@ -346,7 +348,8 @@ def test_a_diverged_method_is_one_line_and_every_other_result_is_kept(tmp_path, 
 def test_a_collapsed_model_is_a_result(tmp_path, model_cache):
     out = tmp_path / "collapse"
     report = tofu.main(["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-                        "--methods", "original", "retrain", "ga", "bs_s", "--epochs", "2", "--lr", "5"])  # fmt: skip
+                        "--methods", "original", "retrain", "ga", "bs_s", "--epochs", "2", "--lr", "5", "--attacks",
+                        "none"])  # fmt: skip
     rows = {r["method"]: r for r in _read_csv(out / "summary.csv")}
     assert set(rows) == {"original", "retrain", "ga", "bs_s"} or report["diverged"]
     for method in set(rows) - set(REFERENCE_METHODS):
@@ -388,7 +391,7 @@ def tiny_tofu_models(tofu_dir, tmp_path_factory):
 def test_real_tofu_path(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
     out = tmp_path / "real"
     common = ["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--no-progress",
-              "--cache-dir", str(model_cache), "--max-new-tokens", "12"]  # fmt: skip
+              "--cache-dir", str(model_cache), "--max-new-tokens", "12", "--attacks", "none"]  # fmt: skip
     argv = common + ["--out", str(out), "--model", str(tiny_tofu_models / "original"),
                      "--retain-model", str(tiny_tofu_models / "retain"),
                      "--methods", "original", "retrain", "ga", "bs_t", "--epochs", "1"]  # fmt: skip
@@ -422,7 +425,8 @@ def test_real_tofu_path(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
 def test_real_tofu_locuslab_retain_log(tofu_dir, tofu_logs_dir, tiny_tofu_models, tmp_path, model_cache):
     out = tmp_path / "locuslab"
     tofu.main(["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--progress",
-               "false", "--cache-dir", str(model_cache), "--max-new-tokens", "8", "--out", str(out), "--model",
+               "false", "--attacks", "none", "--cache-dir", str(model_cache), "--max-new-tokens", "8", "--out",
+               str(out), "--model",
                str(tiny_tofu_models / "original"), "--retain-logs",
                str(tofu_logs_dir / "llama2-7b_retain90_wd0.01.json"), "--methods", "original"])  # fmt: skip
     row = _read_csv(out / "summary.csv")[0]
@@ -513,3 +517,103 @@ def test_cli_prints_one_line_error(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown method 'nonsense'")
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ recovery attacks
+def test_smoke_attacks_write_recovery_csv_with_every_column_and_a_row_per_method_and_attack(smoke_run):
+    """The smoke run attacks every model at the end (the default ``--attacks all``): recovery.csv has the
+    contract's columns, one row per method × attack (references included), and its numbers are what they say:
+    recovered = after − before, spurious gap = after − the retain model's after on the same items."""
+    from bs_ref.attacks import ATTACKS, RECOVERY_COLUMNS, bitsandbytes_available, expand_attacks
+
+    out, report, _ = smoke_run
+    with open(out / "recovery.csv", newline="") as handle:
+        assert tuple(csv.DictReader(handle).fieldnames) == RECOVERY_COLUMNS
+    rows = _read_csv(out / "recovery.csv")
+    runs = [r for r in rows if r["seed"] != "mean"]
+    wanted = expand_attacks([a for a in ATTACKS if bitsandbytes_available()[0] or not a.startswith("quant")])
+    assert {(r["method"], r["attack"]) for r in runs} == {(m, a) for m in tofu.DEFAULT_METHODS for a in wanted}
+    assert {r["setting"] for r in rows} == {"end"} and {r["measure"] for r in rows} == {"fact_leak"}
+    retrain_after = {r["attack"]: float(r["fact_leak_after"]) for r in runs if r["method"] == "retrain"}
+    for r in runs:
+        before, after = float(r["fact_leak_before"]), float(r["fact_leak_after"])
+        assert 0 <= before <= 1 and 0 <= after <= 1
+        assert float(r["recovered"]) == pytest.approx(after - before, abs=1e-5)
+        assert float(r["spurious_gap"]) == pytest.approx(after - retrain_after[r["attack"]], abs=1e-5)
+        assert float(r["ci_low"]) <= float(r["spurious_gap"]) + 1e-9 <= float(r["ci_high"]) + 2e-9
+    # the original model holds every fact of the smoke pair: nothing to recover, and its gap is its leak
+    original = {r["attack"]: r for r in runs if r["method"] == "original"}
+    assert float(original["relearn"]["fact_leak_before"]) == 1.0
+    means = [r for r in rows if r["seed"] == "mean"]
+    assert {(r["method"], r["attack"]) for r in means} == {(m, a) for m in tofu.DEFAULT_METHODS for a in wanted}
+    verdicts = _read_csv(out / "verdict.csv")
+    gap_rows = {(v["comparison"], v["measure"]) for v in verdicts if v["measure"].startswith("spurious_gap[")}
+    for comparison in ("bs_t − ga_scaled", "bs_s − npo", "bs_t − npo"):
+        assert (comparison, "spurious_gap[relearn]") in gap_rows
+    table = (out / "table.md").read_text()
+    assert "## Recovery attacks: does the forgetting survive?" in table and "| bs_s − npo |" in table
+    if tofu_plots_available():
+        assert (out / "plots" / "recovery.png").stat().st_size > 0
+    stored = json.loads((out / "methods" / "ga" / "seed0" / "attacks_end.json").read_text())
+    assert stored["identity"]["attacks"] == wanted and stored["step"] == report["rows"][2]["steps"]
+
+
+def tofu_plots_available() -> bool:
+    from bs_ref.protocol import plots
+
+    return plots.pyplot() is not None
+
+
+def test_attacks_of_a_resumed_run_replay_the_same_weights_and_matched_attacks_replay_to_the_level(
+    tmp_path, model_cache
+):
+    """A finished run without attacks, resumed with ``--attacks relearn``, replays each method to its last step:
+    the attack then sees the same weights as an attack right after training (per-item numbers equal). With
+    ``--attack-at matched`` the replay stops at the first evaluation past the run's matched target drop."""
+    common = ["--preset", "smoke", "--cache-dir", str(model_cache), "--no-progress", "--methods", "original",
+              "retrain", "ga", "npo"]  # fmt: skip
+    direct, resumed = tmp_path / "direct", tmp_path / "resumed"
+    tofu.main(common + ["--out", str(direct), "--attacks", "relearn"])
+    tofu.main(common + ["--out", str(resumed), "--attacks", "none"])
+    assert not list(resumed.glob("methods/*/seed0/attacks_*.json"))
+    report = tofu.main(common + ["--out", str(resumed), "--attacks", "relearn", "--attack-at", "both"])
+    for method in ("ga", "npo"):
+        a = json.loads((direct / "methods" / method / "seed0" / "attacks_end.json").read_text())
+        b = json.loads((resumed / "methods" / method / "seed0" / "attacks_end.json").read_text())
+        for when in ("before", "after"):
+            got = [it["target_logprob"] for it in b["results"]["relearn"][when]]
+            assert got == pytest.approx([it["target_logprob"] for it in a["results"]["relearn"][when]], abs=1e-5)
+    level = next(r["level"] for r in report["matched"] if r["measure"] == "target_drop")
+    for method in ("ga", "npo"):
+        result = json.loads((resumed / "methods" / method / "seed0" / "result.json").read_text())
+        path = resumed / "methods" / method / "seed0" / "attacks_matched.json"
+        reached = [p["step"] for p in result["curve"] if result["curve"][0]["target_logprob"] - p["target_logprob"]
+                   >= level]  # fmt: skip
+        if not reached:
+            assert not path.exists()
+            continue
+        stored = json.loads(path.read_text())
+        assert stored["step"] == reached[0] <= result["steps"] and stored["identity"]["level"] == pytest.approx(level)
+    rows = _read_csv(resumed / "recovery.csv")
+    assert {r["setting"] for r in rows} <= {"end", "matched"} and any(r["setting"] == "matched" for r in rows)
+
+
+def test_attack_flags_fail_with_one_clear_message(tmp_path, monkeypatch):
+    from bs_ref.protocol import recovery
+
+    out = ["--out", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match=r"--attacks quant5 unknown; choose from relearn, quant4"):
+        tofu.main(["--attacks", "quant5", *out])
+    with pytest.raises(ValueError, match="'none' and 'all' stand alone"):
+        tofu.main(["--attacks", "none", "relearn", *out])
+    with pytest.raises(ValueError, match=r"--attack-at middle is unknown; choose one of end \| matched \| both"):
+        tofu.main(["--attack-at", "middle", *out])
+    with pytest.raises(ValueError, match="--attack-epochs must be >= 1"):
+        tofu.main(["--attack-epochs", "0", *out])
+    monkeypatch.setattr(recovery, "bitsandbytes_available", lambda: (False, "bitsandbytes is not installed"))
+    with pytest.raises(ValueError, match=r"--attacks quant4 needs bitsandbytes.*pip install -e '\.\[attacks\]'"):
+        tofu.main(["--attacks", "quant4", "relearn", *out])
+    labels, notes = recovery.AttackConfig(["all"]).labels()
+    assert "relearn" in labels and not any(a.startswith("quant") for a in labels)
+    assert notes and "quantization attacks skipped" in notes[0]
+    assert not (tmp_path / "o").exists()  # every problem is found before anything is written

@@ -9,6 +9,7 @@
 - ``verdict.csv``: paired comparisons (BS-T − GA×(1−λ), BS-S − its base, BS-S − NPO, BS-T − NPO, each method −
   GA) on the leakage, forgetting and utility measures, at the end of training and at each matched level,
   with better / worse / no difference at 95 % (``bs_ref.stats``);
+- ``recovery.csv`` and ``plots/recovery.png`` when the run attacked its models (``bs_ref.protocol.recovery``);
 - ``table.md``: the verdicts first, then the command, the settings, the end-of-training table, one
   matched-forgetting table per measure, the methods whose facts leak while ROUGE-L / the truth ratio call them
   forgotten (``leak_while_forgotten``, docs/theory.md §6), the methods that diverged, and the plots (or why
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bs_ref import stats
+from bs_ref import attacks, stats
 from bs_ref.protocol import plots, uncertainty
 from bs_ref.protocol.matched import (
     MATCH_MARGIN,
@@ -96,13 +97,16 @@ def leak_while_forgotten(rows: Sequence[dict]) -> list[str]:
 
 def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], command: str, settings: str,
                  has_facts: bool, given: dict[str, float | None], notes: Sequence[str] = (),
-                 diverged: Sequence[str] = (), context: Context | None = None) -> dict:  # fmt: skip
+                 diverged: Sequence[str] = (), context: Context | None = None,
+                 recovery: dict | None = None) -> dict:  # fmt: skip
     """Write summary.csv, matched.csv, verdict.csv, table.md and the plots for ``results`` (finished results,
     in table order); ``settings``: the paragraph that states the run's settings; ``given``: the matched levels
     given on the command line (``matched.given_levels``); ``notes``: lines under the end-of-training table;
     ``diverged``: one line per method/seed that stopped with NaN/inf; ``context``: what the intervals and
     verdicts need besides the results (``uncertainty.Context``; default: convention tofu, no retain items, the
-    declarations read from the labels). Returns what was written."""
+    declarations read from the labels); ``recovery``: the attacks' part (``bs_ref.protocol.recovery.recovery_report``:
+    its rows go to recovery.csv, its verdicts to verdict.csv, its lines to table.md, and plots/recovery.png).
+    Returns what was written."""
     ctx = context or Context()
     runs = uncertainty.load_runs(store, results, ctx)
     rows = summary_rows(results)
@@ -116,7 +120,10 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
     write_csv(store.path("matched.csv"), matched, MATCHED_CSV_COLUMNS)
     labels = list(dict.fromkeys(r["method"] for r in results))
     verdicts = uncertainty.verdict_rows(runs, labels, levels, ctx)
-    write_text(store.path("verdict.csv"), stats.verdict_csv(verdicts))
+    all_verdicts = verdicts + (recovery["verdicts"] if recovery is not None else [])
+    if recovery is not None:
+        write_text(store.path("recovery.csv"), attacks.recovery_csv(recovery["rows"]))
+    write_text(store.path("verdict.csv"), stats.verdict_csv(all_verdicts))
 
     compared = bool(uncertainty.comparisons([label for label in labels if label in runs], ctx))
     lines = ["# TOFU unlearning results", "", *format_verdicts(verdicts, levels, compared),
@@ -153,6 +160,8 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
             format_matched(sub, measure, uncertainty.method_intervals(runs, measure, level, ctx)),
             "",
         ]
+    if recovery is not None:
+        lines += recovery["lines"]
     flagged = leak_while_forgotten(rows)
     if has_facts:
         lines += ["## Facts that leak while ROUGE / truth ratio call them forgotten", ""]
@@ -165,6 +174,10 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
         "squeezing": plots.plot_squeezing_traces(curves, plots_dir / "squeezing_trace.png", bands_by_method),
         "tradeoff": plots.plot_tradeoff_curves(curves, plots_dir / "tradeoff.png", bands_by_method),
     }
+    if recovery is not None and recovery["rows"]:
+        per_run = [r for r in recovery["rows"] if r["seed"] != "mean"]
+        title = "Recovery attacks: before → after (mean over runs)"
+        figures["recovery"] = attacks.plot_recovery(per_run, plots_dir / "recovery.png", title=title)
     written = [f"plots/{Path(p).name}" for p in figures.values() if p]
     if plots.pyplot() is None:
         lines += [f"Plots: {plots.PLOTS_SKIPPED}.", ""]
@@ -172,7 +185,7 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
         lines += ["Plots: " + (", ".join(written) or "none (no finished result to plot)"), ""]
     table = "\n".join(lines)
     write_text(store.path("table.md"), table)
-    return {"out": str(store.root), "rows": rows, "matched": matched, "verdicts": verdicts, "table": table,
+    return {"out": str(store.root), "rows": rows, "matched": matched, "verdicts": all_verdicts, "table": table,
             "plots": figures, "leak_while_forgotten": flagged, "diverged": list(diverged)}  # fmt: skip
 
 

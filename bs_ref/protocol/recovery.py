@@ -1,0 +1,326 @@
+"""Recovery attacks inside the experiment (docs/theory.md §9): is each method's forgetting real?
+
+``--attacks`` names the attacks (``bs_ref.attacks``: ``relearn``, ``quant4``, ``quant8``, ``prompt`` or
+``prompt:<name>``; ``all``, the default, is every attack whose packages are installed; ``none`` skips them).
+``--attack-at`` says which model of a method is attacked:
+
+    end       the model at the end of training (the one the end-of-training table scores)
+    matched   the model at the first evaluation where the method reaches the run's matched target log-prob
+              drop (``bs_ref.protocol.matched``), replayed from the original model by the deterministic
+              unlearning run (``bs_ref.attacks.replay_unlearning``); a method that never reaches it has no row
+    both      both
+
+For every unlearning seed and model pair, the original model and the retain model (``original``, ``retrain``)
+are attacked too, with the same relearning split (drawn from the seed) and the same prompts: the retain model
+under an attack is the control of the spurious gap, the original model its upper bound.
+
+Each attacked model's results go to ``methods/<method>/seed<k>/attacks_<setting>.json`` with the attack settings
+they were computed under; a rerun keeps those whose settings match and computes the rest (a finished method
+whose end model is no longer in memory is replayed to its last step). The report (``recovery_report``) writes
+``recovery.csv`` (``bs_ref.attacks.RECOVERY_COLUMNS``: one row per method × seed × pair × attack × setting, then
+a ``mean`` row per method × attack × setting whose interval covers items and runs), a table in ``table.md``,
+paired verdicts of the spurious gap (the comparisons of ``verdict.csv``, measure ``spurious_gap[<attack>]``)
+and ``plots/recovery.png``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bs_ref import attacks, stats
+from bs_ref.attacks import AttackResult
+from bs_ref.attacks.prompts import PROMPT_ATTACKS
+from bs_ref.attacks.quantize import INSTALL, QUANT_ATTACKS, bitsandbytes_available
+from bs_ref.protocol.cli import arg
+from bs_ref.protocol.matched import crossing
+from bs_ref.protocol.store import RunDir, read_json, write_json
+from bs_ref.protocol.uncertainty import Context, comparisons, design_of
+
+ATTACK_AT = ("end", "matched", "both")
+"""Values of ``--attack-at``."""
+REFERENCE_LABELS = ("original", "retrain")
+"""The reference models attacked with every seed (``retrain`` is the control of the spurious gap)."""
+RECOVERY_MEASURE = "fact_leak"
+"""The per-item measure of the recovery gap on data with facts (``target_logprob`` on data without)."""
+VERDICT_WORDS = {"better": "**better**", "worse": "**worse**", "no difference": "*no diff.*"}
+PAPER_TOFU_LR = 1e-5
+"""The relearning learning rate for given checkpoints (TOFU's fine-tuning lr), when ``--attack-lr`` is not set."""
+
+
+@dataclass
+class AttackConfig:
+    """The recovery attacks of a run (docs/theory.md §9)."""
+
+    attacks: list[str] = arg(
+        help="recovery attacks: relearn quant4 quant8 prompt (prompt:<name> for one prompt attack); 'all' is every "
+        "attack whose packages are installed, 'none' runs none",
+        factory=lambda: ["all"],
+    )
+    attack_at: str = arg("end", "end | matched | both: attack the model at the end of training, at matched "
+                         "forgetting (replayed to where it first reaches the matched drop), or both")  # fmt: skip
+    attack_lr: float | None = arg(None, "relearning learning rate (default: the model pair's fine-tuning lr; "
+                                  f"{PAPER_TOFU_LR:g} for given checkpoints)")  # fmt: skip
+    attack_epochs: int = arg(1, "relearning epochs on the attack half of each forget author's items")
+
+    def wanted(self) -> list[str]:
+        """The attack names asked for, before checking what is installed (``all`` expanded, ``none`` empty)."""
+        if self.attacks == ["none"]:
+            return []
+        if "all" in self.attacks:
+            return [*attacks.ATTACKS]
+        return list(self.attacks)
+
+    def labels(self) -> tuple[list[str], list[str]]:
+        """(attack labels to run, notes on the attacks skipped): ``all`` leaves out what is not installed with a
+        note; an attack named explicitly but not installed is an error of ``problems``."""
+        names = self.wanted()
+        notes = []
+        ok, why = bitsandbytes_available()
+        if "all" in self.attacks and not ok:
+            names = [n for n in names if n not in QUANT_ATTACKS]
+            notes.append(f"quantization attacks skipped: {why}")
+        return attacks.expand_attacks(names), notes
+
+    def settings(self) -> list[str]:
+        """The settings attacked: ["end"], ["matched"] or both."""
+        return ["end", "matched"] if self.attack_at == "both" else [self.attack_at]
+
+
+def problems(cfg: AttackConfig) -> list[str]:
+    """Every problem of the attack flags, as user-facing lines naming the flag and the fix."""
+    out = []
+    known = [*attacks.ATTACKS, *(f"prompt:{p}" for p in PROMPT_ATTACKS)]
+    if not cfg.attacks:
+        out.append("--attacks needs at least one name (or 'none' to skip the recovery attacks)")
+    if len(cfg.attacks) > 1 and ("none" in cfg.attacks or "all" in cfg.attacks):
+        out.append(f"--attacks {' '.join(cfg.attacks)}: 'none' and 'all' stand alone; give one of them or a list of "
+                   "attacks")  # fmt: skip
+    unknown = [a for a in cfg.attacks if a not in (*known, "all", "none")]
+    if unknown:
+        out.append(f"--attacks {' '.join(unknown)} unknown; choose from {', '.join(known)}, all or none")
+    ok, why = bitsandbytes_available()
+    asked_quant = [a for a in cfg.attacks if a in QUANT_ATTACKS]
+    if asked_quant and not ok:
+        out.append(f"--attacks {' '.join(asked_quant)} needs bitsandbytes >= 0.50: {why} (install it with {INSTALL}, "
+                   "or drop the quantization attacks)")  # fmt: skip
+    if cfg.attack_at not in ATTACK_AT:
+        out.append(f"--attack-at {cfg.attack_at} is unknown; choose one of {' | '.join(ATTACK_AT)}")
+    if cfg.attack_lr is not None and not (math.isfinite(cfg.attack_lr) and cfg.attack_lr > 0):
+        out.append(f"--attack-lr must be a positive number, got {cfg.attack_lr}")
+    if cfg.attack_epochs < 1:
+        out.append(f"--attack-epochs must be >= 1, got {cfg.attack_epochs}")
+    return out
+
+
+def result_from_dict(payload: Mapping[str, Any]) -> AttackResult:
+    """An ``AttackResult`` from its ``as_dict`` form (the split stays plain data)."""
+    return AttackResult(payload["attack"], list(payload["before"]), list(payload["after"]), payload.get("split"),
+                        dict(payload.get("info", {})))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ running
+class Attacker:
+    """Runs the attacks of one run on the models it is given and stores their results per cell.
+
+    ``labels``: the attack labels (``AttackConfig.labels``); ``common``: what every attacked model shares — the
+    template, the relearning lr / epochs / batch size, the answer budget, the evaluation batch, the any-of-N
+    samples — which is also the identity under which results are kept (``settings``)."""
+
+    def __init__(self, labels: Sequence[str], forget_records: Sequence[dict], tokenizer, *, template: str,
+                 lr: float, epochs: int, batch_size: int, max_new_tokens: int, eval_batch_size: int,
+                 num_samples: int, num_threads: int | None = None) -> None:  # fmt: skip
+        self.labels = list(labels)
+        self.records = list(forget_records)
+        self.tokenizer = tokenizer
+        self.num_threads = num_threads
+        self.common = dict(template=template, lr=lr, epochs=epochs, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size,
+                           num_samples=num_samples)  # fmt: skip
+
+    def identity(self, setting: str, level: float | None = None) -> dict:
+        """What a stored result must have been computed under to be kept."""
+        out = {"attacks": self.labels, "setting": setting, **self.common}
+        return out | ({"level": round(float(level), 10)} if level is not None else {})
+
+    def path(self, store: RunDir, label: str, seed: int, pair: int, setting: str):
+        return store.method_dir(label, seed, pair) / f"attacks_{setting}.json"
+
+    def done(self, store: RunDir, label: str, seed: int, pair: int, setting: str, level: float | None = None) -> bool:
+        path = self.path(store, label, seed, pair, setting)
+        if not path.is_file():
+            return False
+        try:
+            return read_json(path).get("identity") == self.identity(setting, level)
+        except (OSError, ValueError):
+            return False
+
+    def attack(self, store: RunDir, label: str, seed: int, pair: int, setting: str, model, *, step: int | None,
+               level: float | None = None, announce: Callable[[str], None] | None = None) -> dict:  # fmt: skip
+        """Every attack on ``model`` (a method's model after ``step`` steps, or a reference), saved to
+        ``attacks_<setting>.json``; the relearning split and the sampled answers are drawn from ``seed``, so the
+        references of the same seed are attacked on the same items. ``model`` is not changed."""
+        if announce:
+            announce(f"{label} seed {seed}{f' pair {pair}' if pair else ''}: attacks at {setting} "
+                     f"({', '.join(self.labels)})")  # fmt: skip
+        results, skipped = attacks.run_attacks(
+            {label: model}, self.tokenizer, self.records, self.labels, template=self.common["template"], seed=seed,
+            lr=self.common["lr"], epochs=self.common["epochs"], batch_size=self.common["batch_size"],
+            max_new_tokens=self.common["max_new_tokens"], eval_batch_size=self.common["eval_batch_size"],
+            num_samples=self.common["num_samples"], num_threads=self.num_threads,
+        )  # fmt: skip
+        payload = {"identity": self.identity(setting, level), "method": label, "seed": seed, "pair_seed": pair,
+                   "setting": setting, "step": step, "skipped": skipped,
+                   "results": {a: by_model[label].as_dict() for a, by_model in results.items()}}  # fmt: skip
+        write_json(self.path(store, label, seed, pair, setting), payload)
+        return payload
+
+
+def matched_step(result: dict, level: float) -> int | None:
+    """The optimiser step of the first evaluation at which a result's curve reaches the target-drop ``level``
+    (the model the matched attack replays to), or None when it never does."""
+    curve = result.get("curve") or []
+    found = crossing(curve, "target_drop", level)
+    return None if found is None else int(curve[found[1]]["step"])
+
+
+def load_cells(store: RunDir, labels: Iterable[str], seeds: Iterable[int], pairs: Iterable[int],
+               settings: Iterable[str]) -> dict[tuple, AttackResult]:  # fmt: skip
+    """{(method, seed, pair, attack, setting): AttackResult} of every stored attack of these cells (references
+    at ``end`` only)."""
+    cells = {}
+    for label in labels:
+        for pair in pairs:
+            for seed in seeds:
+                for setting in settings:
+                    if label in REFERENCE_LABELS and setting != "end":
+                        continue
+                    path = store.method_dir(label, seed, pair) / f"attacks_{setting}.json"
+                    if not path.is_file():
+                        continue
+                    for attack, payload in read_json(path)["results"].items():
+                        cells[(label, seed, pair, attack, setting)] = result_from_dict(payload)
+    return cells
+
+
+# ------------------------------------------------------------------------------------------------ report
+def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], ctx: Context, *,
+                    measure: str = RECOVERY_MEASURE) -> dict[str, Any]:  # fmt: skip
+    """What the report writes about the attacks: ``rows`` (recovery.csv: per run, then one ``mean`` row per
+    method × attack × setting with the two-level interval of the spurious gap), ``verdicts`` (verdict.csv rows,
+    measure ``spurious_gap[<attack>]``, setting ``end`` or ``matched:target_drop``) and ``lines`` (table.md: per
+    setting a table of methods × attacks, then the paired verdicts of the spurious gap)."""
+    rows = attacks.recovery_rows(cells, measure=measure)
+    methods = [m for m in labels if any(k[0] == m for k in cells)]
+    what = measure.replace("_", " ")
+    lines = ["## Recovery attacks: does the forgetting survive?", "",
+             f"Each cell: the {what} of the attacked items before → after the attack (relearning: the held-out half "
+             "of each forget author's items), then the **spurious gap** = after − the retain model's after under the "
+             "same attack, ≈ 0 for real forgetting (docs/theory.md §9). Means over runs; the gap with its 95 % "
+             "interval (items within runs, runs across seeds and model pairs). recovery.csv holds every run and "
+             "the recovered amount (after − before).", ""]  # fmt: skip
+    verdicts = []
+    for setting in dict.fromkeys(k[4] for k in cells):
+        names = list(dict.fromkeys(k[3] for k in cells if k[4] == setting))
+        title = "end of training" if setting == "end" else "at matched target drop (replayed models)"
+        lines += [f"### Attacked at the {title}" if setting == "end" else f"### Attacked {title}", "",
+                  "| method | n | " + " | ".join(names) + " |", "|---|---:|" + "---|" * len(names)]  # fmt: skip
+        for method in methods:
+            texts, n = [], 0
+            for attack in names:
+                runs = _runs(cells, method, attack, setting, measure)
+                if runs is None:
+                    texts.append("–")
+                    continue
+                n = max(n, len(runs["after"]))
+                row = _mean_row(rows, runs, method, attack, setting, measure, ctx)
+                rows.append(row)
+                gap = stats.format_interval(row["spurious_gap"], row["ci_low"], row["ci_high"])
+                texts.append(f"{stats.format_number(row['before'])} → {stats.format_number(row['after'])}; gap {gap}")
+            if n:
+                lines.append(f"| {method} | {n} | " + " | ".join(texts) + " |")
+        lines.append("")
+        found = [v for attack in names for v in _verdicts(cells, methods, attack, setting, measure, ctx)]
+        verdicts += found
+        if found:
+            lines += _verdict_lines(found, names)
+    return {"rows": rows, "verdicts": verdicts, "lines": lines}
+
+
+def _mean_row(rows, runs, method: str, attack: str, setting: str, measure: str, ctx: Context) -> dict:
+    """The ``mean`` row of a method × attack × setting: means over its runs, the spurious gap's interval."""
+    mine = [r for r in rows if r["method"] == method and r["attack"] == attack and r["setting"] == setting]
+    row = {"method": method, "seed": "mean", "pair_seed": "", "attack": attack, "setting": setting,
+           "measure": measure, "ci_low": math.nan, "ci_high": math.nan, "spurious_gap": math.nan}  # fmt: skip
+    for column in ("fact_leak_before", "fact_leak_after", "target_logprob_before", "target_logprob_after",
+                   "recovered", "spurious_gap"):  # fmt: skip
+        row[column] = _mean([r[column] for r in mine])
+    gap = _interval(runs["spurious_gap"], ctx)
+    if gap is not None:
+        row.update(spurious_gap=gap.value, ci_low=gap.ci_low, ci_high=gap.ci_high)
+    row["before"] = _mean([float(np.nanmean(v)) for v in runs["before"].values()])
+    row["after"] = _mean([float(np.nanmean(v)) for v in runs["after"].values()])
+    return row
+
+
+def _runs(cells, method: str, attack: str, setting: str, measure: str) -> dict[str, dict] | None:
+    out: dict[str, dict] = {}
+    for which in ("before", "after", "recovered", "spurious_gap"):
+        try:
+            runs = attacks.recovery_runs(cells, method, attack, setting, which=which, measure=measure)
+        except ValueError:
+            return None
+        out[which] = {k: v for k, v in runs.items() if np.isfinite(v).any()}
+    return out
+
+
+def _interval(runs: Mapping[tuple, np.ndarray], ctx: Context) -> stats.Interval | None:
+    if not runs:
+        return None
+    return stats.interval(dict(runs), n_resamples=ctx.n_resamples, seed=ctx.seed, design=design_of(runs))
+
+
+def _verdicts(cells, methods, attack: str, setting: str, measure: str, ctx: Context) -> list[dict]:
+    out = []
+    setting_cell = "end" if setting == "end" else "matched:target_drop"
+    for a, b in comparisons(methods, ctx):
+        try:
+            ra = attacks.recovery_runs(cells, a, attack, setting, measure=measure)
+            rb = attacks.recovery_runs(cells, b, attack, setting, measure=measure)
+        except ValueError:
+            continue
+        shared = [k for k in ra if k in rb and np.isfinite(ra[k]).any() and np.isfinite(rb[k]).any()]
+        if not shared:
+            continue
+        result = stats.compare({k: ra[k] for k in shared}, {k: rb[k] for k in shared}, higher_is_better=False,
+                               n_resamples=ctx.n_resamples, seed=ctx.seed, design=design_of(shared))  # fmt: skip
+        out.append(stats.verdict_row(stats.comparison_label(a, b), f"spurious_gap[{attack}]", setting_cell, result))
+    return out
+
+
+def _verdict_lines(verdicts: Sequence[dict], names: Sequence[str]) -> list[str]:
+    lines = ["Spurious gap, paired comparisons at 95 %: A − B by item and run; **better** = a smaller gap (less "
+             "of the fact comes back than in the retain model), *no diff.*: the interval contains 0.", "",
+             "| A − B | n | " + " | ".join(names) + " |", "|---|---:|" + "---|" * len(names)]  # fmt: skip
+    for comparison in dict.fromkeys(v["comparison"] for v in verdicts):
+        texts, n = [], 0
+        for attack in names:
+            measure = f"spurious_gap[{attack}]"
+            v = next((x for x in verdicts if x["comparison"] == comparison and x["measure"] == measure), None)
+            if v is None:
+                texts.append("–")
+                continue
+            n = max(n, v["n_seeds"])
+            word = VERDICT_WORDS.get(v["verdict"], v["verdict"])
+            texts.append(f"{word} {stats.format_interval(v['difference'], v['ci_low'], v['ci_high'])}")
+        lines.append(f"| {comparison} | {n} | " + " | ".join(texts) + " |")
+    return [*lines, ""]
+
+
+def _mean(values: Sequence[Any]) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else math.nan
