@@ -56,14 +56,14 @@ from accelerate import Accelerator
 from bs_ref import __version__
 from bs_ref import models as model_presets
 from bs_ref.attacks import replay_unlearning
-from bs_ref.protocol import cli, data, evaluate, matched, models, recovery
+from bs_ref.protocol import ablations, cli, data, evaluate, matched, models, recovery
 from bs_ref.protocol.cli import arg, method_settings, section
 from bs_ref.protocol.data import DataConfig
 from bs_ref.protocol.evaluate import EvalConfig
 from bs_ref.protocol.models import ModelConfig
 from bs_ref.protocol.recovery import AttackConfig, Attacker
 from bs_ref.protocol.report import describe, write_report
-from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, cell_name, versions, write_json
+from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, cell_name, versions, write_json, write_text
 from bs_ref.protocol.uncertainty import Context
 from bs_ref.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
 
@@ -95,6 +95,12 @@ class TofuArgs:
         factory=lambda: [0],
     )
     grid: bool = arg(False, "also run BS-T over temperature {1,2,4} x lam {0.2,0.6} and GA×(1−λ) for both λ")
+    ablation: list[str] = arg(
+        help="also run an ablation (docs/theory.md §13): refresh (BS-S belief refresh period x N) and/or "
+        "sensitivity (BS-T lam x k x temperature with GA×(1−λ) controls, BS-S lam_bss); tables, ablation_<name>.csv "
+        "and plots/ablation_*.png",
+        factory=list,
+    )
     progress: bool = arg(True, "show progress bars", negative="hide progress bars (shown by default)")
     match_target_drop: float | None = arg(None, "matched level: target log-prob drop, nats (default: from the curves)")
     match_fact_leak: float | None = arg(None, "matched level: fact-leak rate in [0, 1) (default: from the curves)")
@@ -134,9 +140,9 @@ PRESETS = {
 # fmt: on
 
 COMMAND_LINE = cli.CommandLine(TofuArgs, PRESETS, __doc__.split("\n\n")[0], prog="python experiments/tofu.py")
-NOT_IDENTITY = ("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "progress", "eval_batch_size", "device",
-                "cache_dir", "match_target_drop", "match_fact_leak", "bf16", "attacks", "attack_at", "attack_lr",
-                "attack_epochs")  # fmt: skip
+NOT_IDENTITY = ("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "ablation", "progress",
+                "eval_batch_size", "device", "cache_dir", "match_target_drop", "match_fact_leak", "bf16", "attacks",
+                "attack_at", "attack_lr", "attack_epochs")  # fmt: skip
 """Settings that do not change a method's numbers (so a rerun may change them and still resume); ``bf16`` is
 an alias whose effect the identity records as ``precision``. The attack settings are kept with each attack's
 results instead (``bs_ref.protocol.recovery``), so changing them recomputes only the attacks."""
@@ -150,9 +156,12 @@ def parse_args(argv: list[str]) -> TofuArgs:
 def check(args: TofuArgs) -> list[tuple[str, object]]:
     """The methods to run, [(label, declaration; None for a reference)]. Every problem of the arguments is
     raised at once (``cli.Problems``), the data source first, before anything is loaded or written."""
+    ablation_problems = ablations.ablation_problems(args.ablation)
+    extra = [] if ablation_problems else ablations.ablation_specs(args.ablation)
     plan, method_problems = cli.resolve_methods(
-        [*args.methods, *(GRID if args.grid else [])], args.hyper, REFERENCE_METHODS
+        [*args.methods, *(GRID if args.grid else []), *extra], args.hyper, REFERENCE_METHODS
     )
+    method_problems = ablation_problems + method_problems
     problems = data.problems(args.data) + models.problems(args.models, args.data, [label for label, _ in plan])
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         problems.append(f"--seeds {' '.join(map(str, args.seeds))} must name distinct seeds (e.g. --seeds 0 1 2)")
@@ -238,6 +247,11 @@ def main(argv: list[str] | None = None) -> dict:
                             methods=dict(plan), pair_seeds=pairs),
             recovery=recovery_part,
         )  # fmt: skip
+        if args.ablation:
+            extra = ablations.write_ablations(args.ablation, report["rows"], store.results(labels, seeds, pairs),
+                                              store.root, settings=args.hyper)  # fmt: skip
+            report["table"] = "\n".join([report["table"], *extra])
+            write_text(store.path("table.md"), report["table"])
     return report | {"wall_s": time.perf_counter() - started}
 
 

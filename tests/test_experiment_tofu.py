@@ -617,3 +617,34 @@ def test_attack_flags_fail_with_one_clear_message(tmp_path, monkeypatch):
     assert "relearn" in labels and not any(a.startswith("quant") for a in labels)
     assert notes and "quantization attacks skipped" in notes[0]
     assert not (tmp_path / "o").exists()  # every problem is found before anything is written
+
+
+# ------------------------------------------------------------------------------------------------ ablations
+def test_ablation_flag_adds_its_specs_and_rejects_unknown_names(tmp_path):
+    plan = tofu.check(tofu.parse_args(["--ablation", "refresh", "--methods", "original", "npo"]))
+    labels = [label for label, _ in plan]
+    bs_s = [m for label, m in plan if label.startswith("bs_s")]
+    assert len(bs_s) == 12 and len(set(labels)) == len(labels) == 14
+    assert {(m.regime, m.refresh_epochs if m.regime == "on_policy" else None, m.n_beliefs) for m in bs_s} == {
+        (regime, period, n) for regime, period in (("off_policy", None), ("on_policy", 2), ("on_policy", 1),
+                                                   ("on_policy", 0)) for n in (1, 3, 5)}  # fmt: skip
+    both = tofu.check(tofu.parse_args(["--ablation", "refresh", "sensitivity"]))
+    assert sum(label.startswith("bs_t") for label, _ in both) == 60  # the default BS-T is one point of the grid
+    with pytest.raises(ValueError, match=r"unknown --ablation 'often'; choose from refresh, sensitivity"):
+        tofu.main(["--ablation", "often", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_refresh_ablation_runs_end_to_end_on_the_smoke_preset(tmp_path, model_cache):
+    out = tmp_path / "refresh"
+    report = tofu.main(["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
+                        "--methods", "original", "retrain", "--ablation", "refresh", "--epochs", "1", "--attacks",
+                        "none"])  # fmt: skip
+    rows = _read_csv(out / "ablation_refresh.csv")
+    assert len(rows) == 12 and all(float(r["seconds_per_step"]) > 0 for r in rows)
+    from bs_ref.protocol.ablations import TITLES
+
+    assert f"## Ablation: {TITLES['refresh']}" in report["table"]
+    assert f"## Ablation: {TITLES['refresh']}" in (out / "table.md").read_text()
+    if tofu_plots_available():
+        assert (out / "plots" / "ablation_refresh.png").stat().st_size > 0
