@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 import shlex
@@ -60,6 +61,7 @@ from bs_ref.protocol import ablations, cli, data, evaluate, matched, models, rec
 from bs_ref.protocol.cli import arg, method_settings, section
 from bs_ref.protocol.data import DataConfig
 from bs_ref.protocol.evaluate import EvalConfig
+from bs_ref.protocol.executor import executor_problems, run_jobs
 from bs_ref.protocol.models import ModelConfig
 from bs_ref.protocol.recovery import AttackConfig, Attacker
 from bs_ref.protocol.report import describe, write_report
@@ -94,6 +96,10 @@ class TofuArgs:
         "trained once per seed; 0 is the pair of earlier versions",
         factory=lambda: [0],
     )
+    executor: str = arg("local", "where the unlearning jobs run: local (this process, one after the other) | ray "
+                        "(one Ray task per method, seed and model pair; pip install -e '.[ray]')")  # fmt: skip
+    ray_address: str | None = arg(None, "with --executor ray: the cluster to join (head:6379, or auto); default: a "
+                                  "local Ray on this machine's CPUs")  # fmt: skip
     grid: bool = arg(False, "also run BS-T over temperature {1,2,4} x lam {0.2,0.6} and GA×(1−λ) for both λ")
     ablation: list[str] = arg(
         help="also run an ablation (docs/theory.md §13): refresh (BS-S belief refresh period x N) and/or "
@@ -142,7 +148,7 @@ PRESETS = {
 COMMAND_LINE = cli.CommandLine(TofuArgs, PRESETS, __doc__.split("\n\n")[0], prog="python experiments/tofu.py")
 NOT_IDENTITY = ("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "ablation", "progress",
                 "eval_batch_size", "device", "cache_dir", "match_target_drop", "match_fact_leak", "bf16", "attacks",
-                "attack_at", "attack_lr", "attack_epochs")  # fmt: skip
+                "attack_at", "attack_lr", "attack_epochs", "executor", "ray_address")  # fmt: skip
 """Settings that do not change a method's numbers (so a rerun may change them and still resume); ``bf16`` is
 an alias whose effect the identity records as ``precision``. The attack settings are kept with each attack's
 results instead (``bs_ref.protocol.recovery``), so changing them recomputes only the attacks."""
@@ -167,7 +173,7 @@ def check(args: TofuArgs) -> list[tuple[str, object]]:
         problems.append(f"--seeds {' '.join(map(str, args.seeds))} must name distinct seeds (e.g. --seeds 0 1 2)")
     problems += models.pair_seed_problems(args.pair_seeds, args.models, args.data)
     problems += cli.config_problems(args.unlearn) + method_problems + evaluate.problems(args.evaluation)
-    problems += recovery.problems(args.attacks)
+    problems += recovery.problems(args.attacks) + executor_problems(args.executor, args.ray_address)
     cli.Problems.check(problems + matched.level_problems(args.match_target_drop, args.match_fact_leak))
     return plan
 
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     identity = {k: v for k, v in settings.items() if k not in NOT_IDENTITY} | {
         "precision": args.models.precision_name, "bs_ref_version": __version__}  # fmt: skip
     store = RunDir(args.out, identity, overwrite=args.overwrite)
-    device, diverged, notes, retain_forget, model_info = args.models.device_name, [], [], {}, {}
+    device, diverged, notes, retain_forget, model_info, queued = args.models.device_name, [], [], {}, {}, []
     attack_labels, attack_notes = args.attacks.labels()
     with cli.progress_bars(args.progress), store.resumable(labels, seeds, command, pairs):
         torch.set_num_threads(args.models.threads)
@@ -214,22 +220,16 @@ def main(argv: list[str] | None = None) -> dict:
                 notes.append(fq_note)
             write_json(store.path("config.json"), config | {"forget_quality_note": fq_note})
             attacker = make_attacker(args, splits, tokenizer, evaluator, attack_labels)
-            for seed in seeds:
-                for label, method in plan:
-                    if method is None:
-                        continue
-                    cell = cell_name(label, seed, pair)
-                    if store.is_finished(label, seed, pair):
-                        say(f"{cell}: finished result kept ({store.result_path(label, seed, pair)})")
-                        continue
-                    try:
-                        unlearn_and_evaluate(args, store, evaluator, splits, original, tokenizer, label, method, seed,
-                                             start, pair, attacker)  # fmt: skip
-                    except NonFiniteLossError as error:  # one line; every finished result is kept
-                        diverged.append(f"{cell}: {error}")
-                        say(f"{cell} stopped (lower --lr; every finished result is kept): {error}")
             if attacker is not None:
                 attack_references(store, attacker, labels, seeds, pair, {"original": original, "retrain": retain})
+            jobs = pending_jobs(store, plan, seeds, pair)
+            if args.executor == "local":  # this pair's jobs now, on the models in memory
+                contexts = {pair: PairContext(original, tokenizer, evaluator, start, attacker)}
+                diverged += run_cells(args, store, splits, jobs, attack_labels, contexts)
+            else:
+                queued += jobs
+        if queued:  # --executor ray: every job of every pair, each task loading its pair from the cache
+            diverged += run_cells(args, store, splits, queued, attack_labels, {})
         given = matched.given_levels(args.match_target_drop, args.match_fact_leak)
         if attack_labels:
             attack_missing(args, store, plan, seeds, pairs, splits, attack_labels, given)
@@ -253,6 +253,72 @@ def main(argv: list[str] | None = None) -> dict:
             report["table"] = "\n".join([report["table"], *extra])
             write_text(store.path("table.md"), report["table"])
     return report | {"wall_s": time.perf_counter() - started}
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+@dataclass
+class PairContext:
+    """What every job of one model pair uses: the original model, the tokenizer, the evaluator (with the pair's
+    belief bands), the step-0 point and the attacker (None without attacks)."""
+
+    original: object
+    tokenizer: object
+    evaluator: evaluate.Evaluator
+    start: dict
+    attacker: Attacker | None
+
+
+def pending_jobs(store: RunDir, plan, seeds: list[int], pair: int) -> list[tuple]:
+    """(label, method, seed, pair) of every unfinished unlearning job of model pair ``pair``, in run order."""
+    jobs = []
+    for seed in seeds:
+        for label, method in plan:
+            if method is None:
+                continue
+            if store.is_finished(label, seed, pair):
+                say(f"{cell_name(label, seed, pair)}: finished result kept ({store.result_path(label, seed, pair)})")
+            else:
+                jobs.append((label, method, seed, pair))
+    return jobs
+
+
+def run_cells(args: TofuArgs, store: RunDir, splits: data.Data, jobs: list[tuple], attack_labels: list[str],
+              contexts: dict[int, PairContext]) -> list[str]:  # fmt: skip
+    """Run the jobs with ``--executor`` (``bs_ref.protocol.executor``); returns one line per job that stopped on a
+    NaN/inf loss (every other result is written by its job)."""
+    diverged = []
+
+    def done(job: tuple, outcome) -> None:
+        if isinstance(outcome, NonFiniteLossError):  # one line; every finished result is kept
+            cell = cell_name(job[0], job[2], job[3])
+            diverged.append(f"{cell}: {outcome}")
+            say(f"{cell} stopped (lower --lr; every finished result is kept): {outcome}")
+
+    work = functools.partial(run_cell, args, store, splits, attack_labels, contexts)
+    gpus = 1 if args.models.device_name == "cuda" else 0
+    run_jobs(jobs, work, executor=args.executor, address=args.ray_address, cpus_per_job=args.models.threads,
+             gpus_per_job=gpus, catch=(NonFiniteLossError,), on_done=done)  # fmt: skip
+    return diverged
+
+
+def run_cell(args: TofuArgs, store: RunDir, splits: data.Data, attack_labels: list[str],
+             contexts: dict[int, PairContext], job: tuple) -> None:  # fmt: skip
+    """One job: unlearn and evaluate (and attack) one method, seed and model pair. A job without its pair in
+    ``contexts`` (a Ray task) loads the pair from the model cache and reads the pair's reference files, which the
+    run wrote before any job started."""
+    label, method, seed, pair = job
+    torch.set_num_threads(args.models.threads)
+    if pair not in contexts:
+        original, retain, tokenizer, _ = models.load_models(args.models, splits, False, say, pair_seed=pair)
+        evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
+        device = args.models.device_name
+        start, _ = evaluate.references(store, evaluator, original, retain, args.models.retain_logs, device,
+                                       want_retrain=False, announce=say, pair=pair)  # fmt: skip
+        attacker = make_attacker(args, splits, tokenizer, evaluator, attack_labels)
+        contexts[pair] = PairContext(original, tokenizer, evaluator, start, attacker)
+    ctx = contexts[pair]
+    unlearn_and_evaluate(args, store, ctx.evaluator, splits, ctx.original, ctx.tokenizer, label, method, seed,
+                         ctx.start, pair, ctx.attacker)  # fmt: skip
 
 
 def unlearn_config(args: TofuArgs, store: RunDir, splits: data.Data, label: str, method, seed: int,

@@ -648,3 +648,65 @@ def test_refresh_ablation_runs_end_to_end_on_the_smoke_preset(tmp_path, model_ca
     assert f"## Ablation: {TITLES['refresh']}" in (out / "table.md").read_text()
     if tofu_plots_available():
         assert (out / "plots" / "ablation_refresh.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------ executors
+@pytest.mark.slow
+def test_ray_executor_writes_the_same_results_as_the_local_executor(tmp_path, model_cache):
+    """``--executor ray`` (a local Ray, one task per method and seed) gives the summary.csv and recovery.csv of
+    ``--executor local``, wall-clock columns aside: each task loads the pair from the cache and reads the pair's
+    reference files, and the unlearning is deterministic."""
+    pytest.importorskip("ray")
+    common = ["--preset", "smoke", "--cache-dir", str(model_cache), "--no-progress", "--methods", "original",
+              "retrain", "ga", "bs_t", "ga_scaled", "--seeds", "0", "1", "--attacks", "relearn"]  # fmt: skip
+    local, ray_run = tmp_path / "local", tmp_path / "ray"
+    tofu.main(common + ["--out", str(local)])
+    tofu.main(common + ["--out", str(ray_run), "--executor", "ray"])
+    timing = {"wall_s"}
+    for name in ("summary.csv", "recovery.csv", "verdict.csv"):
+        a, b = _read_csv(local / name), _read_csv(ray_run / name)
+        assert len(a) == len(b) > 0
+        for row_a, row_b in zip(a, b):
+            assert {k: v for k, v in row_a.items() if k not in timing and not k.startswith("wall_s")} == {
+                k: v for k, v in row_b.items() if k not in timing and not k.startswith("wall_s")}, name  # fmt: skip
+    assert json.loads((ray_run / "config.json").read_text())["identity"] == json.loads(
+        (local / "config.json").read_text())["identity"]  # fmt: skip
+
+
+def test_executor_flags_fail_with_one_clear_message(tmp_path):
+    out = ["--out", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match="--executor 'dask' is not one of: local, ray"):
+        tofu.main(["--executor", "dask", *out])
+    with pytest.raises(ValueError, match=r"--ray-address auto is given without --executor ray"):
+        tofu.main(["--ray-address", "auto", *out])
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------------ LoRA
+def test_lora_run_records_the_adapter_attacks_the_merged_model_and_resumes_old_run_dirs(smoke_run, tmp_path,
+                                                                                       model_cache):  # fmt: skip
+    """``--lora`` end to end: only an adapter trains (the spec is in config.json and every result), the attacks
+    run on the model with the adapter merged, and a run directory written before ``--lora`` existed (no ``lora``
+    in its identity) still resumes."""
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    spec = "r=4,alpha=8,targets=q_proj,v_proj"
+    report = tofu.main(["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
+                        "--methods", "original", "retrain", "ga", "npo", "--lora", spec, "--attacks",
+                        "relearn"])  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["identity"]["lora"] == spec
+    result = json.loads((out / "methods" / "npo" / "seed0" / "result.json").read_text())
+    assert result["config"]["lora"] == spec and result["metrics"]["target_logprob_drop"] > 0
+    attacked = json.loads((out / "methods" / "npo" / "seed0" / "attacks_end.json").read_text())
+    assert attacked["results"]["relearn"]["after"] and {r["method"] for r in report["rows"]} >= {"ga", "npo"}
+    # an earlier version's run directory: its identity has no "lora"; resuming it recomputes nothing
+    source, _, argv = smoke_run
+    old = tmp_path / "old"
+    shutil.copytree(source, old)
+    config = json.loads((old / "config.json").read_text())
+    config["identity"].pop("lora")
+    (old / "config.json").write_text(json.dumps(config))
+    before = _mtimes(old)
+    tofu.main([a if a != str(source) else str(old) for a in argv])
+    assert _mtimes(old) == before

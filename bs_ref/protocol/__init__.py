@@ -14,7 +14,11 @@ evaluate → report); the parts it calls live here, one job per module:
 - ``uncertainty``: the 95 % interval of every reported number and the paired verdicts, from the per-item
   values a run stores (``bs_ref.stats``; runs are (unlearning seed, model-pair seed) cells);
 - ``plots``: the figures (matplotlib, optional);
-- ``report``: summary.csv, matched.csv, verdict.csv, table.md and the plots of a run.
+- ``recovery``: the recovery attacks on every model of a run (``AttackConfig``, ``Attacker``; docs/theory.md §9)
+  and their part of the report (recovery.csv, spurious-gap verdicts);
+- ``ablations``: the refresh and sensitivity ablations (``--ablation``; docs/theory.md §13);
+- ``executor``: the jobs of a run on this process or on Ray (``--executor``);
+- ``report``: summary.csv, matched.csv, verdict.csv, recovery.csv, table.md and the plots of a run.
 
 Imports run one way, with no circle: ``cli`` ← ``data`` ← ``models``; ``store`` ← ``tables`` ← ``matched`` ←
 ``uncertainty``, ``plots`` ← ``report``; ``evaluate`` uses ``cli``, ``data``, ``matched`` and ``store``. The

@@ -218,11 +218,13 @@ def cell_name(label: str, seed: int | None, pair: int = 0) -> str:
 def upgrade_identity(identity: dict) -> dict:
     """An identity written by an earlier version, in today's terms, so its run directory still resumes:
     ``bf16: false`` (fp32 on every device) is ``precision: fp32``; ``bf16: true`` meant bf16 on CUDA and fp32
-    on CPU, which the identity cannot tell apart, so it matches no precision (the directory is refused)."""
+    on CPU, which the identity cannot tell apart, so it matches no precision (the directory is refused). A run
+    written before ``--lora`` existed trained every weight: ``lora: null``."""
     identity = dict(identity)
     if "bf16" in identity and "precision" not in identity:
         identity["precision"] = "legacy --bf16 (bf16 on CUDA only)" if identity["bf16"] else "fp32"
     identity.pop("bf16", None)
+    identity.setdefault("lora", None)  # before LoRA existed every run trained all weights
     return identity
 
 
