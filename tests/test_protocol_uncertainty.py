@@ -130,7 +130,7 @@ def test_comparisons_pair_each_method_with_its_control():
     for a, b in [("bs_t", "ga_scaled"), ("bs_t:lam=0.6", "ga_scaled:lam=0.6"),
                  ("bs_t:lam=0.6,temperature=2", "ga_scaled:lam=0.6"), ("bs_t:temperature=4", "ga_scaled"),
                  ("bs_s", "bs_t"), ("bs_s:base=ga", "ga"), ("bs_s", "npo"), ("bs_s:base=ga", "npo"),
-                 ("bs_t", "npo"), ("npo", "ga"), ("ga_scaled:lam=0.6", "ga")]:  # fmt: skip
+                 ("bs_t", "npo"), ("npo", "ga"), ("ga_scaled:lam=0.6", "ga"), ("bs_s:base=ga", "bs_s")]:  # fmt: skip
         assert (a, b) in pairs, (a, b)
     assert not any(a in REFERENCE_METHODS or b in REFERENCE_METHODS for a, b in pairs)
     assert pairs.index(("bs_t", "ga_scaled")) < pairs.index(("bs_s", "bs_t")) < pairs.index(("bs_s", "npo"))

@@ -392,7 +392,8 @@ def _pick(candidates: list[str], ctx: Context, name: str, like=None) -> str | No
 
 def comparisons(labels: Sequence[str], ctx: Context) -> list[tuple[str, str]]:
     """(A, B) pairs for A − B, in this order, each once: BS-T − GA×(1−λ) of the same λ (every BS-T label,
-    grid labels included), BS-S − its base loss alone, BS-S − NPO, BS-T − NPO, every method − GA. A comparison
+    grid labels included), BS-S − its base loss alone, every other BS-S label − the plain ``bs_s``, BS-S − NPO,
+    BS-T − NPO, every method − GA. A comparison
     whose methods are not both in the run is left out."""
     trained = [x for x in labels if x not in REFERENCE_METHODS]
     by_name: dict[str, list[str]] = {}
@@ -410,6 +411,9 @@ def comparisons(labels: Sequence[str], ctx: Context) -> list[tuple[str, str]]:
         base = getattr(_declaration(label, ctx), "base_method", None)
         if base is not None and (b := _pick(by_name.get(base.name, []), ctx, base.name, base)) is not None:
             pairs.append((label, b))
+    # a BS-S variant against the plain BS-S of the run (belief subsampling, prefix sharing, a refresh period: the
+    # same objective, or an ablation of it, at another cost)
+    pairs += [(label, "bs_s") for label in by_name.get("bs_s", []) if label != "bs_s" and "bs_s" in by_name["bs_s"]]
     npo = _pick(by_name.get("npo", []), ctx, "npo")
     for name in ("bs_s", "bs_t"):
         pairs += [(label, npo) for label in by_name.get(name, []) if npo is not None]
