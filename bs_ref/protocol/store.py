@@ -123,7 +123,7 @@ class RunDir:
         config_path = self.root / "config.json"
         if config_path.is_file() and not overwrite:
             try:
-                previous = upgrade_identity(read_json(config_path).get("identity", {}))
+                previous = upgrade_identity(read_json(config_path).get("identity", {}), self.identity)
             except (OSError, json.JSONDecodeError):
                 previous = None
             if previous != self.identity:
@@ -215,16 +215,18 @@ def cell_name(label: str, seed: int | None, pair: int = 0) -> str:
     return name if not pair else f"{name} pair {pair}"
 
 
-def upgrade_identity(identity: dict) -> dict:
+def upgrade_identity(identity: dict, current: dict | None = None) -> dict:
     """An identity written by an earlier version, in today's terms, so its run directory still resumes:
     ``bf16: false`` (fp32 on every device) is ``precision: fp32``; ``bf16: true`` meant bf16 on CUDA and fp32
     on CPU, which the identity cannot tell apart, so it matches no precision (the directory is refused). A run
-    written before ``--lora`` existed trained every weight: ``lora: null``."""
+    written before ``--lora`` existed trained every weight: ``lora: null`` (added where the ``current`` identity,
+    the one it is compared with, has ``lora``)."""
     identity = dict(identity)
     if "bf16" in identity and "precision" not in identity:
         identity["precision"] = "legacy --bf16 (bf16 on CUDA only)" if identity["bf16"] else "fp32"
     identity.pop("bf16", None)
-    identity.setdefault("lora", None)  # before LoRA existed every run trained all weights
+    if current is not None and "lora" in current:
+        identity.setdefault("lora", None)  # before LoRA existed every run trained all weights
     return identity
 
 
