@@ -14,6 +14,11 @@
 # 5. the bf16/fp32 precision benchmark (runs on the CPU; says which bf16 features the host CPU has)
 # 6. the TOFU experiment's default protocol on CUDA (same code as on the CPU), 3 seeds x 3 model pairs
 # 7. the SmolLM2 tier on CUDA (bf16), 3 seeds
+# 8. the SmolLM2 tier on real TOFU text (smollm2_tofu: SmolLM2 fine-tuned here on the kept authors), at full
+#    forget10 (every author of the forget split, 400 items) with 3 seeds; needs a local TOFU copy in
+#    BS_REF_TOFU_DIR (the directory of the TOFU JSON files), skipped without one
+#
+# Every TOFU step runs the recovery attacks at the end of training (the default --attacks all).
 set -u
 out="${1:-results/gpu}"
 mkdir -p "$out"
@@ -40,4 +45,10 @@ step 1800 tofu_default_cuda python experiments/tofu.py --device cuda --seeds 0 1
   --out "$out/tofu_default" --no-progress
 step 2400 tofu_smollm2_cuda python experiments/tofu.py --preset smollm2 --device cuda --seeds 0 1 2 \
   --out "$out/tofu_smollm2" --no-progress
+if [ -n "${BS_REF_TOFU_DIR:-}" ]; then
+  step 3600 tofu_smollm2_tofu_cuda python experiments/tofu.py --preset smollm2_tofu --data "$BS_REF_TOFU_DIR" \
+    --max-authors 20 --device cuda --seeds 0 1 2 --out "$out/tofu_smollm2_tofu" --no-progress
+else
+  echo "=== tofu_smollm2_tofu_cuda: skipped (set BS_REF_TOFU_DIR to a local TOFU copy)"
+fi
 exit $status

@@ -710,3 +710,13 @@ def test_lora_run_records_the_adapter_attacks_the_merged_model_and_resumes_old_r
     before = _mtimes(old)
     tofu.main([a if a != str(source) else str(old) for a in argv])
     assert _mtimes(old) == before
+
+
+def test_smollm2_tofu_preset_needs_real_data_and_fine_tunes_the_pretrained_pair(tmp_path):
+    with pytest.raises(ValueError, match="--preset smollm2_tofu fine-tunes SmolLM2 on real TOFU text: pass --data"):
+        tofu.main(["--preset", "smollm2_tofu", "--out", str(tmp_path / "o")])
+    excerpt = Path(__file__).parent / "fixtures" / "tofu_excerpt"
+    args = tofu.parse_args(["--preset", "smollm2_tofu", "--data", str(excerpt)])
+    assert [label for label, _ in tofu.check(args)] == list(tofu.DEFAULT_METHODS)
+    assert (args.models.model_preset, args.data.max_authors, args.models.precision) == ("smollm2_tofu", 2, "bf16")
+    assert args.models.model is None and not (tmp_path / "o").exists()

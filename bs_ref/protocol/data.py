@@ -5,7 +5,10 @@ carry an annotated ``fact``, so fact leakage is measurable); anything else is a 
 ``bs_ref.data.tofu.load_tofu``: the hub name ``locuslab/TOFU`` or a local directory of its JSON files.
 ``load_data`` returns the forget and retain training splits and the four evaluation splits (the
 ``*_perturbed`` configs: docs/theory.md §6), checked against each other; ``problems`` checks the settings
-before anything is loaded, the data source first.
+before anything is loaded, the data source first. ``--max-authors N`` keeps the first N authors of the forget
+and of the retain training split (TOFU's ``retain_perturbed`` lists the first 20 retain authors, so with
+``--limit 20·N`` the retain evaluation is the retain training items), which is also what a pair fine-tuned
+here on real data learns (``bs_ref.protocol.models``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class DataConfig:
                     "JSON files")  # fmt: skip
     forget: str = arg("forget10", f"forget split: {' | '.join(FORGET_SPLITS)}")
     max_authors: int | None = arg(None, "keep only the first N authors of the forget and retain training splits "
-                                  "(quick runs on real data; TOFU has 20 QA per author)")  # fmt: skip
+                                  "(quick runs on real data, and the authors a pair fine-tuned here learns; TOFU "
+                                  "has 20 QA per author)")  # fmt: skip
     limit: int | None = arg(None, "evaluate at most N items per split")
     template: str = arg("plain", "prompt template: plain ('Question: ...\\nAnswer: ') | chat")
     n_authors: int | None = arg(None, "synthetic: number of fictitious authors")
@@ -138,6 +142,7 @@ def load_data(cfg: DataConfig) -> Data:
     info.update(
         n_forget_train=len(forget_train),
         n_retain_train=len(retain_train),
+        n_authors_train={"forget": _n_authors(forget_train), "retain": _n_authors(retain_train)},
         n_eval={k: len(v) for k, v in evaluation.items()},
         has_facts=has_facts,
         item_share_of_forget_set=1.0 / len(evaluation["forget"]),
@@ -150,9 +155,14 @@ def author_of(record: dict, position: int) -> Any:
     return record.get("author", position // QA_PER_AUTHOR_TOFU)
 
 
+def authors_of(records: list[dict]) -> list[Any]:
+    """The authors of ``records`` (``author_of``), each once, in order of first appearance."""
+    return list(dict.fromkeys(author_of(r, i) for i, r in enumerate(records)))
+
+
 def first_authors(records: list[dict], n_authors: int, split: str) -> list[dict]:
     """The records of the first ``n_authors`` authors of ``split``."""
-    authors = list(dict.fromkeys(author_of(r, i) for i, r in enumerate(records)))
+    authors = authors_of(records)
     if n_authors > len(authors):
         raise ValueError(f"--max-authors {n_authors} exceeds the {len(authors)} authors of the {split} split; lower it")
     keep = set(authors[:n_authors])
@@ -160,7 +170,7 @@ def first_authors(records: list[dict], n_authors: int, split: str) -> list[dict]
 
 
 def _n_authors(records: list[dict]) -> int:
-    return len({author_of(r, i) for i, r in enumerate(records)})
+    return len(authors_of(records))
 
 
 def _full_size(get) -> int | None:

@@ -6,7 +6,12 @@ seed of the initial weights and of the batch order; seed 0 is the pair, and the 
 version), and cached by config hash (``bs_ref.models.get_or_train_pair``). Real data: ``--model`` (a
 checkpoint directory or hub id) and ``--retain-model``, or ``--retain-logs`` (a locuslab/tofu evaluation log
 or an ``eval.json`` of this project) for forget quality, which needs the retain model's truth ratios
-(docs/theory.md §6); a real-data run has one pair.
+(docs/theory.md §6); such a run has one pair. Or, without ``--model``, a pretrained ``--model-preset``
+(``smollm2``, ``smollm2_tofu``; ``bs_ref.models.fine_tunable``) is fine-tuned here on the authors kept
+(``--max-authors``): the original on the forget and retain authors' training items, its retain twin on the
+retain authors' only, one pair per ``--pair-seeds`` value (the seed of the batch order), cached like the
+synthetic pair (``bs_ref.models.get_or_train_tofu_pair``); the twin is the forget-quality reference and the
+``retrain`` row.
 
 Precision (``--precision``): ``fp32``, or ``bf16`` autocast for pair training, unlearning and evaluation alike
 (``bs_ref.models.with_precision``; ``torch.autocast("cpu"|"cuda", torch.bfloat16)``, weights kept in fp32). It
@@ -24,7 +29,7 @@ import torch
 
 from bs_ref import models
 from bs_ref.protocol.cli import arg
-from bs_ref.protocol.data import Data, DataConfig
+from bs_ref.protocol.data import Data, DataConfig, authors_of
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -33,9 +38,12 @@ DEVICES = ("auto", "cpu", "cuda")
 class ModelConfig:
     """Which models, and where they run."""
 
-    model_preset: str = arg("default", "synthetic: model/training preset of bs_ref.models.PRESETS (default | "
-                            "smoke | smollm2)")  # fmt: skip
-    model: str | None = arg(None, "original (fine-tuned) model: local checkpoint or hub id; needs --data")
+    model_preset: str = arg("default", "model/training preset of bs_ref.models.PRESETS (default | smoke | smollm2 | "
+                            "smollm2_tofu): the pair trained on synthetic data; on real data without --model, a "
+                            "pretrained one (smollm2, smollm2_tofu) is fine-tuned here on the kept "
+                            "authors")  # fmt: skip
+    model: str | None = arg(None, "original (fine-tuned) model: local checkpoint or hub id; needs --data (without "
+                            "it, real data fine-tunes a pair from --model-preset smollm2)")  # fmt: skip
     retain_model: str | None = arg(None, "retain-only twin: local checkpoint or hub id")
     retain_logs: str | None = arg(None, "instead of --retain-model: a locuslab/tofu eval_log_aggregated.json or "
                                   "this project's eval.json of the retain model")  # fmt: skip
@@ -86,11 +94,20 @@ def problems(cfg: ModelConfig, data: DataConfig, methods: list[str]) -> list[str
         if cfg.model_preset not in models.PRESETS:
             out.append(f"--model-preset {cfg.model_preset} is unknown; choose one of {', '.join(models.PRESETS)}")
         return out
-    if not cfg.model:
-        out.append(f"--data {data.data} needs --model (the fine-tuned original model: path or hub id)")
+    fine_tune = fine_tunes_here(cfg, data)
+    if not cfg.model and not fine_tune:
+        if cfg.model_preset not in models.PRESETS:
+            out.append(f"--model-preset {cfg.model_preset} is unknown; choose one of {', '.join(models.PRESETS)}")
+        out.append(f"--data {data.data} needs a model pair: --model CKPT (the fine-tuned original model: path or hub "
+                   f"id), or --model-preset smollm2 to fine-tune one here on the kept authors (--max-authors); "
+                   f"--model-preset {cfg.model_preset} cannot be fine-tuned on real data (pretrained presets: "
+                   f"{', '.join(models.fine_tunable_presets())})")  # fmt: skip
+    if fine_tune and (cfg.retain_model or cfg.retain_logs):
+        out.append(f"--retain-model/--retain-logs go with --model: without --model the retain twin is fine-tuned "
+                   f"here (--model-preset {cfg.model_preset}) and is the forget-quality reference")  # fmt: skip
     if cfg.retain_model and cfg.retain_logs:
         out.append("give --retain-model or --retain-logs, not both")
-    if not (cfg.retain_model or cfg.retain_logs or cfg.allow_no_retain):
+    if not (cfg.retain_model or cfg.retain_logs or cfg.allow_no_retain or fine_tune):
         out.append("forget quality needs the retain model: pass --retain-model (path or hub id) or --retain-logs "
                    "(its eval log), or --allow-no-retain to skip forget quality")  # fmt: skip
     if cfg.retain_logs and not Path(cfg.retain_logs).is_file():
@@ -100,9 +117,15 @@ def problems(cfg: ModelConfig, data: DataConfig, methods: list[str]) -> list[str
         if value and _looks_like_path(value) and not Path(value).expanduser().exists():
             out.append(f"--{name.replace('_', '-')} {value} does not exist; give a checkpoint directory or a hub id "
                        "(owner/name)")  # fmt: skip
-    if "retrain" in methods and not (cfg.retain_model or cfg.retain_logs):
+    if "retrain" in methods and not (cfg.retain_model or cfg.retain_logs or fine_tune):
         out.append("method 'retrain' needs --retain-model or --retain-logs; drop it from --methods or add one")
     return out
+
+
+def fine_tunes_here(cfg: ModelConfig, data: DataConfig) -> bool:
+    """Whether the run fine-tunes its own pair on real data: no ``--model``, and a pretrained ``--model-preset``
+    (``bs_ref.models.fine_tunable``)."""
+    return not data.synthetic and not cfg.model and models.fine_tunable(cfg.model_preset)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -110,14 +133,16 @@ def _looks_like_path(name: str) -> bool:
 
 
 def pair_seed_problems(pair_seeds: list[int], cfg: ModelConfig, data: DataConfig) -> list[str]:
-    """Problems of ``--pair-seeds``: distinct, non-negative, and one value on real data (one given pair)."""
+    """Problems of ``--pair-seeds``: distinct, non-negative, and one value when the pair is given (``--model``);
+    several are allowed where the pairs are trained here (synthetic data, or real data fine-tuned here)."""
     out = []
     shown = " ".join(map(str, pair_seeds))
     if not pair_seeds or len(set(pair_seeds)) != len(pair_seeds) or min(pair_seeds) < 0:
         out.append(f"--pair-seeds {shown} must name distinct seeds >= 0 (e.g. --pair-seeds 0 1)")
-    if not data.synthetic and len(pair_seeds) > 1:
+    if not data.synthetic and not fine_tunes_here(cfg, data) and len(pair_seeds) > 1:
         out.append(f"--pair-seeds {shown}: a real-data run (--model) has one model pair; give one pair seed (or "
-                   "leave --pair-seeds out). Several pairs are trained only on the synthetic benchmark")  # fmt: skip
+                   "leave --pair-seeds out). Several pairs are trained only on the synthetic benchmark, or on real "
+                   "data fine-tuned here (no --model, --model-preset smollm2)")  # fmt: skip
     return out
 
 
@@ -125,21 +150,27 @@ def load_models(cfg: ModelConfig, data: Data, progress: bool = True, announce: C
                 pair_seed: int = 0):  # fmt: skip
     """(original, retain model or None, tokenizer, info), with ``cfg.precision_name`` applied to both models.
     Synthetic: the cached pair of ``pair_seed`` (trained on first use; seed 0 is the pair earlier versions
-    trained). Real data: the given checkpoints (``pair_seed`` only names the run's one pair)."""
+    trained). Real data without ``--model``: the pair fine-tuned on ``data``'s training splits (``pair_seed``:
+    the seed of the batch order), cached the same way; ``info["pair"]`` says what was trained (authors, items,
+    epochs, lr, per-epoch losses, seconds) and where it is cached. Real data with ``--model``: the given
+    checkpoints (``pair_seed`` only names the run's one pair)."""
     precision = cfg.precision_name
-    if data.benchmark_cfg is not None:
+    if data.benchmark_cfg is not None or not cfg.model:
         model_cfg, train_cfg = models.resolve_preset(cfg.model_preset)
         train_cfg = dataclasses.replace(train_cfg, template=data.template, seed=pair_seed, precision=precision)
-        original, retain, tokenizer, info = models.get_or_train_pair(
-            data.benchmark_cfg,
-            model_cfg,
-            cfg.cache_dir,
-            train_cfg=train_cfg,
-            forget=data.info["forget"],
-            progress=progress,
-            return_info=True,
-            announce=announce,
-        )
+        if data.benchmark_cfg is not None:
+            original, retain, tokenizer, info = models.get_or_train_pair(
+                data.benchmark_cfg,
+                model_cfg,
+                cfg.cache_dir,
+                train_cfg=train_cfg,
+                forget=data.info["forget"],
+                progress=progress,
+                return_info=True,
+                announce=announce,
+            )
+        else:
+            original, retain, tokenizer, info = _fine_tune_tofu(cfg, data, model_cfg, train_cfg, progress, announce)
         original, retain = models.with_precision(original, precision), models.with_precision(retain, precision)
         return original, retain, tokenizer, {"pair": info, "model_preset": cfg.model_preset}
     original, tokenizer = models.load_model(cfg.model, cache_dir=cfg.cache_dir)
@@ -149,3 +180,38 @@ def load_models(cfg: ModelConfig, data: Data, progress: bool = True, announce: C
         retain = models.with_precision(retain, precision)
     info = {"model": cfg.model, "retain_model": cfg.retain_model, "retain_logs": cfg.retain_logs}
     return models.with_precision(original, precision), retain, tokenizer, info
+
+
+def _fine_tune_tofu(cfg: ModelConfig, data: Data, model_cfg, train_cfg: models.TrainConfig, progress: bool,
+                    announce: Callable[[str], None] | None):  # fmt: skip
+    """The pair fine-tuned on real data's training splits (``bs_ref.models.get_or_train_tofu_pair``), with
+    ``cfg.threads`` torch threads while it trains or loads (restored afterwards)."""
+    if not models.fine_tunable(cfg.model_preset):
+        raise ValueError(
+            f"--model-preset {cfg.model_preset} cannot be fine-tuned on real data; give --model CKPT or "
+            f"--model-preset smollm2 ({', '.join(models.fine_tunable_presets())})"
+        )
+    authors = {"forget": authors_of(data.forget_train), "retain": authors_of(data.retain_train)}
+    extra = {
+        "forget": data.info["forget"],
+        "retain_split": data.info["retain"],
+        "authors": {split: {"n": len(kept), "kept": kept} for split, kept in authors.items()},
+    }
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        original, retain, tokenizer, info = models.get_or_train_tofu_pair(
+            data.forget_train,
+            data.retain_train,
+            model_cfg,
+            cfg.cache_dir,
+            train_cfg=train_cfg,
+            progress=progress,
+            extra_info=extra,
+            return_info=True,
+            announce=announce,
+        )
+    finally:
+        torch.set_num_threads(previous)
+    info["source"] = data.info["source"]
+    return original, retain, tokenizer, info
