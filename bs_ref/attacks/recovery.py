@@ -186,11 +186,16 @@ def plot_recovery(
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(len(settings), len(attacks), figsize=(max(3.2, 0.55 * len(methods) + 1.2) * len(attacks),
-                             3.0 * len(settings)), squeeze=False, sharey=True)  # fmt: skip
+    n_cols = min(4, len(attacks))  # at most 4 panels a row: a setting's attacks wrap onto several rows
+    per_setting = -(-len(attacks) // n_cols)
+    width = max(3.2, 0.55 * len(methods) + 1.2) * n_cols
+    fig, axes = plt.subplots(len(settings) * per_setting, n_cols, squeeze=False, sharey=True,
+                             figsize=(width, 3.0 * len(settings) * per_setting))  # fmt: skip
     for r_i, setting in enumerate(settings):
+        for ax in axes[r_i * per_setting : (r_i + 1) * per_setting].flat[len(attacks) :]:
+            ax.set_visible(False)
         for a_i, attack in enumerate(attacks):
-            ax = axes[r_i][a_i]
+            ax = axes[r_i * per_setting + a_i // n_cols][a_i % n_cols]
             cell = [r for r in rows if r["setting"] == setting and r["attack"] == attack]
             for x, method in enumerate(methods):
                 mine = [r for r in cell if r["method"] == method]
@@ -206,7 +211,7 @@ def plot_recovery(
                 ax.axhline(level, ls="--", color="0.5", lw=1, label=f"{reference} after attack")
             ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
             ax.set_title(f"{attack} ({setting})", fontsize=9)
-            if a_i == 0:
+            if a_i % n_cols == 0:
                 ax.set_ylabel(before.replace("_before", "").replace("_", " "))
     axes[0][0].legend(fontsize=7, loc="best")
     if title:
