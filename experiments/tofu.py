@@ -143,11 +143,14 @@ PRESETS = {
                     lr=1e-4, batch_size=4, eval_every=2, curve_items=4, leak_samples=3, eval_batch_size=16,
                     threads=2, precision="bf16"),
     # SmolLM2-135M-Instruct fine-tuned here on real TOFU text (needs --data: a TOFU directory or locuslab/TOFU): the
-    # first 2 forget10 authors (40 items) and the first 2 retain authors, 5 epochs at 5e-4 (bs_ref.models.PRESETS
-    # "smollm2_tofu"); chat prompts, bf16 autocast. TOFU records carry no annotated fact: forgetting is read on the
-    # target log-prob, ROUGE-L and the truth ratio, and the attacks on the target log-prob.
-    "smollm2_tofu": dict(model_preset="smollm2_tofu", template="chat", max_authors=2, limit=40, lr=1e-4,
-                         batch_size=8, eval_every=5, curve_items=8, eval_batch_size=16, threads=2, precision="bf16"),
+    # first 2 forget10 authors (40 items) and the first 2 retain authors, 4 epochs at 4e-4 (bs_ref.models.PRESETS
+    # "smollm2_tofu"); chat prompts, bf16 autocast. Sized for about an hour cold on one thread: 2 unlearning epochs
+    # (10 steps), one light evaluation at the end (curves of two points), 8 forget and 2 utility items in it, a
+    # wide evaluation batch. One thread: on a busy 2-core machine a second thread made a fine-tuning step ~5x slower.
+    # TOFU records carry no annotated fact: forgetting is read on the target log-prob, ROUGE-L and the truth ratio.
+    "smollm2_tofu": dict(model_preset="smollm2_tofu", template="chat", max_authors=2, limit=40, lr=1e-4, epochs=2,
+                         batch_size=8, eval_every=10, curve_items=2, curve_forget_items=8, band_samples=4,
+                         eval_batch_size=40, threads=1, precision="bf16"),
 }
 """Defaults each preset changes (flag name: value); a flag given on the command line overrides its preset."""
 # fmt: on
