@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.models.precision_name, "bs_ref_version": __version__}  # fmt: skip
     store = RunDir(args.out, identity, overwrite=args.overwrite)
     device, diverged, notes, retain_forget, model_info, queued = args.models.device_name, [], [], {}, {}, []
+    attackers: dict[int, Attacker | None] = {}
     attack_labels, attack_notes = args.attacks.labels()
     with cli.progress_bars(args.progress), store.resumable(labels, seeds, command, pairs):
         torch.set_num_threads(args.models.threads)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
             if fq_note and fq_note not in notes:
                 notes.append(fq_note)
             write_json(store.path("config.json"), config | {"forget_quality_note": fq_note})
-            attacker = make_attacker(args, splits, tokenizer, evaluator, attack_labels)
+            attacker = attackers[pair] = make_attacker(args, splits, tokenizer, evaluator, attack_labels)
             if attacker is not None:
                 attack_references(store, attacker, labels, seeds, pair, {"original": original, "retrain": retain})
             jobs = pending_jobs(store, plan, seeds, pair)
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
             diverged += run_cells(args, store, splits, queued, attack_labels, {})
         given = matched.given_levels(args.match_target_drop, args.match_fact_leak)
         if attack_labels:
-            attack_missing(args, store, plan, seeds, pairs, splits, attack_labels, given)
+            attack_missing(args, store, plan, seeds, pairs, splits, attackers, given)
         recovery_part = None
         if attack_labels:
             cells = recovery.load_cells(store, labels, seeds, pairs, args.attacks.settings())
@@ -410,20 +411,17 @@ def attack_references(store: RunDir, attacker: Attacker, labels: list[str], seed
 
 
 def attack_missing(args: TofuArgs, store: RunDir, plan, seeds: list[int], pairs: list[int], splits: data.Data,
-                   attack_labels: list[str], given: dict) -> None:  # fmt: skip
+                   attackers: dict[int, Attacker], given: dict) -> None:  # fmt: skip
     """Attacks not yet run: at the end of finished methods whose model is gone (resumed runs), and at matched
     forgetting (the run's target-drop level, known once every method has finished). Each model is replayed from
-    the pair's original model by the deterministic unlearning run."""
+    the pair's original model by the deterministic unlearning run; a pair is loaded again only when one of its
+    models needs a replay. ``attackers``: the run's attacker of each pair (the references are attacked already)."""
     labels = [label for label, _ in plan]
     results = store.results(labels, seeds, pairs)
     level = matched.matched_rows(results, seeds, given)[1].get("target_drop", float("nan"))
     wanted = args.attacks.settings()
     for pair in pairs:
-        original, retain, tokenizer, _ = models.load_models(args.models, splits, args.progress, say, pair_seed=pair)
-        attacker = make_attacker(args, splits, tokenizer, evaluate.Evaluator(args.evaluation, splits, tokenizer),
-                                 attack_labels)  # fmt: skip
-        attack_references(store, attacker, labels, seeds, pair, {"original": original, "retrain": retain})
-        todo = []
+        attacker, todo = attackers[pair], []
         for label, method in plan:
             for seed in seeds:
                 if method is None or not store.is_finished(label, seed, pair):
@@ -438,6 +436,9 @@ def attack_missing(args: TofuArgs, store: RunDir, plan, seeds: list[int], pairs:
                         at = level
                     if not attacker.done(store, label, seed, pair, setting, at):
                         todo.append((label, method, seed, setting, step, at))
+        if not todo:
+            continue
+        original, _, tokenizer, _ = models.load_models(args.models, splits, args.progress, say, pair_seed=pair)
         for label, method, seed, setting, step, at in todo:
             say(f"{cell_name(label, seed, pair)}: replaying the unlearning run to step {step} ({setting})")
             cfg = unlearn_config(args, store, splits, label, method, seed, pair)
