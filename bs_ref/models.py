@@ -33,6 +33,7 @@ imported — its folder is located with ``importlib.util.find_spec``. The first 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -507,6 +508,33 @@ def _corpus_texts(pairs: Sequence[tuple[str, str]], template: str) -> list[str]:
 PRECISIONS = ("fp32", "bf16")
 
 
+@functools.cache
+def cpu_bf16_fused_attention_runs() -> bool:
+    """Whether torch's fused CPU attention kernel runs in bfloat16 in this process. It does not when the
+    dispatch is pinned below the hardware, e.g. ``ATEN_CPU_CAPABILITY=avx2`` on a CPU with AMX: for a sequence
+    of 64 tokens or more the kernel packs bf16 blocks with an AVX-512-only routine and raises "pack_vnni2 is only
+    supported when avx512 is supported". Probed once per process on a 64-token bf16 attention."""
+
+    q = torch.zeros(1, 1, 64, 16, dtype=torch.bfloat16)
+    try:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    except RuntimeError:
+        return False
+    return True
+
+
+def bf16_attention_guard(device_type: str):
+    """Context for bf16 forwards on ``device_type``: on a CPU where the fused bf16 attention kernel cannot run
+    (``cpu_bf16_fused_attention_runs``), scaled-dot-product attention uses torch's math kernel (same result up to
+    rounding, slower); everywhere else it changes nothing."""
+
+    if device_type == "cpu" and not cpu_bf16_fused_attention_runs():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
 def with_precision(model, precision: str = "fp32"):
     """``model`` whose forward runs under ``torch.autocast(<its device>, torch.bfloat16)`` for ``bf16`` (outputs
     converted back to float32, as ``accelerate``'s bf16 wrapper does), on CPU as on CUDA; ``fp32`` leaves it as
@@ -522,7 +550,7 @@ def with_precision(model, precision: str = "fp32"):
     @functools.wraps(type(model).forward)  # generate() reads the signature (logits_to_keep, cache_position)
     def forward(self, *args, **kwargs):
         device = next(self.parameters()).device.type
-        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16), bf16_attention_guard(device):
             out = type(self).forward(self, *args, **kwargs)
         return convert_to_fp32(out)
 

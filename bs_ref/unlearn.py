@@ -63,6 +63,7 @@ from bs_ref.losses import (
     sequence_logprob,
 )
 from bs_ref.methods import METHODS, ForgetTerm, Method, make_method
+from bs_ref.models import bf16_attention_guard
 
 SCHEDULES = ("linear", "constant", "cosine")
 
@@ -322,6 +323,10 @@ def unlearn(
     previous_threads = torch.get_num_threads()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
+    # accelerate's bf16 autocast on a CPU whose fused bf16 attention cannot run: the math kernel (bs_ref.models)
+    attention = bf16_attention_guard(accelerator.device.type) if accelerator.mixed_precision == "bf16" else None
+    if attention is not None:
+        attention.__enter__()
     try:
         log(
             {
@@ -419,6 +424,8 @@ def unlearn(
         run_callback(step)
         log({"event": "end", "step": step})
     finally:
+        if attention is not None:
+            attention.__exit__(None, None, None)
         torch.set_num_threads(previous_threads)
         if log_file is not None:
             log_file.close()

@@ -13,9 +13,11 @@ the cache key and the deprecated --bf16 alias.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +180,49 @@ def test_bench_precision_prints_the_speed_ups_and_the_cpu_features():
         assert line in out, line
     speedup = float(out.split("bf16/fp32 train step speed-up: ")[1].split()[0])
     assert speedup > 0
+
+
+_AVX2_SCRIPT = """
+import torch
+from accelerate import Accelerator
+from bs_ref.models import TinyLlamaConfig, build_tiny_llama, cpu_bf16_fused_attention_runs
+from bs_ref.models import train_tokenizer, with_precision
+from bs_ref.unlearn import UnlearnConfig, unlearn
+
+words = " ".join(f"word{i}" for i in range(90))
+records = [{"question": "Which words?", "answer": words}, {"question": "Say them again.", "answer": words}]
+tokenizer = train_tokenizer([r["question"] + " " + r["answer"] for r in records], vocab_size=300)
+torch.manual_seed(0)
+model = build_tiny_llama(len(tokenizer), TinyLlamaConfig(32, 64, 1, 2, 256, 300), tokenizer)
+ids = tokenizer([records[0]["answer"]], return_tensors="pt")
+assert ids["input_ids"].shape[1] >= 64, ids["input_ids"].shape
+print("fused", cpu_bf16_fused_attention_runs())
+assert torch.isfinite(with_precision(model, "bf16")(**ids).logits).all()   # the wrapper's forward
+plain = build_tiny_llama(len(tokenizer), TinyLlamaConfig(32, 64, 1, 2, 256, 300), tokenizer)
+cfg = UnlearnConfig(method="ga", max_steps=1, batch_size=2, mixed_precision="bf16", max_length=256)
+unlearn(plain, tokenizer, records, None, cfg, accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
+print("ok")
+"""
+
+
+def test_bf16_forwards_of_64_tokens_or_more_run_under_the_avx2_dispatch():
+    """With ``ATEN_CPU_CAPABILITY=avx2`` on a CPU with AMX, torch's fused bf16 attention raises for 64 tokens or
+    more ("pack_vnni2 is only supported when avx512 is supported"). The bf16 wrapper and the unlearning loop's
+    bf16 autocast then fall back to the math kernel; on other CPUs the fused kernel runs and this passes too."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+def test_the_bf16_attention_guard_selects_the_math_kernel_only_where_the_fused_one_fails(tiny, monkeypatch):
+    from bs_ref import models
+
+    model, tokenizer = _fresh(tiny, "bf16")
+    ids = tokenizer(["Question: What colour is the door of house 3?"], return_tensors="pt")
+    fused = model(**ids).logits
+    monkeypatch.setattr(models, "cpu_bf16_fused_attention_runs", lambda: False)
+    with models.bf16_attention_guard("cpu"):
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert isinstance(models.bf16_attention_guard("cuda"), contextlib.nullcontext)
+    math = model(**ids).logits  # the wrapper now runs the math kernel: same logits up to bf16 rounding
+    assert torch.allclose(fused, math, atol=0.05), float((fused - math).abs().max())
