@@ -310,10 +310,10 @@ def run_rows(
         total = total + value.detach().to(total)
         forget = chunk.forget.to(device)
         if bool(forget.any()):  # the logged numbers of the forget rows (as bs_ref.unlearn._forget_stats)
-            with torch.no_grad():
-                f_logits, f_labels = logits.detach()[forget], labels[forget]
-                beliefs, at = local_beliefs(f_logits, f_labels, top_k=min(top_k, f_logits.shape[-1]))
-                logprobs.append(per_row_sum(at.target_logprob(), at) / at.counts.clamp(min=1))
+            with torch.no_grad():  # the other rows' labels masked: no copy of the forget rows' [rows, T, V] logits
+                f_labels = labels.masked_fill(~forget[:, None], IGNORE_INDEX)
+                beliefs, at = local_beliefs(logits.detach(), f_labels, top_k=min(top_k, logits.shape[-1]))
+                logprobs.append((per_row_sum(at.target_logprob(), at) / at.counts.clamp(min=1))[forget])
                 mass_sum, mass_count = mass_sum + float(beliefs.topk_mass.sum()), mass_count + at.counts.sum()
         del logits, value
     stats = {}

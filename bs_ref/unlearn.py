@@ -57,11 +57,11 @@ from bs_ref.lora import AdapterDisabled, apply_lora, is_lora_model, lora_problem
 from bs_ref.losses import (
     IGNORE_INDEX,
     local_beliefs,
-    mean_token_logprob,
     regularised_loss,
     retain_loss,
     sequence_logprob,
 )
+from bs_ref.losses._common import per_row_sum
 from bs_ref.methods import METHODS, ForgetTerm, Method, make_method
 from bs_ref.models import bf16_attention_guard
 
@@ -589,11 +589,10 @@ def _forward_term(model, term: ForgetTerm, ref_model=None):
 @torch.no_grad()
 def _forget_stats(logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> dict:
     """Mean answer log-prob of the forget rows and their mean top-k mass S_k (docs/theory.md D1/D2)."""
-    logits = logits.detach()
-    k = min(top_k, logits.shape[-1])
+    beliefs, at = local_beliefs(logits.detach(), labels, top_k=min(top_k, logits.shape[-1]))  # one gather for both
     return {
-        "forget_logprob": float(mean_token_logprob(logits, labels).mean()),
-        "topk_mass": float(local_beliefs(logits, labels, top_k=k)[0].topk_mass.mean()),
+        "forget_logprob": float((per_row_sum(at.target_logprob(), at) / at.counts.clamp(min=1)).mean()),
+        "topk_mass": float(beliefs.topk_mass.mean()),
     }
 
 
