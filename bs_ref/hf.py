@@ -42,6 +42,7 @@ a checkpoint restarts the retain stream and resamples BS-S beliefs (neither is i
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -53,6 +54,7 @@ from bs_ref.beliefs import BeliefCache
 from bs_ref.data.tofu import QADataset, collate_train
 from bs_ref.lora import apply_lora
 from bs_ref.methods import Method, method_from_spec
+from bs_ref.models import bf16_attention_guard
 from bs_ref.unlearn import (
     NonFiniteLossError,
     UnlearnConfig,
@@ -186,7 +188,13 @@ class UnlearningTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         """One forget micro-batch (with its retain batch and BS-S beliefs): ``bs_ref.unlearn.micro_step``, scaled
         by 1 / the micro-batches of this optimiser step; gradients are averaged across processes at its last one.
-        Returns the detached scaled total loss (what the Trainer logs as ``loss``)."""
+        Returns the detached scaled total loss (what the Trainer logs as ``loss``). With ``bf16=True`` on a CPU
+        whose fused bf16 attention cannot run, attention uses the math kernel (``models.bf16_attention_guard``)."""
+        guard = bf16_attention_guard(self.args.device.type) if self.args.bf16 else contextlib.nullcontext()
+        with guard:
+            return self._training_step(model, inputs)
+
+    def _training_step(self, model, inputs):
         model.train()
         if self._retain_iter is None and self.retain_set is not None:  # training_step called outside train()
             self._retain_iter = _cycle(self._loader(self.retain_set, self._seed() + 1))

@@ -201,14 +201,23 @@ assert torch.isfinite(with_precision(model, "bf16")(**ids).logits).all()   # the
 plain = build_tiny_llama(len(tokenizer), TinyLlamaConfig(32, 64, 1, 2, 256, 300), tokenizer)
 cfg = UnlearnConfig(method="ga", max_steps=1, batch_size=2, mixed_precision="bf16", max_length=256)
 unlearn(plain, tokenizer, records, None, cfg, accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
+import tempfile
+from transformers import TrainingArguments
+from bs_ref.hf import UnlearningTrainer
+with tempfile.TemporaryDirectory() as out:
+    args = TrainingArguments(output_dir=out, per_device_train_batch_size=2, max_steps=1, bf16=True, use_cpu=True,
+                             report_to="none", save_strategy="no", disable_tqdm=True)
+    UnlearningTrainer(build_tiny_llama(len(tokenizer), TinyLlamaConfig(32, 64, 1, 2, 256, 300), tokenizer), args,
+                      method="ga", forget_dataset=records, processing_class=tokenizer).train()
 print("ok")
 """
 
 
 def test_bf16_forwards_of_64_tokens_or_more_run_under_the_avx2_dispatch():
     """With ``ATEN_CPU_CAPABILITY=avx2`` on a CPU with AMX, torch's fused bf16 attention raises for 64 tokens or
-    more ("pack_vnni2 is only supported when avx512 is supported"). The bf16 wrapper and the unlearning loop's
-    bf16 autocast then fall back to the math kernel; on other CPUs the fused kernel runs and this passes too."""
+    more ("pack_vnni2 is only supported when avx512 is supported"). The bf16 wrapper, the unlearning loop's bf16
+    autocast and the Trainer adapter with ``bf16=True`` then fall back to the math kernel; on other CPUs the fused
+    kernel runs and this passes too."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     done = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
