@@ -455,3 +455,25 @@ def test_replay_reaches_the_runs_weights_at_a_step(world):
     assert list(stopped) == [2] and calls == [0, 1, 2]
     with pytest.raises(ValueError, match="ends at step 6"):
         replay_unlearning(original, tokenizer, forget, retain, cfg, steps=[7])
+
+
+def test_items_without_a_leak_target_get_no_probe_and_no_samples(world, monkeypatch):
+    """TOFU records carry no fact: the paraphrase probe and the any-of-N samples (which only score a leak) are not
+    generated for them; items with a fact still get both, and the greedy answer, ROUGE and log-prob stay."""
+    from bs_ref.attacks import _common
+
+    models, tokenizer, forget, _ = world
+    calls = []
+    real = _common.generate
+
+    def counting(model, prompts, *args, **kwargs):
+        calls.append((len(prompts), kwargs.get("num_return_sequences", 1)))
+        return real(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(_common, "generate", counting)
+    no_fact = [{k: v for k, v in r.items() if k != "fact"} for r in forget[:3]]
+    items = _common.evaluate_items(models["original"], tokenizer, no_fact + forget[3:5], probes=True, num_samples=2)
+    assert calls == [(5, 1), (2, 1), (2, 2)]  # greedy for all five; probe and samples for the two with a fact
+    assert all(it["fact_leak_any_of_n"] is None and it["fact_leak"] is None for it in items[:3])
+    assert all(it["fact_leak_any_of_n"] is not None for it in items[3:])
+    assert all(it["generation"] is not None and it["rougeL_recall"] is not None for it in items)

@@ -140,7 +140,8 @@ def evaluate_items(
     scored after the prompt exactly as training encodes it (answer tokens + EOS). ``leak_targets[i]``: the string
     a leak is (default the record's ``fact``; None: no leak measured). ``probes``: also the greedy answer to
     ``paraphrased_question`` (records that have one). ``num_samples`` > 0: that many answers sampled at
-    ``temperature`` (seeded, ``bs_ref.generation.generate``) for the any-of-N leak. ``max_new_tokens``: default
+    ``temperature`` (seeded, ``bs_ref.generation.generate``) for the any-of-N leak. The probe and the samples are
+    generated only for items with a leak target (they score nothing else). ``max_new_tokens``: default
     the longest answer's tokens + 8. The model is not changed (its train/eval mode is restored)."""
     records = list(records)
     if not records:
@@ -162,19 +163,21 @@ def evaluate_items(
     generations = {i: _decode(tokenizer, row[0].tokens) for i, row in zip(live, greedy)}
     rouge = rouge_l_recall([generations[i] for i in live], [records[i]["answer"] for i in live]) if live else []
 
+    # the paraphrase probe and the samples only score a leak: none for items without a leak target (TOFU records)
+    targeted = [i for i in live if leak_targets[i]]
     para = {}
     if probes:
-        asked = [i for i in live if isinstance(records[i].get("paraphrased_question"), str)]
+        asked = [i for i in targeted if isinstance(records[i].get("paraphrased_question"), str)]
         if asked:
             para_prompts = [encode_prompt(tokenizer, records[i]["paraphrased_question"], template) for i in asked]
             rows = generate(model, para_prompts, pad, stops, max_new_tokens, batch_size)
             para = {i: _decode(tokenizer, row[0].tokens) for i, row in zip(asked, rows)}
     samples = {}
-    if num_samples > 0 and live:
-        rows = generate(model, [prompts[i] for i in live], pad, stops, max_new_tokens, batch_size,
+    if num_samples > 0 and targeted:
+        rows = generate(model, [prompts[i] for i in targeted], pad, stops, max_new_tokens, batch_size,
                         num_return_sequences=num_samples, do_sample=True, temperature=temperature,
                         seed=seed)  # fmt: skip
-        samples = {i: [_decode(tokenizer, g.tokens) for g in row] for i, row in zip(live, rows)}
+        samples = {i: [_decode(tokenizer, g.tokens) for g in row] for i, row in zip(targeted, rows)}
 
     fast = bool(getattr(tokenizer, "is_fast", False))
     by_live = {i: k for k, i in enumerate(live)}
