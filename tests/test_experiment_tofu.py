@@ -422,6 +422,22 @@ def test_real_tofu_path(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
     assert "forget quality skipped" in (tmp_path / "no_retain" / "table.md").read_text()
 
 
+def test_real_tofu_recovery_is_read_and_drawn_on_the_target_logprob(tofu_dir, tiny_tofu_models, tmp_path,
+                                                                      model_cache):  # fmt: skip
+    """TOFU records carry no fact: recovery.csv, its verdicts and plots/recovery.png use the target log-prob."""
+    out = tmp_path / "attacked"
+    tofu.main(["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--no-progress",
+               "--cache-dir", str(model_cache), "--max-new-tokens", "8", "--out", str(out), "--model",
+               str(tiny_tofu_models / "original"), "--retain-model", str(tiny_tofu_models / "retain"),
+               "--methods", "original", "retrain", "ga", "--epochs", "1",
+               "--attacks", "prompt:affirmative"])  # fmt: skip
+    rows = _read_csv(out / "recovery.csv")
+    assert rows and {r["measure"] for r in rows} == {"target_logprob"}
+    assert {r["method"] for r in rows} == {"original", "retrain", "ga"}
+    assert (out / "plots" / "recovery.png").stat().st_size > 0
+    assert "plots/recovery.png" in (out / "table.md").read_text()
+
+
 def test_real_tofu_locuslab_retain_log(tofu_dir, tofu_logs_dir, tiny_tofu_models, tmp_path, model_cache):
     out = tmp_path / "locuslab"
     tofu.main(["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--progress",

@@ -227,7 +227,7 @@ def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], 
     """What the report writes about the attacks: ``rows`` (recovery.csv: per run, then one ``mean`` row per
     method × attack × setting with the two-level interval of the spurious gap), ``verdicts`` (verdict.csv rows,
     measure ``spurious_gap[<attack>]``, setting ``end`` or ``matched:target_drop``) and ``lines`` (table.md: per
-    setting a table of methods × attacks, then the paired verdicts of the spurious gap)."""
+    setting a table of methods × attacks, then the paired verdicts of the spurious gap) and ``measure``."""
     rows = attacks.recovery_rows(cells, measure=measure)
     methods = [m for m in labels if any(k[0] == m for k in cells)]
     what = measure.replace("_", " ")
@@ -262,7 +262,7 @@ def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], 
         verdicts += found
         if found:
             lines += _verdict_lines(found, names)
-    return {"rows": rows, "verdicts": verdicts, "lines": lines}
+    return {"rows": rows, "verdicts": verdicts, "lines": lines, "measure": measure}
 
 
 def _mean_row(rows, runs, method: str, attack: str, setting: str, measure: str, ctx: Context) -> dict:

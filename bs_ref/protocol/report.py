@@ -177,7 +177,9 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
     if recovery is not None and recovery["rows"]:
         per_run = [r for r in recovery["rows"] if r["seed"] != "mean"]
         title = "Recovery attacks: before → after (mean over runs)"
-        figures["recovery"] = attacks.plot_recovery(per_run, plots_dir / "recovery.png", title=title)
+        measure = recovery.get("measure", "fact_leak")  # target_logprob on data without facts (TOFU records)
+        figures["recovery"] = attacks.plot_recovery(per_run, plots_dir / "recovery.png", title=title,
+                                                    before=f"{measure}_before", after=f"{measure}_after")  # fmt: skip
     written = [f"plots/{Path(p).name}" for p in figures.values() if p]
     if plots.pyplot() is None:
         lines += [f"Plots: {plots.PLOTS_SKIPPED}.", ""]
