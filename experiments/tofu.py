@@ -65,7 +65,7 @@ from bs_ref.protocol.evaluate import EvalConfig
 from bs_ref.protocol.executor import executor_problems, run_jobs
 from bs_ref.protocol.models import ModelConfig
 from bs_ref.protocol.recovery import AttackConfig, Attacker
-from bs_ref.protocol.report import describe, write_report
+from bs_ref.protocol.report import PartClock, describe, terminal_summary, write_report
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, cell_name, versions, write_json, write_text
 from bs_ref.protocol.uncertainty import Context
 from bs_ref.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     plan = check(args)
     labels, seeds, pairs = [m for m, _ in plan], args.seeds, args.pair_seeds
-    settings, started = COMMAND_LINE.flat(args), time.perf_counter()
+    settings, started, clock = COMMAND_LINE.flat(args), time.perf_counter(), PartClock()
     splits = data.load_data(args.data)
     identity = {k: v for k, v in settings.items() if k not in NOT_IDENTITY} | {
         "precision": args.models.precision_name, "bs_ref_version": __version__}  # fmt: skip
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "skipped": attack_notes},
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
         for pair in pairs:
+            clock.part("models and references")
             original, retain, tokenizer, model_info[pair] = models.load_models(args.models, splits, args.progress, say,
                                                                                pair_seed=pair)  # fmt: skip
             evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
             attacker = attackers[pair] = make_attacker(args, splits, tokenizer, evaluator, attack_labels)
             if attacker is not None:
                 attack_references(store, attacker, labels, seeds, pair, {"original": original, "retrain": retain})
+            clock.part("unlearning, evaluation and attacks")
             jobs = pending_jobs(store, plan, seeds, pair)
             if args.executor == "local":  # this pair's jobs now, on the models in memory
                 contexts = {pair: PairContext(original, tokenizer, evaluator, start, attacker)}
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         if queued:  # --executor ray: every job of every pair, each task loading its pair from the cache
             diverged += run_cells(args, store, splits, queued, attack_labels, {})
         given = matched.given_levels(args.match_target_drop, args.match_fact_leak)
+        clock.part("replayed attacks and report")
         if attack_labels:
             attack_missing(args, store, plan, seeds, pairs, splits, attackers, given)
         recovery_part = None
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
                                               store.root, settings=args.hyper)  # fmt: skip
             report["table"] = "\n".join([report["table"], *extra])
             write_text(store.path("table.md"), report["table"])
-    return report | {"wall_s": time.perf_counter() - started}
+    return report | {"wall_s": time.perf_counter() - started, "parts_s": clock.stop()}
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -457,7 +460,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # before the run directory existed: nothing to keep
         print("interrupted before any result was written; the same command starts again", file=sys.stderr)
         sys.exit(130)
-    print(report["table"])
-    print(f"\nwrote {report['out']} in {report['wall_s']:.0f} s", file=sys.stderr)
+    print(terminal_summary(report))  # what ran, the primary contrasts, time by part; every table: table.md
     if report["diverged"]:
         sys.exit(f"error: {len(report['diverged'])} method/seed run(s) diverged (NaN/inf; see table.md): lower --lr")

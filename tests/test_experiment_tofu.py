@@ -107,6 +107,20 @@ def test_smoke_writes_every_output(smoke_run):
     assert not list(out.rglob("*.tmp")), "a temporary file was left behind"
 
 
+def test_smoke_terminal_summary_fits_one_screen(smoke_run):
+    """The main command ends with a summary of at most 25 lines (what ran, the primary contrasts with their
+    intervals, the time by part, the path of table.md); the full tables go to table.md only."""
+    out, report, _ = smoke_run
+    summary = tofu.terminal_summary(report)
+    lines = summary.splitlines()
+    assert 5 <= len(lines) <= 25, summary
+    assert str(out / "table.md") in summary and "bs_t − ga_scaled" in summary and "bs_s − npo" in summary
+    assert "[" in summary and "at the end of training" in summary  # contrasts come with their intervals
+    assert set(report["parts_s"]) >= {"models and references", "unlearning, evaluation and attacks"}
+    assert summary.count("\n") < report["table"].count("\n") and "| A − B |" not in summary
+    assert "print(terminal_summary(report))" in SCRIPT.read_text()  # what the command line prints
+
+
 def test_smoke_summary_values_in_range(smoke_run):
     out, _, _ = smoke_run
     rows = _read_csv(out / "summary.csv")

@@ -168,3 +168,30 @@ def test_report_without_matplotlib_says_plots_were_skipped_and_how_to_get_them(t
     table = store.path("table.md").read_text()
     assert "Plots: skipped: matplotlib is not installed (pip install -e '.[plots]' brings the plots)." in table
     assert not store.path("plots").exists() and written["plots"] == dict.fromkeys(written["plots"])
+
+
+def test_terminal_summary_is_one_screen_and_says_where_the_tables_are(tmp_path):
+    """report.terminal_summary: what ran, one line per primary contrast and setting with its interval, the time by
+    part, table.md's path; a run with many contrasts is cut to the limit, never longer."""
+    verdict = {"difference": 0.1, "ci_low": -0.05, "ci_high": 0.2, "n_items": 40, "n_seeds": 3,
+               "verdict": "no difference"}  # fmt: skip
+    verdicts = [verdict | {"comparison": c, "measure": m, "setting": s}
+                for c in report.PRIMARY_COMPARISONS for m in ("fact_leak", "high_band_drop", "model_utility")
+                for s in ("end", "matched:target_drop@0.7", "matched:fact_unleaked@0.6")]  # fmt: skip
+    rows = [{"method": m, "seed": s, "pair_seed": 0} for m in ("ga", "npo", "ga_scaled", "bs_t", "bs_s")
+            for s in (0, 1, 2)]  # fmt: skip
+    (tmp_path / "verdict.csv").write_text("x\n")
+    out = {"out": str(tmp_path), "rows": rows, "verdicts": verdicts, "wall_s": 12.0,
+           "parts_s": {"models and references": 2.0, "unlearning, evaluation and attacks": 9.0}}  # fmt: skip
+    summary = report.terminal_summary(out)
+    lines = summary.splitlines()
+    assert len(lines) <= report.SUMMARY_MAX_LINES
+    assert "unlearning seeds [0, 1, 2]" in summary and "0.100 [-0.050, 0.200]" in summary
+    assert "at matched forgetting" in summary and "fact_unleaked" not in summary  # the target-drop level only
+    assert "models and references 2 s" in summary and str(tmp_path / "table.md") in summary
+    assert len(report.terminal_summary(out, max_lines=8).splitlines()) == 8
+    clock = report.PartClock()
+    clock.part("a")
+    clock.part("b")
+    clock.part("a")
+    assert list(clock.stop()) == ["a", "b"]

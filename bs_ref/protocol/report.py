@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,96 @@ def _curve_bands(runs: dict, ctx: Context) -> dict[str, dict[str, list]]:
 
 def _curves_for_plot(results: list[dict], seed: int) -> dict[str, list[dict]]:
     return {r["method"]: r["curve"] for r in results if r.get("seed") == seed and r.get("curve")}
+
+
+# ------------------------------------------------------------------------------------------- terminal summary
+PRIMARY_COMPARISONS = ("bs_t − ga_scaled", "bs_s − npo", "bs_s − bs_t", "bs_t − npo")
+"""The contrasts the terminal summary shows: BS-T against its control, BS-S against NPO (the paper's main
+comparison), BS-S against BS-T, BS-T against NPO. Every other comparison is in verdict.csv and table.md."""
+SUMMARY_MEASURES = ("fact_leak", "high_band_drop", "target_logprob_drop")
+"""The measures a summary line shows, in order of preference: the first two a setting has."""
+SUMMARY_MAX_LINES = 25
+"""The terminal summary's length limit (one screen)."""
+_SHORT = {"fact_leak": "fact leak ↓", "high_band_drop": "high-band drop ↑", "target_logprob_drop": "target drop ↑"}
+
+
+class PartClock:
+    """Wall time by part of a run: ``part(name)`` ends the running part and starts ``name`` (a name seen before
+    adds to its total); ``stop()`` ends the running part and returns {part: seconds}, in first-seen order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._running: tuple[str, float] | None = None
+
+    def part(self, name: str) -> None:
+        self.stop()
+        self._running = (name, time.perf_counter())
+
+    def stop(self) -> dict[str, float]:
+        if self._running is not None:
+            name, began = self._running
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
+            self._running = None
+        return dict(self.seconds)
+
+
+def _setting_name(setting: str) -> str:
+    if setting == "end":
+        return "at the end of training"
+    measure, _, level = setting.split(":", 1)[1].partition("@")
+    return f"at matched forgetting, {in_units(measure, float(level))}"
+
+
+def terminal_summary(report: dict, max_lines: int = SUMMARY_MAX_LINES) -> str:
+    """What ``experiments/tofu.py`` prints when it ends (at most ``max_lines`` lines): what ran, the primary
+    contrasts (``PRIMARY_COMPARISONS``) at the end of training and at the first matched level with their 95 %
+    intervals and verdicts, the time by part (``report["parts_s"]``, when the run measured it) and where the
+    files are. The full tables go to ``table.md`` only."""
+    out = Path(report["out"])
+    rows = report.get("rows", [])
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] not in REFERENCE_METHODS))
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") not in ("", None, "mean", "std")}, key=str)
+    pairs = sorted({r["pair_seed"] for r in rows if r.get("pair_seed") not in ("", None, "mean", "std")}, key=str)
+    names = ", ".join(methods[:8]) + (f", … {len(methods) - 8} more" if len(methods) > 8 else "")
+    lines = [f"bs_ref TOFU run: {len(methods)} methods ({names}) + the original and retain models",
+             f"  unlearning seeds {seeds or '–'} × model-pair seeds {pairs or '–'}"]  # fmt: skip
+    verdicts = [v for v in report.get("verdicts", []) if not v["measure"].startswith("spurious_gap")]
+    shown = [c for c in PRIMARY_COMPARISONS if any(v["comparison"] == c for v in verdicts)]
+    settings = list(dict.fromkeys(v["setting"] for v in verdicts))
+    settings = settings[:1] + [s for s in settings[1:] if "target_drop" in s][:1] or settings[:2]
+    if shown:
+        lines.append("Primary contrasts, A − B [95 % interval] (n = runs paired; every other one: verdict.csv):")
+    for setting in settings:
+        lines.append(f"  {_setting_name(setting)}")
+        here = [v for v in verdicts if v["setting"] == setting and v["comparison"] in shown]
+        measures = [m for m in SUMMARY_MEASURES if any(v["measure"] == m and v["verdict"] != "n/a" for v in here)]
+        for comparison in shown:
+            sub = {v["measure"]: v for v in here if v["comparison"] == comparison}
+            cells, n = [], 0
+            for measure in [m for m in measures if m in sub][:2]:
+                v = sub[measure]
+                n = max(n, v["n_seeds"])
+                interval = stats.format_interval(v["difference"], v["ci_low"], v["ci_high"])
+                text = "n/a" if v["verdict"] == "n/a" else f"{interval} {v['verdict']}"
+                cells.append(f"{_SHORT[measure]} {text}")
+            if cells:
+                lines.append(f"    {comparison:<17} " + " | ".join(cells) + f" (n = {n})")
+    if not shown:
+        lines.append("No primary contrast: the run lacks the methods compared (BS-T, BS-S, GA×(1−λ), NPO).")
+    parts = report.get("parts_s") or {}
+    if parts:
+        timed = [f"{name} {seconds:.0f} s" for name, seconds in parts.items() if seconds >= 0.5]
+        total = [f"total {report['wall_s']:.0f} s"] if "wall_s" in report else []
+        lines.append("Time: " + "; ".join(timed + total))
+    elif "wall_s" in report:
+        lines.append(f"Time: {report['wall_s']:.0f} s")
+    if report.get("diverged"):
+        lines.append(f"Diverged: {len(report['diverged'])} method/seed run(s) (NaN/inf; listed in table.md)")
+    written = [n for n in ("verdict.csv", "summary.csv", "matched.csv", "recovery.csv") if (out / n).is_file()]
+    written += sorted(p.name for p in out.glob("ablation_*.csv"))
+    lines.append(f"Every table: {out / 'table.md'}")
+    lines.append(f"  with {', '.join(written)}{', plots/' if (out / 'plots').is_dir() else ''} in {out}")
+    if len(lines) > max_lines:  # never more than one screen: drop contrast lines from the end of the list
+        keep = max_lines - 1
+        lines = [*lines[: keep - 3], "  … (the rest in table.md)", *lines[-3:]]
+    return "\n".join(lines)
