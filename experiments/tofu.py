@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
-from bs_ref import __version__
+from bs_ref import __version__, files
 from bs_ref import models as model_presets
 from bs_ref.attacks import replay_unlearning
 from bs_ref.protocol import ablations, cli, data, evaluate, matched, models, recovery
@@ -179,8 +179,9 @@ def check(args: TofuArgs) -> list[tuple[str, object]]:
     )
     method_problems = ablation_problems + method_problems
     problems = data.problems(args.data) + models.problems(args.models, args.data, [label for label, _ in plan])
-    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
-        problems.append(f"--seeds {' '.join(map(str, args.seeds))} must name distinct seeds (e.g. --seeds 0 1 2)")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        problems.append(f"--seeds {' '.join(map(str, args.seeds))} must name distinct seeds >= 0 (e.g. --seeds 0 1 2)")
+    problems += files.path_problems("--out", args.out, "dir", writable=True)
     problems += models.pair_seed_problems(args.pair_seeds, args.models, args.data)
     problems += cli.config_problems(args.unlearn) + method_problems + evaluate.problems(args.evaluation)
     problems += recovery.problems(args.attacks) + executor_problems(args.executor, args.ray_address)
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
             config |= {"models": model_info[pairs[0]], "conventions": evaluate.conventions(settings,
                        evaluator.max_new_tokens)}  # fmt: skip
+            store.bind_models(pair, model_info[pair])  # a resume never mixes model pairs
             if len(pairs) > 1:
                 config["models_by_pair_seed"] = dict(model_info)
             write_json(store.path("config.json"), config)
@@ -326,7 +328,8 @@ def run_cell(args: TofuArgs, store: RunDir, splits: data.Data, attack_labels: li
     label, method, seed, pair = job
     torch.set_num_threads(args.models.threads)
     if pair not in contexts:
-        original, retain, tokenizer, _ = models.load_models(args.models, splits, False, say, pair_seed=pair)
+        original, retain, tokenizer, info = models.load_models(args.models, splits, False, say, pair_seed=pair)
+        store.bind_models(pair, info)
         evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
         device = args.models.device_name
         start, _ = evaluate.references(store, evaluator, original, retain, args.models.retain_logs, device,
@@ -441,7 +444,8 @@ def attack_missing(args: TofuArgs, store: RunDir, plan, seeds: list[int], pairs:
                         todo.append((label, method, seed, setting, step, at))
         if not todo:
             continue
-        original, _, tokenizer, _ = models.load_models(args.models, splits, args.progress, say, pair_seed=pair)
+        original, _, tokenizer, info = models.load_models(args.models, splits, args.progress, say, pair_seed=pair)
+        store.bind_models(pair, info)
         for label, method, seed, setting, step, at in todo:
             say(f"{cell_name(label, seed, pair)}: replaying the unlearning run to step {step} ({setting})")
             cfg = unlearn_config(args, store, splits, label, method, seed, pair)
@@ -454,7 +458,8 @@ def attack_missing(args: TofuArgs, store: RunDir, plan, seeds: list[int], pairs:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        report = main()
+        with files.one_line_errors(values=False):  # an OSError or ImportError: one line naming the path or the fix
+            report = main()
     except ValueError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:  # before the run directory existed: nothing to keep

@@ -22,6 +22,7 @@ evaluate → report); the parts it calls live here, one job per module:
 
 Imports run one way, with no circle: ``cli`` ← ``data`` ← ``models``; ``store`` ← ``tables`` ← ``matched`` ←
 ``uncertainty``, ``plots`` ← ``report``; ``evaluate`` uses ``cli``, ``data``, ``matched`` and ``store``. The
-package uses ``bs_ref.data``, ``bs_ref.models``, ``bs_ref.metrics``, ``bs_ref.methods`` and ``bs_ref.stats``;
+package uses ``bs_ref.data``, ``bs_ref.models``, ``bs_ref.metrics``, ``bs_ref.methods``, ``bs_ref.stats`` and
+``bs_ref.files`` (every file it reads back);
 nothing else in ``bs_ref`` imports it, and it imports nothing from ``experiments``.
 """

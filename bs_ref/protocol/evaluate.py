@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bs_ref.files import read_json_object
 from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, normalise, score_belief_bands
 from bs_ref.metrics.tofu import (
     CONVENTIONS,
@@ -42,7 +43,7 @@ from bs_ref.metrics.tofu import (
 from bs_ref.protocol.cli import arg
 from bs_ref.protocol.data import Data
 from bs_ref.protocol.matched import FORGETTING_MEASURES
-from bs_ref.protocol.store import RunDir, read_json, write_json
+from bs_ref.protocol.store import RunDir, write_json
 from bs_ref.stats import tofu_columns
 
 CURVE_METRICS = (
@@ -322,7 +323,7 @@ def references(store: RunDir, evaluator: Evaluator, original, retain_model, reta
     retain_file = store.method_dir("retrain", None, pair) / "eval.json"
     if retain_model is not None:
         if retain_file.is_file():
-            retain_eval = read_eval_log(retain_file)
+            retain_eval = store.read_eval("retrain", None, pair)
         else:
             announce(f"evaluating the retain model on {sum(evaluator.data.info['n_eval'].values())} items")
             retain_eval = evaluator.full(retain_model.to(device))
@@ -340,7 +341,7 @@ def references(store: RunDir, evaluator: Evaluator, original, retain_model, reta
     original.to(device)
     start_path = store.start_path(pair)
     if start_path.is_file():
-        start = read_json(start_path)
+        start = read_json_object(start_path, keys=("point", "bands"))
         evaluator.bands = None if start.get("bands") is None else BeliefBands(**start["bands"])
         start_point = start["point"]
     else:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bs_ref import models
+from bs_ref import files, models
 from bs_ref.protocol.cli import arg
 from bs_ref.protocol.data import Data, DataConfig, authors_of
 
@@ -81,6 +81,11 @@ def problems(cfg: ModelConfig, data: DataConfig, methods: list[str]) -> list[str
     out = []
     if cfg.threads < 1:
         out.append(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.cache_dir is not None:
+        out += files.path_problems("--cache-dir", cfg.cache_dir, "dir", writable=True)
+    else:  # the default: $BS_REF_CACHE or ~/.cache/bs_ref
+        out += files.path_problems(f"--cache-dir (default {models.default_cache_dir()})", models.default_cache_dir(),
+                                   "dir", writable=True)  # fmt: skip
     if cfg.precision not in models.PRECISIONS:
         out.append(f"--precision {cfg.precision} is unknown; choose one of {' | '.join(models.PRECISIONS)}")
     if cfg.device not in DEVICES:

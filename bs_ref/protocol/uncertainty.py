@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from bs_ref import stats
+from bs_ref import files, stats
 from bs_ref.methods import method_from_spec
 from bs_ref.metrics.leakage import BANDS
 from bs_ref.metrics.paper import prob_from_nll
-from bs_ref.metrics.tofu import read_eval_log
 from bs_ref.protocol.matched import FORGETTING_MEASURES, crossing, lerp, run_key
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir
 from bs_ref.protocol.tables import number
@@ -171,13 +170,16 @@ class Run:
             if per_split:
                 pair = self.key[1]
                 retain = self.ctx.retain_forget.get(pair)
-                try:
+                try:  # a file that reads but does not hold this run's items is damaged: one line, never no columns
                     tables = stats.tofu_columns(per_split, self.ctx.convention, retain_forget=retain,
                                                 fluency_classifier=self.ctx.fluency_classifier)  # fmt: skip
-                except (ValueError, KeyError):
-                    tables = {}
+                except (ValueError, KeyError, TypeError) as error:
+                    path = self.store.eval_path(self.label, *self.key) if self.store else "eval.json"
+                    problem = f"lacks {error}" if isinstance(error, KeyError) else str(error)
+                    raise files.UnreadableFile(path, f"does not hold this run's per-item values ({problem})",
+                                               "delete its folder and rerun the same command to recompute "
+                                               "it") from None  # fmt: skip
                 if "forget" in tables:
-
                     forget_items = per_split["forget"]
                     tables["forget"]["heldout_prob"] = np.array(
                         [
@@ -194,17 +196,12 @@ class Run:
         return self._end
 
     def _eval(self) -> dict[str, list[dict]] | None:
+        """The cell's eval.json (None when it has none); a damaged one is one line naming it and the fix
+        (``RunDir.read_eval``), never a row without its interval columns."""
         if self.store is None:
             return None
         seed, pair = self.key
-        path = self.store.method_dir(self.label, seed, pair) / "eval.json"
-        if not path.is_file():
-            return None
-
-        try:
-            return read_eval_log(path)
-        except (OSError, ValueError, KeyError):
-            return None
+        return self.store.read_eval(self.label, seed, pair)
 
     def matched(self, measure: str, level: float) -> dict | None:
         """Tables at matched forgetting: every per-item column read off the curve with the weight found on the
