@@ -42,6 +42,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -65,7 +66,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from bs_ref import __version__
+from bs_ref import __version__, files
 from bs_ref.data.synthetic import benchmark_texts, build_benchmark, training_corpus
 from bs_ref.data.tofu import PLAIN_TEMPLATE, collate_train, encode_qa, forget_retain_configs
 from bs_ref.losses import nll_loss
@@ -227,21 +228,48 @@ def load_smollm2(cache_dir: str | Path | None = None, dtype: torch.dtype = torch
         raise RuntimeError(why)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     converted = cache / "smollm2-135m-instruct"
-    if (converted / "model.safetensors").is_file() and (converted / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(converted)
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
-        return model, tokenizer
+    if converted.exists():
+        try:
+            _verify_converted(converted)
+            tokenizer = AutoTokenizer.from_pretrained(converted)
+            model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+            return model, tokenizer
+        except Exception as error:  # damaged: converted again from the GGUF file (~15 s)
+            problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"[bs_ref] model cache entry {converted} is damaged ({problem}): converting SmolLM2 again",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            shutil.rmtree(converted, ignore_errors=True)
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tmp = converted.with_name(converted.name + f".tmp{os.getpid()}")
     _save_plain(model, tmp)
     tokenizer.save_pretrained(tmp)
+    checksums = files.sha256_tree(tmp)
+    (tmp / "checksums.json").write_text(json.dumps({"sha256": files.digest_of(checksums), "files": checksums}))
     try:
         tmp.rename(converted)
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return model.to(dtype), tokenizer
+
+
+def _verify_converted(converted: Path) -> None:
+    """Check the converted SmolLM2 copy against its ``checksums.json`` (a copy of an earlier version has none:
+    it gets one when its files are all there)."""
+    if not (converted / "model.safetensors").is_file() or not (converted / "tokenizer_config.json").is_file():
+        raise ValueError("model.safetensors or tokenizer_config.json is missing")
+    path = converted / "checksums.json"
+    found = {k: v for k, v in files.sha256_tree(converted).items() if k != "checksums.json"}
+    if not path.is_file():
+        tmp = converted / f".checksums.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps({"sha256": files.digest_of(found), "files": found}))
+        os.replace(tmp, path)
+        return
+    recorded = files.read_json_object(path, "the copy is converted again", keys=("files",))["files"]
+    if recorded != found:
+        changed = sorted(k for k in set(recorded) | set(found) if recorded.get(k) != found.get(k))
+        raise ValueError(f"sha256 differs or file missing: {', '.join(changed)}")
 
 
 def _save_plain(model, directory: Path) -> None:
@@ -645,7 +673,11 @@ def get_or_train_models(
 
     Layout: ``<cache_dir>/pairs/<key>/{original,retain,tokenizer}/`` + ``info.json``. The directory is
     written under a temporary name and renamed when complete, so an interrupted run never leaves a
-    half-written cache entry, and a second run loads in seconds.
+    half-written cache entry, and a second run loads in seconds. ``info.json`` records the SHA-256 of every
+    file of the entry (``files_sha256``) and one digest of them (``sha256``: the pair's identity, which a run
+    records with its results); each load checks them, and an entry that is partial (no ``info.json``), damaged
+    (a file missing or changed) or unloadable is rebuilt once, saying so (``CacheEntryError`` if that fails
+    too). An entry of an earlier version (no checksums) gets them recorded on its first load.
     """
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -670,52 +702,125 @@ def _get_or_train_models(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = pair_cache_key(original_pairs, retain_pairs, model_cfg, train_cfg, tokenizer_texts)
     entry = cache / "pairs" / key
-    if not (entry / "info.json").is_file():
-        started = time.perf_counter()
-        announce(
-            f"training the original model ({len(original_pairs)} examples) and its retain twin "
-            f"({len(retain_pairs)}), {train_cfg.epochs} epochs each; cached afterwards under {entry}"
-        )
-        original, retain, tokenizer, info = train_pair(
-            original_pairs,
-            retain_pairs,
-            model_cfg,
-            train_cfg,
-            tokenizer_texts=tokenizer_texts,
-            cache_dir=cache,
-            progress=progress,
-        )
-        info.update(
-            key=key,
-            model_cfg=_to_jsonable(model_cfg),
-            train_cfg=_to_jsonable(train_cfg),
-            template=train_cfg.template,
-            **(extra_info or {}),
-        )
-        tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for role, model in (("original", original), ("retain", retain)):
-            if isinstance(model_cfg, PretrainedSpec):
-                _save_plain(model, tmp / role)
-            else:
-                model.save_pretrained(tmp / role)
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        (tmp / "info.json").write_text(json.dumps(info, indent=2))
+    for attempt in range(2):  # a damaged entry is rebuilt once
+        if not entry.exists():
+            _train_entry(entry, key, original_pairs, retain_pairs, model_cfg, train_cfg, cache, tokenizer_texts,
+                         progress, extra_info, announce)  # fmt: skip
+        else:
+            announce(f"model pair loaded from the cache ({entry})")
         try:
-            tmp.rename(entry)
-        except OSError:  # another process finished the same entry first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        announce(f"model pair trained in {time.perf_counter() - started:.0f} s")
-    else:
-        announce(f"model pair loaded from the cache ({entry})")
-    info = json.loads((entry / "info.json").read_text())
-    info["path"] = str(entry)
-    tokenizer = AutoTokenizer.from_pretrained(entry / "tokenizer")
-    original = AutoModelForCausalLM.from_pretrained(entry / "original").eval()
-    retain = AutoModelForCausalLM.from_pretrained(entry / "retain").eval()
-    if return_info:
-        return original, retain, tokenizer, info
-    return original, retain, tokenizer
+            info = verify_pair_entry(entry)
+            tokenizer = AutoTokenizer.from_pretrained(entry / "tokenizer")
+            original = AutoModelForCausalLM.from_pretrained(entry / "original").eval()
+            retain = AutoModelForCausalLM.from_pretrained(entry / "retain").eval()
+        except Exception as error:  # damaged: a checksum differs, a file is missing, the weights do not load
+            problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if attempt or not entry.exists():
+                raise CacheEntryError(
+                    f"model cache entry {entry} is damaged even after rebuilding it ({problem}); delete it "
+                    f"(rm -r {entry}) and check the disk, or point --cache-dir elsewhere"
+                ) from None
+            announce(f"model cache entry {entry} is damaged ({problem}): rebuilding it once (training the pair "
+                     "again; a deterministic run gives the same weights)")  # fmt: skip
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        if "sha256" not in info:  # an entry of an earlier version, loaded fine: record its checksums now
+            info = record_pair_checksums(entry, info)
+        info["path"] = str(entry)
+        if return_info:
+            return original, retain, tokenizer, info
+        return original, retain, tokenizer
+    raise AssertionError("unreachable")
+
+
+class CacheEntryError(ValueError):
+    """A model-cache entry that is damaged and could not be rebuilt: one line naming it and what to do."""
+
+
+PAIR_PARTS = ("original", "retain", "tokenizer")
+"""The folders of a pair cache entry; ``info.json`` records the SHA-256 of every file in them."""
+
+
+def pair_entry_checksums(entry: Path) -> dict[str, str]:
+    """{relative path: SHA-256} of every file of a pair entry's weights, configs and tokenizer."""
+    checksums = {}
+    for part in PAIR_PARTS:
+        if not (entry / part).is_dir():
+            raise ValueError(f"{part}/ is missing")
+        checksums |= {f"{part}/{name}": digest for name, digest in files.sha256_tree(entry / part).items()}
+    return checksums
+
+
+def record_pair_checksums(entry: Path, info: dict) -> dict:
+    """``info`` with the entry's checksums (``sha256``: the files, ``files.digest_of`` of them), written back to
+    ``info.json`` atomically."""
+    checksums = pair_entry_checksums(entry)
+    info = {k: v for k, v in info.items() if k != "path"} | {"sha256": files.digest_of(checksums),
+                                                             "files_sha256": checksums}  # fmt: skip
+    tmp = entry / f".info.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, entry / "info.json")
+    return info
+
+
+def verify_pair_entry(entry: Path) -> dict:
+    """The ``info.json`` of a pair cache entry, after checking every file against the checksums it records
+    (an entry of an earlier version records none: it is returned as it is). ``ValueError`` (one line: what is
+    missing or differs) for a partial or damaged entry."""
+    if not (entry / "info.json").is_file():
+        raise ValueError("info.json is missing (an interrupted or partial entry)")
+    info = files.read_json_object(entry / "info.json", "the entry is rebuilt")
+    recorded = info.get("files_sha256")
+    if recorded is None:
+        return info
+    found = pair_entry_checksums(entry)
+    missing = sorted(set(recorded) - set(found))
+    changed = sorted(k for k in recorded if k in found and found[k] != recorded[k])
+    if missing or changed:
+        what = "; ".join(x for x in (f"missing: {', '.join(missing)}" if missing else "",
+                                     f"sha256 differs: {', '.join(changed)}" if changed else "") if x)  # fmt: skip
+        raise ValueError(what)
+    return info
+
+
+def _train_entry(entry, key, original_pairs, retain_pairs, model_cfg, train_cfg, cache, tokenizer_texts, progress,
+                 extra_info, announce) -> None:  # fmt: skip
+    """Train the pair and write its cache entry (with checksums) under a temporary name, then rename it."""
+    started = time.perf_counter()
+    announce(
+        f"training the original model ({len(original_pairs)} examples) and its retain twin "
+        f"({len(retain_pairs)}), {train_cfg.epochs} epochs each; cached afterwards under {entry}"
+    )
+    original, retain, tokenizer, info = train_pair(
+        original_pairs,
+        retain_pairs,
+        model_cfg,
+        train_cfg,
+        tokenizer_texts=tokenizer_texts,
+        cache_dir=cache,
+        progress=progress,
+    )
+    info.update(
+        key=key,
+        model_cfg=_to_jsonable(model_cfg),
+        train_cfg=_to_jsonable(train_cfg),
+        template=train_cfg.template,
+        **(extra_info or {}),
+    )
+    tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for role, model in (("original", original), ("retain", retain)):
+        if isinstance(model_cfg, PretrainedSpec):
+            _save_plain(model, tmp / role)
+        else:
+            model.save_pretrained(tmp / role)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    record_pair_checksums(tmp, info)
+    try:
+        tmp.rename(entry)
+    except OSError:  # another process finished the same entry first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    announce(f"model pair trained in {time.perf_counter() - started:.0f} s")
 
 
 def get_or_train_pair(
