@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from bs_ref import files
 from bs_ref.losses import bs_t_loss, ga_loss
 
 IGNORE_INDEX = -100
@@ -159,7 +160,14 @@ def losses_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def bench_losses(argv=None):
-    args = losses_parser().parse_args(argv)
+    parser = losses_parser()
+    args = parser.parse_args(argv)
+    problems = [
+        p for name in ("batch", "seq", "repeats", "rounds") for p in files.at_least(f"--{name}", getattr(args, name), 1)
+    ]
+    problems += [p for v in args.vocab for p in files.at_least("--vocab", v, 21, "top-k is 20")]
+    problems += files.device_problems("--device", args.device) + files.dtype_problems("--dtype", args.dtype)
+    files.report_problems(parser, problems)
     if args.quick:
         args.seq, args.repeats, args.rounds = 64, 2, 2
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
@@ -242,4 +250,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with files.one_line_errors("bench.py"):
+        sys.exit(main())

@@ -54,7 +54,7 @@ import weakref
 
 import torch
 
-from bs_ref import prefix
+from bs_ref import files, prefix
 from bs_ref.beliefs import BeliefCache, sample_beliefs
 from bs_ref.generation import right_pad
 from bs_ref.losses import IGNORE_INDEX, npo_loss, sequence_logprob
@@ -319,7 +319,18 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = [p for name in ("threads", "items", "batch_size", "answer_len", "prompt_len", "repeats")
+                for p in files.at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)]  # fmt: skip
+    problems += files.at_least("--seed", args.seed, 0) + files.device_problems("--device", args.device)
+    if (
+        args.model
+        and args.model != "smollm2"
+        and (args.model.startswith((".", "/", "~")) or args.model.count("/") != 1)
+    ):
+        problems += files.path_problems("--model", args.model, "dir", must_exist=True)
+    files.report_problems(parser, problems)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -559,4 +570,5 @@ def _first_n_beliefs(cache, forget, n, pad_id):
 
 
 if __name__ == "__main__":
-    main()
+    with files.one_line_errors("bench_bs_s.py"):
+        main()

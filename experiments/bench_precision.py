@@ -123,7 +123,13 @@ def time_precision(precision: str, args) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = build_parser().parse_args(argv)
+    from bs_ref.files import at_least, report_problems
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = [p for name in ("batch", "tokens", "prompt_tokens", "new_tokens", "steps", "threads")
+                for p in at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)]  # fmt: skip
+    report_problems(parser, problems)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -152,4 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    main()
+    from bs_ref.files import one_line_errors
+
+    with one_line_errors("bench_precision.py"):
+        main()

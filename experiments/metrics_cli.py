@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from bs_ref import files
 from bs_ref.data.synthetic import SyntheticConfig, benchmark_texts, build_benchmark
 from bs_ref.metrics.tofu import CONVENTIONS, aggregate, evaluate, max_answer_tokens, read_eval_log
 from bs_ref.models import TinyLlamaConfig, build_tiny_llama, count_parameters, train_tokenizer
@@ -74,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--hidden-size", type=int, default=256, help="model width, 4 layers (256: 3.7M parameters)")
     args = parser.parse_args(argv)
     if args.command == "speed":
+        problems = [p for name in ("threads", "n_authors", "batch_size", "hidden_size")
+                    for p in files.at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)]  # fmt: skip
+        if args.hidden_size >= 1 and args.hidden_size % TinyLlamaConfig().num_heads:
+            problems.append(f"--hidden-size {args.hidden_size} is invalid: must be a multiple of the "
+                            f"{TinyLlamaConfig().num_heads} attention heads")  # fmt: skip
+        files.report_problems(sub.choices["speed"], problems)
+    else:
+        problems = files.path_problems("--log", args.log, "file", must_exist=True)
+        problems += files.path_problems("--retain-log", args.retain_log, "file", must_exist=True)
+        files.report_problems(sub.choices["aggregate"], problems)
+    if args.command == "speed":
         print(json.dumps(time_evaluation(args.threads, args.n_authors, args.batch_size, args.hidden_size), indent=1))
         return 0
     try:
@@ -91,4 +103,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with files.one_line_errors("metrics_cli.py"):
+        sys.exit(main())

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from bs_ref import files
 from bs_ref.cases import LMCase, smollm2_case, smollm2_skip_reason, tiny_fact_case
 from bs_ref.methods import method_from_spec
 from bs_ref.stepping import squeeze_traces
@@ -124,17 +125,26 @@ def plot(panels: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> No
     os.replace(tmp, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python experiments/squeezing.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="results/squeezing", help="output directory (PNG + JSON)")
     parser.add_argument("--quick", action="store_true", help="toy + tiny Llama only, fewer steps")
     parser.add_argument("--drop", type=float, default=1.0, help="matched decrease of log π(target), nats")
     parser.add_argument("--steps", type=int, default=4, help="steps to reach the matched decrease (LLMs)")
     parser.add_argument("--item", type=int, default=0, help="which forget item of each LLM")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = parser.parse_args()
-    if args.drop <= 0 or args.steps < 1:
-        raise SystemExit("--drop must be > 0 and --steps >= 1")
+    args = parser.parse_args(argv)
+    problems = files.path_problems("--out", args.out, "dir", writable=True) + files.at_least("--steps", args.steps, 1)
+    problems += files.at_least("--item", args.item, 0) + files.at_least(
+        "--threads", args.threads, 0, "0: torch's default"
+    )
+    if not args.drop > 0:
+        problems.append(f"--drop {args.drop} is invalid: must be > 0 (nats)")
+    files.report_problems(parser, problems)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -173,4 +183,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with files.one_line_errors("squeezing.py"):
+        main()

@@ -14,7 +14,9 @@ import json
 import time
 from collections.abc import Sequence
 
+from bs_ref import files
 from bs_ref.data.synthetic import SyntheticConfig, build_benchmark
+from bs_ref.data.tofu import FORGET_SPLITS
 from bs_ref.generation import generate_answers
 from bs_ref.metrics.leakage import fact_leak_rate
 from bs_ref.models import PRESETS, get_or_train_pair
@@ -30,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--benchmark", default=None, choices=["default", "smoke"], help="synthetic benchmark size (default: as preset)"
     )
     args = parser.parse_args(argv)
+    problems = files.path_problems("--cache-dir", args.cache_dir, "dir", writable=True)
+    if args.forget not in FORGET_SPLITS:
+        problems.append(f"--forget {args.forget} is unknown; choose one of {', '.join(FORGET_SPLITS)}")
+    files.report_problems(parser, problems)  # before the pair is trained
     size = args.benchmark or ("smoke" if args.preset in ("smoke", "smollm2") else "default")
     benchmark_cfg = SyntheticConfig.smoke() if size == "smoke" else SyntheticConfig()
     start = time.perf_counter()
@@ -51,4 +57,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with files.one_line_errors("train_pair.py"):
+        main()

@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in args.claim or [] if c not in CLAIMS]
     if unknown:
         parser.error(f"unknown claim(s) {unknown}; known: {', '.join(CLAIMS)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads} is invalid: must be >= 1 (or leave it out for torch's choice)")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
