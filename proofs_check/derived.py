@@ -198,14 +198,26 @@ def d2_instance(z: torch.Tensor, y: int, lam: float, top_k: int, eta: float = 0.
     dz_bst = logit_change(z, bs_t_loss, y, eta, lam=lam, top_k=top_k)
     dz_ctrl = logit_change(z, ga_scaled_loss, y, eta, lam=lam)
     belief_term = dz_bst - dz_ctrl
-    s_k = float(p[torch.topk(z, top_k).indices].sum())
+    top = torch.topk(z, top_k).indices
+    s_k = float(p[top].sum())
+    # 1 − S_k and 1 − p_y as sums of the small probabilities, not as differences of numbers near 1 (which lose
+    # every digit when the answer is memorised).
+    outside_k = float(p.index_fill(0, top, 0.0).sum())
+    not_y = float(p.index_fill(0, torch.tensor([y]), 0.0).sum())
     rel = float(belief_term.abs().sum() / dz_ctrl.abs().sum())
-    y_in_topk = bool((torch.topk(z, top_k).indices == y).any())
+    y_in_topk = bool((top == y).any())
+    # Rounding bound of the measured ``rel``: each Δz_v = (z_v − η g_v) − z_v carries an error of a few ulps of
+    # |z_v| (the step is taken on the logits, then subtracted), so the ℓ1 norms carry ε·Σ_v(2|z_v| + 4η) and the
+    # ratio, whose denominator is 2η(1−λ)(1 − p_y), is conditioned by 1/(1 − p_y).
+    eps = torch.finfo(z.dtype).eps
+    denom = 2 * eta * (1 - lam) * not_y
+    rel_tol = 4 * eps * float((2 * z.abs() + 4 * eta).sum()) * (2 + rel) / denom if denom > 0 else float("inf")
     return {
         "identity_err": float((belief_term - lam * eta * (p - q)).abs().max()),  # D2
-        "l1_err": abs(float(belief_term.abs().sum()) - 2 * lam * eta * (1 - s_k)),
+        "l1_err": abs(float(belief_term.abs().sum()) - 2 * lam * eta * outside_k),
         "rel": rel,
-        "rel_formula": lam * (1 - s_k) / ((1 - lam) * (1 - float(p[y]))) if y_in_topk else float("nan"),
+        "rel_formula": lam * outside_k / ((1 - lam) * not_y) if y_in_topk else float("nan"),
+        "rel_tol": rel_tol,
         "s_k": s_k,
         "p_y": float(p[y]),
     }
