@@ -4,8 +4,8 @@ Real TOFU data: ``tofu_dir`` is the full copy named by ``BS_REF_TOFU_DIR`` when 
 ``tests/fixtures/tofu_excerpt`` (3 authors); ``tofu_full_dir`` skips unless the full copy is set;
 ``tofu_logs_dir`` (locuslab/tofu evaluation logs, ``BS_REF_TOFU_LOGS``) skips when unset.
 
-Hypothesis profiles: ``dev`` (fast, random) and ``ci`` (derandomised, more examples). Select with
-``HYPOTHESIS_PROFILE=dev|ci``; the default is ``ci`` when the ``CI`` variable is set, else ``dev``.
+Hypothesis profiles: ``dev`` (fast, random), ``ci`` (derandomised, more examples) and ``explore`` (random, many
+examples). Select with ``HYPOTHESIS_PROFILE=dev|ci|explore``; the default is ``ci`` when the ``CI`` variable is set, else ``dev``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,15 @@ settings.register_profile(
     max_examples=60,
     deadline=None,
     derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+# ``explore``: random and 20x ``ci``'s examples, to search for counterexamples the fixed profiles do not draw (run it
+# before trusting a tolerance: HYPOTHESIS_PROFILE=explore pytest tests/test_claims_toy.py).
+settings.register_profile(
+    "explore",
+    max_examples=1200,
+    deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
