@@ -169,6 +169,12 @@ def test_relearning_recovers_hidden_facts_of_a_ga_model_and_not_of_models_that_n
     A second retain twin also shows that one relearning step moves never-seen answers by up to ~1.7 nats relative
     to the first twin: the spurious gap has a between-pair spread, which is what --pair-seeds measures. The
     margins below are at least a third of the smallest measured difference.
+
+    On an AMD Zen 5 CPU the GA model's depth differs by kernel path: AVX-512 -11.21 -> -5.31 (recovered +5.90),
+    avx2 -6.40 -> -3.14 (+3.26); the retain twins recover -0.43 and +1.23 on both. On the AVX-512 path GA ends
+    1.47 nats above the retain model but 0.23 below the second twin (-5.08): the after-attack level alone does
+    not separate "hidden" from "never seen" there, so its size is not asserted, only its sign; what separates
+    them is how much came back.
     """
     models, tokenizer, forget, retain = world
     twin = build_tiny_llama(len(tokenizer), TinyLlamaConfig(64, 128, 2, 2, 128, 512), tokenizer, seed=1)
@@ -185,9 +191,13 @@ def test_relearning_recovers_hidden_facts_of_a_ga_model_and_not_of_models_that_n
     assert recovered["ga"] > 2.5, recovered
     assert recovered["retrain"] < 1.0 and recovered["retain_seed1"] < 2.0, recovered
     assert recovered["ga"] - max(recovered["retrain"], recovered["retain_seed1"]) > 1.5, recovered
-    # hidden, not removed: after the attack the GA model is far above the retain model on facts it was not taught
+    # hidden, not removed: after the attack the GA model is above the retain model on facts it was not taught. How
+    # far above is not a stable number: it is the depth GA reached before the attack plus what came back, and that
+    # depth moves between CPUs (see the docstring), while two retain twins already sit ~1.7 nats apart; so only
+    # the sign is asserted here, and the recovery contrast above is the check.
     gap = recovery_per_item(results["ga"], results["retrain"], "target_logprob")
-    assert np.mean(gap["spurious_gap"]) > 1.5
+    after = {name: round(v["target_logprob_after"], 2) for name, v in s.items()}
+    assert np.mean(gap["spurious_gap"]) > 0, (gap, after)
     assert s["original"]["target_logprob_after"] > s["retrain"]["target_logprob_after"] + 3.0  # the upper bound
     # the attack data alone teach nothing about the held-out facts: the retain twins do not produce them
     assert s["retrain"]["fact_leak_after"] <= 1 / 6 and s["retain_seed1"]["fact_leak_after"] <= 1 / 6
