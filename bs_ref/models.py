@@ -537,6 +537,17 @@ PRECISIONS = ("fp32", "bf16")
 
 
 @functools.cache
+def cpu_bf16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX). Where it does not, torch
+    emulates bf16 in fp32 registers: a SmolLM2-sized train step then runs ~16x slower than in fp32, so bf16 only
+    pays where this is true (docs/theory.md §12). The answer does not depend on ``ATEN_CPU_CAPABILITY``, which
+    pins torch's own kernels; the bf16 matrix products go through oneDNN, which dispatches on the hardware."""
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+@functools.cache
 def cpu_bf16_fused_attention_runs() -> bool:
     """Whether torch's fused CPU attention kernel runs in bfloat16 in this process. It does not when the
     dispatch is pinned below the hardware, e.g. ``ATEN_CPU_CAPABILITY=avx2`` on a CPU with AMX: for a sequence
