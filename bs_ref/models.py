@@ -541,10 +541,17 @@ def cpu_bf16_native() -> bool:
     """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX). Where it does not, torch
     emulates bf16 in fp32 registers: a SmolLM2-sized train step then runs ~16x slower than in fp32, so bf16 only
     pays where this is true (docs/theory.md §12). The answer does not depend on ``ATEN_CPU_CAPABILITY``, which
-    pins torch's own kernels; the bf16 matrix products go through oneDNN, which dispatches on the hardware."""
+    pins torch's own kernels; the bf16 matrix products go through oneDNN, which dispatches on the hardware up to
+    ``ONEDNN_MAX_CPU_ISA`` (set it to ``AVX2`` to run as an AVX2-only CPU would, bf16 emulated)."""
 
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap in _ONEDNN_ISAS_WITHOUT_BF16:  # oneDNN told to stay below bf16 instructions: emulated, as on such a CPU
+        return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
 @functools.cache
