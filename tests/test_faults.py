@@ -193,9 +193,9 @@ def test_a_resume_against_another_model_pair_is_refused(finished, cache, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------ model cache
-def _entry(cache: Path) -> Path:
-    (entry,) = [p for p in (cache / "pairs").iterdir() if p.is_dir() and ".tmp" not in p.name]
-    return entry
+def _entry(cache: Path, finished: Path) -> Path:
+    """The cache entry of the finished run's pair in ``cache`` (other cases may have added entries)."""
+    return cache / "pairs" / Path(json.loads((finished / "models.json").read_text())["0"]["entry"]).name
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_a_damaged_cache_entry_is_rebuilt_once_and_the_run_resumes_to_the_same_n
                                                                                        capsys, damage):  # fmt: skip
     own_cache = tmp_path / "cache"
     shutil.copytree(cache, own_cache)
-    entry = _entry(own_cache)
+    entry = _entry(own_cache, finished)
     info = json.loads((entry / "info.json").read_text())
     assert len(info["sha256"]) == 64 and "original/model.safetensors" in info["files_sha256"]
     if damage == "weights overwritten":
