@@ -59,10 +59,10 @@ from bs_ref.unlearn import (
     NonFiniteLossError,
     UnlearnConfig,
     _cycle,
-    _model_inputs,
-    _ref_logprobs,
+    _forward_term,
     belief_seed,
     micro_step,
+    prepare_method,
     reference_model,
 )
 
@@ -81,6 +81,7 @@ class UnlearningTrainer(Trainer):
     retain_dataset   the same, for the retain term (needed unless the method has none or ``alpha=0``)
     processing_class the tokenizer (``tokenizer=`` is accepted too); it needs a pad token
     alpha, retain_loss  α and the retain term ("nll" | "kl"), as in ``bs_ref.unlearn.UnlearnConfig``
+    reduction        "row" | "token": how every term averages its answer tokens (``UnlearnConfig.reduction``)
     template, max_length  prompt template ("plain" | "chat") and truncation of the encoded rows
     lora             a LoRA spec (``"r=8,alpha=16,targets=q_proj,v_proj"``), ``LoraSpec`` or ``peft.LoraConfig``:
                      attach a fresh adapter first (``bs_ref.lora.apply_lora``)
@@ -90,7 +91,7 @@ class UnlearningTrainer(Trainer):
     def __init__(self, model=None, args=None, *, method: Method | str = "bs_t", forget_dataset=None,
                  retain_dataset=None, processing_class=None, tokenizer=None, alpha: float = 1.0,
                  retain_loss: str = "nll", template: str = "plain", max_length: int | None = None, lora=None,
-                 **kwargs):  # fmt: skip
+                 reduction: str = "row", **kwargs):  # fmt: skip
         if "train_dataset" in kwargs:
             raise ValueError("UnlearningTrainer trains on forget_dataset; pass the forget records there, not as "
                              "train_dataset")  # fmt: skip
@@ -103,7 +104,7 @@ class UnlearningTrainer(Trainer):
             raise ValueError("UnlearningTrainer needs forget_dataset: the records to unlearn")
         method = method_from_spec(method) if isinstance(method, str) else method
         self.unlearn_config = UnlearnConfig(method=method, alpha=alpha, retain_loss=retain_loss, template=template,
-                                            max_length=max_length)  # fmt: skip
+                                            max_length=max_length, reduction=reduction)  # fmt: skip
         self.unlearn_config.validate()
         self.method = method
         forget_set = _dataset(forget_dataset, tokenizer, template, max_length)
@@ -118,6 +119,8 @@ class UnlearningTrainer(Trainer):
         if lora is not None:  # the adapter's A is drawn under args.seed, as bs_ref.unlearn draws it under cfg.seed
             set_seed(args.seed if args is not None else TrainingArguments("tmp_trainer").seed)
             model = apply_lora(model, lora)
+        if model is not None:  # RMU: its direction (under args.seed) and the few layers that train, as the loop does
+            prepare_method(method, model, args.seed if args is not None else TrainingArguments("tmp_trainer").seed)
         self.pad_id = int(tokenizer.pad_token_id)
         super().__init__(model=model, args=args, data_collator=self._collate, train_dataset=forget_set,
                          processing_class=tokenizer, **kwargs)  # fmt: skip
@@ -214,7 +217,8 @@ class UnlearningTrainer(Trainer):
         with self.compute_loss_context_manager(), self.accelerator.no_sync(model):
             stats = micro_step(self.method, model, forget_batch, retain_batch, belief_batch, gamma=self.gamma,
                                alpha=self.alpha, retain_kind=self.unlearn_config.retain_loss, scale=scale,
-                               backward=self.accelerator.backward, ref_model=self.ref_model)  # fmt: skip
+                               backward=self.accelerator.backward, ref_model=self.ref_model,
+                               reduction=self.unlearn_config.reduction)  # fmt: skip
         if not math.isfinite(stats["total"]):
             raise NonFiniteLossError(
                 f"unlearning diverged: the loss is {stats['total']} at step {step + 1} (epoch {epoch:.2f}) of method "
@@ -236,9 +240,9 @@ class UnlearningTrainer(Trainer):
         """γ·L_forget of the method on one batch of forget-format rows (no retain term, no beliefs, no backward):
         what ``evaluate`` reports on an ``eval_dataset``. Training does not call it (see ``training_step``)."""
         rows = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        logits = model(**_model_inputs(rows)).logits
-        ref_lp = _ref_logprobs(self.ref_model, rows) if self.method.needs_reference else None
-        loss = self.gamma * self.method.forget_loss(logits, rows["labels"], ref_lp)
+        term = self.method.forget_terms(rows, None, reduction=self.unlearn_config.reduction)[0]
+        piece, logits, _ = _forward_term(model, term, self.ref_model if self.method.needs_reference else None)
+        loss = self.gamma * piece
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

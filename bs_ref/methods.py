@@ -11,14 +11,20 @@ and differs only in ``L_forget``, in whether it carries the retain term, and in 
 
 * its hyper-parameters, as dataclass fields with the paper's (or the authors') defaults — the command line
   of ``experiments/tofu.py`` and the method specs ``bs_t:lam=0.6,temperature=2`` are built from these fields;
-* ``forget_loss(logits, labels, ref_logprobs)``: the forget term, calling its loss file in ``bs_ref.losses``;
+* ``forget_loss(logits, labels, ref_logprobs, reduction)``: the forget term, calling its loss file in
+  ``bs_ref.losses`` (RMU's takes the hidden states of its layer in place of the logits);
 * ``retain`` (class attribute): whether α·L_retain is added (GA alone has none, Eq. 1);
 * ``gamma``: the forget weight γ (SimNPO's default is 0.125, every other method's 1);
 * ``needs_reference``: whether a frozen copy π_ref of the original model is needed;
 * ``belief_sampling``: for BS-S, how global beliefs are drawn and cached (``bs_ref.beliefs.BeliefCache``);
 * ``forget_terms``: how the forget objective splits into row sets for the loop — one term for every method,
   two for BS-S (the forget rows and the belief rows, the latter backwarded in row chunks; Eq. 7), or, with
-  ``share_prefix``, one whose rows are packed over their shared prompts (``bs_ref.prefix``).
+  ``share_prefix``, one whose rows are packed over their shared prompts (``bs_ref.prefix``);
+* RMU's hooks, no-ops for every other method: ``prepare(model, seed)`` (draw what the method fixes once),
+  ``trainable_names(model)`` (the parameters that train; None: all), ``retain_term(...)`` (a retain term of its
+  own in place of the loop's NLL/KL) and ``retain_needs_reference``.
+
+``reduction`` ("row" | "token", docs/theory.md §11–12) is the run's convention, passed by the loop to every term.
 
 The loop (``bs_ref.unlearn``), the claims suite and the experiment know no method names: they look a method
 up in ``METHODS`` (or parse a spec with ``method_from_spec``) and call these members. Adding a method is one
@@ -31,6 +37,7 @@ declaration here plus its loss file and tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,11 +52,17 @@ from bs_ref.losses import (
     bs_t_loss,
     ga_loss,
     ga_scaled_loss,
+    ga_target_matched_loss,
     npo_loss,
+    rmu_loss,
+    rmu_retain_loss,
+    sga_loss,
     simnpo_loss,
+    steering_direction,
     wga_loss,
 )
 from bs_ref.losses.bs_s import weighted_row_piece
+from bs_ref.losses.rmu import default_coefficient
 
 REGIMES = ("off_policy", "on_policy")
 SELECTS = ("sample", "filter", "beam")
@@ -69,8 +82,9 @@ class ForgetTerm:
     pieces of all chunks add up to the term. ``ref_logprobs`` is None unless the method needs a reference.
 
     ``run`` (None for every term but BS-S with ``share_prefix`` or ``belief_subsample``): a term that runs its own
-    rows. The loop then calls ``run(model, loss_scale, backward, ref_model)`` instead of chunking ``rows`` itself;
-    it backwards ``loss_scale`` times the term and returns (the term, detached; the forget rows' logged numbers).
+    rows (the "row" reduction only). The loop then calls ``run(model, loss_scale, backward, ref_model)`` instead
+    of chunking ``rows`` itself; it backwards ``loss_scale`` times the term and returns (the term, detached; the
+    forget rows' logged numbers).
     """
 
     rows: dict[str, torch.Tensor]
@@ -78,6 +92,9 @@ class ForgetTerm:
     piece: Callable[..., torch.Tensor]
     chunk_rows: int | None = None
     run: Callable[..., tuple[torch.Tensor, dict]] | None = None
+    forward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    """None for every method but RMU: ``forward(model, rows) -> (features, logits)`` replaces the loop's forward,
+    and ``piece`` receives the features (RMU: one layer's hidden states) in place of the logits."""
 
 
 @dataclass
@@ -107,13 +124,35 @@ class Method:
         """k of the top-k mass S_k logged at every step (docs/theory.md D1/D2)."""
         return 20
 
-    def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor, ref_logprobs=None) -> torch.Tensor:
-        """L_forget on one batch of rows (the scalar to minimise, before γ)."""
+    def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor, ref_logprobs=None,
+                    reduction: str = "row") -> torch.Tensor:  # fmt: skip
+        """L_forget on one batch of rows (the scalar to minimise, before γ), reduced as ``reduction`` says."""
         raise NotImplementedError
 
-    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None) -> list[ForgetTerm]:
+    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None,
+                     reduction: str = "row") -> list[ForgetTerm]:  # fmt: skip
         """The row sets of L_forget: the forget batch alone, with weight 1, for every method but BS-S."""
-        return [ForgetTerm(forget_batch, 1.0, self.forget_loss)]
+        return [ForgetTerm(forget_batch, 1.0, _reduced(self.forget_loss, reduction))]
+
+    def supports_reduction(self, reduction: str) -> bool:
+        """Whether every term of the method can be reduced as ``reduction`` says ("row" always can)."""
+        return reduction in ("row", "token")
+
+    @property
+    def retain_needs_reference(self) -> bool:
+        """Whether the method's own retain term (``retain_term``) needs the frozen reference π_ref."""
+        return False
+
+    def retain_term(self, model, retain_batch: dict, ref_model=None, reduction: str = "row") -> torch.Tensor | None:
+        """The method's own L_retain on a retain batch, or None: the loop's answer NLL or KL (docs/theory.md §2)."""
+        return None
+
+    def trainable_names(self, model) -> list[str] | None:
+        """The names of the parameters of ``model`` that train (None: every parameter that requires grad)."""
+        return None
+
+    def prepare(self, model, seed: int = 0) -> None:
+        """Fix what the method draws once per run from ``model`` and the run's ``seed`` (RMU: its direction)."""
 
     def validate(self) -> None:
         """Raise one ValueError naming the first bad hyper-parameter (as ``<method>:<field>``)."""
@@ -150,8 +189,8 @@ class GA(Method):
     equation: ClassVar[str] = "Eq. (1)"
     retain: ClassVar[bool] = False
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
-        return ga_loss(logits, labels)  # Eq. (1)
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return ga_loss(logits, labels, reduction)  # Eq. (1)
 
 
 @dataclass
@@ -162,8 +201,8 @@ class GradDiff(Method):
     title: ClassVar[str] = "GradDiff"
     equation: ClassVar[str] = "Eq. (2)"
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
-        return ga_loss(logits, labels)  # Eq. (1); the loop adds α·L_retain: Eq. (2)
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return ga_loss(logits, labels, reduction)  # Eq. (1); the loop adds α·L_retain: Eq. (2)
 
 
 @dataclass
@@ -180,10 +219,10 @@ class NPO(Method):
     def needs_reference(self) -> bool:
         return True
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
         if ref_logprobs is None:
             raise ValueError("NPO needs ref_logprobs: log π_ref(y|x) of the frozen reference model on the same rows")
-        return npo_loss(logits, labels, ref_logprobs, beta=self.beta)  # Eq. (3)
+        return npo_loss(logits, labels, ref_logprobs, beta=self.beta, reduction=reduction)  # Eq. (3); "token": rows
 
     def validate(self) -> None:
         super().validate()
@@ -202,8 +241,8 @@ class SimNPO(Method):
     beta: float = hp(4.5, "SimNPO inverse temperature β")
     delta: float = hp(0.0, "SimNPO margin δ")
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
-        return simnpo_loss(logits, labels, beta=self.beta, delta=self.delta)
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return simnpo_loss(logits, labels, beta=self.beta, delta=self.delta, reduction=reduction)  # "token": rows
 
     def validate(self) -> None:
         super().validate()
@@ -221,12 +260,133 @@ class WGA(Method):
 
     beta: float = hp(1.0, "WGA weight exponent β")
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
-        return wga_loss(logits, labels, beta=self.beta)  # Eq. (4)
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return wga_loss(logits, labels, beta=self.beta, reduction=reduction)  # Eq. (4)
 
     def validate(self) -> None:
         super().validate()
         _need(self, _finite(self.beta) and self.beta >= 0, "beta", "must be >= 0")
+
+
+RMU_PARAMETER = "mlp.down_proj.weight"
+"""The weight of each trained layer that RMU updates (OpenUnlearning: ``model.layers.(5|6|7).mlp.down_proj.weight``)."""
+
+
+@dataclass
+class RMU(Method):
+    """Representation misdirection (Li et al. 2024, WMDP §5): steer the forget answers' states of one layer to a
+    fixed random direction, keep the retain answers' states at π_ref's; only a few layers train (docs/theory.md §14).
+
+    Defaults are OpenUnlearning's TOFU configuration (``configs/trainer/RMU.yaml``): steering layer 7, the
+    ``mlp.down_proj`` weights of layers 5–7, retain weight α = 1000, c = 300, γ = 1. A model with fewer layers steers
+    its middle layer, and c is scaled to the hidden width (``steer_layer`` / ``steering_coeff`` None: §14)."""
+
+    name: ClassVar[str] = "rmu"
+    title: ClassVar[str] = "RMU"
+    equation: ClassVar[str] = "docs/theory.md §14"
+
+    steering_coeff: float | None = hp(
+        None,
+        "RMU steering coefficient c (None: 300·sqrt(d/2048), OpenUnlearning's 300 at Llama-3.2-1B's width d = 2048)",
+    )
+    steer_layer: int | None = hp(
+        None,
+        "RMU decoder layer ℓ whose output is steered, from 0 (None: min(7, (L-1)//2) of L layers; OpenUnlearning: 7)",
+    )
+    train_layers: int = hp(
+        3, "RMU: the mlp.down_proj weights of this many layers, ℓ and below, train (OpenUnlearning: 3)"
+    )
+    retain_scale: float = hp(
+        1000.0, "RMU weight of its activation retain term, times the run's α (OpenUnlearning: 1000)"
+    )
+
+    @property
+    def retain_needs_reference(self) -> bool:
+        return True
+
+    # ---- what the run fixes once
+    def layer_index(self, model) -> int:
+        """ℓ: ``steer_layer``, or min(7, (L − 1) // 2) for a model of L decoder layers (docs/theory.md §14)."""
+        n = len(_decoder_layers(model))
+        layer = min(7, (n - 1) // 2) if self.steer_layer is None else self.steer_layer
+        if not 0 <= layer < n:
+            raise ValueError(f"rmu:steer_layer={layer} is out of range: the model has {n} decoder layers (0–{n - 1})")
+        return layer
+
+    def coefficient(self, width: int) -> float:
+        """c: ``steering_coeff``, or 300·√(d/2048) for hidden width d (docs/theory.md §14)."""
+        return default_coefficient(width) if self.steering_coeff is None else float(self.steering_coeff)
+
+    def prepare(self, model, seed: int = 0) -> None:
+        """Draw the direction u under ``seed`` (its own generator) and fix c·u for this model's width."""
+        width = int(model.get_input_embeddings().weight.shape[-1])
+        self._control = self.coefficient(width) * steering_direction(width, seed)
+        self._layer = self.layer_index(model)
+
+    def control(self, width: int) -> torch.Tensor:
+        """c·u [d] (float64): the one ``prepare`` drew, or, unprepared, the one of seed 0 for this width."""
+        control = getattr(self, "_control", None)
+        if control is None or control.shape[0] != width:
+            control = self._control = self.coefficient(width) * steering_direction(width, 0)
+        return control
+
+    def trainable_names(self, model) -> list[str]:
+        """The ``mlp.down_proj`` weights of layers max(0, ℓ − train_layers + 1) … ℓ; on a LoRA model, every
+        trainable (adapter) parameter of those layers."""
+        layers, top = _decoder_layers(model), self.layer_index(model)
+        wanted = {id(p) for i in range(max(0, top - self.train_layers + 1), top + 1)
+                  for n, p in layers[i].named_parameters() if p.requires_grad}  # fmt: skip
+        lora = any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+        names = [n for n, p in model.named_parameters() if id(p) in wanted and (lora or n.endswith(RMU_PARAMETER))]
+        if not names:
+            raise ValueError(f"rmu: no trainable {RMU_PARAMETER} in decoder layers up to {top} of this model")
+        return names
+
+    # ---- the terms
+    def hidden(self, model, rows: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the output of decoder layer ℓ [B, T, d], the logits) of one forward of ``model`` on ``rows``."""
+        inner = getattr(model, "model", model) if type(model).__name__ == "AdapterDisabled" else model
+        index = getattr(self, "_layer", None)
+        layer = _decoder_layers(inner)[self.layer_index(inner) if index is None else index]
+        captured = []
+        handle = layer.register_forward_hook(lambda module, args, out: captured.append(
+            out[0] if isinstance(out, tuple) else out))  # fmt: skip
+        try:
+            logits = model(input_ids=rows["input_ids"], attention_mask=rows.get("attention_mask")).logits
+        finally:
+            handle.remove()
+        return captured[0], logits
+
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        """RMU's forget term; its first argument is the hidden states of layer ℓ [B, T, d], not the logits."""
+        return rmu_loss(logits, labels, self.control(logits.shape[-1]), reduction)
+
+    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None,
+                     reduction: str = "row") -> list[ForgetTerm]:  # fmt: skip
+        return [ForgetTerm(forget_batch, 1.0, _reduced(self.forget_loss, reduction), forward=self.hidden)]
+
+    def retain_term(self, model, retain_batch: dict, ref_model=None, reduction: str = "row") -> torch.Tensor:
+        """retain_scale · (1/d)·‖h_ℓ^θ − h_ℓ^ref‖² on the retain answers (π_ref: ``ref_model``, no gradient)."""
+        if ref_model is None:
+            raise ValueError(
+                "rmu's retain term needs ref_model: π_ref on the same rows (bs_ref.unlearn.reference_model)"
+            )
+        device = next(model.parameters()).device
+        rows = {k: v.to(device) for k, v in retain_batch.items() if isinstance(v, torch.Tensor)}
+        hidden, _ = self.hidden(model, rows)
+        with torch.no_grad():
+            ref_hidden, _ = self.hidden(ref_model, rows)
+        return self.retain_scale * rmu_retain_loss(hidden, ref_hidden, rows["labels"], reduction)
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, self.steering_coeff is None or (_finite(self.steering_coeff) and self.steering_coeff > 0),
+              "steering_coeff", "must be > 0, or None (scaled to the hidden width)")  # fmt: skip
+        layer = self.steer_layer
+        _need(self, layer is None or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0),
+              "steer_layer", "must be an integer >= 0, or None")  # fmt: skip
+        _need(self, _pos_int(self.train_layers), "train_layers", "must be an integer >= 1")
+        _need(self, _finite(self.retain_scale) and self.retain_scale >= 0, "retain_scale", "must be >= 0")
 
 
 @dataclass
@@ -239,8 +399,51 @@ class GAScaled(Method):
 
     lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
-        return ga_scaled_loss(logits, labels, lam=self.lam)
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return ga_scaled_loss(logits, labels, lam=self.lam, reduction=reduction)
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.lam) and 0 <= self.lam <= 1, "lam", "must lie in [0, 1]")
+
+
+@dataclass
+class GATargetMatched(Method):
+    """The control GA × sg(w), w = 1 − λ + λ·q_y: GA weighted per token by BS-T's own target weight, so that
+    BS-T minus it is the push on the non-target top-k alone (docs/theory.md D2)."""
+
+    name: ClassVar[str] = "ga_target_matched"
+    title: ClassVar[str] = "GA×(1−λ+λ·q_y)"
+    equation: ClassVar[str] = "docs/theory.md §2, D2"
+
+    lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
+    top_k: int = hp(20, "BS-T local belief support k (top-k tokens per position)")
+    temperature: float = hp(1.0, "BS-T belief temperature τ (docs/theory.md D4; the authors' code has τ = 1)")
+
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return ga_target_matched_loss(logits, labels, lam=self.lam, top_k=self.top_k, temperature=self.temperature,
+                                      reduction=reduction)  # fmt: skip
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self, _finite(self.lam) and 0 <= self.lam <= 1, "lam", "must lie in [0, 1]")
+        _need(self, _pos_int(self.top_k), "top_k", "must be an integer >= 1 (and at most the vocabulary size)")
+        _need(self, _finite(self.temperature) and self.temperature > 0, "temperature", "must be > 0")
+
+
+@dataclass
+class SGA(Method):
+    """The control SGA: ascent of the cross-entropy against (1 − λ)·e_y + λ·uniform (label smoothing with BS-T's
+    λ), so that BS-T minus it is what the model's own top-k adds over any softening (docs/theory.md D2)."""
+
+    name: ClassVar[str] = "sga"
+    title: ClassVar[str] = "SGA"
+    equation: ClassVar[str] = "docs/theory.md §2, D2"
+
+    lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
+
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return sga_loss(logits, labels, lam=self.lam, reduction=reduction)
 
     def validate(self) -> None:
         super().validate()
@@ -263,8 +466,10 @@ class BST(Method):
     def top_k_for_logging(self) -> int:
         return self.top_k
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
-        return bs_t_loss(logits, labels, lam=self.lam, top_k=self.top_k, temperature=self.temperature)  # Eq. (5)-(6)
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
+        return bs_t_loss(
+            logits, labels, lam=self.lam, top_k=self.top_k, temperature=self.temperature, reduction=reduction
+        )  # Eq. (5)-(6)
 
     def validate(self) -> None:
         super().validate()
@@ -332,26 +537,36 @@ class BSS(Method):
         base = self.base_method
         return {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name != "gamma"}
 
-    def forget_loss(self, logits, labels, ref_logprobs=None):
+    def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
         """L_base on the forget rows alone (what Eq. 7 reduces to without beliefs)."""
-        return self.base_method.forget_loss(logits, labels, ref_logprobs)
+        return self.base_method.forget_loss(logits, labels, ref_logprobs, reduction)
 
-    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None) -> list[ForgetTerm]:
+    def supports_reduction(self, reduction: str) -> bool:
+        """Prefix sharing and belief subsampling weigh whole rows: the "row" reduction only."""
+        return reduction == "row" or (reduction == "token" and not self.share_prefix and self.belief_subsample is None)
+
+    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None,
+                     reduction: str = "row") -> list[ForgetTerm]:  # fmt: skip
         """Eq. (7): (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u); the belief rows in chunks of
-        ``belief_microbatch`` rows whose pieces add up to L_base(D̂_u) (``bs_ref.losses.belief_piece``)."""
+        ``belief_microbatch`` rows whose pieces add up to L_base(D̂_u) (``bs_ref.losses.belief_piece``), each term
+        reduced as ``reduction`` says ("token": a token mean over the forget rows, another over all belief rows)."""
         rows, tokens = belief_counts(belief_batch["labels"]) if belief_batch is not None else (0, 0)
+        forget = _reduced(self.forget_loss, reduction)
         if rows == 0:  # no usable belief (none cached, or every sampled answer empty): the forget term alone
-            return [ForgetTerm(forget_batch, 1.0, self.forget_loss)]
+            return [ForgetTerm(forget_batch, 1.0, forget)]
         kwargs = self._base_kwargs()
         if self.share_prefix or self.belief_subsample is not None:
+            if reduction != "row":
+                raise ValueError(f"{self.spec()} weighs whole rows (share_prefix / belief_subsample): it has the "
+                                 f"'row' reduction only, not {reduction!r}")  # fmt: skip
             return self._branch_terms(forget_batch, belief_batch, kwargs)
 
         def piece(logits, labels, ref_logprobs=None):
             extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}
-            return belief_piece(self.base, logits, labels, rows, tokens, **kwargs, **extra)
+            return belief_piece(self.base, logits, labels, rows, tokens, reduction, **kwargs, **extra)
 
         return [
-            ForgetTerm(forget_batch, 1.0 - self.lam_bss, self.forget_loss),  # (1 − λ_BSS)·L_base(D_u)
+            ForgetTerm(forget_batch, 1.0 - self.lam_bss, forget),  # (1 − λ_BSS)·L_base(D_u)
             ForgetTerm(belief_batch, self.lam_bss, piece, chunk_rows=self.belief_microbatch),  # λ_BSS·L_base(D̂_u)
         ]
 
@@ -433,7 +648,9 @@ class BSS(Method):
 # The registry and the method-spec language
 # -------------------------------------------------------------------------------------------------------------
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (GA, GradDiff, NPO, SimNPO, WGA, GAScaled, BST, BSS)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (GA, GradDiff, NPO, SimNPO, WGA, RMU, GAScaled, GATargetMatched, SGA, BST, BSS)
+}
 """Every method by its name, in the order tables list them."""
 
 ALIASES = {"tau": "temperature", "lambda": "lam", "n": "n_beliefs"}
@@ -522,6 +739,20 @@ def hyperparameters() -> dict[str, dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------------------------------------
+
+
+def _reduced(loss: Callable[..., torch.Tensor], reduction: str) -> Callable[..., torch.Tensor]:
+    """``loss`` with its ``reduction`` fixed (the loss itself for the default "row")."""
+    return loss if reduction == "row" else functools.partial(loss, reduction=reduction)
+
+
+def _decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layers of a causal LM (``model.layers`` of a Llama-type model, also under a peft or DDP wrapper):
+    the first non-empty ``ModuleList`` named ``layers``."""
+    for name, module in getattr(model, "module", model).named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers" and len(module):
+            return module
+    raise ValueError(f"no decoder layers (a ModuleList named 'layers') in {type(model).__name__}")
 
 
 def _need(method: Method, ok: bool, name: str, rule: str) -> None:

@@ -40,6 +40,7 @@ from bs_ref.cases import LMCase, qa_batch
 from bs_ref.dynamics import sgd_gradients
 from bs_ref.losses import IGNORE_INDEX, sequence_logprob
 from bs_ref.methods import Method, method_from_spec
+from bs_ref.metrics.fork import fork  # the fork of SEQ1/SEQ2, shared with the experiment's belief bands
 
 Batch = dict[str, torch.Tensor]
 
@@ -89,14 +90,6 @@ def answer_logprobs(
         return full, suffix
 
 
-def fork(answer: Sequence[int], reference: Sequence[int]) -> int:
-    """Index of the first token where ``answer`` leaves ``reference`` (its shared prefix length)."""
-    n = 0
-    while n < min(len(answer), len(reference)) and answer[n] == reference[n]:
-        n += 1
-    return n
-
-
 def belief_split(band: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[list[int]]]:
     """BS-S's off-policy beliefs D̂_u (band rows 0, 2, 4 …) and the held-out band (rows 1, 3, …) on which the
     sequence-level claims are read, so that BS-S is not scored on the very rows it ascends on."""
@@ -127,18 +120,27 @@ def forget_objective(
     forget: Batch,
     beliefs: Batch | None = None,
     reference: Callable[[Batch], torch.Tensor] | None = None,
+    model: torch.nn.Module | None = None,
+    reduction: str = "row",
 ) -> torch.Tensor:
     """L_forget of ``method`` (before γ): Σ over its forget terms of weight · Σ over row chunks of the term's piece.
 
     ``forward(rows) -> (logits, labels)`` runs rows through the model (or slices precomputed logits);
     ``reference(rows) -> log π_ref(y|x)`` [rows] is needed only when ``method.needs_reference``. For every
-    method but BS-S this is ``method.forget_loss`` on the forget rows; for BS-S it is Eq. (7)."""
+    method but BS-S this is ``method.forget_loss`` on the forget rows; for BS-S it is Eq. (7). A term with its own
+    forward (RMU: the hidden states of its layer) runs on ``model``. ``reduction``: the run's convention
+    (docs/theory.md §11), as the loop passes it."""
     if method.needs_reference and reference is None:
         raise ValueError(f"{method.spec()} needs reference log-probabilities: pass reference=")
     total = None
-    for term in method.forget_terms(forget, beliefs):
+    for term in method.forget_terms(forget, beliefs, reduction=reduction):
+        if term.forward is not None and model is None:
+            raise ValueError(f"{method.spec()} runs its own forward (one layer's hidden states): pass model=")
         for chunk in row_chunks(term.rows, term.chunk_rows):
-            logits, labels = forward(chunk)
+            if term.forward is not None:
+                logits, labels = term.forward(model, chunk)[0], chunk["labels"]
+            else:
+                logits, labels = forward(chunk)
             ref = reference(chunk) if method.needs_reference else None
             value = term.weight * term.piece(logits, labels, ref)
             total = value if total is None else total + value
@@ -247,16 +249,25 @@ class Trace:
 
 
 def unlearning_trace(
-    case: LMCase, item: int, method: Method | str, drop: float = 1.0, n_steps: int = 4, max_steps: int = 12
+    case: LMCase,
+    item: int,
+    method: Method | str,
+    drop: float = 1.0,
+    n_steps: int = 4,
+    max_steps: int = 12,
+    reduction: str = "row",
 ) -> Trace:
     """SGD on ``method``'s forget objective from θ_o until log π(y_u|x_u) has lost ``drop`` nats. The step size is
     calibrated so the first-order target decrease per step is drop/n_steps (η = drop / (n_steps·⟨∇ log π(y_u),
-    −∇L⟩)): every method, control included, reaches the matched decrease in about the same number of steps."""
+    −∇L⟩)): every method, control included, reaches the matched decrease in about the same number of steps.
+    The parameters stepped are the method's (``Method.trainable_names``: RMU's few layers; all for the others), its
+    once-drawn parts are fixed under seed 0 (``Method.prepare``), and ``reduction`` is the run's convention."""
     method = as_method(method)
     forget, beliefs = item_batches(case, item)
     reference = reference_logprobs(case, (forget, beliefs)) if method.needs_reference else None
     case.reset()
-    params = trainable(case)
+    method.prepare(case.model, 0)
+    params = trainable(case, method.trainable_names(case.model))
     n_band = len(case.bands[item])
     belief_rows, heldout = list(range(n_band))[0::2], list(range(n_band))[1::2]
     rows = [case.targets[item]] + list(case.bands[item])
@@ -271,7 +282,8 @@ def unlearning_trace(
 
     def gradient():
         forward = functools.partial(batch_logits, case.model)
-        return flat_grad(forget_objective(method, forward, forget, beliefs, reference), params)
+        objective = forget_objective(method, forward, forget, beliefs, reference, case.model, reduction)
+        return flat_grad(objective, params)
 
     score()
     grad = gradient()
@@ -296,10 +308,11 @@ Runs = tuple[tuple[str, str], ...]
 
 
 @functools.lru_cache(maxsize=64)
-def squeeze_traces(case: LMCase, item: int, runs: Runs, drop: float = 1.0, n_steps: int = 4) -> dict[str, Trace]:
-    """One trace per run on one item, keyed by the run's label (cached per case, item, runs and budget); each run
-    may take up to 3·n_steps steps to reach the matched decrease."""
-    return {label: unlearning_trace(case, item, spec, drop, n_steps, 3 * n_steps) for label, spec in runs}
+def squeeze_traces(case: LMCase, item: int, runs: Runs, drop: float = 1.0, n_steps: int = 4,
+                   reduction: str = "row") -> dict[str, Trace]:  # fmt: skip
+    """One trace per run on one item, keyed by the run's label (cached per case, item, runs, budget and reduction);
+    each run may take up to 3·n_steps steps to reach the matched decrease."""
+    return {label: unlearning_trace(case, item, spec, drop, n_steps, 3 * n_steps, reduction) for label, spec in runs}
 
 
 __all__ = [

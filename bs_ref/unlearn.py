@@ -66,6 +66,8 @@ from bs_ref.methods import METHODS, ForgetTerm, Method, make_method
 from bs_ref.models import bf16_attention_guard
 
 SCHEDULES = ("linear", "constant", "cosine")
+REDUCTIONS = ("row", "token")
+"""The run-wide reductions of ``UnlearnConfig.reduction`` (docs/theory.md §11–12)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -96,6 +98,12 @@ class UnlearnConfig:
     retain_loss: str = field(
         default="nll", metadata={"help": "retain term: nll (answer NLL) | kl (KL(π_θ‖π_ref) on answer positions)"}
     )
+    reduction: str = field(
+        default="row",
+        metadata={"help": "how every term (forget, retain, beliefs) averages its answer tokens: row (mean per answer, "
+                  "then over answers: the paper's Eq. 1 and the authors' BS-T) | token (one token mean over the "
+                  "batch: the authors' GA, WGA, retain terms and BS-S); docs/theory.md §11"},
+    )  # fmt: skip
     lora: str | None = field(
         default=None,
         metadata={"help": "train a LoRA adapter only, e.g. r=8,alpha=16,targets=q_proj,v_proj (bs_ref.lora; pip "
@@ -133,8 +141,10 @@ class UnlearnConfig:
 
     @property
     def needs_reference(self) -> bool:
-        """Whether a frozen reference copy π_ref is needed (by the forget term or the KL retain term)."""
-        return self.method.needs_reference or (self.uses_retain and self.retain_loss == "kl")
+        """Whether a frozen reference copy π_ref is needed (by the forget term, the KL retain term or a method's own
+        retain term: RMU's)."""
+        retain_ref = self.retain_loss == "kl" or self.method.retain_needs_reference
+        return self.method.needs_reference or (self.uses_retain and retain_ref)
 
     def as_dict(self) -> dict[str, Any]:
         """The config as plain data (the method as its declaration's dict), for logs and config.json."""
@@ -172,6 +182,9 @@ class UnlearnConfig:
         need(self.max_steps is None or pos_int(self.max_steps), "max_steps", "must be an integer >= 1 or None")
         need(finite(self.alpha) and self.alpha >= 0, "alpha", "must be >= 0")
         need(self.retain_loss in ("nll", "kl"), "retain_loss", "choose 'nll' or 'kl'")
+        need(self.reduction in REDUCTIONS, "reduction", f"choose one of {', '.join(REDUCTIONS)}")
+        whole_rows = f"{self.method.spec()} has the 'row' reduction only (share_prefix / belief_subsample weigh rows)"
+        need(self.method.supports_reduction(self.reduction), "reduction", whole_rows)
         need(self.template in ("plain", "chat"), "template", "choose 'plain' or 'chat'")
         need(self.max_length is None or pos_int(self.max_length), "max_length", "must be an integer >= 1 or None")
         need(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "must be an integer")
@@ -241,6 +254,7 @@ def unlearn(
     set_seed(cfg.seed)
     if cfg.lora is not None:  # only the adapter trains (its A drawn under cfg.seed); π_ref: the adapter off
         model = apply_lora(model, cfg.lora)
+    prepare_method(method, model, cfg.seed)  # RMU: its direction and the few layers that train
     pad_id = tokenizer.pad_token_id
 
     def collate(features):
@@ -467,12 +481,25 @@ def _micro_step(cfg, model, ref_model, forget_batch, retain_batch, belief_batch,
     """Forward + backward of one (forget, retain) micro-batch; returns the detached numbers to log."""
     return micro_step(cfg.method, model, forget_batch, retain_batch, belief_batch, gamma=gamma, alpha=alpha,
                       retain_kind=cfg.retain_loss, scale=scale, backward=accelerator.backward,
-                      ref_model=ref_model)  # fmt: skip
+                      ref_model=ref_model, reduction=cfg.reduction)  # fmt: skip
+
+
+def prepare_method(method: Method, model, seed: int = 0) -> None:
+    """Before the optimiser exists: let the method fix what it draws once (``Method.prepare``; RMU's direction,
+    under ``seed``) and freeze every parameter outside ``Method.trainable_names`` (None: nothing is frozen)."""
+    method.prepare(model, seed)
+    names = method.trainable_names(model)
+    if names is not None:
+        keep = set(names)
+        for name, parameter in model.named_parameters():
+            if name not in keep:
+                parameter.requires_grad_(False)
 
 
 def micro_step(method: Method, model, forget_batch: dict, retain_batch: dict | None = None,
                belief_batch: dict | None = None, *, gamma: float | None = None, alpha: float = 0.0,
-               retain_kind: str = "nll", scale: float = 1.0, backward=None, ref_model=None) -> dict:  # fmt: skip
+               retain_kind: str = "nll", scale: float = 1.0, backward=None, ref_model=None,
+               reduction: str = "row") -> dict:  # fmt: skip
     """Forward + backward of ``scale · (γ·L_forget + α·L_retain)`` on one (forget, retain) micro-batch, exactly as
     the loop runs it (``bs_ref.hf.UnlearningTrainer`` runs the same function); returns the detached numbers to
     log: ``forget``, ``retain``, ``total``, ``forget_logprob``, ``topk_mass``.
@@ -482,12 +509,14 @@ def micro_step(method: Method, model, forget_batch: dict, retain_batch: dict | N
     defaults to the method's γ; ``alpha = 0`` or ``retain_batch=None`` leaves the retain term out; ``retain_kind``
     is "nll" or "kl" (KL needs ``ref_model``). ``backward`` defaults to ``Tensor.backward`` (the loop passes
     ``accelerator.backward``). ``ref_model``: π_ref (``reference_model``), needed by NPO and the KL retain term.
+    ``reduction`` ("row" | "token", docs/theory.md §11) reduces every term: forget, beliefs and retain. A method
+    with a retain term of its own (``Method.retain_term``: RMU's) uses it in place of ``retain_kind``'s.
     The caller accumulates, reduces across processes, clips and steps the optimiser."""
     gamma = method.gamma if gamma is None else gamma
     backward = backward if backward is not None else torch.Tensor.backward
-    terms = method.forget_terms(forget_batch, belief_batch)
+    terms = method.forget_terms(forget_batch, belief_batch, reduction=reduction)
     ref = ref_model if method.needs_reference else None
-    one_pass = len(terms) == 1 and terms[0].chunk_rows is None
+    one_pass = len(terms) == 1 and terms[0].chunk_rows is None and terms[0].run is None
     if one_pass:  # one forward; backwarded together with the retain term below
         forget_term, logits, labels = _forward_term(model, terms[0], ref)
         stats = _forget_stats(logits, labels, method.top_k_for_logging)
@@ -496,9 +525,14 @@ def micro_step(method: Method, model, forget_batch: dict, retain_batch: dict | N
     else:  # several row sets (BS-S): backwarded one after another, in row chunks where declared
         forget_term = None
         stats = forget_backward(method, model, forget_batch, belief_batch, loss_scale=gamma * scale,
-                                backward=backward, ref_model=ref_model)  # fmt: skip
+                                backward=backward, ref_model=ref_model, reduction=reduction)  # fmt: skip
     retain_term = None
-    if retain_batch is not None and alpha > 0:
+    own_retain = method.retain_term(model, retain_batch, ref_model, reduction) if (
+        retain_batch is not None and alpha > 0) else None  # fmt: skip
+    if own_retain is not None:
+        retain_term = own_retain
+        stats["retain"] = float(retain_term.detach())
+    elif retain_batch is not None and alpha > 0:
         retain_logits = model(**_model_inputs(retain_batch)).logits
         ref_retain_logits = None
         if retain_kind == "kl":
@@ -506,7 +540,7 @@ def micro_step(method: Method, model, forget_batch: dict, retain_batch: dict | N
                 raise ValueError("retain_kind='kl' needs ref_model: π_ref on the same rows (see reference_model)")
             with torch.no_grad():
                 ref_retain_logits = ref_model(**_model_inputs(retain_batch)).logits
-        retain_term = retain_loss(retain_logits, retain_batch["labels"], retain_kind, ref_retain_logits)
+        retain_term = retain_loss(retain_logits, retain_batch["labels"], retain_kind, ref_retain_logits, reduction)
         stats["retain"] = float(retain_term.detach())
     stats["total"] = gamma * stats["forget"] + alpha * (stats.get("retain") or 0.0)
     if not math.isfinite(stats["total"]):
@@ -547,7 +581,8 @@ def reference_model(model):
 
 
 def forget_backward(method: Method, model, forget_batch: dict, belief_batch: dict | None = None, *,
-                    loss_scale: float = 1.0, backward=None, ref_model=None) -> dict:  # fmt: skip
+                    loss_scale: float = 1.0, backward=None, ref_model=None,
+                    reduction: str = "row") -> dict:  # fmt: skip
     """Backward ``loss_scale · L_forget`` of ``method`` on one forget batch (and its belief rows), term by term
     and chunk by chunk (``backward_over_row_chunks``); the caller steps the optimiser. ``backward`` defaults to
     ``Tensor.backward`` (the loop passes ``accelerator.backward``). Returns the detached ``forget``
@@ -558,7 +593,7 @@ def forget_backward(method: Method, model, forget_batch: dict, belief_batch: dic
         raise ValueError(f"method {method.spec()!r} needs ref_model (a frozen copy of the original model)")
     stats: dict[str, float | None] = {}
     weighted = []
-    for index, term in enumerate(method.forget_terms(forget_batch, belief_batch)):
+    for index, term in enumerate(method.forget_terms(forget_batch, belief_batch, reduction=reduction)):
         if term.run is not None:  # a term that runs its own rows (BS-S prefix sharing / subsampling, bs_ref.prefix)
             value, term_stats = term.run(model, loss_scale * term.weight, run_backward, ref)
             if index == 0:
@@ -578,12 +613,16 @@ def forget_backward(method: Method, model, forget_batch: dict, belief_batch: dic
 
 
 def _forward_term(model, term: ForgetTerm, ref_model=None):
-    """(piece on all of the term's rows, logits, labels) in one forward."""
+    """(piece on all of the term's rows, logits, labels) in one forward (the term's own ``forward`` where it has
+    one: its piece then takes the features that forward returns, RMU's hidden states)."""
     device = next(model.parameters()).device
     rows = {k: v.to(device) for k, v in term.rows.items() if isinstance(v, torch.Tensor)}
-    logits = model(**_model_inputs(rows)).logits
+    if term.forward is not None:
+        features, logits = term.forward(model, rows)
+    else:
+        features = logits = model(**_model_inputs(rows)).logits
     ref_lp = _ref_logprobs(ref_model, rows) if ref_model is not None else None
-    return term.piece(logits, rows["labels"], ref_lp), logits, rows["labels"]
+    return term.piece(features, rows["labels"], ref_lp), logits, rows["labels"]
 
 
 @torch.no_grad()

@@ -116,6 +116,32 @@ def test_forget_objective_is_the_declarations_loss(tiny):
         assert float(got) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_the_harness_runs_bs_ts_controls_and_rmu_and_honours_the_reduction(tiny):
+    """The controls are logit losses like the others; RMU runs its own forward (one layer's hidden states) on the
+    case's model; the reduction reaches the terms (docs/theory.md §11, §14)."""
+    forget, beliefs = stepping.item_batches(tiny, 0)
+
+    def forward(b):
+        return stepping.batch_logits(tiny.model, b)
+
+    with torch.no_grad():
+        logits, labels = forward(forget)
+        for spec in ("ga_target_matched", "sga:lam=0.4"):
+            method = method_from_spec(spec)
+            for reduction in ("row", "token"):
+                got = stepping.forget_objective(method, forward, forget, beliefs, reduction=reduction)
+                assert float(got) == pytest.approx(float(method.forget_loss(logits, labels, None, reduction)), rel=1e-6)
+        rmu = make_method("rmu")
+        rmu.prepare(tiny.model, 0)
+        with pytest.raises(ValueError, match="pass model="):
+            stepping.forget_objective(rmu, forward, forget, beliefs)
+        hidden, _ = rmu.hidden(tiny.model, forget)
+        got = stepping.forget_objective(rmu, forward, forget, beliefs, model=tiny.model)
+        assert float(got) == pytest.approx(float(rmu.forget_loss(hidden, forget["labels"])), rel=1e-6)
+    names = rmu.trainable_names(tiny.model)
+    assert names and all(n.endswith("mlp.down_proj.weight") for n in names)
+
+
 def test_npo_runs_with_the_case_as_its_reference(tiny):
     """NPO needs π_ref: the harness takes it from θ_o, where NPO's weight is 1 and ∇L_NPO = ∇ log π(y_u|x_u)."""
     forget, beliefs = stepping.item_batches(tiny, 0)

@@ -47,6 +47,8 @@ CASES = {
     "bs_s_on_policy_accum": ("bs_s", {"regime": "on_policy", "refresh_epochs": 0.25, "batch_size": 1, "grad_accum": 2}),
     "npo_lora": ("npo", {"lora": "r=4,alpha=8,targets=q_proj,v_proj"}),
     "bs_t_weight_decay": ("bs_t", {"weight_decay": 0.01}),
+    "rmu": ("rmu", {}),  # its own forward, retain term and trainable layers
+    "bs_s_token": ("bs_s", {"reduction": "token"}),  # the run-wide reduction reaches every term in both
 }
 
 

@@ -23,8 +23,11 @@ from bs_ref.losses import (
     bs_t_loss,
     ga_loss,
     ga_scaled_loss,
+    ga_target_matched_loss,
     npo_loss,
+    rmu_loss,
     sequence_logprob,
+    sga_loss,
     simnpo_loss,
     wga_loss,
 )
@@ -35,8 +38,11 @@ from bs_ref.methods import (
     GA,
     METHODS,
     NPO,
+    RMU,
+    SGA,
     WGA,
     GAScaled,
+    GATargetMatched,
     GradDiff,
     Method,
     SimNPO,
@@ -128,6 +134,10 @@ FIELD_VALUES = {
     "belief_top_p": st.floats(0.05, 1.0),
     "belief_max_new_tokens": st.integers(1, 256),
     "belief_microbatch": st.integers(1, 16),
+    "steering_coeff": st.none() | st.floats(0.1, 500.0),
+    "steer_layer": st.none() | st.integers(0, 40),
+    "train_layers": st.integers(1, 4),
+    "retain_scale": st.floats(0.0, 2000.0),
 }
 BETA = {"npo": st.floats(0.01, 5.0), "simnpo": st.floats(0.1, 8.0), "wga": st.floats(0.0, 3.0)}
 
@@ -169,6 +179,12 @@ def expected_forget_loss(method, logits, labels, ref_logprobs):
         return wga_loss(logits, labels, beta=m.beta)
     if isinstance(m, GAScaled):
         return ga_scaled_loss(logits, labels, lam=m.lam)
+    if isinstance(m, GATargetMatched):
+        return ga_target_matched_loss(logits, labels, lam=m.lam, top_k=m.top_k, temperature=m.temperature)
+    if isinstance(m, SGA):
+        return sga_loss(logits, labels, lam=m.lam)
+    if isinstance(m, RMU):  # its forget term takes one layer's hidden states [B, T, d]; c·u of seed 0, unprepared
+        return rmu_loss(logits, labels, m.control(logits.shape[-1]))
     if isinstance(m, BST):
         return bs_t_loss(logits, labels, lam=m.lam, top_k=m.top_k, temperature=m.temperature)
     if isinstance(m, BSS):  # L_base on the forget rows alone
@@ -200,7 +216,8 @@ def bss_base_kwargs(m: BSS) -> dict:
 
 def test_registry_names_every_method():
     """Replaces test_losses' old registry test (its ``LOSSES`` table is gone): ``METHODS`` names every objective."""
-    assert tuple(METHODS) == ("ga", "graddiff", "npo", "simnpo", "wga", "ga_scaled", "bs_t", "bs_s")
+    assert tuple(METHODS) == ("ga", "graddiff", "npo", "simnpo", "wga", "rmu", "ga_scaled", "ga_target_matched", "sga",
+                              "bs_t", "bs_s")  # fmt: skip
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and cls.title and cls.equation
         cls().validate()  # the defaults are valid
@@ -310,7 +327,8 @@ def test_run_wide_defaults_apply_only_to_methods_with_the_field_and_the_spec_win
         method = method_from_spec(name, lam=0.6)
         has_lam = "lam" in {f.name for f in dataclasses.fields(cls)}
         assert method == (cls(lam=0.6) if has_lam else cls()), name
-    assert {n for n, c in METHODS.items() if hasattr(c(), "lam")} == {"ga_scaled", "bs_t", "bs_s"}
+    assert {n for n, c in METHODS.items() if hasattr(c(), "lam")} == {"ga_scaled", "ga_target_matched", "sga", "bs_t",
+                                                                     "bs_s"}  # fmt: skip
     assert method_from_spec("bs_t:lam=0.3", lam=0.6).lam == 0.3  # the spec wins
     assert method_from_spec("bs_t:lambda=0.3", lam=0.6).lam == 0.3  # ... under its alias too
     assert method_from_spec("bs_s:tau=3", lam=0.6, top_k=5, temperature=2.0) == BSS(lam=0.6, top_k=5, temperature=3.0)
@@ -356,7 +374,7 @@ def test_hyperparameters_marks_shared_and_per_method_names():
         assert hps[name]["shared"] is True, name
     for name in ("beta", "gamma"):
         assert hps[name]["shared"] is False, name
-    assert set(hps["lam"]["methods"]) == {"ga_scaled", "bs_t", "bs_s"}
+    assert set(hps["lam"]["methods"]) == {"ga_scaled", "ga_target_matched", "sga", "bs_t", "bs_s"}
     assert set(hps["beta"]["methods"]) == {"npo", "simnpo", "wga"}
     assert set(hps["gamma"]["methods"]) == set(METHODS)
     assert (hps["lam"]["default"], hps["top_k"]["default"], hps["temperature"]["default"]) == (0.2, 20, 1.0)

@@ -1,4 +1,5 @@
-"""bs_ref.losses — one readable file per unlearning objective; pure functions of logits and labels.
+"""bs_ref.losses — one readable file per unlearning objective; pure functions of logits and labels (RMU's of the
+hidden states of one layer, ``rmu.py``).
 
 Every loss takes HF-aligned ``logits [B, T, V]`` and ``labels [B, T]`` (prompt/padding = -100; the loss
 shifts internally) and returns the **scalar to minimise**, so ``loss.backward()`` unlearns.
@@ -20,6 +21,13 @@ from .bs_s import (
     bs_s_loss_paper,
 )
 from .bs_t import TokenBeliefs, bs_t_loss, bs_t_loss_paper, local_beliefs, token_beliefs
+from .controls import (
+    bst_target_weight,
+    ga_target_matched_loss,
+    ga_target_matched_loss_paper,
+    sga_loss,
+    sga_loss_paper,
+)
 from .ga import ga_loss, ga_loss_paper, ga_scaled_loss, ga_scaled_loss_paper, nll_loss
 from .graddiff import (
     graddiff_loss,
@@ -30,6 +38,7 @@ from .graddiff import (
     retain_nll_loss,
 )
 from .npo import npo_loss, npo_loss_paper, npo_weight
+from .rmu import rmu_loss, rmu_loss_paper, rmu_retain_loss, rmu_retain_loss_paper, steering_direction
 from .simnpo import simnpo_loss, simnpo_loss_paper
 from .wga import wga_loss, wga_loss_paper
 
@@ -47,10 +56,13 @@ __all__ = [
     "bs_s_loss_paper",
     "bs_t_loss",
     "bs_t_loss_paper",
+    "bst_target_weight",
     "ga_loss",
     "ga_loss_paper",
     "ga_scaled_loss",
     "ga_scaled_loss_paper",
+    "ga_target_matched_loss",
+    "ga_target_matched_loss_paper",
     "graddiff_loss",
     "graddiff_loss_paper",
     "local_beliefs",
@@ -63,9 +75,16 @@ __all__ = [
     "retain_kl_loss",
     "retain_loss",
     "retain_nll_loss",
+    "rmu_loss",
+    "rmu_loss_paper",
+    "rmu_retain_loss",
+    "rmu_retain_loss_paper",
     "sequence_logprob",
+    "sga_loss",
+    "sga_loss_paper",
     "simnpo_loss",
     "simnpo_loss_paper",
+    "steering_direction",
     "token_beliefs",
     "wga_loss",
     "wga_loss_paper",
