@@ -28,7 +28,9 @@ What one run does (docs/theory.md §6, §12):
 3. Methods (``--methods``, declared in ``bs_ref.methods``), all with one budget (``bs_ref.unlearn``):
    ``original`` and ``retrain`` are evaluated as they are; the others unlearn a fresh copy of the original
    model. A run-wide flag (``--lam``) sets a hyper-parameter of every method that has it; a method spec
-   (``bs_t:temperature=2,lam=0.6``) sets it for one. ``ga_scaled`` is GA×(1−λ), BS-T's control (D2).
+   (``bs_t:temperature=2,lam=0.6``) sets it for one. ``ga_scaled`` (GA×(1−λ)), ``ga_target_matched`` (GA
+   weighted by BS-T's target weight) and ``sga`` (label-smoothed GA) are BS-T's controls (D2); ``rmu`` is RMU
+   (§14). ``--reduction row|token`` is how every term averages its answer tokens (§11), recorded in config.json.
 4. Evaluation (``bs_ref.protocol.evaluate``): every TOFU metric at the end; every ``--eval-every`` steps a
    light evaluation (target log-prob, belief bands, FQ, MU, Mem, fact leak): each method's trade-off curve.
 5. Report under ``--out`` (``bs_ref.protocol.report``): config.json, methods/<method>/seed<k>/ (pair<p>/seed<k>/
@@ -85,8 +87,9 @@ class TofuArgs:
     out: str = arg("runs/tofu", "output directory (created; see the module docstring)")
     overwrite: bool = arg(False, "recompute and replace finished results in --out (never done without it)")
     methods: list[str] = arg(
-        help="methods to run: original retrain ga graddiff npo simnpo wga ga_scaled bs_t bs_s; a method may carry "
-        "its own hyper-parameters: npo:beta=0.2, bs_t:temperature=2,lam=0.6 (aliases tau, lambda, n)",
+        help="methods to run: original retrain ga graddiff npo simnpo wga rmu ga_scaled ga_target_matched sga bs_t "
+        "bs_s; a method may carry its own hyper-parameters: npo:beta=0.2, bs_t:temperature=2,lam=0.6 (aliases tau, "
+        "lambda, n)",
         factory=lambda: [*DEFAULT_METHODS],
     )
     seeds: list[int] = arg(

@@ -29,7 +29,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # --------------------------------------------------------------------------------------------- specs
 def test_spec_lists_have_the_grid_and_distinct_labels_the_experiment_accepts():
     refresh, sensitivity = ablations.ABLATIONS["refresh"], ablations.ABLATIONS["sensitivity"]
-    assert len(refresh) == 12 and len(sensitivity) == 60 + 5 + 3
+    assert len(refresh) == 12 and len(sensitivity) == 60 + 5 + 5 + 60 + 3  # BS-T, its 3 controls, BS-S
     declared = [method_from_spec(s) for s in refresh]
     assert {(m.regime, m.refresh_epochs if m.regime == "on_policy" else None, m.n_beliefs) for m in declared} == {
         (r, p, n) for r, p in (("off_policy", None), ("on_policy", 2), ("on_policy", 1), ("on_policy", 0))
@@ -38,6 +38,9 @@ def test_spec_lists_have_the_grid_and_distinct_labels_the_experiment_accepts():
     assert {(m.lam, m.top_k, m.temperature) for m in bs_t} == {
         (lam, k, tau) for lam in (0.1, 0.2, 0.4, 0.6, 0.8) for k in (1, 5, 20, 100) for tau in (1, 2, 4)}  # fmt: skip
     assert {method_from_spec(s).lam for s in sensitivity if s.startswith("ga_scaled:")} == {0.1, 0.2, 0.4, 0.6, 0.8}
+    assert {method_from_spec(s).lam for s in sensitivity if s.startswith("sga:")} == {0.1, 0.2, 0.4, 0.6, 0.8}
+    matched = [method_from_spec(s) for s in sensitivity if s.startswith("ga_target_matched:")]
+    assert {(m.lam, m.top_k, m.temperature) for m in matched} == {(m.lam, m.top_k, m.temperature) for m in bs_t}
     assert {method_from_spec(s).lam_bss for s in sensitivity if s.startswith("bs_s:")} == {0.25, 0.5, 0.75}
     for settings in (None, {"lam": 0.4, "top_k": 5, "regime": "on_policy", "refresh_epochs": 0.0, "n_beliefs": 5}):
         for name, specs in ablations.ABLATIONS.items():
@@ -45,9 +48,9 @@ def test_spec_lists_have_the_grid_and_distinct_labels_the_experiment_accepts():
             assert problems == [] and len(plan) == len(specs), name  # every spec runs, each with its own label
             assert len({label for label, _ in plan}) == len(specs)
     both = ablations.ablation_specs(["refresh", "sensitivity", "refresh"])
-    assert len(both) == 80 and len(set(both)) == 80
+    assert len(both) == 145 and len(set(both)) == 145
     plan, _ = resolve_methods(both)  # BS-S at its defaults is in both ablations: the experiment runs it once
-    assert len(plan) == 79 and "bs_s" in dict(plan)
+    assert len(plan) == 144 and "bs_s" in dict(plan)
 
 
 def test_ablation_problems_name_the_flag_and_the_choices():
@@ -63,7 +66,7 @@ def test_top_k_fits_every_vocabulary_and_a_larger_k_is_reported_not_clamped():
     assert largest == 100 <= ablations.SMALLEST_SYNTHETIC_VOCAB <= len(train_tokenizer(["a b"], 300))
     assert ablations.vocab_problems(ablations.ABLATIONS["sensitivity"], 1024) == []
     problems = ablations.vocab_problems(ablations.ABLATIONS["sensitivity"], 50)
-    assert len(problems) == 15 and all("top_k=100 exceeds the vocabulary (50 tokens)" in p for p in problems)
+    assert len(problems) == 30 and all("top_k=100 exceeds the vocabulary (50 tokens)" in p for p in problems)
     logits, labels = torch.randn(1, 4, 50), torch.tensor([[-100, 1, 2, 3]])
     with pytest.raises(ValueError, match=r"top_k must be an integer in \[1, 50\]"):
         bs_t_loss(logits, labels, top_k=100)  # what a run would hit at its first step
@@ -112,25 +115,32 @@ def test_refresh_rows_read_cost_measures_and_intervals():
     assert ablations.seconds_per_step({"train_s": 3.0, "steps": 3}) == 1.0
 
 
-def test_sensitivity_rows_compare_bs_t_with_its_control_at_the_same_lambda():
+def test_sensitivity_rows_compare_bs_t_with_its_controls_at_the_same_settings():
     plan = dict(ablations.members("sensitivity"))
     wanted = {label: m for label, m in plan.items() if getattr(m, "lam", 0.2) in (0.2, 0.6) or m.name == "bs_s"}
     results = []
     for label, m in wanted.items():
-        bonus = 0.3 if m.name == "bs_t" else 0.0
+        bonus = {"bs_t": 0.3, "ga_target_matched": 0.12, "sga": 0.06}.get(m.name, 0.0)
         lam = getattr(m, "lam", 0.5)
         results.append(fake_result(label, 0, 0.2, 2.0 * lam + bonus, lam + bonus / 3, train_s=10.0))
     rows = ablations.sensitivity_rows(with_intervals(summary_rows(results)), results)
     families = [r["family"] for r in rows]
     assert families.count("bs_t") == 24 and families.count("ga_scaled") == 2 and families.count("bs_s") == 3
+    assert families.count("ga_target_matched") == 24 and families.count("sga") == 2
     row = next(r for r in rows if r["family"] == "bs_t" and r["lam"] == 0.6 and r["top_k"] == 100)
     assert row["control"] == "ga_scaled:lam=0.6"
     assert row["target_logprob_drop_vs_control"] == pytest.approx(0.3)
     assert row["high_band_drop_vs_control"] == pytest.approx(0.1)
+    control = method_from_spec(row["control_target_matched"])
+    assert (control.name, control.lam, control.top_k, control.temperature) == ("ga_target_matched", 0.6, 100,
+                                                                               row["temperature"])  # fmt: skip
+    assert row["target_logprob_drop_vs_control_target_matched"] == pytest.approx(0.3 - 0.12)
+    assert row["control_sga"] == "sga:lam=0.6" and row["high_band_drop_vs_control_sga"] == pytest.approx(0.08)
     assert {r["lam_bss"] for r in rows if r["family"] == "bs_s"} == {0.25, 0.5, 0.75}
     text = ablations.ablation_markdown("sensitivity", rows)
     assert "target drop − GA×(1−λ)" in text and "| 0.60 | 100 | 4.0 | 1 |" in text and "+0.300" in text
     assert "Controls GA×(1−λ):" in text and "| 0.60 | ga_scaled:lam=0.6 | 1 |" in text and "BS-S:" in text
+    assert "target drop − SGA" in text and "Controls GA×(1−λ+λ·q_y):" in text and "| 0.60 | sga:lam=0.6 | 1 |" in text
     assert ablations.ablation_markdown("sensitivity", []) == "No result of the sensitivity ablation in this run."
 
 
@@ -146,13 +156,14 @@ def test_write_ablations_writes_tables_csvs_and_plots(tmp_path, monkeypatch):
     lines = ablations.write_ablations(["refresh", "sensitivity"], rows, results, tmp_path)
     text = "\n".join(lines)
     assert "## Ablation: BS-S belief refresh period" in text and "Settings with results: 12 of 12" in text
-    assert "Settings with results: 29 of 68" in text  # 24 BS-T at λ 0.2 and 0.6, 2 GA×(1−λ), 3 BS-S
+    assert "Settings with results: 55 of 133" in text  # 24 BS-T at λ 0.2 and 0.6 and their 24 + 2 + 2 controls, 3 BS-S
     for file in ("ablation_refresh.png", "ablation_sensitivity_bs_t.png", "ablation_sensitivity_bs_s.png"):
         assert f"plots/{file}" in text
         assert (tmp_path / "plots" / file).read_bytes().startswith(PNG_MAGIC)
     with open(tmp_path / "ablation_sensitivity.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
-    assert len(table) == 29 and {r["family"] for r in table} == {"bs_t", "ga_scaled", "bs_s"}
+    families = {"bs_t", "ga_scaled", "ga_target_matched", "sga", "bs_s"}
+    assert len(table) == 55 and {r["family"] for r in table} == families
     monkeypatch.setattr(plots, "pyplot", lambda: None)
     lines = ablations.write_ablations(["refresh"], rows, results, tmp_path / "bare")
     assert f"Plots: {plots.PLOTS_SKIPPED}." in lines and not (tmp_path / "bare" / "plots").exists()

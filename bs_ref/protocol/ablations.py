@@ -6,7 +6,8 @@ hyper-parameters (docs/theory.md §13).
   names an unknown ``--ablation``, ``vocab_problems`` a BS-T support ``k`` larger than the vocabulary;
 - ``refresh_rows`` and ``sensitivity_rows``: one table row per spec from the run's summary rows (``summary.csv``
   with its ``_ci_`` cells) and its results (``result.json``: ``train_s``, ``steps``, ``curve``); in the
-  sensitivity ablation, each BS-T spec also carries its difference to the control GA×(1−λ) of the same λ;
+  sensitivity ablation, each BS-T spec also carries its difference to each of its three controls (GA×(1−λ), GA
+  weighted by its target weight, SGA: docs/theory.md D2);
 - ``ablation_markdown``: those rows as Markdown tables; ``plot_refresh``, ``plot_sensitivity_bs_t`` and
   ``plot_sensitivity_bs_s``: the figures (None without matplotlib); ``write_ablations``: tables, CSVs and plots
   of a run, returning the lines for table.md;
@@ -58,9 +59,11 @@ def _ablation_table() -> dict[str, list[str]]:
     refresh = [refresh_spec(period, n) for period in REFRESH_PERIODS for n in REFRESH_N]
     sensitivity = []
     for lam in SENSITIVITY_LAMS:
-        sensitivity.append(f"ga_scaled:lam={lam}")  # BS-T's control at this λ (docs/theory.md D2)
-        sensitivity += [f"bs_t:lam={lam},top_k={k},temperature={tau}" for k in SENSITIVITY_TOP_K
-                        for tau in SENSITIVITY_TAUS]  # fmt: skip
+        sensitivity += [f"ga_scaled:lam={lam}", f"sga:lam={lam}"]  # BS-T's controls at this λ (docs/theory.md D2)
+        for k in SENSITIVITY_TOP_K:
+            for tau in SENSITIVITY_TAUS:
+                sensitivity += [f"bs_t:lam={lam},top_k={k},temperature={tau}",  # and its target-matched control
+                                f"ga_target_matched:lam={lam},top_k={k},temperature={tau}"]  # fmt: skip
     sensitivity += [f"bs_s:lam_bss={lam_bss}" for lam_bss in SENSITIVITY_LAM_BSS]
     return {"refresh": refresh, "sensitivity": sensitivity}
 
@@ -68,7 +71,13 @@ def _ablation_table() -> dict[str, list[str]]:
 ABLATIONS: dict[str, list[str]] = _ablation_table()
 """``--ablation`` name -> method specs. ``refresh``: BS-S off-policy and on-policy every 2 epochs, every epoch and
 every step × N ∈ {1, 3, 5} (12 specs). ``sensitivity``: BS-T over λ ∈ {0.1, 0.2, 0.4, 0.6, 0.8} × k ∈ {1, 5, 20,
-100} × τ ∈ {1, 2, 4} (60), GA×(1−λ) at every λ (5 controls) and BS-S over λ_BSS ∈ {0.25, 0.5, 0.75} (3)."""
+100} × τ ∈ {1, 2, 4} (60), its controls — GA×(1−λ) and SGA at every λ (10), GA weighted by BS-T's target weight at
+every (λ, k, τ) (60) — and BS-S over λ_BSS ∈ {0.25, 0.5, 0.75} (3)."""
+CONTROLS = {"ga_scaled": ("lam",), "ga_target_matched": ("lam", "top_k", "temperature"), "sga": ("lam",)}
+"""BS-T's controls in the sensitivity ablation and the fields each must share with a BS-T row (docs/theory.md D2)."""
+CONTROL_NAMES = {"ga_scaled": "GA×(1−λ)", "ga_target_matched": "GA×(1−λ+λ·q_y)", "sga": "SGA"}
+CONTROL_SUFFIX = {"ga_scaled": "", "ga_target_matched": "_target_matched", "sga": "_sga"}
+"""Suffix of a BS-T row's ``control`` / ``<measure>_vs_control`` cells for each control (GA×(1−λ): none, as before)."""
 TITLES = {
     "refresh": "BS-S belief refresh period and number of beliefs",
     "sensitivity": "sensitivity of BS-T (λ, k, τ) and BS-S (λ_BSS)",
@@ -109,8 +118,8 @@ def vocab_problems(specs: Sequence[str], vocab_size: int, settings: dict[str, An
             continue  # resolve_methods reports it
         k = getattr(method, "top_k", None)
         if k is not None and k > vocab_size:
-            out.append(f"{spec}: top_k={k} exceeds the vocabulary ({vocab_size} tokens); BS-T would stop at its "
-                       f"first step — use top_k <= {vocab_size}")  # fmt: skip
+            out.append(f"{spec}: top_k={k} exceeds the vocabulary ({vocab_size} tokens); {method.title} would stop at "
+                       f"its first step — use top_k <= {vocab_size}")  # fmt: skip
     return out
 
 
@@ -181,30 +190,34 @@ def refresh_rows(summary_rows: Sequence[dict], results: Sequence[dict],
 
 def sensitivity_rows(summary_rows: Sequence[dict], results: Sequence[dict],
                      settings: dict[str, Any] | None = None) -> list[dict]:  # fmt: skip
-    """One row per sensitivity spec with results, ``family`` ``bs_t`` (``lam``, ``top_k``, ``temperature``),
-    ``ga_scaled`` (``lam``) or ``bs_s`` (``lam_bss``), with the numbers of ``refresh_rows``. A BS-T row also has
-    ``control`` (the label of GA×(1−λ) at its λ, or None) and ``<measure>_vs_control`` for the target and
-    high-band drops: BS-T minus the control, a difference of means (the paired verdicts are in verdict.csv)."""
+    """One row per sensitivity spec with results, ``family`` ``bs_t`` or ``ga_target_matched`` (``lam``,
+    ``top_k``, ``temperature``), ``ga_scaled`` or ``sga`` (``lam``) or ``bs_s`` (``lam_bss``), with the numbers of
+    ``refresh_rows``. A BS-T row also has, for each control (``CONTROLS``), ``control<suffix>`` (the label of the
+    control with its values, or None) and ``<measure>_vs_control<suffix>`` for the target and high-band drops:
+    BS-T minus the control, a difference of means (the paired verdicts are in verdict.csv); the suffix is empty for
+    GA×(1−λ), ``_target_matched`` and ``_sga`` for the other two."""
     carriers, out = method_rows(summary_rows), []
     for label, method in members("sensitivity", settings):
         if label not in carriers:
             continue
         row = {**_numbers(label, carriers, summary_rows, results), "family": method.name}
-        if method.name in ("bs_t", "ga_scaled"):
+        if method.name in ("bs_t", *CONTROLS):
             row["lam"] = method.lam
-        if method.name == "bs_t":
+        if method.name in ("bs_t", "ga_target_matched"):
             row |= {"top_k": method.top_k, "temperature": method.temperature}
         if method.name == "bs_s":
             row["lam_bss"] = method.lam_bss
         out.append(row)
-    controls = {r["lam"]: r for r in out if r["family"] == "ga_scaled"}
     for row in out:
         if row["family"] != "bs_t":
             continue
-        control = next((c for lam, c in controls.items() if math.isclose(lam, row["lam"])), None)
-        row["control"] = None if control is None else control["label"]
-        for m in ("target_logprob_drop", "high_band_drop"):
-            row[f"{m}_vs_control"] = row[m] - control[m] if control is not None else float("nan")
+        for name, fields in CONTROLS.items():
+            control = next((c for c in out if c["family"] == name
+                            and all(math.isclose(c[f], row[f]) for f in fields)), None)  # fmt: skip
+            suffix = CONTROL_SUFFIX[name]
+            row[f"control{suffix}"] = None if control is None else control["label"]
+            for m in ("target_logprob_drop", "high_band_drop"):
+                row[f"{m}_vs_control{suffix}"] = row[m] - control[m] if control is not None else float("nan")
     return out
 
 
@@ -247,15 +260,23 @@ def ablation_markdown(name: str, rows: Sequence[dict]) -> str:
     parts = []
     bs_t = [r for r in rows if r["family"] == "bs_t"]
     if bs_t:
+        present = [c for c in CONTROLS if any(r.get(f"control{CONTROL_SUFFIX[c]}") for r in bs_t)] or ["ga_scaled"]
         lines = [[fmt(r["lam"], 2), str(r["top_k"]), fmt(r["temperature"], 1), str(r["n_runs"]),
-                  *(_cell(r, m) for m in measures), _diff(r, "target_logprob_drop"), _diff(r, "high_band_drop")]
-                 for r in bs_t]  # fmt: skip
-        heads_t = ["λ", "k", "τ", "n", *heads, "target drop − GA×(1−λ)", "high-band drop − GA×(1−λ)"]
+                  *(_cell(r, m) for m in measures),
+                  *(_diff(r, m + "_vs_control" + CONTROL_SUFFIX[c]) for c in present
+                    for m in ("target_logprob_drop", "high_band_drop"))] for r in bs_t]  # fmt: skip
+        heads_t = ["λ", "k", "τ", "n", *heads, *(f"{what} − {CONTROL_NAMES[c]}" for c in present
+                                                  for what in ("target drop", "high-band drop"))]  # fmt: skip
         parts += ["\n".join(_table(heads_t, lines, len(heads_t) - 3)), ""]
-    controls = [r for r in rows if r["family"] == "ga_scaled"]
-    if controls:
-        lines = [[fmt(r["lam"], 2), r["label"], str(r["n_runs"]), *(_cell(r, m) for m in measures)] for r in controls]
-        parts += ["Controls GA×(1−λ):", "", "\n".join(_table(["λ", "label", "n", *heads], lines, 1 + len(heads))), ""]
+    for name in CONTROLS:
+        controls = [r for r in rows if r["family"] == name]
+        if not controls:
+            continue
+        keyed = name == "ga_target_matched"
+        lines = [[fmt(r["lam"], 2), *([str(r["top_k"]), fmt(r["temperature"], 1)] if keyed else []), r["label"],
+                  str(r["n_runs"]), *(_cell(r, m) for m in measures)] for r in controls]  # fmt: skip
+        head = ["λ", *(["k", "τ"] if keyed else []), "label", "n", *heads]
+        parts += [f"Controls {CONTROL_NAMES[name]}:", "", "\n".join(_table(head, lines, 1 + len(heads))), ""]
     bs_s = [r for r in rows if r["family"] == "bs_s"]
     if bs_s:
         lines = [[fmt(r["lam_bss"], 2), r["label"], str(r["n_runs"]), *(_cell(r, m) for m in measures)] for r in bs_s]
@@ -263,8 +284,8 @@ def ablation_markdown(name: str, rows: Sequence[dict]) -> str:
     return "\n".join(parts).rstrip()
 
 
-def _diff(row: dict, measure: str) -> str:
-    value = number(row.get(f"{measure}_vs_control"))
+def _diff(row: dict, column: str) -> str:
+    value = number(row.get(column))
     return f"{value:+.3f}" if math.isfinite(value) else MISSING
 
 
@@ -335,6 +356,7 @@ def plot_sensitivity_bs_t(rows: Sequence[dict], path: str | Path):
     if plt is None or not bs_t:
         return None
     controls = sorted((r for r in rows if r.get("family") == "ga_scaled"), key=lambda r: r["lam"])
+    sga = sorted((r for r in rows if r.get("family") == "sga"), key=lambda r: r["lam"])
     taus = sorted({r["temperature"] for r in bs_t})
     ks = sorted({r["top_k"] for r in bs_t})
     panels = [("target_logprob_drop", "target log-prob drop (nats)"), ("high_band_drop", "high-band drop (nats)")]
@@ -353,6 +375,9 @@ def plot_sensitivity_bs_t(rows: Sequence[dict], path: str | Path):
                 ax.errorbar([r["lam"] for r in controls], [number(r.get(measure)) for r in controls],
                             yerr=_yerr(controls, measure), fmt="--", color="k", linewidth=1, capsize=2,
                             elinewidth=0.7, label="GA×(1−λ)")  # fmt: skip
+            if sga:
+                ax.errorbar([r["lam"] for r in sga], [number(r.get(measure)) for r in sga], yerr=_yerr(sga, measure),
+                            fmt=":", color="tab:red", linewidth=1, capsize=2, elinewidth=0.7, label="SGA")  # fmt: skip
             ax.set_title(f"τ = {fmt(tau, 1)}", fontsize=9)
             ax.grid(alpha=0.3)
             if i == len(panels) - 1:
@@ -361,7 +386,8 @@ def plot_sensitivity_bs_t(rows: Sequence[dict], path: str | Path):
                 ax.set_ylabel(ylabel, fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 1.03))
-    fig.suptitle(f"BS-T sensitivity over λ, k, τ (↑ more forgotten); {_n_title(bs_t + controls)}", y=1.08, fontsize=9)
+    fig.suptitle(f"BS-T sensitivity over λ, k, τ (↑ more forgotten); {_n_title(bs_t + controls + sga)}", y=1.08,
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
     return plots.save_figure(fig, path)
 
@@ -395,14 +421,16 @@ DESCRIPTIONS = {
     "refresh": "BS-S with beliefs sampled once (off-policy) or resampled every 2 epochs, every epoch or every step "
     "(on-policy), each with N ∈ {1, 3, 5} beliefs per forget prompt (docs/theory.md §4, §13). s / step: training "
     "seconds per optimiser step, belief sampling included and light evaluations excluded, mean (min–max) over runs.",
-    "sensitivity": "BS-T over λ × k × τ and BS-S over λ_BSS, all else at the run's settings; GA×(1−λ) at every λ "
-    "is BS-T's control (docs/theory.md D2, §13). The last two BS-T columns are differences of means; the paired "
-    "verdicts BS-T − GA×(1−λ) with their 95 % intervals are in verdict.csv.",
+    "sensitivity": "BS-T over λ × k × τ and BS-S over λ_BSS, all else at the run's settings; BS-T's controls are "
+    "GA×(1−λ) and SGA at every λ and GA weighted by BS-T's own target weight 1 − λ + λ·q_y at every (λ, k, τ) "
+    "(docs/theory.md D2, §13). The last BS-T columns are differences of means against each control present; the "
+    "paired verdicts of BS-T against each control with their 95 % intervals are in verdict.csv.",
 }
 CSV_COLUMNS = ("label", "family", "regime", "refresh_epochs", "period", "n_beliefs", "lam", "top_k", "temperature",
                "lam_bss", "n_runs", "seconds_per_step", "seconds_per_step_min", "seconds_per_step_max",
-               *(f"{m}{s}" for m in MEASURES for s in ("", "_ci_low", "_ci_high")), "control",
-               "target_logprob_drop_vs_control", "high_band_drop_vs_control")  # fmt: skip
+               *(f"{m}{s}" for m in MEASURES for s in ("", "_ci_low", "_ci_high")),
+               *(c for s in CONTROL_SUFFIX.values() for c in (f"control{s}", f"target_logprob_drop_vs_control{s}",
+                                                               f"high_band_drop_vs_control{s}")))  # fmt: skip
 
 
 def write_ablations(names: Sequence[str], summary_rows: Sequence[dict], results: Sequence[dict], out_dir: str | Path,

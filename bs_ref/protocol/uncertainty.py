@@ -387,9 +387,20 @@ def _pick(candidates: list[str], ctx: Context, name: str, like=None) -> str | No
     return name if name in candidates else candidates[0]
 
 
+def _values(method, fields: Sequence[str]) -> list:
+    return [getattr(method, f, None) for f in fields]
+
+
+BS_T_CONTROLS = {"ga_scaled": ("lam",), "ga_target_matched": ("lam", "top_k", "temperature"), "sga": ("lam",)}
+"""BS-T's controls (docs/theory.md D2) and the fields each shares with the BS-T it is compared with: GA×(1−λ) (the
+target's weight without the belief's share q_y), GA weighted by BS-T's own target weight 1 − λ + λ·q_y (all but
+the push on the non-target top-k) and SGA (the soft target smoothed towards uniform instead of the model's top-k)."""
+
+
 def comparisons(labels: Sequence[str], ctx: Context) -> list[tuple[str, str]]:
-    """(A, B) pairs for A − B, in this order, each once: BS-T − GA×(1−λ) of the same λ (every BS-T label,
-    grid labels included), BS-S − its base loss alone, every other BS-S label − the plain ``bs_s``, BS-S − NPO,
+    """(A, B) pairs for A − B, in this order, each once: BS-T − each of its controls (``BS_T_CONTROLS``: GA×(1−λ)
+    and SGA of the same λ, GA weighted by the target weight of the same λ, k and τ; every BS-T label, grid labels
+    included), BS-S − its base loss alone, every other BS-S label − the plain ``bs_s``, BS-S − NPO,
     BS-T − NPO, every method − GA. A comparison
     whose methods are not both in the run is left out."""
     trained = [x for x in labels if x not in REFERENCE_METHODS]
@@ -399,11 +410,12 @@ def comparisons(labels: Sequence[str], ctx: Context) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for label in by_name.get("bs_t", []):
         method = _declaration(label, ctx)
-        lam = getattr(method, "lam", None)
-        same = [g for g in by_name.get("ga_scaled", []) if getattr(_declaration(g, ctx), "lam", None) == lam]
-        like = dataclasses.replace(_declaration(same[0], ctx), gamma=method.gamma) if same else None
-        if (b := _pick(same, ctx, "ga_scaled", like)) is not None:
-            pairs.append((label, b))
+        for control, fields in BS_T_CONTROLS.items():  # the control with BS-T's own values of its fields
+            own = _values(method, fields)
+            same = [g for g in by_name.get(control, []) if _values(_declaration(g, ctx), fields) == own]
+            like = dataclasses.replace(_declaration(same[0], ctx), gamma=method.gamma) if same else None
+            if (b := _pick(same, ctx, control, like)) is not None:
+                pairs.append((label, b))
     for label in by_name.get("bs_s", []):
         base = getattr(_declaration(label, ctx), "base_method", None)
         if base is not None and (b := _pick(by_name.get(base.name, []), ctx, base.name, base)) is not None:
