@@ -44,8 +44,10 @@ claim(
 )
 claim(
     "D2",
-    "with detached beliefs, BS-T step = (1−λ)·GA step + λη(p − q); the second term vanishes as S_k → 1 "
-    "(memorised answers): BS-T then ≈ GA×(1−λ)",
+    "with detached beliefs, BS-T step = (1−λ)·GA step + λη(p − q), checked against the control GA×(1−λ) "
+    "(ga_scaled); the second term vanishes as S_k → 1 (memorised answers): BS-T then ≈ GA×(1−λ). It holds the "
+    "target's own share λη·q_y(p − e_y); the control matched to BS-T's target weight 1 − λ + λ·q_y "
+    "(ga_target_matched) leaves λη((1 − q_y)·p − q + q_y·e_y), the push on the non-target top-k (docs/theory.md D2)",
     SRC,
     "detached top-k belief at τ = 1",
 )
