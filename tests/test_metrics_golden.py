@@ -113,8 +113,11 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     bad.write_text('{"something": 1}')
     assert cli_main(["aggregate", "--log", str(bad)]) == 2
     assert "neither" in capsys.readouterr().err
-    assert cli_main(["aggregate", "--log", str(tmp_path / "missing.json")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a path problem is a usage error, found before any work
+        cli_main(["aggregate", "--log", str(tmp_path / "missing.json")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--log" in err and "does not exist" in err and "Traceback" not in err
 
 
 def test_cli_rejects_a_retain_log_without_forget_split(tmp_path, tofu_logs_dir, capsys):
