@@ -33,6 +33,7 @@ import numpy as np
 
 from bs_ref.generation import AnswerScores, encode_pair, generate_answers, pad_token_id_of, score_answers
 
+from .fork import after_fork_logprob, fork
 from .paper import stable_mean
 
 BANDS = ("high", "mid", "low")
@@ -248,9 +249,16 @@ def score_belief_bands(
     answers: Sequence[str] | None = None,
     batch_size: int = 32,
     per_question: bool = False,
+    fork_targets: Sequence[str] | None = None,
 ) -> dict:
     """Mean token log-prob under ``model`` of every band's candidates (mean over all question/candidate
     pairs in the band), plus the target answers' when ``answers`` is given (key ``target``).
+
+    ``fork_targets``: the target answer of each band question; then also, per band, the log-prob of each
+    candidate's continuation after its fork from the target's tokens (``bs_ref.metrics.fork``, summed token
+    log-probs, the SEQ1 measure) from the same scores: ``out[f"{name}_after_fork"]`` (mean over the band's
+    candidates that fork, i.e. all but a token-for-token copy of the target) and, with ``per_question``,
+    ``out["per_question"][f"{name}_after_fork"] = {"sum": [...], "count": [...]}``.
 
     ``per_question``: also ``out["per_question"][name] = {"sum": [...], "count": [...]}``, one entry per
     question of ``bands`` (in order): the sum of the mean token log-probs of that question's candidates in the
@@ -263,13 +271,30 @@ def score_belief_bands(
         flat_q += list(bands.questions)
         flat_a += list(answers)
         flat_band += ["target"] * len(answers)
-    logprobs = _mean_logprobs(model, tokenizer, flat_q, flat_a, bands.template, batch_size)
+    pairs = [encode_pair(tokenizer, q, a, bands.template) for q, a in zip(flat_q, flat_a)]
+    scores = score_answers(model, [p for p, _ in pairs], [a for _, a in pairs], pad_token_id_of(tokenizer),
+                           batch_size)  # fmt: skip
+    logprobs = np.array([-s.mean_nll for s in scores])  # as _mean_logprobs
     labels = np.array(flat_band)
     out = {}
     for name in (*BANDS, "target") if answers is not None else BANDS:
         sel = labels == name
         out[name] = stable_mean(logprobs[sel]) if sel.any() else None
         out[f"n_{name}"] = int(sel.sum())
+    forked = None
+    if fork_targets is not None:
+        if len(fork_targets) != len(bands.questions):
+            raise ValueError(f"got {len(fork_targets)} fork targets for {len(bands.questions)} band questions")
+        target_ids = [encode_pair(tokenizer, q, t, bands.template)[1] for q, t in zip(bands.questions, fork_targets)]
+        question_rows = [i for i, row in enumerate(bands.candidates) for _ in row]
+        after, forked = np.full(len(question_rows), np.nan), np.zeros(len(labels), dtype=bool)
+        for j, i in enumerate(question_rows):
+            start = fork(pairs[j][1], target_ids[i])
+            if start < len(pairs[j][1]):  # a candidate identical to the target has no continuation
+                after[j], forked[j] = after_fork_logprob(scores[j].token_logprobs, start), True
+        for name in BANDS:
+            sel = (labels[: len(after)] == name) & forked[: len(after)]
+            out[f"{name}_after_fork"] = stable_mean(after[sel]) if sel.any() else None
     if per_question:
         question_of = np.array(
             [i for i, row in enumerate(bands.candidates) for _ in row]
@@ -283,6 +308,13 @@ def score_belief_bands(
             sums = np.bincount(question_of[sel], weights=logprobs[sel], minlength=n)
             counts = np.bincount(question_of[sel], minlength=n)
             out["per_question"][name] = {"sum": [float(x) for x in sums], "count": [int(x) for x in counts]}
+        if forked is not None:
+            for name in BANDS:
+                sel = (labels[: len(after)] == name) & forked[: len(after)]
+                sums = np.bincount(question_of[: len(after)][sel], weights=after[sel], minlength=n)
+                counts = np.bincount(question_of[: len(after)][sel], minlength=n)
+                out["per_question"][f"{name}_after_fork"] = {"sum": [float(x) for x in sums],
+                                                             "count": [int(x) for x in counts]}  # fmt: skip
     return out
 
 
