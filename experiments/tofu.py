@@ -60,7 +60,7 @@ from accelerate import Accelerator
 from bs_ref import __version__, files
 from bs_ref import models as model_presets
 from bs_ref.attacks import replay_unlearning
-from bs_ref.protocol import ablations, cli, data, evaluate, matched, models, recovery
+from bs_ref.protocol import ablations, cli, data, evaluate, instruments, matched, models, recovery
 from bs_ref.protocol.cli import arg, method_settings, section
 from bs_ref.protocol.data import DataConfig
 from bs_ref.protocol.evaluate import EvalConfig
@@ -226,10 +226,10 @@ def main(argv: list[str] | None = None) -> dict:
             clock.part("models and references")
             original, retain, tokenizer, model_info[pair] = models.load_models(args.models, splits, args.progress, say,
                                                                                pair_seed=pair)  # fmt: skip
+            store.bind_models(pair, model_info[pair])  # a resume never mixes model pairs
             evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
             config |= {"models": model_info[pairs[0]], "conventions": evaluate.conventions(settings,
                        evaluator.max_new_tokens)}  # fmt: skip
-            store.bind_models(pair, model_info[pair])  # a resume never mixes model pairs
             if len(pairs) > 1:
                 config["models_by_pair_seed"] = dict(model_info)
             write_json(store.path("config.json"), config)
@@ -255,12 +255,13 @@ def main(argv: list[str] | None = None) -> dict:
         clock.part("replayed attacks and report")
         if attack_labels:
             attack_missing(args, store, plan, seeds, pairs, splits, attackers, given)
-        recovery_part = None
+        recovery_part, cells, informative, facts = None, None, None, instruments.run_facts(splits)
         if attack_labels:
             cells = recovery.load_cells(store, labels, seeds, pairs, args.attacks.settings())
             measure = "fact_leak" if splits.has_facts else "target_logprob"
+            informative = instruments.informative_attacks(cells, facts)
             recovery_part = recovery.recovery_report(cells, labels, Context(methods=dict(plan), pair_seeds=pairs),
-                                                     measure=measure)  # fmt: skip
+                                                     measure=measure, informative=informative)  # fmt: skip
         notes += attack_notes
         report = write_report(
             store, store.results(labels, seeds, pairs), seeds=seeds, command=command, has_facts=splits.has_facts,
@@ -269,6 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
                             methods=dict(plan), pair_seeds=pairs),
             recovery=recovery_part,
         )  # fmt: skip
+        # leak@k, the squeeze after the fork, annotated facts, conditional recovery (docs/theory.md §15-§18)
+        found = instruments.write_instruments(store, labels, seeds, pairs, facts, cells, informative)
+        report["table"] = "\n".join([report["table"], *found["lines"]])
+        write_text(store.path("table.md"), report["table"])
         if args.ablation:
             extra = ablations.write_ablations(args.ablation, report["rows"], store.results(labels, seeds, pairs),
                                               store.root, settings=args.hyper)  # fmt: skip

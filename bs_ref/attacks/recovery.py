@@ -30,9 +30,11 @@ from ._common import AttackResult
 
 RECOVERY_COLUMNS = ("method", "seed", "pair_seed", "attack", "setting", "fact_leak_before", "fact_leak_after",
                     "recovered", "spurious_gap", "target_logprob_before", "target_logprob_after", "ci_low", "ci_high",
-                    "measure")  # fmt: skip
+                    "measure", "informative")  # fmt: skip
 """Columns of ``recovery.csv``. ``recovered``, ``spurious_gap`` and the interval are of ``measure`` (fact_leak
-unless the data have no facts), the ``fact_leak_*`` and ``target_logprob_*`` columns always of those two."""
+unless the data have no facts), the ``fact_leak_*`` and ``target_logprob_*`` columns always of those two;
+``informative`` (docs/theory.md §18): False when the original model leaks no item under the attack, so the attack
+cannot show recovery (empty when unknown)."""
 REFERENCE = "retrain"
 """The experiment's label of the retain model (the control of the spurious gap)."""
 
@@ -126,7 +128,7 @@ def recovery_rows(
             "fact_leak_before": _nanmean(leak["before"]), "fact_leak_after": _nanmean(leak["after"]),
             "recovered": _nanmean(per["recovered"]), "spurious_gap": _nanmean(per["spurious_gap"]),
             "target_logprob_before": _nanmean(logprob["before"]), "target_logprob_after": _nanmean(logprob["after"]),
-            "ci_low": low, "ci_high": high, "measure": measure,
+            "ci_low": low, "ci_high": high, "measure": measure, "informative": None,
         })  # fmt: skip
     return rows
 

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from bs_ref.data.tofu_facts import fact_table
 from bs_ref.files import read_json_object
-from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, normalise, score_belief_bands
+from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, contains_fact, normalise, score_belief_bands
 from bs_ref.metrics.tofu import (
     CONVENTIONS,
     EVAL_FORMAT,
@@ -61,6 +62,8 @@ CURVE_METRICS = (
     "forget_truth_ratio",
 )
 """Aggregate numbers recorded at every evaluation during training (besides the log-probs)."""
+LEAK_K_SEED = 7919
+"""Offset of the leak@k sampling seed from the unlearning seed (its samples are not the any-of-N ones)."""
 CURVE_ITEM_COLUMNS = {
     "forget": ("nll_answer", "fact_leak", "fact_leak_paraphrased_question", "prob", "rouge", "truth_ratio",
                "tr_score", "es", "em", "para_prob", "tr_mod", "fluency"),
@@ -84,6 +87,9 @@ class EvalConfig:
     band_samples: int = arg(9, "candidates sampled per forget question for the belief bands")
     band_temperature: float = arg(1.0, "sampling temperature of the band candidates")
     leak_samples: int = arg(5, "sampled answers per forget item for the any-of-N fact leak (final evaluation)")
+    leak_k_samples: int = arg(32, "leak@k: answers sampled at T=1 per forget item (n of the pass@k estimator, "
+                              "final evaluation, docs/theory.md §15); 0: no leak@k")  # fmt: skip
+    leak_k_items: int = arg(8, "leak@k: forget items sampled (spread over the split; 0: all annotated items)")
     fluency_classifier: str | None = arg(None, "local text-classification checkpoint for Fluency (default: "
                                          "offline proxy)")  # fmt: skip
 
@@ -100,7 +106,7 @@ def problems(cfg: EvalConfig) -> list[str]:
     for name in ("eval_batch_size", "band_samples"):
         if getattr(cfg, name) < 1:
             out.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("max_new_tokens", "leak_samples"):
+    for name in ("max_new_tokens", "leak_samples", "leak_k_samples", "leak_k_items"):
         if getattr(cfg, name) < 0:
             out.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if not (math.isfinite(cfg.band_temperature) and cfg.band_temperature > 0):
@@ -128,6 +134,7 @@ class Evaluator:
         self.retain_forget_items: list[dict] | None = None
         self._bands: BeliefBands | None = None
         self.band_rows: list[int] = []
+        self.facts = fact_table(data.evaluation["forget"])  # question -> fact (TOFU: the committed annotations)
 
     @property
     def bands(self) -> BeliefBands | None:
@@ -154,8 +161,9 @@ class Evaluator:
         return self.cfg.curve_items
 
     def full(self, model, seed: int = 0) -> dict[str, list[dict]]:
-        """Per-item results of every split (greedy, plus sampled answers for the any-of-N fact leak)."""
-        return evaluate(
+        """Per-item results of every split (greedy, plus sampled answers for the any-of-N fact leak); the forget
+        items leak@k samples also get ``leak_k`` = {"n": samples, "c": samples that contain the fact}."""
+        per_split = evaluate(
             model,
             self.tokenizer,
             self.data.evaluation,
@@ -165,6 +173,32 @@ class Evaluator:
             num_samples=self.cfg.leak_samples if self.data.has_facts else 0,
             seed=seed,
         )
+        for i, counted in self.leak_at_k_counts(model, seed).items():
+            per_split["forget"][i]["leak_k"] = counted
+        return per_split
+
+    def leak_at_k_items(self) -> list[int]:
+        """The forget items leak@k samples: ``--leak-k-items`` spread over those with a fact (all with 0)."""
+        annotated = [i for i, r in enumerate(self.data.evaluation["forget"]) if r["question"] in self.facts]
+        if not self.cfg.leak_k_samples or not annotated:
+            return []
+        take = self.cfg.leak_k_items or len(annotated)
+        return [annotated[j] for j in spread(len(annotated), take)]
+
+    def leak_at_k_counts(self, model, seed: int = 0) -> dict[int, dict]:
+        """{forget item: {"n", "c"}}: ``--leak-k-samples`` answers sampled at T = 1 (seeded by ``seed``), c of them
+        containing the item's fact (``contains_fact``); empty with --leak-k-samples 0 or no annotated item."""
+        chosen = self.leak_at_k_items()
+        if not chosen:
+            return {}
+        records = [self.data.evaluation["forget"][i] for i in chosen]
+        samples = generate_answers(model, self.tokenizer, [r["question"] for r in records], self.template,
+                                   max_new_tokens=self.max_new_tokens, batch_size=self.cfg.eval_batch_size,
+                                   num_samples=self.cfg.leak_k_samples, temperature=1.0,
+                                   seed=seed + LEAK_K_SEED)  # fmt: skip
+        fact = [self.facts[r["question"]] for r in records]
+        return {i: {"n": len(row), "c": sum(contains_fact(text, f) for text in row)}
+                for i, row, f in zip(chosen, samples, fact)}  # fmt: skip
 
     def aggregate(self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None = None) -> dict:
         """The summary numbers of per-item results (FQ against the retain model's forget items)."""
@@ -193,10 +227,13 @@ class Evaluator:
         point["target_logprob"] = float(np.mean([-it["nll_answer"] for it in per_split["forget"]]))
         scores = None
         if self.bands is not None:
+            targets = [self.curve_splits["forget"][row]["answer"] for row in self.band_rows]
             scores = score_belief_bands(model, self.tokenizer, self.bands, batch_size=self.cfg.eval_batch_size,
-                                        per_question=True)  # fmt: skip
+                                        per_question=True, fork_targets=targets)  # fmt: skip
             for band in BANDS:
                 point[f"band_{band}_logprob"] = scores.get(band)
+            for band in BANDS:  # the continuation after the fork from the target (docs/theory.md §16)
+                point[f"band_{band}_after_fork"] = scores.get(f"{band}_after_fork")
         agg["fact_leak"] = agg.get("fact_leak_rate")
         for key in CURVE_METRICS:
             point[key] = agg.get(key)
@@ -224,6 +261,13 @@ class Evaluator:
                 entry = scores["per_question"][band]
                 sums[self.band_rows], counts[self.band_rows] = entry["sum"], entry["count"]
                 forget[f"band_{band}_sum"], forget[f"band_{band}_count"] = sums.tolist(), counts.tolist()
+            for band in BANDS:
+                entry = scores["per_question"].get(f"{band}_after_fork")
+                if entry is None:
+                    continue
+                sums, counts = np.zeros(n), np.zeros(n, dtype=int)
+                sums[self.band_rows], counts[self.band_rows] = entry["sum"], entry["count"]
+                forget[f"band_{band}_fork_sum"], forget[f"band_{band}_fork_count"] = sums.tolist(), counts.tolist()
         return out
 
     def build_bands(self, original_model) -> BeliefBands | None:
@@ -286,6 +330,15 @@ def conventions(settings: dict[str, Any], max_new_tokens: int) -> dict:
             for k in ("eval_every", "curve_items", "curve_forget_items", "band_samples", "band_temperature")
         }
         | {"curve_forget_items": settings["curve_forget_items"] or "all"},
+        "leak_at_k": {
+            "samples_per_item": settings.get("leak_k_samples"),
+            "items": settings.get("leak_k_items") or "all annotated",
+            "temperature": 1.0,
+            "judge": "annotated fact in the answer (contains_fact)",
+            "ks": "1, 4, 16 (those <= n) and n",
+            "seed": f"unlearning seed + {LEAK_K_SEED}",
+        },
+        "after_fork_band": "sum of token log-probs of each band candidate after its fork from the target (SEQ1)",
         "matched_forgetting": FORGETTING_MEASURES,
     }
 

@@ -107,7 +107,10 @@ def plot_squeezing_traces(curves: dict[str, Sequence[dict]], path: str | Path, b
     styles = {"target_logprob": ("target", "k", "-")}
     colors = ("tab:red", "tab:orange", "tab:blue")
     styles.update({f"band_{b}_logprob": (f"{b} band", c, "--") for b, c in zip(BANDS, colors)})
-    interval_key = {"target_logprob": "target_change", **{f"band_{b}_logprob": f"{b}_band_change" for b in BANDS}}
+    # the high band's continuation after its fork from the target (summed log-prob, docs/theory.md §16)
+    styles["band_high_after_fork"] = ("high band after fork", colors[0], ":")
+    interval_key = {"target_logprob": "target_change", **{f"band_{b}_logprob": f"{b}_band_change" for b in BANDS},
+                    "band_high_after_fork": "high_after_fork_change"}  # fmt: skip
     for ax, method in zip(axes.flat, methods):
         curve = curves[method]
         steps = [number(p.get("step")) for p in curve]

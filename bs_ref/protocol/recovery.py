@@ -223,12 +223,19 @@ def load_cells(store: RunDir, labels: Iterable[str], seeds: Iterable[int], pairs
 
 # ------------------------------------------------------------------------------------------------ report
 def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], ctx: Context, *,
-                    measure: str = RECOVERY_MEASURE) -> dict[str, Any]:  # fmt: skip
+                    measure: str = RECOVERY_MEASURE,
+                    informative: Mapping[tuple[str, str], bool | None] | None = None) -> dict[str, Any]:  # fmt: skip
     """What the report writes about the attacks: ``rows`` (recovery.csv: per run, then one ``mean`` row per
     method × attack × setting with the two-level interval of the spurious gap), ``verdicts`` (verdict.csv rows,
     measure ``spurious_gap[<attack>]``, setting ``end`` or ``matched:target_drop``) and ``lines`` (table.md: per
-    setting a table of methods × attacks, then the paired verdicts of the spurious gap) and ``measure``."""
+    setting a table of methods × attacks, then the paired verdicts of the spurious gap) and ``measure``.
+    ``informative``: {(attack, setting): whether the original model leaks under it}
+    (``bs_ref.protocol.instruments.informative_attacks``); an attack marked False is flagged in every row and
+    table cell and gives no verdict rows (docs/theory.md §18)."""
+    informative = dict(informative or {})
     rows = attacks.recovery_rows(cells, measure=measure)
+    for row in rows:
+        row["informative"] = informative.get((row["attack"], row["setting"]))
     methods = [m for m in labels if any(k[0] == m for k in cells)]
     what = measure.replace("_", " ")
     lines = ["## Recovery attacks: does the forgetting survive?", "",
@@ -252,13 +259,20 @@ def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], 
                     continue
                 n = max(n, len(runs["after"]))
                 row = _mean_row(rows, runs, method, attack, setting, measure, ctx)
+                row["informative"] = informative.get((attack, setting))
                 rows.append(row)
                 gap = stats.format_interval(row["spurious_gap"], row["ci_low"], row["ci_high"])
-                texts.append(f"{stats.format_number(row['before'])} → {stats.format_number(row['after'])}; gap {gap}")
+                flag = " (*uninformative*)" if row["informative"] is False else ""
+                texts.append(f"{stats.format_number(row['before'])} → {stats.format_number(row['after'])}; gap {gap}"
+                             f"{flag}")  # fmt: skip
             if n:
                 lines.append(f"| {method} | {n} | " + " | ".join(texts) + " |")
         lines.append("")
-        found = [v for attack in names for v in _verdicts(cells, methods, attack, setting, measure, ctx)]
+        useful = [attack for attack in names if informative.get((attack, setting)) is not False]
+        if len(useful) < len(names):
+            lines += [f"Uninformative (the original model leaks no item under them, so they cannot show recovery; no "
+                      f"verdict rows): {', '.join(a for a in names if a not in useful)}.", ""]  # fmt: skip
+        found = [v for attack in useful for v in _verdicts(cells, methods, attack, setting, measure, ctx)]
         verdicts += found
         if found:
             lines += _verdict_lines(found, names)

@@ -1,0 +1,320 @@
+"""The instruments that look where spurious forgetting hides (docs/theory.md §15–§18), read off a run directory.
+
+After the report, ``write_instruments`` writes four CSVs under ``--out`` and a section of ``table.md``:
+
+    leak_at_k.csv             leak@k (§15) of every model — the retain model (the control), the original model and
+                              every method — from the ``leak_k`` counts of its final evaluation (eval.json): one row
+                              per run and k ∈ {1, 4, 16, n} (those ≤ n), with a 95 % interval over items; a ``mean``
+                              row per method and k when it has several runs (items within runs, runs across seeds)
+    squeeze.csv               the squeeze after the fork (§16) along each method's curve: per evaluation step the
+                              change from step 0 of the target log-prob, of each band's whole-answer mean token
+                              log-prob and of its continuation after the fork from the target, with 95 % intervals
+                              over the band questions; ``squeezes`` = the after-fork change's interval is above 0
+                              while the target's is below 0
+    facts.csv                 the fact leak of the greedy answers (§17) on the items that have a fact — TOFU's
+                              through the committed annotations (``bs_ref.data.tofu_facts``) — per split
+    conditional_recovery.csv  per attack cell (§18): the share of items that did not leak before the attack and
+                              leak after it, with the original model's leak under the same attack; an attack under
+                              which the original model leaks no item is ``informative = False``
+
+Everything here reads stored per-item results (eval.json, start/curve items, attacks_*.json), so it adds no model
+call to a run beyond the leak@k samples of the final evaluation and the after-fork scores of the curve points,
+which ``bs_ref.protocol.evaluate`` records from the same forward pass as the whole-answer bands.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bs_ref import stats
+from bs_ref.data.tofu_facts import fact_table
+from bs_ref.metrics.leakage import BANDS, contains_fact
+from bs_ref.metrics.sampling import ks_for, pass_at_k
+from bs_ref.protocol.store import RunDir, write_text
+
+ORIGINAL = "original"
+LEAK_AT_K_COLUMNS = ("method", "seed", "pair_seed", "k", "leak_at_k", "ci_low", "ci_high", "n_items", "n_samples")
+SQUEEZE_COLUMNS = ("method", "seed", "pair_seed", "step", "band", "n_questions", "target_change", "target_ci_low",
+                   "target_ci_high", "band_change", "band_ci_low", "band_ci_high", "after_fork_change",
+                   "after_fork_ci_low", "after_fork_ci_high", "squeezes")  # fmt: skip
+FACTS_COLUMNS = ("method", "seed", "pair_seed", "split", "n_items", "n_annotated", "fact_leak", "ci_low", "ci_high")
+CONDITIONAL_COLUMNS = ("method", "seed", "pair_seed", "attack", "setting", "n_items", "n_not_leaked_before",
+                       "n_recovered", "conditional_recovery", "ci_low", "ci_high", "original_leak_after",
+                       "informative")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ measures
+def leaks(items: Sequence[dict], facts: Mapping[str, str], field: str = "generation") -> np.ndarray:
+    """Per item: 1.0 when its ``field`` (the greedy answer) contains the fact of its question, 0.0 when not, NaN
+    when the question has no fact or the item no answer."""
+    out = np.full(len(items), np.nan)
+    for i, item in enumerate(items):
+        fact, text = facts.get(item.get("question")), item.get(field)
+        if fact and isinstance(text, str):
+            out[i] = float(contains_fact(text, fact))
+    return out
+
+
+def conditional_recovery(before: Sequence[float], after: Sequence[float]) -> dict[str, Any]:
+    """Among the items that did not leak before the attack (``before`` = 0; NaN items skipped), the share that
+    leak after it: ``n_not_leaked_before``, ``n_recovered``, ``conditional_recovery`` (NaN when no item qualifies)
+    and ``per_item`` (the 0/1 outcome of each qualifying item, for an interval)."""
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if before.shape != after.shape:
+        raise ValueError(f"before and after need one value per item, got {before.shape} and {after.shape}")
+    keep = (before == 0) & ~np.isnan(after)
+    outcome = (after[keep] > 0).astype(float)
+    return {"n_not_leaked_before": int(keep.sum()), "n_recovered": int(outcome.sum()),
+            "conditional_recovery": float(outcome.mean()) if outcome.size else math.nan,
+            "per_item": outcome}  # fmt: skip
+
+
+def _interval(values: np.ndarray | Mapping, ctx_seed: int = 0) -> tuple[float, float, float]:
+    """(value, ci_low, ci_high) of the item mean (NaN items dropped); NaNs when nothing is left."""
+    if isinstance(values, Mapping):
+        values = {k: np.asarray(v, dtype=float) for k, v in values.items() if np.isfinite(v).any()}
+        if not values:
+            return math.nan, math.nan, math.nan
+        iv = stats.interval(values, seed=ctx_seed)
+        return iv.value, iv.ci_low, iv.ci_high
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return math.nan, math.nan, math.nan
+    iv = stats.interval(values, seed=ctx_seed)
+    return iv.value, iv.ci_low, iv.ci_high
+
+
+def leak_at_k_rows(per_run: Mapping[tuple, list[dict]], method: str) -> list[dict]:
+    """Rows of ``leak_at_k.csv`` for one method: ``per_run`` maps (seed, pair) to the ``leak_k`` counts of its
+    items ({"n", "c"}); runs must share n. A ``mean`` row per k when there are several runs."""
+    rows, by_k = [], {}
+    for (seed, pair), counts in per_run.items():
+        if not counts:
+            continue
+        n = min(int(c["n"]) for c in counts)
+        if any(int(c["n"]) != n for c in counts):
+            raise ValueError(f"{method}: leak@k items were sampled with different n")
+        for k in ks_for(n):
+            per_item = np.array([pass_at_k(n, int(c["c"]), k) for c in counts])
+            value, low, high = _interval(per_item)
+            rows.append({"method": method, "seed": "" if seed is None else seed, "pair_seed": pair, "k": k,
+                         "leak_at_k": value, "ci_low": low, "ci_high": high, "n_items": len(counts),
+                         "n_samples": n})  # fmt: skip
+            by_k.setdefault(k, {})[(seed, pair)] = per_item
+    if len(per_run) > 1:
+        for k, runs in by_k.items():
+            if len(runs) < 2 or len({len(v) for v in runs.values()}) != 1:
+                continue
+            value, low, high = _interval(runs)
+            rows.append({"method": method, "seed": "mean", "pair_seed": "", "k": k, "leak_at_k": value,
+                         "ci_low": low, "ci_high": high, "n_items": len(next(iter(runs.values()))),
+                         "n_samples": rows[-1]["n_samples"]})  # fmt: skip
+    return rows
+
+
+def _per_question(items: Mapping[str, list], band: str, kind: str) -> np.ndarray | None:
+    """Per band question: the mean over its ``band`` candidates (``band`` = "all": every band) of the whole-answer
+    mean token log-prob (``kind`` = "") or the after-fork log-prob (``kind`` = "fork_"); NaN without candidates;
+    None when the point lacks the columns (recorded before after-fork bands existed)."""
+    names = BANDS if band == "all" else (band,)
+    if any(f"band_{b}_{kind}sum" not in items for b in names):
+        return None
+    sums = sum(np.asarray(items[f"band_{b}_{kind}sum"], dtype=float) for b in names)
+    counts = sum(np.asarray(items[f"band_{b}_{kind}count"], dtype=float) for b in names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.nan)
+
+
+def squeeze_rows(curve: Sequence[dict], method: str, seed, pair: int) -> list[dict]:
+    """Rows of ``squeeze.csv`` for one run's curve (points after step 0), per band (high, mid, low, all)."""
+    if len(curve) < 2:
+        return []
+    start = (curve[0].get("items") or {}).get("forget") or {}
+    if "nll_answer" not in start:
+        return []
+    target0 = -np.asarray(start["nll_answer"], dtype=float)
+    rows = []
+    for point in curve[1:]:
+        items = (point.get("items") or {}).get("forget") or {}
+        if "nll_answer" not in items:
+            continue
+        target = _interval(-np.asarray(items["nll_answer"], dtype=float) - target0)
+        for band in (*BANDS, "all"):
+            whole0, whole = _per_question(start, band, ""), _per_question(items, band, "")
+            fork0, fork = _per_question(start, band, "fork_"), _per_question(items, band, "fork_")
+            if fork0 is None or fork is None or whole0 is None or whole is None:
+                continue
+            change = _interval(whole - whole0)
+            after = _interval(fork - fork0)
+            squeezes = bool(after[1] > 0 and target[2] < 0) if not math.isnan(after[1]) else ""
+            rows.append({"method": method, "seed": "" if seed is None else seed, "pair_seed": pair,
+                         "step": point.get("step"), "band": band, "n_questions": int(np.isfinite(fork - fork0).sum()),
+                         "target_change": target[0], "target_ci_low": target[1], "target_ci_high": target[2],
+                         "band_change": change[0], "band_ci_low": change[1], "band_ci_high": change[2],
+                         "after_fork_change": after[0], "after_fork_ci_low": after[1], "after_fork_ci_high": after[2],
+                         "squeezes": squeezes})  # fmt: skip
+    return rows
+
+
+def informative_attacks(cells: Mapping[tuple, Any], facts: Mapping[str, str]) -> dict[tuple[str, str], bool | None]:
+    """{(attack, setting): does the original model leak at least one item under the attack?} from the stored attack
+    cells ((method, seed, pair, attack, setting) -> AttackResult); the original model is attacked at ``end`` only,
+    which stands for every setting; None when the original model was not attacked or no item has a fact."""
+    out: dict[tuple[str, str], bool | None] = {}
+    for key in cells:
+        attack, setting = key[3], key[4]
+        found = [r for k, r in cells.items() if k[0] == ORIGINAL and k[3] == attack]
+        values = np.concatenate([leaks(r.after, facts) for r in found]) if found else np.array([])
+        values = values[~np.isnan(values)]
+        out[(attack, setting)] = bool(values.sum() > 0) if values.size else None
+    return out
+
+
+def conditional_rows(cells: Mapping[tuple, Any], facts: Mapping[str, str],
+                     informative: Mapping[tuple[str, str], bool | None]) -> list[dict]:  # fmt: skip
+    """Rows of ``conditional_recovery.csv``: one per attack cell."""
+    rows = []
+    for key, result in cells.items():
+        method, seed, pair, attack, setting = key
+        before = {int(it["index"]): v for it, v in zip(result.before, leaks(result.before, facts))}
+        after = {int(it["index"]): v for it, v in zip(result.after, leaks(result.after, facts))}
+        index = sorted(after)
+        found = conditional_recovery([before.get(i, math.nan) for i in index], [after[i] for i in index])
+        _, low, high = _interval(found["per_item"]) if found["per_item"].size else (math.nan, math.nan, math.nan)
+        original = [r for k, r in cells.items() if k[0] == ORIGINAL and k[2] == pair and k[3] == attack]
+        original_leak = _interval(np.concatenate([leaks(r.after, facts) for r in original]))[0] if original else ""
+        flag = informative.get((attack, setting))
+        rows.append({"method": method, "seed": "" if seed is None else seed, "pair_seed": pair, "attack": attack,
+                     "setting": setting, "n_items": len(index), "n_not_leaked_before": found["n_not_leaked_before"],
+                     "n_recovered": found["n_recovered"], "conditional_recovery": found["conditional_recovery"],
+                     "ci_low": low, "ci_high": high, "original_leak_after": original_leak,
+                     "informative": "" if flag is None else flag})  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ the run's files
+def run_facts(splits) -> dict[str, str]:
+    """{question: fact} of the run's forget and retain evaluation items (records' own facts, else the committed
+    TOFU annotations)."""
+    records = [r for kind in ("forget", "retain") for r in splits.evaluation.get(kind, [])]
+    return fact_table(records)
+
+
+def write_instruments(store: RunDir, labels: Sequence[str], seeds: Sequence[int], pairs: Sequence[int],
+                      facts: Mapping[str, str], cells: Mapping[tuple, Any] | None = None,
+                      informative: Mapping | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write leak_at_k.csv, squeeze.csv, facts.csv and (with attack ``cells``) conditional_recovery.csv; returns
+    their rows and the lines of the table.md section (``lines``)."""
+    leak_rows, squeeze, fact_rows = [], [], []
+    for label in labels:
+        runs: dict[tuple, list[dict]] = {}
+        for pair in pairs:
+            for seed in [None] if store.is_finished(label, None, pair) else seeds:
+                if not store.is_finished(label, seed, pair):
+                    continue
+                per_split = store.read_eval(label, seed, pair) or {}
+                runs[(seed, pair)] = [it["leak_k"] for it in per_split.get("forget", []) if it.get("leak_k")]
+                for split in ("forget", "retain"):
+                    items = per_split.get(split, [])
+                    values = leaks(items, facts)
+                    value, low, high = _interval(values)
+                    fact_rows.append({"method": label, "seed": "" if seed is None else seed, "pair_seed": pair,
+                                      "split": split, "n_items": len(items),
+                                      "n_annotated": int(np.isfinite(values).sum()), "fact_leak": value,
+                                      "ci_low": low, "ci_high": high})  # fmt: skip
+                squeeze += squeeze_rows(store.load_result(label, seed, pair).get("curve") or [], label, seed, pair)
+        leak_rows += leak_at_k_rows(runs, label)
+    out = {"leak_at_k": leak_rows, "squeeze": squeeze, "facts": fact_rows}
+    write_text(store.path("leak_at_k.csv"), to_csv(leak_rows, LEAK_AT_K_COLUMNS))
+    write_text(store.path("squeeze.csv"), to_csv(squeeze, SQUEEZE_COLUMNS))
+    write_text(store.path("facts.csv"), to_csv(fact_rows, FACTS_COLUMNS))
+    if cells:
+        informative = informative if informative is not None else informative_attacks(cells, facts)
+        out["conditional_recovery"] = conditional_rows(cells, facts, informative)
+        write_text(store.path("conditional_recovery.csv"), to_csv(out["conditional_recovery"], CONDITIONAL_COLUMNS))
+    out["lines"] = table_lines(out)
+    return out
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c)) for c in columns})
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(float(value)) else f"{float(value):.6g}"
+    return "" if value is None else value
+
+
+def _fmt(row: Mapping[str, Any], value: str, low: str, high: str) -> str:
+    return stats.format_interval(row[value], row[low], row[high])
+
+
+def table_lines(out: Mapping[str, Any]) -> list[str]:
+    """The table.md section: leak@k per method, the after-fork squeeze at the last curve point, the fact leak on
+    annotated items and conditional recovery (means over runs are in the CSVs)."""
+    lines = [
+        "## Instruments: leak@k, the squeeze after the fork, annotated facts, conditional recovery",
+        "",
+        "docs/theory.md §15–§18; every number with its 95 % interval over items (runs: the CSVs).",
+    ]
+    rows = [r for r in out["leak_at_k"] if r["seed"] != "mean"]
+    if rows:
+        ks = sorted({r["k"] for r in rows})
+        lines += ["", f"Leak@k (n = {rows[0]['n_samples']} samples at T = 1 on {rows[0]['n_items']} forget items; "
+                  "the retain model is the control):", "", "| method | seed | " + " | ".join(f"k={k}" for k in ks)
+                  + " |", "|---|---|" + "---|" * len(ks)]  # fmt: skip
+        for key in dict.fromkeys((r["method"], r["seed"], r["pair_seed"]) for r in rows):
+            mine = {r["k"]: r for r in rows if (r["method"], r["seed"], r["pair_seed"]) == key}
+            cells = [_fmt(mine[k], "leak_at_k", "ci_low", "ci_high") if k in mine else "–" for k in ks]
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    last = {}
+    for r in out["squeeze"]:
+        if r["band"] in ("high", "all"):
+            last[(r["method"], r["seed"], r["pair_seed"], r["band"])] = r
+    if last:
+        lines += [
+            "",
+            "The squeeze after the fork at the last curve point (change from step 0, nats; whole answers: "
+            "mean token log-prob, after the fork: summed log-prob of the continuation; **squeezes**: the "
+            "after-fork interval above 0 while the target's is below 0):",
+            "",
+            "| method | seed | band | target | whole band | after fork | squeezes |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (method, seed, _pair, band), r in last.items():
+            lines.append(f"| {method} | {seed} | {band} | {_fmt(r, 'target_change', 'target_ci_low', 'target_ci_high')}"
+                         f" | {_fmt(r, 'band_change', 'band_ci_low', 'band_ci_high')} | "
+                         f"{_fmt(r, 'after_fork_change', 'after_fork_ci_low', 'after_fork_ci_high')} | "
+                         f"{'**yes**' if r['squeezes'] is True else 'no'} |")  # fmt: skip
+    forget = [r for r in out["facts"] if r["split"] == "forget" and r["n_annotated"]]
+    if forget:
+        lines += ["", "Fact leak of the greedy answer on the forget items that have a fact:", "",
+                  "| method | seed | annotated items | fact leak |", "|---|---|---:|---|"]  # fmt: skip
+        lines += [f"| {r['method']} | {r['seed']} | {r['n_annotated']}/{r['n_items']} | "
+                  f"{_fmt(r, 'fact_leak', 'ci_low', 'ci_high')} |" for r in forget]  # fmt: skip
+    cond = out.get("conditional_recovery") or []
+    if cond:
+        lines += ["", "Conditional recovery: of the items that did not leak before the attack, the share that leak "
+                  "after it; *uninformative*: the original model leaks no item under the attack, so it cannot show "
+                  "recovery (no verdict rows):", "",
+                  "| method | seed | attack | setting | not leaked before | recovered | informative |",
+                  "|---|---|---|---|---:|---|---|"]  # fmt: skip
+        for r in cond:
+            flag = {True: "yes", False: "*uninformative*"}.get(r["informative"], "–")
+            lines.append(f"| {r['method']} | {r['seed']} | {r['attack']} | {r['setting']} | "
+                         f"{r['n_not_leaked_before']} | {_fmt(r, 'conditional_recovery', 'ci_low', 'ci_high')} | "
+                         f"{flag} |")  # fmt: skip
+    return [*lines, ""]
