@@ -298,7 +298,7 @@ def table_lines(out: Mapping[str, Any]) -> list[str]:
             lines.append(f"| {method} | {seed} | {band} | {_fmt(r, 'target_change', 'target_ci_low', 'target_ci_high')}"
                          f" | {_fmt(r, 'band_change', 'band_ci_low', 'band_ci_high')} | "
                          f"{_fmt(r, 'after_fork_change', 'after_fork_ci_low', 'after_fork_ci_high')} | "
-                         f"{'**yes**' if r['squeezes'] is True else 'no'} |")  # fmt: skip
+                         f"{ {True: '**yes**', False: 'no'}.get(r['squeezes'], '– (no interval)')} |")  # fmt: skip
     forget = [r for r in out["facts"] if r["split"] == "forget" and r["n_annotated"]]
     if forget:
         lines += ["", "Fact leak of the greedy answer on the forget items that have a fact:", "",
