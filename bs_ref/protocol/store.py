@@ -367,7 +367,8 @@ class RunDir:
 
 
 DERIVED = ("config.json", "models.json", "start.json", "start_pair*.json", "methods", "summary.csv", "matched.csv",
-           "verdict.csv", "recovery.csv", "ablation_*.csv", "table.md", "plots", ".*.tmp")  # fmt: skip
+           "verdict.csv", "recovery.csv", "conditional_recovery.csv", "leak_at_k.csv", "squeeze.csv", "facts.csv",
+           "ablation_*.csv", "table.md", "plots", ".*.tmp")  # fmt: skip
 """What a run writes under ``--out`` from its settings (``--overwrite`` removes these, and nothing else)."""
 
 
