@@ -67,6 +67,19 @@ def test_pair_seeds_add_a_level_only_for_pairs_other_than_0_and_old_identities_r
     assert upgrade_identity({"bf16": False, "lr": 1}) == {"lr": 1, "precision": "fp32"}
 
 
+def test_settings_added_later_take_the_value_earlier_runs_had():
+    """A run directory written before --reduction, RMU's settings and leak@k existed: the row reduction and
+    any RMU setting match (no earlier run has an rmu row); it sampled no leak@k, so it resumes with
+    --leak-k-samples 0 and is refused, naming that setting, with the default."""
+    old = {"lr": 1.0, "precision": "fp32"}
+    rmu = {"retain_scale": 1000.0, "steer_layer": None, "steering_coeff": None, "train_layers": 3}
+    current = old | rmu | {"reduction": "row", "leak_k_samples": 0, "leak_k_items": 8}
+    assert upgrade_identity(old, current) == current
+    assert upgrade_identity(old, current | {"reduction": "token"})["reduction"] == "row"
+    assert upgrade_identity(old, current | {"leak_k_samples": 32})["leak_k_samples"] == 0
+    assert upgrade_identity(old) == old  # nothing to compare with: nothing added
+
+
 def test_interrupted_message_says_what_is_kept_and_how_to_resume(tmp_path):
     store = RunDir(tmp_path / "run", {})
     store.save_result("original", None, {"metrics": {}})

@@ -465,13 +465,35 @@ def cell_name(label: str, seed: int | None, pair: int = 0) -> str:
     return name if not pair else f"{name} pair {pair}"
 
 
+FROM_CURRENT = object()
+ADDED_LATER = {
+    # the reduction every earlier run used (docs/theory.md §11)
+    "reduction": "row",
+    # RMU's settings reach only rmu rows, which no run written before RMU existed has
+    "retain_scale": FROM_CURRENT,
+    "steer_layer": FROM_CURRENT,
+    "steering_coeff": FROM_CURRENT,
+    "train_layers": FROM_CURRENT,
+    # earlier runs sampled no leak@k: such a directory resumes with --leak-k-samples 0, or is refused naming it
+    "leak_k_samples": 0,
+    "leak_k_items": FROM_CURRENT,
+}
+"""Settings added to the identity after run directories were written without them, with the value those runs
+implicitly had (``FROM_CURRENT``: a setting that cannot have touched their numbers)."""
+
+
 def upgrade_identity(identity: dict, current: dict | None = None) -> dict:
     """An identity written by an earlier version, in today's terms, so its run directory still resumes:
     ``bf16: false`` (fp32 on every device) is ``precision: fp32``; ``bf16: true`` meant bf16 on CUDA and fp32
     on CPU, which the identity cannot tell apart, so it matches no precision (the directory is refused). A run
     written before ``--lora`` existed trained every weight: ``lora: null`` (added where the ``current`` identity,
-    the one it is compared with, has ``lora``)."""
+    the one it is compared with, has ``lora``). Settings added later (``ADDED_LATER``) take the value the
+    earlier run implicitly had."""
     identity = dict(identity)
+    if current is not None:
+        for key, value in ADDED_LATER.items():
+            if key in current and key not in identity:
+                identity[key] = current[key] if value is FROM_CURRENT else value
     if "bf16" in identity and "precision" not in identity:
         identity["precision"] = "legacy --bf16 (bf16 on CUDA only)" if identity["bf16"] else "fp32"
     identity.pop("bf16", None)
