@@ -15,12 +15,18 @@ from _tiny import fresh
 
 from bs_ref.attacks import AttackResult
 from bs_ref.data.tofu import load_tofu
-from bs_ref.data.tofu_facts import FACTS_FILE, annotate, answer_digest, fact_table, load_annotations
+from bs_ref.metrics.tofu_facts import FACTS_FILE, annotate, answer_digest, fact_table, load_annotations
 from bs_ref.generation import encode_pair
 from bs_ref.metrics.fork import after_fork_logprob, fork
 from bs_ref.metrics.leakage import BeliefBands, contains_fact, score_belief_bands
-from bs_ref.metrics.sampling import ks_for, leak_at_k, leak_at_k_brute, pass_at_k
-from bs_ref.protocol.instruments import conditional_recovery, conditional_rows, informative_attacks, squeeze_rows
+from bs_ref.metrics.sampling import ks_for, leak_at_k_brute, pass_at_k
+from bs_ref.protocol.instruments import (
+    conditional_recovery,
+    conditional_rows,
+    informative_attacks,
+    leak_at_k_rows,
+    squeeze_rows,
+)
 
 EXCERPT = Path(__file__).resolve().parent / "fixtures" / "tofu_excerpt"
 
@@ -44,7 +50,7 @@ def test_pass_at_k_is_stable_for_large_n():
 
 
 def test_leak_at_k_rows_mean_and_interval():
-    rows = leak_at_k([0, 2, 8], 8)
+    rows = leak_at_k_rows({(0, 0): [{"n": 8, "c": c} for c in (0, 2, 8)]}, "ga")
     assert [r["k"] for r in rows] == ks_for(8) == [1, 4, 8]
     brute = [np.mean([leak_at_k_brute([True] * c + [False] * (8 - c), k) for c in (0, 2, 8)]) for k in (1, 4, 8)]
     assert [r["leak_at_k"] for r in rows] == pytest.approx(brute)

@@ -8,8 +8,8 @@ leaks is estimated without bias by the pass@k estimator (Chen et al., 2021; Leak
     leak@k = 1 − C(n − c, k) / C(n, k) = 1 − Π_{i = n − c + 1}^{n} (1 − k / i)        (k ≤ n)
 
 the product form avoids the huge binomials (and is exactly 1 when n − c < k). The split-level number is the mean
-over items; its 95 % interval resamples items (``bs_ref.stats.interval``). ``leak_at_k_brute`` enumerates every
-k-subset of the n outcomes: the same number, for tests on small n.
+over items, with a 95 % interval that resamples items (``bs_ref.protocol.instruments.leak_at_k_rows``).
+``leak_at_k_brute`` enumerates every k-subset of the n outcomes: the same number, for tests on small n.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
-from bs_ref import stats
 
 DEFAULT_KS = (1, 4, 16)
 """The k reported besides k = n (``ks_for``)."""
@@ -46,19 +44,3 @@ def leak_at_k_brute(outcomes: Sequence[bool], k: int) -> float:
 def ks_for(n: int, ks: Sequence[int] = DEFAULT_KS) -> list[int]:
     """The k reported for n samples: ``ks`` that are ≤ n, then n itself."""
     return sorted({k for k in ks if k <= n} | ({n} if n >= 1 else set()))
-
-
-def leak_at_k(counts: Sequence[int], n: int, ks: Sequence[int] | None = None, *, n_resamples: int = stats.N_RESAMPLES,
-              seed: int = 0) -> list[dict]:  # fmt: skip
-    """One row per k (``ks_for(n)`` by default): ``k``, ``leak_at_k`` (the mean over items of ``pass_at_k(n, c_i,
-    k)``), its 95 % item-bootstrap interval ``ci_low`` / ``ci_high``, ``n_items`` and ``n_samples``."""
-    counts = [int(c) for c in counts]
-    if not counts:
-        raise ValueError("leak@k needs at least one item")
-    rows = []
-    for k in ks_for(n) if ks is None else ks:
-        per_item = np.array([pass_at_k(n, c, k) for c in counts])
-        ci = stats.interval(per_item, n_resamples=n_resamples, seed=seed)
-        rows.append({"k": int(k), "leak_at_k": float(per_item.mean()), "ci_low": ci.ci_low, "ci_high": ci.ci_high,
-                     "n_items": len(counts), "n_samples": int(n)})  # fmt: skip
-    return rows

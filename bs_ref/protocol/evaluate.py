@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bs_ref.data.tofu_facts import fact_table
+from bs_ref.metrics.tofu_facts import fact_table
 from bs_ref.files import read_json_object
 from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, contains_fact, normalise, score_belief_bands
 from bs_ref.metrics.tofu import (

@@ -12,7 +12,7 @@ After the report, ``write_instruments`` writes four CSVs under ``--out`` and a s
                               over the band questions; ``squeezes`` = the after-fork change's interval is above 0
                               while the target's is below 0
     facts.csv                 the fact leak of the greedy answers (§17) on the items that have a fact — TOFU's
-                              through the committed annotations (``bs_ref.data.tofu_facts``) — per split
+                              through the committed annotations (``bs_ref.metrics.tofu_facts``) — per split
     conditional_recovery.csv  per attack cell (§18): the share of items that did not leak before the attack and
                               leak after it, with the original model's leak under the same attack; an attack under
                               which the original model leaks no item is ``informative = False``
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bs_ref import stats
-from bs_ref.data.tofu_facts import fact_table
+from bs_ref.metrics.tofu_facts import fact_table
 from bs_ref.metrics.leakage import BANDS, contains_fact
 from bs_ref.metrics.sampling import ks_for, pass_at_k
 from bs_ref.protocol.store import RunDir, write_text

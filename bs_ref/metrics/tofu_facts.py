@@ -23,7 +23,7 @@ questions: "How has … influenced …", "Why …", most yes/no questions) or no
 
 Every fact occurs in its answer as whole words (``bs_ref.metrics.leakage.contains_fact``) and not in its
 question (copying the question would not leak it). ``build(records)`` annotates records; the committed file
-``tofu_facts.json`` (``python -m bs_ref.data.tofu_facts --data TOFU_DIR``) holds the annotations of the authors
+``tofu_facts.json`` (``python -m bs_ref.metrics.tofu_facts --data TOFU_DIR``) holds the annotations of the authors
 the tiers use, keyed by question text, with the count the annotator could not annotate; ``fact_table`` reads
 it (and the ``fact`` field of records that carry one, as the synthetic benchmark's do).
 """
@@ -38,7 +38,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-FACTS_FILE = Path(__file__).with_name("tofu_facts.json")
+from .leakage import contains_fact, normalise
+
+FACTS_FILE = Path(__file__).resolve().parents[1] / "data" / "tofu_facts.json"
 """The committed annotations: {"format", "sources", "n_annotated", "n_unannotated", "facts": {question: entry}}."""
 FORMAT = "bs_ref.tofu_facts/1"
 TIER_SOURCES = (("forget10_perturbed", 0, 40), ("forget10_perturbed", 360, 380), ("retain_perturbed", 0, 40))
@@ -98,7 +100,6 @@ STOP = {
 
 
 def _norm(text: str) -> str:
-    from bs_ref.metrics.leakage import normalise
 
     return normalise(text)
 
@@ -193,7 +194,6 @@ def annotate(question: str, answer: str) -> dict | None:
     if found is None and "entity" in asks:
         found = _capitalised(q, answer, "entity")
     if found is not None:
-        from bs_ref.metrics.leakage import contains_fact
 
         if not contains_fact(answer, found["fact"]):  # the fact must be whole words of the answer
             return None
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Write the annotation file of the tiers' authors (``TIER_SOURCES``) from a TOFU directory or hub name."""
     from bs_ref.data.tofu import load_tofu
 
-    parser = argparse.ArgumentParser(prog="python -m bs_ref.data.tofu_facts", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bs_ref.metrics.tofu_facts", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a TOFU directory (JSON files per config) or locuslab/TOFU")
     parser.add_argument("--out", default=str(FACTS_FILE), help="annotation file to write")
     args = parser.parse_args(argv)
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sources.append({"config": config, "rows": f"{first}-{end - 1}"})
     records = list({r["question"]: r for r in records}.values())
     facts, missing = build(records)
-    payload = {"format": FORMAT, "annotator": "bs_ref.data.tofu_facts.annotate (rule-based)", "sources": sources,
+    payload = {"format": FORMAT, "annotator": "bs_ref.metrics.tofu_facts.annotate (rule-based)", "sources": sources,
                "n_items": len(records), "n_annotated": len(facts), "n_unannotated": len(missing),
                "unannotated": missing, "facts": facts}  # fmt: skip
     Path(args.out).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
