@@ -39,6 +39,7 @@ import torch
 
 from bs_ref.generation import generate, mean_logprobs, model_device, right_pad, stop_token_ids
 from bs_ref.losses import IGNORE_INDEX, local_beliefs
+from bs_ref.timing import timed
 
 SELECT_MODES = ("sample", "filter", "beam")
 REGIMES = ("off_policy", "on_policy")
@@ -281,6 +282,7 @@ class BeliefCache:
     def __contains__(self, index: int) -> bool:
         return int(index) in self.entries
 
+    @timed("beliefs (BS-S)")
     def refresh(self, model, tokenizer, prompts_by_index: dict[int, list[int]], step=None, epoch=None) -> Beliefs:
         """Sample beliefs for every (dataset index → prompt ids) given and replace those items' entries."""
         if not prompts_by_index:

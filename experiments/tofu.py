@@ -35,7 +35,9 @@ What one run does (docs/theory.md §6, §12):
    light evaluation (target log-prob, belief bands, FQ, MU, Mem, fact leak): each method's trade-off curve.
 5. Report under ``--out`` (``bs_ref.protocol.report``): config.json, methods/<method>/seed<k>/ (pair<p>/seed<k>/
    for a model pair p ≠ 0), summary.csv, matched.csv (methods at MATCHED FORGETTING, read off their curves),
-   verdict.csv (paired comparisons with better / worse / no difference at 95 %), table.md, plots/*.png. Every
+   verdict.csv (paired comparisons with better / worse / no difference at 95 %), table.md, plots/*.png, and
+   timing.json (wall time by part: pair, each method's unlearning, belief sampling, each evaluation, each attack,
+   the report; the summary's "Time (s)" line). Every
    number carries a 95 % interval (bs_ref.stats: items resampled within runs, runs = (seed, pair seed) cells).
 
 Resume: a rerun with the same settings skips every finished method/seed/pair (and adds new methods or seeds);
@@ -57,7 +59,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
-from bs_ref import __version__, files
+from bs_ref import __version__, files, timing
 from bs_ref import models as model_presets
 from bs_ref.attacks import replay_unlearning
 from bs_ref.protocol import ablations, cli, data, evaluate, instruments, matched, models, recovery
@@ -67,7 +69,7 @@ from bs_ref.protocol.evaluate import EvalConfig
 from bs_ref.protocol.executor import executor_problems, run_jobs
 from bs_ref.protocol.models import ModelConfig
 from bs_ref.protocol.recovery import AttackConfig, Attacker
-from bs_ref.protocol.report import PartClock, describe, terminal_summary, write_report
+from bs_ref.protocol.report import PartClock, describe, terminal_summary, write_report, write_timing
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, cell_name, versions, write_json, write_text
 from bs_ref.protocol.uncertainty import Context
 from bs_ref.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan = check(args)
     labels, seeds, pairs = [m for m, _ in plan], args.seeds, args.pair_seeds
     settings, started, clock = COMMAND_LINE.flat(args), time.perf_counter(), PartClock()
+    timing.LEDGER.reset()
+    began = time.time()
     splits = data.load_data(args.data)
     identity = {k: v for k, v in settings.items() if k not in NOT_IDENTITY} | {
         "precision": args.models.precision_name, "bs_ref_version": __version__}  # fmt: skip
@@ -224,8 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
         for pair in pairs:
             clock.part("models and references")
-            original, retain, tokenizer, model_info[pair] = models.load_models(args.models, splits, args.progress, say,
-                                                                               pair_seed=pair)  # fmt: skip
+            with timing.part("pair"):
+                original, retain, tokenizer, model_info[pair] = models.load_models(args.models, splits, args.progress,
+                                                                                   say, pair_seed=pair)  # fmt: skip
             store.bind_models(pair, model_info[pair])  # a resume never mixes model pairs
             evaluator = evaluate.Evaluator(args.evaluation, splits, tokenizer)
             config |= {"models": model_info[pairs[0]], "conventions": evaluate.conventions(settings,
@@ -279,6 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
                                               store.root, settings=args.hyper)  # fmt: skip
             report["table"] = "\n".join([report["table"], *extra])
             write_text(store.path("table.md"), report["table"])
+        report["timing"] = write_timing(store, store.cells(labels, seeds, pairs), time.perf_counter() - started,
+                                        since=began)  # by part: timing.json; the summary's "Time (s)" line
     return report | {"wall_s": time.perf_counter() - started, "parts_s": clock.stop()}
 
 
@@ -367,7 +374,7 @@ def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Eval
     ``eval_every`` steps (its curve starts at the original model's step-0 point), then fully; eval.json, then
     result.json; then, with ``attacker`` and ``--attack-at end|both``, the recovery attacks on the final model."""
     cfg = unlearn_config(args, store, splits, label, method, seed, pair)
-    curve = [dict(start)]
+    curve, ledger = [dict(start)], timing.LEDGER.totals()
 
     def callback(step: int, model) -> None:
         if step > 0:
@@ -377,7 +384,8 @@ def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Eval
     model = copy.deepcopy(original)
     accelerator = Accelerator(cpu=args.models.device_name == "cpu", mixed_precision=cfg.mixed_precision)
     began = time.perf_counter()
-    model = unlearn(model, tokenizer, splits.forget_train, splits.retain_train, cfg, callback, accelerator)
+    with timing.part(f"unlearning: {label}"):
+        model = unlearn(model, tokenizer, splits.forget_train, splits.retain_train, cfg, callback, accelerator)
     train_s = time.perf_counter() - began
     per_split = evaluator.full(model, seed)
     agg = evaluator.aggregate(per_split)
@@ -386,7 +394,8 @@ def unlearn_and_evaluate(args: TofuArgs, store: RunDir, evaluator: evaluate.Eval
     }
     result = {"method": label, "base_method": method.name, "seed": seed, "pair_seed": pair, "config": cfg.as_dict(),
               "metrics": metrics, "aggregate": agg, "curve": curve, "steps": curve[-1]["step"],
-              "wall_s": time.perf_counter() - began, "train_s": train_s}  # fmt: skip
+              "wall_s": time.perf_counter() - began, "train_s": train_s,
+              "timing": timing.LEDGER.since(ledger)}  # fmt: skip
     store.save_result(
         label, seed, result, evaluator.payload(per_split, method=label, seed=seed, pair_seed=pair), pair=pair
     )
@@ -458,8 +467,9 @@ def attack_missing(args: TofuArgs, store: RunDir, plan, seeds: list[int], pairs:
             say(f"{cell_name(label, seed, pair)}: replaying the unlearning run to step {step} ({setting})")
             cfg = unlearn_config(args, store, splits, label, method, seed, pair)
             accelerator = Accelerator(cpu=args.models.device_name == "cpu", mixed_precision=cfg.mixed_precision)
-            model = replay_unlearning(original, tokenizer, splits.forget_train, splits.retain_train, cfg, [step],
-                                      accelerator=accelerator)[step]  # fmt: skip
+            with timing.part("replays"):
+                model = replay_unlearning(original, tokenizer, splits.forget_train, splits.retain_train, cfg, [step],
+                                          accelerator=accelerator)[step]  # fmt: skip
             attacker.attack(store, label, seed, pair, setting, model, step=step, level=at, announce=say)
 
 

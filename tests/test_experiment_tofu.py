@@ -117,6 +117,9 @@ def test_smoke_terminal_summary_fits_one_screen(smoke_run):
     assert str(out / "table.md") in summary and "bs_t − ga_scaled" in summary and "bs_s − npo" in summary
     assert "[" in summary and "at the end of training" in summary  # contrasts come with their intervals
     assert set(report["parts_s"]) >= {"models and references", "unlearning, evaluation and attacks"}
+    timed = json.loads((out / "timing.json").read_text())  # the time by part, one summary line
+    assert {"pair", "unlearning: bs_s", "beliefs (BS-S)", "evaluation: final", "report"} <= set(timed["by_part_s"])
+    assert "Time (s): " in summary and "by part: timing.json" in summary
     assert summary.count("\n") < report["table"].count("\n") and "| A − B |" not in summary
     assert "print(terminal_summary(report))" in SCRIPT.read_text()  # what the command line prints
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from bs_ref.metrics.tofu_facts import fact_table
 from bs_ref.files import read_json_object
 from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, contains_fact, normalise, score_belief_bands
 from bs_ref.metrics.tofu import (
@@ -41,11 +40,13 @@ from bs_ref.metrics.tofu import (
     max_answer_tokens,
     read_eval_log,
 )
+from bs_ref.metrics.tofu_facts import fact_table
 from bs_ref.protocol.cli import arg
 from bs_ref.protocol.data import Data
 from bs_ref.protocol.matched import FORGETTING_MEASURES
 from bs_ref.protocol.store import RunDir, write_json
 from bs_ref.stats import tofu_columns
+from bs_ref.timing import timed
 
 CURVE_METRICS = (
     "forget_quality",
@@ -160,6 +161,7 @@ class Evaluator:
             return self.cfg.curve_forget_items or n
         return self.cfg.curve_items
 
+    @timed("evaluation: final")
     def full(self, model, seed: int = 0) -> dict[str, list[dict]]:
         """Per-item results of every split (greedy, plus sampled answers for the any-of-N fact leak); the forget
         items leak@k samples also get ``leak_k`` = {"n": samples, "c": samples that contain the fact}."""
@@ -207,6 +209,7 @@ class Evaluator:
         agg["fact_leak"] = agg.get("fact_leak_rate")
         return agg
 
+    @timed("evaluation: curve")
     def curve_point(self, step: int, model) -> dict:
         """The light evaluation: log-probs of targets and bands on the curve items, and the aggregate
         metrics on ``curve_items`` items per split (greedy answers, same budget as the full evaluation)."""
@@ -364,6 +367,7 @@ def summary_metrics(agg: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- references
+@timed("evaluation: start")
 def references(store: RunDir, evaluator: Evaluator, original, retain_model, retain_logs: str | None, device: str,
                want_retrain: bool, announce=print, pair: int = 0) -> tuple[dict, str | None]:  # fmt: skip
     """Evaluate the reference models of model pair ``pair`` once per run directory; returns (the step-0 curve

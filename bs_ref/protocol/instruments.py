@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from bs_ref import stats
-from bs_ref.metrics.tofu_facts import fact_table
 from bs_ref.metrics.leakage import BANDS, contains_fact
 from bs_ref.metrics.sampling import ks_for, pass_at_k
+from bs_ref.metrics.tofu_facts import fact_table
 from bs_ref.protocol.store import RunDir, write_text
+from bs_ref.timing import timed
 
 ORIGINAL = "original"
 LEAK_AT_K_COLUMNS = ("method", "seed", "pair_seed", "k", "leak_at_k", "ci_low", "ci_high", "n_items", "n_samples")
@@ -207,6 +208,7 @@ def run_facts(splits) -> dict[str, str]:
     return fact_table(records)
 
 
+@timed("report")
 def write_instruments(store: RunDir, labels: Sequence[str], seeds: Sequence[int], pairs: Sequence[int],
                       facts: Mapping[str, str], cells: Mapping[tuple, Any] | None = None,
                       informative: Mapping | None = None) -> dict[str, Any]:  # fmt: skip

@@ -26,6 +26,7 @@ and ``plots/recovery.png``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from bs_ref.protocol.cli import arg
 from bs_ref.protocol.matched import crossing
 from bs_ref.protocol.store import RunDir, read_json, write_json
 from bs_ref.protocol.uncertainty import Context, comparisons, design_of
+from bs_ref.timing import part, timed
 
 ATTACK_AT = ("end", "matched", "both")
 """Values of ``--attack-at``."""
@@ -164,7 +166,13 @@ class Attacker:
                level: float | None = None, announce: Callable[[str], None] | None = None) -> dict:  # fmt: skip
         """Every attack on ``model`` (a method's model after ``step`` steps, or a reference), saved to
         ``attacks_<setting>.json``; the relearning split and the sampled answers are drawn from ``seed``, so the
-        references of the same seed are attacked on the same items. ``model`` is not changed."""
+        references of the same seed are attacked on the same items. ``model`` is not changed. The payload keeps the
+        attacks' wall time (``timing``), which a resumed run reports as recorded."""
+        began = time.perf_counter()
+        with part(f"attacks: {label}"):
+            return self._attack(store, label, seed, pair, setting, model, step, level, announce, began)
+
+    def _attack(self, store, label, seed, pair, setting, model, step, level, announce, began) -> dict:
         if announce:
             announce(f"{label} seed {seed}{f' pair {pair}' if pair else ''}: attacks at {setting} "
                      f"({', '.join(self.labels)})")  # fmt: skip
@@ -189,7 +197,8 @@ class Attacker:
         results = {a: results[a] for a in self.labels if a in results}
         payload = {"identity": self.identity(setting, level), "method": label, "seed": seed, "pair_seed": pair,
                    "setting": setting, "step": step, "skipped": skipped,
-                   "results": {a: by_model[label].as_dict() for a, by_model in results.items()}}  # fmt: skip
+                   "results": {a: by_model[label].as_dict() for a, by_model in results.items()},
+                   "timing": {f"attacks: {label}": round(time.perf_counter() - began, 3)}}  # fmt: skip
         write_json(self.path(store, label, seed, pair, setting), payload)
         return payload
 
@@ -222,6 +231,7 @@ def load_cells(store: RunDir, labels: Iterable[str], seeds: Iterable[int], pairs
 
 
 # ------------------------------------------------------------------------------------------------ report
+@timed("report")
 def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], ctx: Context, *,
                     measure: str = RECOVERY_MEASURE,
                     informative: Mapping[tuple[str, str], bool | None] | None = None) -> dict[str, Any]:  # fmt: skip

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bs_ref import attacks, stats
+from bs_ref import attacks, stats, timing
 from bs_ref.protocol import plots, uncertainty
 from bs_ref.protocol.matched import (
     MATCH_MARGIN,
@@ -33,7 +33,7 @@ from bs_ref.protocol.matched import (
     in_units,
     matched_rows,
 )
-from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, write_text
+from bs_ref.protocol.store import REFERENCE_METHODS, RunDir, cell_name, read_json, write_json, write_text
 from bs_ref.protocol.tables import (
     SUMMARY_CI_MEASURES,
     ci_columns,
@@ -96,6 +96,7 @@ def leak_while_forgotten(rows: Sequence[dict]) -> list[str]:
     return flagged
 
 
+@timing.timed("report")
 def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], command: str, settings: str,
                  has_facts: bool, given: dict[str, float | None], notes: Sequence[str] = (),
                  diverged: Sequence[str] = (), context: Context | None = None,
@@ -288,6 +289,34 @@ class PartClock:
         return dict(self.seconds)
 
 
+def write_timing(store: RunDir, cells: Sequence[tuple[str, int | None, int]], wall_s: float,
+                 since: float = 0.0) -> dict:  # fmt: skip
+    """Write ``timing.json``: this run's seconds by part (``bs_ref.timing.LEDGER``, this process) and by
+    category, the total, and each cell's recorded time — its result.json's ``timing`` (unlearning, belief
+    sampling, its evaluations) and its attack files' — marked computed in this run (its result.json written at or
+    after ``since``, seconds since the epoch) or resumed (a resumed cell keeps the time recorded when it was
+    computed). Returns what it wrote."""
+    parts = {k: round(v, 3) for k, v in timing.LEDGER.totals().items()}
+    by_cell = {}
+    for label, seed, pair in cells:
+        if not store.is_finished(label, seed, pair):
+            continue
+        recorded = dict(read_json(store.result_path(label, seed, pair)).get("timing") or {})
+        for path in sorted(store.method_dir(label, seed, pair).glob("attacks_*.json")):
+            payload = read_json(path)
+            for name, seconds in (payload.get("timing") or {}).items():
+                recorded[f"{name} ({payload.get('setting', path.stem[8:])})"] = seconds
+        fresh = store.result_path(label, seed, pair).stat().st_mtime >= since
+        by_cell[cell_name(label, seed, pair)] = {"computed": "this run" if fresh else "resumed", "seconds": recorded}
+    out = {"total_s": round(wall_s, 3), "by_category_s": {k: round(v, 3) for k, v in timing.by_category(parts).items()},
+           "by_part_s": parts, "cells": by_cell,
+           "resumed": sorted(name for name, cell in by_cell.items() if cell["computed"] == "resumed"),
+           "note": "seconds of wall time in this process, each part exclusive of the parts nested in it; a "
+                   "resumed cell's seconds are those recorded when it was computed"}  # fmt: skip
+    write_json(store.path("timing.json"), out)
+    return out
+
+
 def _setting_name(setting: str) -> str:
     if setting == "end":
         return "at the end of training"
@@ -332,7 +361,10 @@ def terminal_summary(report: dict, max_lines: int = SUMMARY_MAX_LINES) -> str:
     if not shown:
         lines.append("No primary contrast: the run lacks the methods compared (BS-T, BS-S, GA×(1−λ), NPO).")
     parts = report.get("parts_s") or {}
-    if parts:
+    if report.get("timing"):
+        found = report["timing"]
+        lines.append(timing.time_line(found["by_part_s"], found.get("total_s"), len(found.get("resumed", []))))
+    elif parts:
         timed = [f"{name} {seconds:.0f} s" for name, seconds in parts.items() if seconds >= 0.5]
         total = [f"total {report['wall_s']:.0f} s"] if "wall_s" in report else []
         lines.append("Time: " + "; ".join(timed + total))

@@ -9,6 +9,7 @@ Layout under ``--out`` (``RunDir``)::
     start_pair<p>.json                   the same for model pair p ≠ 0 (``--pair-seeds``)
     methods/<method>/pair<p>/seed<k>/    (``pair<p>/shared/``) the cells of model pair p ≠ 0
     summary.csv  matched.csv  verdict.csv  table.md  plots/*.png
+    timing.json                          wall time by part (``bs_ref.timing``; a resumed cell's as recorded)
 
 Model pair 0 keeps the layout every earlier version wrote (no ``pair0/`` level), so a run directory made
 before pair seeds existed is the pair-0 part of a run with ``--pair-seeds 0 ...`` and resumes as it is; a
@@ -368,7 +369,7 @@ class RunDir:
 
 DERIVED = ("config.json", "models.json", "start.json", "start_pair*.json", "methods", "summary.csv", "matched.csv",
            "verdict.csv", "recovery.csv", "conditional_recovery.csv", "leak_at_k.csv", "squeeze.csv", "facts.csv",
-           "ablation_*.csv", "table.md", "plots", ".*.tmp")  # fmt: skip
+           "ablation_*.csv", "table.md", "timing.json", "plots", ".*.tmp")  # fmt: skip
 """What a run writes under ``--out`` from its settings (``--overwrite`` removes these, and nothing else)."""
 
 
