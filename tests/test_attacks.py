@@ -25,6 +25,7 @@ from bs_ref.attacks import (
     AttackUnavailable,
     attack_prompt,
     few_shot_context,
+    prompt_attack,
     prompt_attacks,
     quantization_attack,
     quantize_copy,
@@ -37,6 +38,7 @@ from bs_ref.attacks import (
     relearn_split,
     replay_unlearning,
     run_attacks,
+    without_probes,
 )
 from bs_ref.attacks._common import mean_of
 from bs_ref.data.synthetic import SyntheticConfig, build_benchmark, training_corpus
@@ -487,3 +489,19 @@ def test_items_without_a_leak_target_get_no_probe_and_no_samples(world, monkeypa
     assert all(it["fact_leak_any_of_n"] is None and it["fact_leak"] is None for it in items[:3])
     assert all(it["fact_leak_any_of_n"] is not None for it in items[3:])
     assert all(it["generation"] is not None and it["rougeL_recall"] is not None for it in items)
+
+
+def test_run_attacks_evaluates_the_unattacked_model_once_with_the_same_items(world):
+    """run_attacks reads every quantization and prompt attack's ``before`` off one evaluation of the model: the
+    items equal those each attack computes on its own (the prompt attacks' without the paraphrase probe)."""
+    models, tokenizer, forget, _ = world
+    model = {"ga": models["ga"]}
+    quant = ["quant8"] if attacks.bitsandbytes_available()[0] else []
+    results, _ = run_attacks(model, tokenizer, forget, [*quant, "prompt:affirmative"], seed=0, batch_size=8)
+    alone = prompt_attack(models["ga"], tokenizer, forget, "affirmative", seed=0)
+    assert results["prompt:affirmative"]["ga"].before == alone.before
+    assert results["prompt:affirmative"]["ga"].after == alone.after
+    if quant:
+        own = quantization_attack(models["ga"], tokenizer, forget, 8, seed=0)
+        assert results["quant8"]["ga"].before == own.before and results["quant8"]["ga"].after == own.after
+        assert without_probes(own.before) == alone.before

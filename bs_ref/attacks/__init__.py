@@ -44,9 +44,11 @@ from .quantize import (
     INSTALL,
     QUANT_ATTACKS,
     bitsandbytes_available,
+    quant_before,
     quantization_attack,
     quantize_copy,
     require_bitsandbytes,
+    without_probes,
 )
 from .recovery import (
     RECOVERY_COLUMNS,
@@ -113,6 +115,9 @@ def run_attacks(
             raise ValueError("the relearning attack needs lr (the pair's fine-tuning learning rate)")
         results["relearn"] = relearn_models(models, tokenizer, records, per_author=per_author, lr=lr, epochs=epochs,
                                             batch_size=batch_size, num_threads=num_threads, **common)  # fmt: skip
+    # the unattacked model's items are evaluated once per model: every quantization attack and (without the
+    # paraphrase probe, which changes nothing else) every prompt attack reads the same greedy answers
+    before: dict[str, list[dict]] = {}
     for label, bits in QUANT_ATTACKS.items():
         if label not in labels:
             continue
@@ -120,12 +125,17 @@ def run_attacks(
         if not ok:
             skipped[label] = why
             continue
-        results[label] = {name: quantization_attack(model, tokenizer, records, bits, **common)
-                          for name, model in models.items()}  # fmt: skip
+        for name, model in models.items():
+            if name not in before:
+                before[name] = quant_before(model, tokenizer, records, **common)
+            result = quantization_attack(model, tokenizer, records, bits, before=before[name], **common)
+            results.setdefault(label, {})[name] = result
     wanted = [label[7:] for label in labels if label.startswith("prompt:")]
     if wanted:
         for name, model in models.items():
-            found = prompt_attacks(model, tokenizer, records, wanted, k=k_shots, per_author=per_author, **common)
+            plain = without_probes(before[name]) if name in before else None
+            found = prompt_attacks(model, tokenizer, records, wanted, k=k_shots, per_author=per_author, before=plain,
+                                   **common)  # fmt: skip
             for label, result in found.items():
                 results.setdefault(label, {})[name] = result
     return {label: results[label] for label in labels if label in results}, skipped
@@ -152,6 +162,7 @@ __all__ = [
     "plot_recovery",
     "prompt_attack",
     "prompt_attacks",
+    "quant_before",
     "quantization_attack",
     "quantize_copy",
     "recovery_csv",
@@ -164,4 +175,5 @@ __all__ = [
     "replay_unlearning",
     "require_bitsandbytes",
     "run_attacks",
+    "without_probes",
 ]

@@ -170,6 +170,26 @@ def quantize_copy(model, bits: int, *, device: str | torch.device | None = None,
     return quantized.eval()
 
 
+def quant_before(model, tokenizer, forget_records: Sequence[dict], *, template: str = "plain", seed: int = 0,
+                 max_new_tokens: int | None = None, eval_batch_size: int = 32, num_samples: int = 0,
+                 sample_temperature: float = 1.0) -> list[dict]:  # fmt: skip
+    """The ``before`` items of ``quantization_attack`` (the unquantized model; the same for every bit width)."""
+    return evaluate_items(model, tokenizer, list(forget_records), template=template, probes=True,
+                          num_samples=num_samples, temperature=sample_temperature, seed=seed,
+                          max_new_tokens=max_new_tokens, batch_size=eval_batch_size)  # fmt: skip
+
+
+def without_probes(items: Sequence[dict]) -> list[dict]:
+    """Items evaluated with the paraphrase probe as ``evaluate_items`` returns them without it (the probe's
+    generation removed, its leak None): the greedy answer, scores and samples do not depend on the probe."""
+    out = []
+    for item in items:
+        item = {k: v for k, v in item.items() if k != "generation_paraphrased_question"}
+        item["fact_leak_paraphrased_question"] = None
+        out.append(item)
+    return out
+
+
 def quantization_attack(
     model,
     tokenizer,
@@ -185,15 +205,18 @@ def quantization_attack(
     sample_temperature: float = 1.0,
     device: str | torch.device | None = None,
     cpu_fast_path: bool = False,
+    before: list[dict] | None = None,
 ) -> AttackResult:
     """Evaluate ``forget_records`` on ``model`` (``before``) and on its ``bits``-bit copy (``after``): greedy fact
     leak, paraphrased question, any-of-N (``num_samples``), target log-prob, fact-token log-prob, ROUGE-L. Items
-    carry ``index`` = position in ``forget_records``. Raises ``AttackUnavailable`` without bitsandbytes."""
+    carry ``index`` = position in ``forget_records``. Raises ``AttackUnavailable`` without bitsandbytes. ``before``:
+    the items of ``quant_before`` for the same model and settings, reused instead of evaluated again."""
     require_bitsandbytes()
     records = list(forget_records)
     evaluation = dict(template=template, probes=True, num_samples=num_samples, temperature=sample_temperature,
                       seed=seed, max_new_tokens=max_new_tokens, batch_size=eval_batch_size)  # fmt: skip
-    before = evaluate_items(model, tokenizer, records, **evaluation) if evaluate_before else []
+    if before is None:
+        before = evaluate_items(model, tokenizer, records, **evaluation) if evaluate_before else []
     quantized = quantize_copy(model, bits, device=device, cpu_fast_path=cpu_fast_path)
     try:
         after = evaluate_items(quantized, tokenizer, records, **evaluation)
