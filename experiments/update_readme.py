@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))  # proofs_check, when run from a checkout without 
 PAGES: dict[str, tuple[str, int]] = {
     "ledger": ("docs/ledger.md", 3),
     "tofu": ("docs/results/default.md", 3),
+    "tofu_controls": ("docs/results/default.md", 3),
     "tofu_smollm2": ("docs/results/smollm2.md", 3),
     "tofu_smollm2_tofu": ("docs/results/smollm2_tofu.md", 3),
     "ablation_refresh": ("docs/results/ablations.md", 3),
