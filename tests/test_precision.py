@@ -119,8 +119,9 @@ def test_every_loss_and_its_gradient_in_bf16_stay_close_to_fp32(tiny, name):
         cache.refresh(fp32, tokenizer, dataset.prompts())
         beliefs = cache.batch(forget["index"].tolist(), tokenizer.pad_token_id)
         assert beliefs["input_ids"].shape[0] > 0
-    ref32 = reference_model(fp32) if method.needs_reference else None
-    ref16 = reference_model(bf16) if method.needs_reference else None
+    needs_reference = method.needs_reference or method.retain_needs_reference  # RMU's retain term: π_ref's states
+    ref32 = reference_model(fp32) if needs_reference else None
+    ref16 = reference_model(bf16) if needs_reference else None
     stats32, g32 = _step(method, fp32, forget, retain, beliefs, ref32)
     stats16, g16 = _step(method, bf16, forget, retain, beliefs, ref16)
     for term in ("forget", "retain", "total"):
