@@ -1,6 +1,7 @@
-"""bs_ref.protocol.executor: jobs run here or as Ray tasks give the same results in job order; caught errors are
-results, others name their job; functions from files the workers cannot import run under Ray; the workers get the
-environment and torch thread count of the driver; the command-line checks of --executor and --ray-address."""
+"""bs_ref.protocol.executor: jobs run here, in worker processes or as Ray tasks give the same results in job order;
+caught errors are results, others name their job; functions from files the workers cannot import run in processes
+and under Ray; the workers get the environment and torch thread count of the driver; an error or Ctrl-C stops the
+jobs left; the command-line checks of --executor, --ray-address and --workers."""
 
 from __future__ import annotations
 
@@ -147,6 +148,22 @@ def test_ray_matches_local_in_job_order(ray, tmp_path) -> None:
     assert run_jobs([], double, executor="ray") == []
 
 
+def test_processes_match_local_in_job_order(tmp_path) -> None:
+    """Two worker processes: job 0 finishes last, the results come in job order, on_done in finishing order, and a
+    worker runs with the driver's torch thread count."""
+    for x in range(4):
+        (tmp_path / f"{x}.job").touch()
+    done = []
+    jobs = [(x, str(tmp_path)) for x in range(4)]
+    remote = run_jobs(jobs, last_first, executor="processes", workers=2, on_done=lambda job, _: done.append(job[0]))
+    assert [y for y, _ in remote] == run_jobs(range(4), double) == [0, 2, 4, 6]
+    pids = {pid for _, pid in remote}
+    assert os.getpid() not in pids and len(pids) == 2
+    assert sorted(done) == [0, 1, 2, 3] and done[-1] == 0
+    assert run_jobs([None], threads, executor="processes") == [torch.get_num_threads()]
+    assert run_jobs([], double, executor="processes") == []
+
+
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_a_caught_error_is_the_result_of_its_job(executor: str, request) -> None:
     if executor == "ray":
@@ -161,12 +178,14 @@ def test_a_caught_error_is_the_result_of_its_job(executor: str, request) -> None
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
-def test_an_uncaught_error_names_its_job(executor: str, request) -> None:
+def test_an_uncaught_error_names_its_job(executor: str, request, capsys) -> None:
     if executor == "ray":
         request.getfixturevalue("ray")
     with pytest.raises(ValueError, match="boom") as raised:
-        run_jobs([0, 1, 2], fail_at_one, executor=executor, catch=(Diverged,))
-    assert "in job 1 of 3: 1" in raised.value.__notes__
+        run_jobs([0, 1, 2], fail_at_one, executor=executor, catch=(Diverged,), describe=lambda x: f"cell {x}")
+    assert "in job 1 of 3: cell 1" in raised.value.__notes__
+    if executor == "processes":  # and one line on stderr
+        assert "run_jobs: job 1 of 3 (cell 1) failed in a worker process: ValueError: boom;" in capsys.readouterr().err
 
 
 def stop_or_write(job: tuple[int, str]) -> None:
@@ -203,6 +222,18 @@ def test_ray_cancels_the_jobs_left(ray, tmp_path, stop: str) -> None:
     assert not (tmp_path / "late.txt").exists()
 
 
+@pytest.mark.parametrize("stop", ["error", "ctrl-c"])
+def test_processes_stop_the_jobs_left(tmp_path, stop: str) -> None:
+    """An uncaught error in one job, or Ctrl-C in the driver, kills the worker still running and cancels the job
+    waiting: neither writes anything."""
+    jobs = [(0 if stop == "error" else -1, str(tmp_path)), (1, str(tmp_path)), (2, str(tmp_path))]
+    with pytest.raises(ValueError if stop == "error" else KeyboardInterrupt):
+        run_jobs(jobs, stop_or_write, executor="processes", workers=2, on_done=interrupt)
+    assert (tmp_path / "started").exists()
+    time.sleep(10.5)
+    assert not (tmp_path / "late.txt").exists()
+
+
 def _load_helper(tmp_path: Path, in_sys_modules: bool):
     """HELPER as a module loaded from its file, under a name no worker can import (as tests load the experiment)."""
     file = tmp_path / "job_helper.py"
@@ -231,6 +262,17 @@ def test_a_function_from_a_file_runs_under_ray(ray, tmp_path, in_sys_modules: bo
         sys.modules.pop(module.__name__, None)
 
 
+def test_a_function_from_a_file_runs_in_processes(tmp_path) -> None:
+    """As the tests load the experiment: a file loaded under a name no worker can import, in sys.modules."""
+    module = _load_helper(tmp_path, True)
+    try:
+        results = run_jobs([module.Job(1), module.Job(2)], module.work, executor="processes", workers=1)
+        assert [r.y for r in results] == [3, 6] and all(isinstance(r, module.Out) for r in results)
+        assert len({r.pid for r in results}) == 1 and results[0].pid != os.getpid()  # one worker kept for both
+    finally:
+        sys.modules.pop(module.__name__, None)
+
+
 def test_ray_jobs_run_with_the_driver_torch_threads(ray) -> None:
     """Ray would give a job as many threads as it has CPUs (OMP_NUM_THREADS); a job runs with the driver's count
     here, as it does locally, unless it sets its own."""
@@ -247,11 +289,12 @@ def test_environment_reaches_a_running_ray(ray, monkeypatch) -> None:
 
 def test_executor_problems() -> None:
     assert executor_problems("local", None) == []
-    assert executor_problems("process", None) == ["--executor 'process' is not one of: local, ray"]
+    assert executor_problems("process", None) == ["--executor 'process' is not one of: local, processes, ray"]
+    assert executor_problems("processes", None, workers=0) == ["--workers must be >= 1, got 0"]
     assert executor_problems("local", "head:6379") == [
         "--ray-address head:6379 is given without --executor ray (add --executor ray)"
     ]
-    with pytest.raises(ValueError, match="not one of: local, ray"):
+    with pytest.raises(ValueError, match="not one of: local, processes, ray"):
         run_jobs([0], double, executor="process")
 
 
