@@ -102,8 +102,11 @@ class TofuArgs:
         "trained once per seed; 0 is the pair of earlier versions",
         factory=lambda: [0],
     )
-    executor: str = arg("local", "where the unlearning jobs run: local (this process, one after the other) | ray "
-                        "(one Ray task per method, seed and model pair; pip install -e '.[ray]')")  # fmt: skip
+    executor: str = arg("local", "where the unlearning jobs run: local (this process, one after the other) | "
+                        "processes (--workers processes of this machine, one job at a time each, --threads threads "
+                        "each) | ray (one Ray task per method, seed and model pair; pip install -e '.[ray]')"
+                        )  # fmt: skip
+    workers: int = arg(2, "with --executor processes: how many worker processes")
     ray_address: str | None = arg(None, "with --executor ray: the cluster to join (head:6379, or auto); default: a "
                                   "local Ray on this machine's CPUs")  # fmt: skip
     grid: bool = arg(False, "also run BS-T over temperature {1,2,4} x lam {0.2,0.6} and GA×(1−λ) for both λ")
@@ -163,7 +166,7 @@ PRESETS = {
 COMMAND_LINE = cli.CommandLine(TofuArgs, PRESETS, __doc__.split("\n\n")[0], prog="python experiments/tofu.py")
 NOT_IDENTITY = ("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "ablation", "progress",
                 "eval_batch_size", "device", "cache_dir", "match_target_drop", "match_fact_leak", "bf16", "attacks",
-                "attack_at", "attack_lr", "attack_epochs", "executor", "ray_address")  # fmt: skip
+                "attack_at", "attack_lr", "attack_epochs", "executor", "ray_address", "workers")  # fmt: skip
 """Settings that do not change a method's numbers (so a rerun may change them and still resume); ``bf16`` is
 an alias whose effect the identity records as ``precision``. The attack settings are kept with each attack's
 results instead (``bs_ref.protocol.recovery``), so changing them recomputes only the attacks."""
@@ -189,7 +192,7 @@ def check(args: TofuArgs) -> list[tuple[str, object]]:
     problems += files.path_problems("--out", args.out, "dir", writable=True)
     problems += models.pair_seed_problems(args.pair_seeds, args.models, args.data)
     problems += cli.config_problems(args.unlearn) + method_problems + evaluate.problems(args.evaluation)
-    problems += recovery.problems(args.attacks) + executor_problems(args.executor, args.ray_address)
+    problems += recovery.problems(args.attacks) + executor_problems(args.executor, args.ray_address, args.workers)
     if args.preset == "smollm2_tofu" and args.data.synthetic:
         problems.append("--preset smollm2_tofu fine-tunes SmolLM2 on real TOFU text: pass --data with a TOFU directory "
                         "or locuslab/TOFU")  # fmt: skip
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
                 diverged += run_cells(args, store, splits, jobs, attack_labels, contexts)
             else:
                 queued += jobs
-        if queued:  # --executor ray: every job of every pair, each task loading its pair from the cache
+        if queued:  # --executor processes|ray: every job of every pair, each worker loading its pair from the cache
             diverged += run_cells(args, store, splits, queued, attack_labels, {})
         given = matched.given_levels(args.match_target_drop, args.match_fact_leak)
         clock.part("replayed attacks and report")
@@ -331,15 +334,16 @@ def run_cells(args: TofuArgs, store: RunDir, splits: data.Data, jobs: list[tuple
     work = functools.partial(run_cell, args, store, splits, attack_labels, contexts)
     gpus = 1 if args.models.device_name == "cuda" else 0
     run_jobs(jobs, work, executor=args.executor, address=args.ray_address, cpus_per_job=args.models.threads,
-             gpus_per_job=gpus, catch=(NonFiniteLossError,), on_done=done)  # fmt: skip
+             gpus_per_job=gpus, catch=(NonFiniteLossError,), on_done=done, workers=args.workers,
+             describe=lambda job: cell_name(job[0], job[2], job[3]))  # fmt: skip
     return diverged
 
 
 def run_cell(args: TofuArgs, store: RunDir, splits: data.Data, attack_labels: list[str],
              contexts: dict[int, PairContext], job: tuple) -> None:  # fmt: skip
     """One job: unlearn and evaluate (and attack) one method, seed and model pair. A job without its pair in
-    ``contexts`` (a Ray task) loads the pair from the model cache and reads the pair's reference files, which the
-    run wrote before any job started."""
+    ``contexts`` (a Ray task, a worker process's first job of the pair) loads the pair from the model cache and
+    reads the pair's reference files, which the run wrote before any job started."""
     label, method, seed, pair = job
     torch.set_num_threads(args.models.threads)
     if pair not in contexts:

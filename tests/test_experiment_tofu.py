@@ -24,8 +24,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -684,31 +686,100 @@ def test_refresh_ablation_runs_end_to_end_on_the_smoke_preset(tmp_path, model_ca
 
 
 # ------------------------------------------------------------------------------------------------ executors
+EXECUTOR_RUN = ["--preset", "smoke", "--no-progress", "--methods", "original", "retrain", "ga", "bs_t", "ga_scaled",
+                "--seeds", "0", "1", "--attacks", "relearn"]  # fmt: skip
+EVERY_CSV = ("summary.csv", "matched.csv", "verdict.csv", "recovery.csv", "leak_at_k.csv", "squeeze.csv", "facts.csv",
+             "conditional_recovery.csv")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def local_executor_run(tmp_path_factory, model_cache) -> Path:
+    """The run every other executor is compared with: EXECUTOR_RUN with --executor local."""
+    out = tmp_path_factory.mktemp("executors") / "local"
+    tofu.main(EXECUTOR_RUN + ["--cache-dir", str(model_cache), "--out", str(out)])
+    return out
+
+
+def _assert_same_results(expected: Path, out: Path, names=EVERY_CSV) -> None:
+    """The CSVs ``names`` of two runs hold the same rows, wall-clock columns aside; so do the runs' identities."""
+    for name in names:
+        assert (expected / name).is_file() == (out / name).is_file(), name
+        if not (expected / name).is_file():
+            continue
+        a, b = _read_csv(expected / name), _read_csv(out / name)
+        assert len(a) == len(b) > 0, name
+        for row_a, row_b in zip(a, b):
+            assert {k: v for k, v in row_a.items() if not k.startswith("wall_s")} == {
+                k: v for k, v in row_b.items() if not k.startswith("wall_s")}, name  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["identity"] == json.loads(
+        (expected / "config.json").read_text())["identity"]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_ray_executor_writes_the_same_results_as_the_local_executor(tmp_path, model_cache):
+def test_ray_executor_writes_the_same_results_as_the_local_executor(tmp_path, model_cache, local_executor_run):
     """``--executor ray`` (a local Ray, one task per method and seed) gives the summary.csv and recovery.csv of
     ``--executor local``, wall-clock columns aside: each task loads the pair from the cache and reads the pair's
     reference files, and the unlearning is deterministic."""
     pytest.importorskip("ray")
-    common = ["--preset", "smoke", "--cache-dir", str(model_cache), "--no-progress", "--methods", "original",
-              "retrain", "ga", "bs_t", "ga_scaled", "--seeds", "0", "1", "--attacks", "relearn"]  # fmt: skip
-    local, ray_run = tmp_path / "local", tmp_path / "ray"
-    tofu.main(common + ["--out", str(local)])
-    tofu.main(common + ["--out", str(ray_run), "--executor", "ray"])
-    timing = {"wall_s"}
-    for name in ("summary.csv", "recovery.csv", "verdict.csv"):
-        a, b = _read_csv(local / name), _read_csv(ray_run / name)
-        assert len(a) == len(b) > 0
-        for row_a, row_b in zip(a, b):
-            assert {k: v for k, v in row_a.items() if k not in timing and not k.startswith("wall_s")} == {
-                k: v for k, v in row_b.items() if k not in timing and not k.startswith("wall_s")}, name  # fmt: skip
-    assert json.loads((ray_run / "config.json").read_text())["identity"] == json.loads(
-        (local / "config.json").read_text())["identity"]  # fmt: skip
+    ray_run = tmp_path / "ray"
+    tofu.main(EXECUTOR_RUN + ["--cache-dir", str(model_cache), "--out", str(ray_run), "--executor", "ray"])
+    _assert_same_results(local_executor_run, ray_run, ("summary.csv", "recovery.csv", "verdict.csv"))
+
+
+@pytest.mark.slow
+def test_processes_executor_writes_the_same_results_as_the_local_executor(tmp_path, model_cache,
+                                                                          local_executor_run):  # fmt: skip
+    """``--executor processes --workers 2``: every CSV of ``--executor local``, wall-clock columns aside (each worker
+    loads the pair from the cache once and reads the pair's reference files)."""
+    out = tmp_path / "processes"
+    tofu.main(EXECUTOR_RUN + ["--cache-dir", str(model_cache), "--out", str(out), "--executor", "processes",
+                              "--workers", "2"])  # fmt: skip
+    _assert_same_results(local_executor_run, out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_worker_processes_and_the_rerun_resumes(tmp_path, model_cache, local_executor_run):
+    """Ctrl-C at a terminal (SIGINT to the whole process group) once the first job has finished: the run exits
+    with 130 and its one line, the workers are gone, finished results are kept; the same command resumes them and
+    ends with the CSVs of an uninterrupted run."""
+    out = tmp_path / "run"
+    argv = EXECUTOR_RUN + ["--cache-dir", str(model_cache), "--out", str(out), "--executor", "processes"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)  # fmt: skip
+    try:
+        for _ in range(3000):
+            if list(out.glob("methods/*/seed*/result.json")) or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: kept ") and f"finished result(s) in {out} (original, " in last, err
+    assert "Traceback" not in err and "leaked" not in err
+    kept = _mtimes(out)
+    assert 0 < len(list(out.glob("methods/*/seed*/result.json"))) < 6
+    for _ in range(300):  # no process of the run's group is left
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("a process of the interrupted run is still running")
+
+    tofu.main(argv)
+    assert {k: v for k, v in _mtimes(out).items() if k in kept and "result.json" in k} == {
+        k: v for k, v in kept.items() if "result.json" in k}  # fmt: skip
+    _assert_same_results(local_executor_run, out)
 
 
 def test_executor_flags_fail_with_one_clear_message(tmp_path):
     out = ["--out", str(tmp_path / "o")]
-    with pytest.raises(ValueError, match="--executor 'dask' is not one of: local, ray"):
+    with pytest.raises(ValueError, match="--executor 'dask' is not one of: local, processes, ray"):
         tofu.main(["--executor", "dask", *out])
     with pytest.raises(ValueError, match=r"--ray-address auto is given without --executor ray"):
         tofu.main(["--ray-address", "auto", *out])
