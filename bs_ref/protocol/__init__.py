@@ -17,7 +17,7 @@ evaluate → report); the parts it calls live here, one job per module:
 - ``recovery``: the recovery attacks on every model of a run (``AttackConfig``, ``Attacker``; docs/theory.md §9)
   and their part of the report (recovery.csv, spurious-gap verdicts);
 - ``ablations``: the refresh and sensitivity ablations (``--ablation``; docs/theory.md §13);
-- ``executor``: the jobs of a run on this process or on Ray (``--executor``);
+- ``executor``: the jobs of a run in this process, in worker processes or on Ray (``--executor``);
 - ``report``: summary.csv, matched.csv, verdict.csv, recovery.csv, table.md and the plots of a run.
 
 Imports run one way, with no circle: ``cli`` ← ``data`` ← ``models``; ``store`` ← ``tables`` ← ``matched`` ←
