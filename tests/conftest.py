@@ -5,7 +5,8 @@ Real TOFU data: ``tofu_dir`` is the full copy named by ``BS_REF_TOFU_DIR`` when 
 ``tofu_logs_dir`` (locuslab/tofu evaluation logs, ``BS_REF_TOFU_LOGS``) skips when unset.
 
 Hypothesis profiles: ``dev`` (fast, random), ``ci`` (derandomised, more examples) and ``explore`` (random, many
-examples). Select with ``HYPOTHESIS_PROFILE=dev|ci|explore``; the default is ``ci`` when the ``CI`` variable is set, else ``dev``.
+examples). Select with ``HYPOTHESIS_PROFILE=dev|ci|explore``; the default is ``ci`` when the ``CI`` variable is
+set, else ``dev``.
 """
 
 from __future__ import annotations

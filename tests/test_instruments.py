@@ -15,11 +15,11 @@ from _tiny import fresh
 
 from bs_ref.attacks import AttackResult
 from bs_ref.data.tofu import load_tofu
-from bs_ref.metrics.tofu_facts import FACTS_FILE, annotate, answer_digest, fact_table, load_annotations
 from bs_ref.generation import encode_pair
 from bs_ref.metrics.fork import after_fork_logprob, fork
 from bs_ref.metrics.leakage import BeliefBands, contains_fact, score_belief_bands
 from bs_ref.metrics.sampling import ks_for, leak_at_k_brute, pass_at_k
+from bs_ref.metrics.tofu_facts import FACTS_FILE, annotate, answer_digest, fact_table, load_annotations
 from bs_ref.protocol.instruments import (
     conditional_recovery,
     conditional_rows,
