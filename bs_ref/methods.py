@@ -416,7 +416,7 @@ class GATargetMatched(Method):
     title: ClassVar[str] = "GA×(1−λ+λ·q_y)"
     equation: ClassVar[str] = "docs/theory.md §2, D2"
 
-    lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
+    lam: float = hp(0.2, "belief weight λ of BS-T; this control takes the same λ so the two compare")
     top_k: int = hp(20, "BS-T local belief support k (top-k tokens per position)")
     temperature: float = hp(1.0, "BS-T belief temperature τ (docs/theory.md D4; the authors' code has τ = 1)")
 
@@ -440,7 +440,7 @@ class SGA(Method):
     title: ClassVar[str] = "SGA"
     equation: ClassVar[str] = "docs/theory.md §2, D2"
 
-    lam: float = hp(0.2, "belief weight λ of BS-T; GA×(1−λ) uses the same λ so the two compare")
+    lam: float = hp(0.2, "belief weight λ of BS-T; this control takes the same λ so the two compare")
 
     def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
         return sga_loss(logits, labels, lam=self.lam, reduction=reduction)
