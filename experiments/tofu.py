@@ -66,7 +66,7 @@ from bs_ref.protocol import ablations, cli, data, evaluate, instruments, matched
 from bs_ref.protocol.cli import arg, method_settings, section
 from bs_ref.protocol.data import DataConfig
 from bs_ref.protocol.evaluate import EvalConfig
-from bs_ref.protocol.executor import executor_problems, run_jobs
+from bs_ref.protocol.executor import ExecutionConfig, executor_problems, run_jobs
 from bs_ref.protocol.models import ModelConfig
 from bs_ref.protocol.recovery import AttackConfig, Attacker
 from bs_ref.protocol.report import PartClock, describe, terminal_summary, write_report, write_timing
@@ -102,13 +102,6 @@ class TofuArgs:
         "trained once per seed; 0 is the pair of earlier versions",
         factory=lambda: [0],
     )
-    executor: str = arg("local", "where the unlearning jobs run: local (this process, one after the other) | "
-                        "processes (--workers processes of this machine, one job at a time each, --threads threads "
-                        "each) | ray (one Ray task per method, seed and model pair; pip install -e '.[ray]')"
-                        )  # fmt: skip
-    workers: int = arg(2, "with --executor processes: how many worker processes")
-    ray_address: str | None = arg(None, "with --executor ray: the cluster to join (head:6379, or auto); default: a "
-                                  "local Ray on this machine's CPUs")  # fmt: skip
     grid: bool = arg(False, "also run BS-T over temperature {1,2,4} x lam {0.2,0.6} and GA×(1−λ) for both λ")
     ablation: list[str] = arg(
         help="also run an ablation (docs/theory.md §13): refresh (BS-S belief refresh period x N) and/or "
@@ -121,6 +114,7 @@ class TofuArgs:
     match_fact_leak: float | None = arg(None, "matched level: fact-leak rate in [0, 1) (default: from the curves)")
     data: DataConfig = section(DataConfig, "data (bs_ref.protocol.data)")
     models: ModelConfig = section(ModelConfig, "models and hardware (bs_ref.protocol.models)")
+    execution: ExecutionConfig = section(ExecutionConfig, "where the jobs run (bs_ref.protocol.executor)")
     unlearn: UnlearnConfig = section(
         lambda: UnlearnConfig(lr=1e-3, epochs=5, batch_size=8, eval_every=5),
         "unlearning: one budget for every method (bs_ref.unlearn.UnlearnConfig)",
@@ -192,7 +186,8 @@ def check(args: TofuArgs) -> list[tuple[str, object]]:
     problems += files.path_problems("--out", args.out, "dir", writable=True)
     problems += models.pair_seed_problems(args.pair_seeds, args.models, args.data)
     problems += cli.config_problems(args.unlearn) + method_problems + evaluate.problems(args.evaluation)
-    problems += recovery.problems(args.attacks) + executor_problems(args.executor, args.ray_address, args.workers)
+    run_on = args.execution
+    problems += recovery.problems(args.attacks) + executor_problems(run_on.executor, run_on.ray_address, run_on.workers)
     if args.preset == "smollm2_tofu" and args.data.synthetic:
         problems.append("--preset smollm2_tofu fine-tunes SmolLM2 on real TOFU text: pass --data with a TOFU directory "
                         "or locuslab/TOFU")  # fmt: skip
@@ -252,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
                 attack_references(store, attacker, labels, seeds, pair, {"original": original, "retrain": retain})
             clock.part("unlearning, evaluation and attacks")
             jobs = pending_jobs(store, plan, seeds, pair)
-            if args.executor == "local":  # this pair's jobs now, on the models in memory
+            if args.execution.executor == "local":  # this pair's jobs now, on the models in memory
                 contexts = {pair: PairContext(original, tokenizer, evaluator, start, attacker)}
                 diverged += run_cells(args, store, splits, jobs, attack_labels, contexts)
             else:
@@ -333,8 +328,9 @@ def run_cells(args: TofuArgs, store: RunDir, splits: data.Data, jobs: list[tuple
 
     work = functools.partial(run_cell, args, store, splits, attack_labels, contexts)
     gpus = 1 if args.models.device_name == "cuda" else 0
-    run_jobs(jobs, work, executor=args.executor, address=args.ray_address, cpus_per_job=args.models.threads,
-             gpus_per_job=gpus, catch=(NonFiniteLossError,), on_done=done, workers=args.workers,
+    run_on = args.execution
+    run_jobs(jobs, work, executor=run_on.executor, address=run_on.ray_address, cpus_per_job=args.models.threads,
+             gpus_per_job=gpus, catch=(NonFiniteLossError,), on_done=done, workers=run_on.workers,
              describe=lambda job: cell_name(job[0], job[2], job[3]))  # fmt: skip
     return diverged
 

@@ -39,6 +39,7 @@ workers and cancels the jobs waiting).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
@@ -52,6 +53,8 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from types import ModuleType
 from typing import Any, TypeVar
+
+from bs_ref.protocol.cli import arg
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -72,6 +75,19 @@ FORWARDED_ENV = (
 counts, deterministic cuBLAS, tokenizer threads, progress bars and the model cache."""
 
 RAY_MISSING = "--executor ray needs Ray, which is not installed: pip install -e '.[ray]'"
+
+
+@dataclasses.dataclass
+class ExecutionConfig:
+    """Where the experiment's jobs run (``run_jobs``): none of these settings changes a number."""
+
+    executor: str = arg("local", "where the unlearning jobs run: local (this process, one after the other) | "
+                        "processes (--workers processes of this machine, one job at a time each, --threads threads "
+                        "each) | ray (one Ray task per method, seed and model pair; pip install -e '.[ray]')"
+                        )  # fmt: skip
+    workers: int = arg(2, "with --executor processes: how many worker processes")
+    ray_address: str | None = arg(None, "with --executor ray: the cluster to join (head:6379, or auto); default: a "
+                                  "local Ray on this machine's CPUs")  # fmt: skip
 
 
 def executor_problems(executor: str, address: str | None, workers: int = 2) -> list[str]:
