@@ -153,6 +153,10 @@ def main() -> None:
     if accelerator.is_main_process:
         (out / "eval.json").write_text(json.dumps(per_split))
     accelerator.wait_for_everyone()
+    # Tear the process group down before the interpreter exits: left to interpreter shutdown, a rank sometimes
+    # aborted there ("terminate called without an active exception", SIGABRT) after all its work was written.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
