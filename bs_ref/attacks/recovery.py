@@ -136,11 +136,16 @@ def recovery_rows(
 def recovery_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The text of ``recovery.csv``: header ``RECOVERY_COLUMNS``, numbers with 6 significant digits, empty cells
     for NaN / None (as ``bs_ref.stats.verdict_csv``)."""
+    return rows_csv(rows, RECOVERY_COLUMNS)
+
+
+def rows_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` with header ``columns``: numbers with 6 significant digits, empty cells for NaN / None."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RECOVERY_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_cell(row.get(k)) for k in RECOVERY_COLUMNS})
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
     return buffer.getvalue()
 
 

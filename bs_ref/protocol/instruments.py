@@ -24,8 +24,6 @@ which ``bs_ref.protocol.evaluate`` records from the same forward pass as the who
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bs_ref import stats
+from bs_ref.attacks.recovery import rows_csv
 from bs_ref.metrics.leakage import BANDS, contains_fact
 from bs_ref.metrics.sampling import ks_for, pass_at_k
 from bs_ref.metrics.tofu_facts import fact_table
@@ -234,30 +233,15 @@ def write_instruments(store: RunDir, labels: Sequence[str], seeds: Sequence[int]
                 squeeze += squeeze_rows(store.load_result(label, seed, pair).get("curve") or [], label, seed, pair)
         leak_rows += leak_at_k_rows(runs, label)
     out = {"leak_at_k": leak_rows, "squeeze": squeeze, "facts": fact_rows}
-    write_text(store.path("leak_at_k.csv"), to_csv(leak_rows, LEAK_AT_K_COLUMNS))
-    write_text(store.path("squeeze.csv"), to_csv(squeeze, SQUEEZE_COLUMNS))
-    write_text(store.path("facts.csv"), to_csv(fact_rows, FACTS_COLUMNS))
+    write_text(store.path("leak_at_k.csv"), rows_csv(leak_rows, LEAK_AT_K_COLUMNS))
+    write_text(store.path("squeeze.csv"), rows_csv(squeeze, SQUEEZE_COLUMNS))
+    write_text(store.path("facts.csv"), rows_csv(fact_rows, FACTS_COLUMNS))
     if cells:
         informative = informative if informative is not None else informative_attacks(cells, facts)
         out["conditional_recovery"] = conditional_rows(cells, facts, informative)
-        write_text(store.path("conditional_recovery.csv"), to_csv(out["conditional_recovery"], CONDITIONAL_COLUMNS))
+        write_text(store.path("conditional_recovery.csv"), rows_csv(out["conditional_recovery"], CONDITIONAL_COLUMNS))
     out["lines"] = table_lines(out)
     return out
-
-
-def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _cell(row.get(c)) for c in columns})
-    return buffer.getvalue()
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(float(value)) else f"{float(value):.6g}"
-    return "" if value is None else value
 
 
 def _fmt(row: Mapping[str, Any], value: str, low: str, high: str) -> str:
