@@ -21,9 +21,10 @@ Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422
 * **BeliefCache** keyed by the forget example's dataset index (docs/theory.md §4): off-policy (sampled once from the
   original model θ_o, then fixed: the variant Theorem 5.3 covers) or on-policy (resampled from the current
   model every ``refresh_epochs``; 0 = every step). It lives on CPU; ``batch(indices)`` returns exactly those
-  items' beliefs, so each forget item is paired with its own beliefs.
+  items' beliefs, so each forget item is paired with its own beliefs. ``BeliefSampling`` holds the eight
+  settings of how and when beliefs are drawn (the decoding above and the regime), checked once.
 * The BS-S objective itself (Eq. 7) is declared in ``bs_ref.methods.BSS`` and its loss file
-  ``bs_ref.losses.bs_s``; the loop backwards the belief rows in row chunks (``bs_ref.unlearn``).
+  ``bs_ref.losses.bs_s``; the runner backwards the belief rows in row chunks (``bs_ref.runner``).
 
 Shapes: prompts are lists of token ids; cached beliefs are token-id lists (prompt + answer [+ stop token]);
 ``BeliefCache.batch`` gives right-padded LongTensors [R, T] with labels = -100 on prompt and padding.
@@ -103,42 +104,78 @@ class Beliefs:
         return [t for t, y in zip(self.input_ids[i], self.labels[i]) if y != IGNORE_INDEX]
 
 
-def check_sampling_args(n: int, select: str, m: int | None, temperature: float, top_p: float, max_new_tokens: int):
-    """One clear ValueError per bad decoding argument (shared by ``sample_beliefs`` and ``BeliefCache``)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n (beliefs per prompt) must be an integer >= 1, got {n!r}")
-    if select not in SELECT_MODES:
-        raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
-    if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < n):
-        raise ValueError(f"m (candidates drawn per prompt) must be an integer >= n = {n}, got {m!r}")
-    if not float(temperature) >= 0.0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0.0 < float(top_p) <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if select != "beam" and float(temperature) == 0.0 and (n > 1 or select == "filter"):
-        raise ValueError(
-            "temperature=0 is greedy decoding, which has one answer per prompt (nothing to filter); use n=1 with "
-            "select='sample', a temperature > 0, or select='beam' for several deterministic answers"
-        )
+@dataclass(frozen=True)
+class BeliefSampling:
+    """How BS-S draws its global beliefs and when it draws them again (docs/theory.md §4); checked on creation.
+
+    regime          "off_policy": sampled once (from the original model, before unlearning) and then fixed;
+                    "on_policy": resampled from the current model every ``refresh_epochs`` epochs
+    refresh_epochs  on-policy refresh period in epochs (the authors use 1 or 2); 0 = every step
+    n               beliefs kept per prompt
+    select          "sample" (n draws) | "filter" (the n most confident of m draws) | "beam" (n best of m beams)
+    m               candidates drawn per prompt for "filter" (default 2n) or "beam" (default n)
+    temperature     sampling temperature τ_s (0 = greedy: one answer per prompt)
+    top_p           nucleus top-p
+    max_new_tokens  longest sampled answer, in tokens
+
+    ``bs_ref.methods.BSS`` spells these ``regime``, ``refresh_epochs``, ``n_beliefs``, ``select``,
+    ``belief_candidates``, ``belief_temperature``, ``belief_top_p`` and ``belief_max_new_tokens``
+    (``BSS.belief_sampling`` builds this object from them).
+    """
+
+    regime: str = "off_policy"
+    refresh_epochs: float = 1.0
+    n: int = 3
+    select: str = "sample"
+    m: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+    def __post_init__(self):
+        if self.regime not in REGIMES:
+            raise ValueError(f"regime must be one of {REGIMES}, got {self.regime!r}")
+        if not float(self.refresh_epochs) >= 0.0:
+            raise ValueError(f"refresh_epochs must be >= 0 (0 = refresh every step), got {self.refresh_epochs}")
+        n, m = self.n, self.m
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n (beliefs per prompt) must be an integer >= 1, got {n!r}")
+        if self.select not in SELECT_MODES:
+            raise ValueError(f"select must be one of {SELECT_MODES}, got {self.select!r}")
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < n):
+            raise ValueError(f"m (candidates drawn per prompt) must be an integer >= n = {n}, got {m!r}")
+        if not float(self.temperature) >= 0.0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        tokens = self.max_new_tokens
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {tokens!r}")
+        greedy = float(self.temperature) == 0.0
+        if self.select != "beam" and greedy and (n > 1 or self.select == "filter"):
+            raise ValueError(
+                "temperature=0 is greedy decoding, which has one answer per prompt (nothing to filter); use n=1 with "
+                "select='sample', a temperature > 0, or select='beam' for several deterministic answers"
+            )
+
+    @property
+    def per_batch(self) -> bool:
+        """Whether every step resamples (on-policy, ``refresh_epochs`` = 0): only that step's prompts are needed."""
+        return self.regime == "on_policy" and float(self.refresh_epochs) == 0.0
 
 
 def sample_beliefs(
     model,
     tokenizer,
     prompts: list[list[int]],
-    n: int = 3,
-    select: str = "sample",
-    m: int | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 64,
+    sampling: BeliefSampling | None = None,
+    *,
     batch_size: int = 8,
     seed: int = 0,
     template: str = "plain",
 ) -> Beliefs:
-    """Global beliefs: ``n`` answers per prompt from ``model`` (docs/theory.md §4), ``batch_size`` prompts a batch.
+    """Global beliefs: ``sampling.n`` answers per prompt from ``model`` (docs/theory.md §4), ``batch_size`` prompts
+    a batch (``sampling``: the decoding of ``BeliefSampling``, its defaults when None; its regime plays no part here).
 
     ``select``: "sample" (n draws), "filter" (m ≥ n draws, default 2n; keep the n with the highest mean token
     log-prob; empty answers rank last since they never reach the loss), "beam" (n best of m beams, default n).
@@ -146,7 +183,9 @@ def sample_beliefs(
     in greedy and beam modes the answers do not depend on ``batch_size``. ``template``: the prompt template the
     prompts were encoded with ("plain" or "chat"); it decides the stop ids (``bs_ref.generation.stop_token_ids``).
     """
-    check_sampling_args(n, select, m, temperature, top_p, max_new_tokens)
+    sampling = sampling if sampling is not None else BeliefSampling()
+    n, select, m = sampling.n, sampling.select, sampling.m
+    temperature, top_p, max_new_tokens = sampling.temperature, sampling.top_p, sampling.max_new_tokens
     if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
         raise ValueError("prompts must be a non-empty list of token-id lists (one per forget question)")
     for i, p in enumerate(prompts):
@@ -188,17 +227,11 @@ def sample_beliefs(
 
     keep = list(range(len(rows)))
     if select == "filter":
-        keep = []
-        for i in range(len(prompts)):
-            cand = [j for j in range(i * draws, (i + 1) * draws)]
-            cand.sort(key=lambda j: (_is_empty(rows[j][2], stop_set), -scores[j]))  # stable: ties keep draw order
-            keep.extend(sorted(cand[:n]))
-    beliefs = Beliefs(
-        settings=dict(
-            n=n, select=select, m=m, temperature=float(temperature), top_p=float(top_p), max_new_tokens=max_new_tokens,
-            seed=seed, template=template, stop_token_ids=stop_ids, candidates_per_prompt=draws,
-        )
-    )  # fmt: skip
+        empty = [_is_empty(answer, stop_set) for _, _, answer, _ in rows]
+        keep = _most_confident(empty, scores, len(prompts), draws, n)
+    decoding = dict(n=n, select=select, m=m, temperature=float(temperature), top_p=float(top_p))
+    run = dict(max_new_tokens=max_new_tokens, seed=seed, template=template, stop_token_ids=stop_ids)
+    beliefs = Beliefs(settings={**decoding, **run, "candidates_per_prompt": draws})
     for j in keep:
         prompt_index, prompt, answer, stopped = rows[j]
         empty = _is_empty(answer, stop_set)
@@ -209,6 +242,16 @@ def sample_beliefs(
         beliefs.is_empty.append(empty)
         beliefs.stopped.append(stopped)
     return beliefs
+
+
+def _most_confident(empty: list[bool], scores: list[float], prompts: int, draws: int, n: int) -> list[int]:
+    """The n draws of each prompt (``draws`` a prompt, in prompt order) with the highest mean token log-prob, in
+    draw order; empty answers rank last since they never reach the loss, ties keep the draw order."""
+    keep = []
+    for i in range(prompts):
+        candidates = sorted(range(i * draws, (i + 1) * draws), key=lambda j: (empty[j], -scores[j]))  # stable
+        keep.extend(sorted(candidates[:n]))
+    return keep
 
 
 def _is_empty(answer: list[int], stop_set: set[int]) -> bool:
@@ -231,11 +274,8 @@ class _CachedBelief:
 class BeliefCache:
     """Global beliefs of every forget item, keyed by its dataset index, on CPU (docs/theory.md §4).
 
-    regime          "off_policy": sampled once (from the original model, before unlearning) and then fixed;
-                    "on_policy": resampled from the current model every ``refresh_epochs`` epochs
-    refresh_epochs  on-policy refresh period in epochs (the authors use 1 or 2); 0 = every step, in which case
-                    ``maybe_refresh`` may be given just the current batch's prompts
-    n, select, m, temperature, top_p, max_new_tokens: decoding, as in ``sample_beliefs``
+    sampling        how and when beliefs are drawn (``BeliefSampling``; its defaults when None). On-policy with
+                    ``refresh_epochs`` = 0, ``maybe_refresh`` may be given just the current batch's prompts
     batch_size      prompts per ``generate`` call (32: a refresh covers the whole forget set, so larger batches
                     than a training step's pay off; lower it if generation runs out of memory)
     seed            refresh r draws with seed + r: reproducible, and fresh samples at every refresh
@@ -244,29 +284,11 @@ class BeliefCache:
     """
 
     def __init__(
-        self,
-        regime: str = "off_policy",
-        refresh_epochs: float = 1.0,
-        n: int = 3,
-        select: str = "sample",
-        m: int | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 64,
-        batch_size: int = 32,
-        seed: int = 0,
-        template: str = "plain",
+        self, sampling: BeliefSampling | None = None, *, batch_size: int = 32, seed: int = 0, template: str = "plain"
     ):
-        if regime not in REGIMES:
-            raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
-        if not float(refresh_epochs) >= 0.0:
-            raise ValueError(f"refresh_epochs must be >= 0 (0 = refresh every step), got {refresh_epochs}")
-        check_sampling_args(n, select, m, temperature, top_p, max_new_tokens)
-        self.regime, self.refresh_epochs = regime, float(refresh_epochs)
-        self.sampling = dict(
-            n=n, select=select, m=m, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, template=template,
-        )  # fmt: skip
+        self.settings = sampling if sampling is not None else BeliefSampling()
+        self.regime, self.refresh_epochs = self.settings.regime, float(self.settings.refresh_epochs)
+        self.batch_size, self.template = batch_size, template
         self.seed = seed
         self.entries: dict[int, list[_CachedBelief]] = {}
         self.sampled_at: dict[int, Any] = {}  # dataset index -> step of its last sampling
@@ -288,10 +310,10 @@ class BeliefCache:
         if not prompts_by_index:
             raise ValueError("prompts_by_index is empty: pass {dataset index: prompt token ids} of the forget items")
         indices = [int(i) for i in prompts_by_index]
-        beliefs = sample_beliefs(
-            model, tokenizer, [list(prompts_by_index[i]) for i in prompts_by_index], seed=self.seed + self.refreshes,
-            **self.sampling,
-        )  # fmt: skip
+        prompts = [list(prompts_by_index[i]) for i in prompts_by_index]
+        seed = self.seed + self.refreshes
+        run = dict(batch_size=self.batch_size, seed=seed, template=self.template)
+        beliefs = sample_beliefs(model, tokenizer, prompts, self.settings, **run)
         fresh: dict[int, list[_CachedBelief]] = {i: [] for i in indices}
         for j in range(len(beliefs)):
             owner = indices[beliefs.prompt_index[j]]
@@ -376,7 +398,7 @@ class BeliefCache:
             "empty_sampled_total": self.empty_sampled,
             "distinct_per_item": sum(distinct) / len(distinct) if distinct else 0.0,
             "mean_logprob_at_sampling": sum(b.mean_logprob for b in kept) / len(kept) if kept else math.nan,
-            **{f"sampling_{k}": v for k, v in self.sampling.items()},
+            **{f"sampling_{k}": v for k, v in self._logged_settings().items()},
         }
         if model is not None:
             pad = 0
@@ -390,6 +412,17 @@ class BeliefCache:
                 model.train(was_training)
             out["mean_logprob_current"] = sum(now) / len(now) if now else math.nan
         return out
+
+    def _logged_settings(self) -> dict[str, Any]:
+        """The decoding settings and the generation batch and template, as every step's log records them."""
+        s = self.settings
+        decoding = dict(n=s.n, select=s.select, m=s.m, temperature=s.temperature, top_p=s.top_p)
+        return {
+            **decoding,
+            "max_new_tokens": s.max_new_tokens,
+            "batch_size": self.batch_size,
+            "template": self.template,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (plain Python types)."""

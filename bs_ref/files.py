@@ -63,8 +63,9 @@ def read_json(path: str | Path, fix: str = RECOMPUTE) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise UnreadableFile(path, f"is truncated or damaged: not valid JSON ({error.msg} at line {error.lineno})",
-                             fix) from None  # fmt: skip
+        raise UnreadableFile(
+            path, f"is truncated or damaged: not valid JSON ({error.msg} at line {error.lineno})", fix
+        ) from None
 
 
 def read_json_object(path: str | Path, fix: str = RECOMPUTE, keys: Iterable[str] = ()) -> dict:
@@ -142,8 +143,9 @@ def digest_of(checksums: dict[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- command lines
-def path_problems(flag: str, value: str | Path | None, kind: str = "dir", *, must_exist: bool = False,
-                  writable: bool = False) -> list[str]:  # fmt: skip
+def path_problems(
+    flag: str, value: str | Path | None, kind: str = "dir", *, must_exist: bool = False, writable: bool = False
+) -> list[str]:
     """The problems of a path flag: ``kind`` ``dir`` (a directory, created when missing unless ``must_exist``) or
     ``file``; ``writable``: the directory (or the nearest existing folder above it) must be writable."""
     if value is None or value == "":

@@ -2,19 +2,22 @@
 caller that turns a model into answers or answer scores (belief sampling for BS-S and evaluation alike).
 
 * ``encode_pair``: (prompt ids, answer ids + EOS) of a question/answer pair exactly as training sees them
-  (``bs_ref.data.tofu.encode_prompt`` / ``encode_answer``, under the prompt template "plain" or "chat").
+  (``bs_ref.data.qa.encode_prompt`` / ``encode_answer``, under the prompt template "plain" or "chat").
 * ``score_answers``: teacher-forced scores of (prompt, answer) pairs: per answer token its log-prob (float32
   logits, log-softmax in float32, returned as float64) and whether the argmax equals it. Pairs are
   de-duplicated (each distinct pair runs once) and sorted longest first so that batches carry little padding;
   right padding, so with causal attention a row's scores do not depend on what else is in its batch.
   ``mean_logprobs`` gives the mean token log-prob of each answer from the same scores (NaN for an empty
   answer).
+* ``Decoding``: how answers are generated (the token budget, the batch size, greedy or N samples at a
+  temperature / top-p, beam search), one frozen object that generation, evaluation and the attacks share.
 * ``generate``: left-padded batches through ``model.generate`` with the KV cache, greedy, sampled
-  (temperature, top-p, no top-k truncation) or beam search. Every decoding knob is set explicitly, so nothing
-  is inherited from a checkpoint's generation config. Sampling is seeded inside a forked RNG: the same seed,
-  prompts and batching give the same answers, and the caller's random stream does not move. Each continuation
-  is cut at its first stop id; optionally the log-prob of every generated token is read off the raw scores
-  (``ChosenTokenLogprob``). ``generate_answers`` encodes questions, generates and decodes.
+  (temperature, top-p, no top-k truncation) or beam search, as ``Decoding`` says. Every decoding knob is set
+  explicitly, so nothing is inherited from a checkpoint's generation config. Sampling is seeded inside a
+  forked RNG: the same seed, prompts and batching give the same answers, and the caller's random stream does
+  not move. Each continuation is cut at its first stop id; optionally the log-prob of every generated token
+  is read off the raw scores (``ChosenTokenLogprob``). ``generate_answers`` encodes questions, generates and
+  decodes.
 
 The stop rule (``stop_token_ids``), a function of (tokenizer, model, template): an answer ends at
 
@@ -38,6 +41,7 @@ padding on the right and labels = IGNORE_INDEX there (scoring, training rows). `
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Sequence
@@ -47,7 +51,8 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from bs_ref.data.tofu import TEMPLATES, encode_answer, encode_prompt
+from bs_ref import checks
+from bs_ref.data.qa import TEMPLATES, encode_answer, encode_prompt
 from bs_ref.losses import IGNORE_INDEX
 
 END_OF_TURN_PROBE = "bsrefendofturnprobe"
@@ -115,7 +120,7 @@ def stop_token_ids(tokenizer, model=None, template: str = "plain") -> list[int]:
 
 
 def encode_pair(tokenizer, question: str, answer: str, template: str = "plain") -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids + EOS) exactly as training sees them (``bs_ref.data.tofu.encode_qa`` split at
+    """(prompt ids, answer ids + EOS) exactly as training sees them (``bs_ref.data.qa.encode_qa`` split at
     the first labelled token)."""
     return encode_prompt(tokenizer, question, template=template), encode_answer(tokenizer, answer)
 
@@ -248,8 +253,8 @@ def mean_logprobs(
     filled = [i for i, a in enumerate(answers) if len(a)]
     out = [math.nan] * len(answers)
     if filled:
-        scores = score_answers(model, [prompts[i] for i in filled], [answers[i] for i in filled], pad_token_id,
-                               batch_size)  # fmt: skip
+        chosen_prompts, chosen_answers = [prompts[i] for i in filled], [answers[i] for i in filled]
+        scores = score_answers(model, chosen_prompts, chosen_answers, pad_token_id, batch_size)
         for i, s in zip(filled, scores):
             out[i] = float(s.token_logprobs.mean())
     return out
@@ -309,57 +314,137 @@ class Generation:
         return self.tokens + ([self.stop_id] if self.stop_id is not None else [])
 
 
-@torch.no_grad()
-def generate(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    pad_token_id: int,
-    stop_ids: Sequence[int],
-    max_new_tokens: int = 200,
-    batch_size: int = 32,
-    num_return_sequences: int = 1,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    *,
-    num_beams: int = 1,
-    sort_by_length: bool = True,
-    record_logprobs: bool = False,
-) -> list[list[Generation]]:
-    """Continuations of every prompt: ``result[i][j]`` is the j-th ``Generation`` of prompt i, cut at the first
-    id of ``stop_ids``.
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are generated: the settings that generation, evaluation and the attacks share, one name each.
 
-    Greedy unless ``do_sample`` (temperature, top-p, no top-k) or ``num_beams`` > 1 (beam search, the
-    ``num_return_sequences`` best beams, best first, length penalty 1, no early stopping). Batches of
-    ``batch_size`` prompts, left padded, longest prompts first (``sort_by_length``) or in the given order.
-    ``record_logprobs`` records each generated token's log-prob (not with beams: beams reorder rows).
+    max_new_tokens  the longest continuation, in tokens; None (evaluations of records only: the attacks) sizes
+                    it to the answers evaluated, the longest answer's tokens + 8
+    batch_size      prompts per ``model.generate`` call (and prompt/answer pairs per scoring batch)
+    num_samples     0: one greedy answer per prompt; N > 0: N answers sampled at ``temperature`` and ``top_p``
+                    (no top-k truncation)
+    temperature     the sampling temperature (> 0; read only when sampling)
+    top_p           nucleus sampling's mass (>= 1: no truncation; 0: the most likely token only)
+    num_beams       > 1: beam search instead (length penalty 1, no early stopping), returning the
+                    max(1, num_samples) best beams, best first
+
+    What a call draws is fixed by the seed passed beside it (``generate(..., seed=...)``), not by this object:
+    the same decoding is used with many seeds.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    if record_logprobs and num_beams > 1:
-        raise ValueError("record_logprobs needs num_beams=1 (beam search reorders rows); score beams afterwards")
-    # Every decoding knob is set here, so nothing is inherited from the checkpoint's generation_config
-    # (a repetition penalty or beam count there would silently change "greedy").
+
+    max_new_tokens: int | None = 200
+    batch_size: int = 32
+    num_samples: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_beams: int = 1
+
+    def __post_init__(self):
+        if self.max_new_tokens is not None and not checks.positive_int(self.max_new_tokens):
+            raise ValueError(f"max_new_tokens must be an integer >= 1 (or None), got {self.max_new_tokens!r}")
+        if not checks.positive_int(self.batch_size):
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (checks.non_negative_int(self.num_samples) and checks.positive_int(self.num_beams)):
+            raise ValueError(f"num_samples must be >= 0 and num_beams >= 1, got {self.num_samples}, {self.num_beams}")
+        if self.sampled and not (checks.finite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"sampling needs a temperature > 0, got {self.temperature!r}")
+        if not (checks.finite(self.top_p) and self.top_p >= 0):
+            raise ValueError(f"top_p must be a number >= 0 (1 or more: no truncation), got {self.top_p!r}")
+
+    @property
+    def sampled(self) -> bool:
+        """Whether answers are sampled (rather than greedy or beam search)."""
+        return self.num_samples > 0 and self.num_beams == 1
+
+    @property
+    def returns(self) -> int:
+        """Continuations per prompt: one greedy answer, the samples, or the best beams."""
+        return max(1, self.num_samples)
+
+    def greedy(self) -> Decoding:
+        """The same budget and batching, one greedy answer per prompt."""
+        return dataclasses.replace(self, num_samples=0, num_beams=1)
+
+
+def decoding_with(decoding: Decoding | None = None, **settings) -> Decoding:
+    """``decoding`` (default ``Decoding()``) with ``settings`` applied by field name. The keyword names of
+    ``transformers``' ``generate`` are read too: ``do_sample=True`` with ``num_return_sequences=N`` is
+    ``num_samples=N``; with ``num_beams`` > 1, ``num_return_sequences=N`` is the N best beams."""
+    decoding = decoding if decoding is not None else Decoding()
+    do_sample = settings.pop("do_sample", None)
+    returned = settings.pop("num_return_sequences", None)
+    if do_sample is not None or returned is not None:
+        returned = 1 if returned is None else returned
+        if settings.get("num_beams", decoding.num_beams) > 1:
+            if do_sample:
+                raise ValueError("beam search samples nothing: pass do_sample=False with num_beams > 1")
+            settings["num_samples"] = returned
+        elif do_sample:
+            settings["num_samples"] = returned
+        elif returned != 1:
+            raise ValueError(
+                f"greedy decoding returns one sequence per prompt, got num_return_sequences={returned}; "
+                "pass do_sample=True (samples) or num_beams > 1 (beams)"
+            )
+        else:
+            settings["num_samples"] = 0
+    return dataclasses.replace(decoding, **settings) if settings else decoding
+
+
+def generation_config(decoding: Decoding, pad_token_id: int, stop_ids: Sequence[int]) -> GenerationConfig:
+    """The ``transformers.GenerationConfig`` of ``decoding``. Every knob is set here, so nothing is inherited
+    from the checkpoint's generation_config (a repetition penalty or beam count there would silently change
+    "greedy")."""
+    if decoding.max_new_tokens is None:
+        raise ValueError("max_new_tokens is None: size the budget to the answers first (or give a number)")
     knobs: dict = dict(
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=decoding.max_new_tokens,
         min_new_tokens=0,
-        num_return_sequences=num_return_sequences,
+        num_return_sequences=decoding.returns,
         pad_token_id=pad_token_id,
         eos_token_id=[int(i) for i in stop_ids],
         use_cache=True,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
     )
-    if num_beams > 1:
-        knobs.update(do_sample=False, num_beams=num_beams, length_penalty=1.0, early_stopping=False)
-    elif do_sample:  # top_k=0: no hidden top-50 truncation from the library default
-        knobs.update(do_sample=True, num_beams=1, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    if decoding.num_beams > 1:
+        knobs.update(do_sample=False, num_beams=decoding.num_beams, length_penalty=1.0, early_stopping=False)
+    elif decoding.sampled:  # top_k=0: no hidden top-50 truncation from the library default
+        temperature, top_p = float(decoding.temperature), float(decoding.top_p)
+        knobs.update(do_sample=True, num_beams=1, temperature=temperature, top_p=top_p, top_k=0)
     else:
         knobs.update(do_sample=False, num_beams=1)
-    config = GenerationConfig(**knobs)
+    return GenerationConfig(**knobs)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    pad_token_id: int,
+    stop_ids: Sequence[int],
+    decoding: Decoding | None = None,
+    seed: int = 0,
+    *,
+    sort_by_length: bool = True,
+    record_logprobs: bool = False,
+    **settings,
+) -> list[list[Generation]]:
+    """Continuations of every prompt: ``result[i][j]`` is the j-th ``Generation`` of prompt i, cut at the first
+    id of ``stop_ids``.
+
+    ``decoding`` (default ``Decoding()``): greedy, sampled or beam search; ``settings`` change it by name
+    (``decoding_with``: ``max_new_tokens=...``, or ``transformers``' ``do_sample`` / ``num_return_sequences``).
+    Sampling is seeded with ``seed`` inside a forked RNG. Batches of ``decoding.batch_size`` prompts, left padded,
+    longest prompts first (``sort_by_length``) or in the given order. ``record_logprobs`` records each generated
+    token's log-prob (not with beams: beams reorder rows).
+    """
+    decoding = decoding_with(decoding, **settings)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if record_logprobs and decoding.num_beams > 1:
+        raise ValueError("record_logprobs needs num_beams=1 (beam search reorders rows); score beams afterwards")
+    config = generation_config(decoding, pad_token_id, stop_ids)
     stop = {int(i) for i in stop_ids}
     device = model_device(model)
     was_training = model.training
@@ -373,30 +458,41 @@ def generate(
         # Seeded inside a forked RNG, so generating never moves the caller's random stream.
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
-            for chunk in batches(order, batch_size):
-                input_ids, attention_mask = left_pad([[int(t) for t in prompts[i]] for i in chunk], pad_token_id)
-                recorder = ChosenTokenLogprob() if record_logprobs else None
-                sequences = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    generation_config=config,
-                    logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
-                )
-                generated = sequences[:, input_ids.shape[1] :]
-                logprobs = recorder.finish(generated).cpu() if recorder is not None else None
-                for row, tokens in enumerate(generated.cpu().tolist()):
-                    cut = next((t for t, tok in enumerate(tokens) if tok in stop), None)
-                    kept = tokens if cut is None else tokens[:cut]
-                    length = len(kept) + (cut is not None)
-                    out[chunk[row // num_return_sequences]].append(
-                        Generation(
-                            tokens=kept,
-                            stop_id=None if cut is None else tokens[cut],
-                            token_logprobs=logprobs[row, :length].clone() if logprobs is not None else None,
-                        )
-                    )
+            for chunk in batches(order, decoding.batch_size):
+                batch = [prompts[i] for i in chunk]
+                rows = _generate_batch(model, batch, pad_token_id, config, stop, record_logprobs)
+                for row, generation in enumerate(rows):
+                    out[chunk[row // decoding.returns]].append(generation)
     finally:
         model.train(was_training)
+    return out
+
+
+def _generate_batch(model, prompts, pad_token_id: int, config: GenerationConfig, stop: set[int], record_logprobs):
+    """The ``Generation`` of every returned row of one left-padded batch, in ``model.generate``'s row order."""
+    device = model_device(model)
+    input_ids, attention_mask = left_pad([[int(t) for t in p] for p in prompts], pad_token_id)
+    recorder = ChosenTokenLogprob() if record_logprobs else None
+    sequences = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        generation_config=config,
+        logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
+    )
+    generated = sequences[:, input_ids.shape[1] :]
+    logprobs = recorder.finish(generated).cpu() if recorder is not None else None
+    out = []
+    for row, tokens in enumerate(generated.cpu().tolist()):
+        cut = next((t for t, tok in enumerate(tokens) if tok in stop), None)
+        kept = tokens if cut is None else tokens[:cut]
+        length = len(kept) + (cut is not None)
+        out.append(
+            Generation(
+                tokens=kept,
+                stop_id=None if cut is None else tokens[cut],
+                token_logprobs=logprobs[row, :length].clone() if logprobs is not None else None,
+            )
+        )
     return out
 
 
@@ -405,29 +501,16 @@ def generate_answers(
     tokenizer,
     questions: Sequence[str],
     template: str = "plain",
-    max_new_tokens: int = 200,
-    batch_size: int = 32,
-    num_samples: int = 0,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
+    decoding: Decoding | None = None,
     seed: int = 0,
+    **settings,
 ) -> list[str] | list[list[str]]:
     """Greedy answers to ``questions`` (prompt template ``template``, stop ids of ``stop_token_ids``), decoded
     without special tokens and stripped; with ``num_samples`` = N > 0, N sampled answers per question instead
-    (a list of N strings per question)."""
+    (a list of N strings per question). ``decoding`` and ``settings`` as for ``generate``."""
+    decoding = decoding_with(decoding, **settings)
     prompts = [encode_prompt(tokenizer, q, template=template) for q in questions]
-    generations = generate(
-        model,
-        prompts,
-        pad_token_id_of(tokenizer),
-        stop_token_ids(tokenizer, model, template),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        num_return_sequences=max(1, num_samples),
-        do_sample=num_samples > 0,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-    )
+    stops = stop_token_ids(tokenizer, model, template)
+    generations = generate(model, prompts, pad_token_id_of(tokenizer), stops, decoding, seed)
     texts = [[tokenizer.decode(g.tokens, skip_special_tokens=True).strip() for g in row] for row in generations]
-    return texts if num_samples > 0 else [row[0] for row in texts]
+    return texts if decoding.num_samples > 0 else [row[0] for row in texts]

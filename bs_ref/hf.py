@@ -2,14 +2,14 @@
 checkpointing and launcher, with the training step of ``bs_ref.unlearn``.
 
 ``UnlearningTrainer`` trains on the forget set (its ``train_dataset``) and draws one retain batch per forget
-micro-batch from its own retain loader; each micro-batch runs ``bs_ref.unlearn.micro_step``, the function the
+micro-batch from its own retain loader; each micro-batch runs ``bs_ref.runner.micro_step``, the function the
 bs_ref loop runs, so the objective is the method declaration's (``bs_ref.methods``) term for term:
 ``L = γ·L_forget + α·L_retain``, the reference model where the method needs one (a frozen copy, or with LoRA the
 same model with its adapter disabled), BS-S beliefs from a ``bs_ref.beliefs.BeliefCache`` refreshed per the
 declaration's regime, and BS-S's belief rows backwarded in row chunks. The usage example (README)::
 
     from transformers import TrainingArguments
-    from bs_ref.data.tofu import load_tofu
+    from bs_ref.data.qa import load_tofu
     from bs_ref.hf import UnlearningTrainer
     from bs_ref.models import load_model
 
@@ -51,23 +51,29 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import set_seed
 
 from bs_ref.beliefs import BeliefCache
-from bs_ref.data.tofu import QADataset, collate_train
+from bs_ref.data.qa import QADataset, collate_train
 from bs_ref.lora import apply_lora
 from bs_ref.methods import Method, method_from_spec
 from bs_ref.models import bf16_attention_guard
+from bs_ref.runner import forward_chunk, micro_step
 from bs_ref.unlearn import (
     NonFiniteLossError,
     UnlearnConfig,
     _cycle,
-    _forward_term,
     belief_seed,
-    micro_step,
     prepare_method,
     reference_model,
 )
 
-STAT_NAMES = {"forget": "forget_loss", "retain": "retain_loss", "forget_logprob": "forget_logprob",
-              "topk_mass": "topk_mass"}  # fmt: skip
+STAT_NAMES = {
+    "forget": "forget_loss",
+    "retain": "retain_loss",
+    "forget_logprob": "forget_logprob",
+    "topk_mass": "topk_mass",
+}
+UNLEARN_SETTINGS = {"alpha": 1.0, "retain_loss": "nll", "template": "plain", "max_length": None, "reduction": "row"}
+"""The unlearning settings ``UnlearningTrainer`` takes by keyword (fields of ``bs_ref.unlearn.UnlearnConfig``), with
+their defaults; every other keyword goes to ``transformers.Trainer``."""
 
 
 class UnlearningTrainer(Trainer):
@@ -77,7 +83,7 @@ class UnlearningTrainer(Trainer):
     args             ``TrainingArguments`` (batch size, lr, schedule, epochs, clipping, logging, saving, ...)
     method           a declaration of ``bs_ref.methods`` or a spec (``"npo:beta=0.2"``, ``"bs_s:regime=on_policy"``)
     forget_dataset   TOFU-schema records (``question``, ``answer``): a list of dicts, a ``datasets.Dataset``, or a
-                     ``bs_ref.data.tofu.QADataset``
+                     ``bs_ref.data.qa.QADataset``
     retain_dataset   the same, for the retain term (needed unless the method has none or ``alpha=0``)
     processing_class the tokenizer (``tokenizer=`` is accepted too); it needs a pad token
     alpha, retain_loss  α and the retain term ("nll" | "kl"), as in ``bs_ref.unlearn.UnlearnConfig``
@@ -86,25 +92,28 @@ class UnlearningTrainer(Trainer):
     lora             a LoRA spec (``"r=8,alpha=16,targets=q_proj,v_proj"``), ``LoraSpec`` or ``peft.LoraConfig``:
                      attach a fresh adapter first (``bs_ref.lora.apply_lora``)
     **kwargs         any other ``Trainer`` argument (callbacks, optimizers, eval_dataset, compute_metrics, ...)
+
+    The unlearning settings (alpha, retain_loss, reduction, template, max_length: ``UNLEARN_SETTINGS``) and
+    ``tokenizer`` arrive through ``**kwargs`` and are taken out of it by name before the rest goes to ``Trainer``.
     """
 
-    def __init__(self, model=None, args=None, *, method: Method | str = "bs_t", forget_dataset=None,
-                 retain_dataset=None, processing_class=None, tokenizer=None, alpha: float = 1.0,
-                 retain_loss: str = "nll", template: str = "plain", max_length: int | None = None, lora=None,
-                 reduction: str = "row", **kwargs):  # fmt: skip
-        if "train_dataset" in kwargs:
-            raise ValueError("UnlearningTrainer trains on forget_dataset; pass the forget records there, not as "
-                             "train_dataset")  # fmt: skip
-        tokenizer = processing_class if processing_class is not None else tokenizer
-        if tokenizer is None:
-            raise ValueError("UnlearningTrainer needs the tokenizer: processing_class=tokenizer")
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
-        if forget_dataset is None:
-            raise ValueError("UnlearningTrainer needs forget_dataset: the records to unlearn")
+    def __init__(
+        self,
+        model=None,
+        args=None,
+        *,
+        method: Method | str = "bs_t",
+        forget_dataset=None,
+        retain_dataset=None,
+        processing_class=None,
+        lora=None,
+        **kwargs,
+    ):
+        settings = {name: kwargs.pop(name, default) for name, default in UNLEARN_SETTINGS.items()}
+        tokenizer = _check_inputs(processing_class, kwargs.pop("tokenizer", None), forget_dataset, kwargs)
+        alpha, template, max_length = settings["alpha"], settings["template"], settings["max_length"]
         method = method_from_spec(method) if isinstance(method, str) else method
-        self.unlearn_config = UnlearnConfig(method=method, alpha=alpha, retain_loss=retain_loss, template=template,
-                                            max_length=max_length, reduction=reduction)  # fmt: skip
+        self.unlearn_config = UnlearnConfig(method=method, **settings)
         self.unlearn_config.validate()
         self.method = method
         forget_set = _dataset(forget_dataset, tokenizer, template, max_length)
@@ -113,8 +122,10 @@ class UnlearningTrainer(Trainer):
         self.retain_set = None
         if self.unlearn_config.uses_retain:
             if retain_dataset is None or len(retain_dataset) == 0:
-                raise ValueError(f"method {method.name!r} uses a retain term (alpha={alpha}) but retain_dataset "
-                                 "is empty; pass the retain split, or set alpha=0 to turn the retain term off")
+                raise ValueError(
+                    f"method {method.name!r} uses a retain term (alpha={alpha}) but retain_dataset is empty; pass "
+                    "the retain split, or set alpha=0 to turn the retain term off"
+                )
             self.retain_set = _dataset(retain_dataset, tokenizer, template, max_length)
         if lora is not None:  # the adapter's A is drawn under args.seed, as bs_ref.unlearn draws it under cfg.seed
             set_seed(args.seed if args is not None else TrainingArguments("tmp_trainer").seed)
@@ -122,11 +133,19 @@ class UnlearningTrainer(Trainer):
         if model is not None:  # RMU: its direction (under args.seed) and the few layers that train, as the loop does
             prepare_method(method, model, args.seed if args is not None else TrainingArguments("tmp_trainer").seed)
         self.pad_id = int(tokenizer.pad_token_id)
-        super().__init__(model=model, args=args, data_collator=self._collate, train_dataset=forget_set,
-                         processing_class=tokenizer, **kwargs)  # fmt: skip
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=self._collate,
+            train_dataset=forget_set,
+            processing_class=tokenizer,
+            **kwargs,
+        )
         if self.args.n_gpu > 1:
-            raise ValueError("UnlearningTrainer runs one process per device: launch with accelerate launch or "
-                             "torchrun instead of one process over several GPUs (torch.nn.DataParallel)")  # fmt: skip
+            raise ValueError(
+                "UnlearningTrainer runs one process per device: launch with accelerate launch or torchrun instead "
+                "of one process over several GPUs (torch.nn.DataParallel)"
+            )
         vocab = self.model.get_output_embeddings().weight.shape[0]
         top_k = getattr(method, "top_k", None)
         if top_k is not None and top_k > vocab:
@@ -139,7 +158,7 @@ class UnlearningTrainer(Trainer):
         self.belief_cache, self.prompts_by_index = None, None
         if method.belief_sampling is not None:
             seed = belief_seed(self.args.seed, method.belief_sampling, self.accelerator.process_index)
-            self.belief_cache = BeliefCache(**method.belief_sampling, seed=seed, template=template)
+            self.belief_cache = BeliefCache(method.belief_sampling, seed=seed, template=template)
             self.prompts_by_index = forget_set.prompts()
         self._retain_iter = None
         self._batches_per_epoch = None
@@ -158,10 +177,14 @@ class UnlearningTrainer(Trainer):
         """A shuffled loader whose order is the bs_ref loop's (a generator seeded with ``seed``), prepared for
         this process (sharded by batch across processes) without accelerate's seedable sampler."""
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self._train_batch_size, shuffle=True, collate_fn=self._collate,
-            generator=torch.Generator().manual_seed(seed), num_workers=self.args.dataloader_num_workers,
+            dataset,
+            batch_size=self._train_batch_size,
+            shuffle=True,
+            collate_fn=self._collate,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
-        )  # fmt: skip
+        )
         config = self.accelerator.dataloader_config
         seedable = config.use_seedable_sampler
         config.use_seedable_sampler = False  # the loop's order: one generator stream, a new permutation per epoch
@@ -189,7 +212,7 @@ class UnlearningTrainer(Trainer):
         return done // n + (done % n) / n
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """One forget micro-batch (with its retain batch and BS-S beliefs): ``bs_ref.unlearn.micro_step``, scaled
+        """One forget micro-batch (with its retain batch and BS-S beliefs): ``bs_ref.runner.micro_step``, scaled
         by 1 / the micro-batches of this optimiser step; gradients are averaged across processes at its last one.
         Returns the detached scaled total loss (what the Trainer logs as ``loss``). With ``bf16=True`` on a CPU
         whose fused bf16 attention cannot run, attention uses the math kernel (``models.bf16_attention_guard``)."""
@@ -207,18 +230,25 @@ class UnlearningTrainer(Trainer):
         belief_batch = None
         if self.belief_cache is not None:
             indices = forget_batch["index"].tolist()
-            wanted = ({i: self.prompts_by_index[i] for i in indices} if self.belief_cache.refresh_epochs == 0
-                      else self.prompts_by_index)  # fmt: skip
-            self.belief_cache.maybe_refresh(self.accelerator.unwrap_model(model), self.processing_class, epoch, step,
-                                            wanted)  # fmt: skip
+            wanted = self.prompts_by_index
+            if self.belief_cache.refresh_epochs == 0:
+                wanted = {i: self.prompts_by_index[i] for i in indices}
+            unwrapped = self.accelerator.unwrap_model(model)
+            self.belief_cache.maybe_refresh(unwrapped, self.processing_class, epoch, step, wanted)
             belief_batch = self.belief_cache.batch(indices, self.pad_id)
         retain_batch = next(self._retain_iter) if self._retain_iter is not None else None
         scale = 1.0 / self.current_gradient_accumulation_steps
         with self.compute_loss_context_manager(), self.accelerator.no_sync(model):
-            stats = micro_step(self.method, model, forget_batch, retain_batch, belief_batch, gamma=self.gamma,
-                               alpha=self.alpha, retain_kind=self.unlearn_config.retain_loss, scale=scale,
-                               backward=self.accelerator.backward, ref_model=self.ref_model,
-                               reduction=self.unlearn_config.reduction)  # fmt: skip
+            stats = micro_step(
+                self.unlearn_config,
+                model,
+                forget_batch,
+                retain_batch,
+                belief_batch,
+                scale=scale,
+                backward=self.accelerator.backward,
+                ref_model=self.ref_model,
+            )
         if not math.isfinite(stats["total"]):
             raise NonFiniteLossError(
                 f"unlearning diverged: the loss is {stats['total']} at step {step + 1} (epoch {epoch:.2f}) of method "
@@ -241,7 +271,9 @@ class UnlearningTrainer(Trainer):
         what ``evaluate`` reports on an ``eval_dataset``. Training does not call it (see ``training_step``)."""
         rows = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         term = self.method.forget_terms(rows, None, reduction=self.unlearn_config.reduction)[0]
-        piece, logits, _ = _forward_term(model, term, self.ref_model if self.method.needs_reference else None)
+        (chunk,) = term.chunks(model)  # the forget rows alone: one forward
+        ref_model = self.ref_model if self.method.needs_reference else None
+        piece, logits, _ = forward_chunk(model, self.method, term, chunk, ref_model)
         loss = self.gamma * piece
         return (loss, {"logits": logits}) if return_outputs else loss
 
@@ -253,10 +285,29 @@ class UnlearningTrainer(Trainer):
                 logs[key] = total / self._stat_counts[key]
             if self.belief_cache is not None:
                 stats = self.belief_cache.stats()
-                logs.update(belief_refreshes=stats["refreshes"], beliefs_cached=stats["beliefs_cached"],
-                            beliefs_empty=stats["empty_cached"])  # fmt: skip
+                logs.update(
+                    belief_refreshes=stats["refreshes"],
+                    beliefs_cached=stats["beliefs_cached"],
+                    beliefs_empty=stats["empty_cached"],
+                )
             self._stat_sums, self._stat_counts = {}, {}
         super().log(logs, start_time)
+
+
+def _check_inputs(processing_class, tokenizer, forget_dataset, trainer_kwargs: dict):
+    """The tokenizer (``processing_class``, else ``tokenizer``), after checking what ``UnlearningTrainer`` needs."""
+    if "train_dataset" in trainer_kwargs:
+        raise ValueError(
+            "UnlearningTrainer trains on forget_dataset; pass the forget records there, not as train_dataset"
+        )
+    tokenizer = processing_class if processing_class is not None else tokenizer
+    if tokenizer is None:
+        raise ValueError("UnlearningTrainer needs the tokenizer: processing_class=tokenizer")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
+    if forget_dataset is None:
+        raise ValueError("UnlearningTrainer needs forget_dataset: the records to unlearn")
+    return tokenizer
 
 
 def _dataset(data: Any, tokenizer, template: str, max_length: int | None) -> QADataset:

@@ -27,18 +27,27 @@ wrapped, so parsing a spec and the rest of bs_ref work without it.
 from __future__ import annotations
 
 import copy
-import math
 import re
 import sys
 from dataclasses import dataclass
 
 import torch
 
+from bs_ref import checks
+
 FLAG = "--lora"
 INSTALL = "pip install -e '.[lora]'"
 EXAMPLE = "r=8,alpha=16,targets=q_proj,v_proj"
-KEYS = {"r": "r", "rank": "r", "alpha": "alpha", "lora_alpha": "alpha", "targets": "targets",
-        "target_modules": "targets", "dropout": "dropout", "lora_dropout": "dropout"}  # fmt: skip
+KEYS = {
+    "r": "r",
+    "rank": "r",
+    "alpha": "alpha",
+    "lora_alpha": "alpha",
+    "targets": "targets",
+    "target_modules": "targets",
+    "dropout": "dropout",
+    "lora_dropout": "dropout",
+}
 _NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
 
 
@@ -61,8 +70,14 @@ class LoraSpec:
         """The ``peft.LoraConfig`` (causal LM; no bias training)."""
         peft = require_peft()
         targets = "all-linear" if self.targets == ("all-linear",) else list(self.targets)
-        return peft.LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=targets, lora_dropout=self.dropout,
-                               bias="none", task_type="CAUSAL_LM")  # fmt: skip
+        return peft.LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            target_modules=targets,
+            lora_dropout=self.dropout,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
 
 
 def _bad(spec: str, problem: str) -> ValueError:
@@ -106,13 +121,17 @@ def parse_lora_spec(spec: str | LoraSpec) -> LoraSpec:
             except ValueError:
                 raise _bad(spec, f"{key}={text!r} is not a number") from None
     targets = tuple(values.get("targets", LoraSpec.targets))  # type: ignore[arg-type]
-    out = LoraSpec(r=values.get("r", LoraSpec.r), alpha=values.get("alpha", LoraSpec.alpha),  # type: ignore[arg-type]
-                   targets=targets, dropout=values.get("dropout", LoraSpec.dropout))  # type: ignore[arg-type]  # fmt: skip
+    out = LoraSpec(
+        r=values.get("r", LoraSpec.r),
+        alpha=values.get("alpha", LoraSpec.alpha),  # type: ignore[arg-type]
+        targets=targets,
+        dropout=values.get("dropout", LoraSpec.dropout),
+    )  # type: ignore[arg-type]
     if out.r < 1:
         raise _bad(spec, f"r={out.r} must be an integer >= 1")
-    if not (math.isfinite(out.alpha) and out.alpha > 0):
+    if not (checks.finite(out.alpha) and out.alpha > 0):
         raise _bad(spec, f"alpha={out.alpha} must be a finite number > 0")
-    if not (math.isfinite(out.dropout) and 0.0 <= out.dropout < 1.0):
+    if not checks.fraction(out.dropout, upper_open=True):
         raise _bad(spec, f"dropout={out.dropout} must lie in [0, 1)")
     if not targets or not all(_NAME.match(t) for t in targets):
         raise _bad(spec, f"targets={','.join(targets) or '(none)'} must name modules (q_proj,v_proj) or all-linear")
@@ -155,8 +174,10 @@ def apply_lora(model, spec):
     so ``model`` itself carries the adapter afterwards (deep-copy it first to keep a plain original)."""
     peft = require_peft()
     if is_lora_model(model):
-        raise ValueError(f"the model already carries a LoRA adapter; pass it without {FLAG} (its adapter trains and "
-                         "the reference is the model with the adapter off), or merge_lora(model) first")  # fmt: skip
+        raise ValueError(
+            f"the model already carries a LoRA adapter; pass it without {FLAG} (its adapter trains and "
+            "the reference is the model with the adapter off), or merge_lora(model) first"
+        )
     config = spec if isinstance(spec, peft.LoraConfig) else parse_lora_spec(spec).config()
     try:
         return peft.get_peft_model(model, config)
@@ -164,8 +185,10 @@ def apply_lora(model, spec):
         if "not found in the base model" not in str(error) and "Target modules" not in str(error):
             raise
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ValueError(f"{FLAG}: target modules {config.target_modules} are not linear layers of this model; its "
-                         f"linear layers are {', '.join(names)} (or use targets=all-linear)") from None  # fmt: skip
+        raise ValueError(
+            f"{FLAG}: target modules {config.target_modules} are not linear layers of this model; its "
+            f"linear layers are {', '.join(names)} (or use targets=all-linear)"
+        ) from None
 
 
 class AdapterDisabled:

@@ -17,10 +17,13 @@ and differs only in ``L_forget``, in whether it carries the retain term, and in 
 * ``gamma``: the forget weight γ (SimNPO's default is 0.125, every other method's 1);
 * ``needs_reference``: whether a frozen copy π_ref of the original model is needed;
 * ``belief_sampling``: for BS-S, how global beliefs are drawn and cached (``bs_ref.beliefs.BeliefCache``);
-* ``forget_terms``: how the forget objective splits into row sets for the loop — one term for every method,
-  two for BS-S (the forget rows and the belief rows, the latter backwarded in row chunks; Eq. 7), or, with
-  ``share_prefix``, one whose rows are packed over their shared prompts (``bs_ref.prefix``);
-* RMU's hooks, no-ops for every other method: ``prepare(model, seed)`` (draw what the method fixes once),
+* ``forget_terms``: the weighted row sets that make up the forget objective (``bs_ref.runner.ForgetTerm``: the
+  rows, their weight, the loss that scores them, how they are chunked), which ``bs_ref.runner.run_rows`` runs for
+  every method alike — the forget rows with weight 1 and ``forget_loss`` for every method; for BS-S (Eq. 7) the
+  forget rows with weight 1 − λ_BSS and the belief rows with weight λ_BSS, scored by ``belief_piece`` in row
+  chunks, or, with ``share_prefix`` / ``belief_subsample``, rows that carry their own weights (``bs_ref.prefix``);
+* RMU's hooks, no-ops for every other method: ``reads_hidden_states`` and ``hidden(model, inputs)`` (its forget
+  term reads one layer's states), ``prepare(model, seed)`` (draw what the method fixes once),
   ``trainable_names(model)`` (the parameters that train; None: all), ``retain_term(...)`` (a retain term of its
   own in place of the loop's NLL/KL) and ``retain_needs_reference``.
 
@@ -37,19 +40,19 @@ declaration here plus its loss file and tests.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from bs_ref import prefix
+from bs_ref.beliefs import REGIMES, SELECT_MODES, BeliefSampling
 from bs_ref.losses import (
     belief_counts,
     belief_piece,
     bs_t_loss,
+    default_coefficient,
     ga_loss,
     ga_scaled_loss,
     ga_target_matched_loss,
@@ -59,42 +62,15 @@ from bs_ref.losses import (
     sga_loss,
     simnpo_loss,
     steering_direction,
+    weighted_row_piece,
     wga_loss,
 )
-from bs_ref.losses.bs_s import weighted_row_piece
-from bs_ref.losses.rmu import default_coefficient
-
-REGIMES = ("off_policy", "on_policy")
-SELECTS = ("sample", "filter", "beam")
+from bs_ref.runner import ForgetTerm
 
 
 def hp(default: Any, help: str, **metadata: Any) -> Any:
     """A hyper-parameter field: its default and the one-line help the command line shows."""
     return field(default=default, metadata={"help": help, **metadata})
-
-
-@dataclass
-class ForgetTerm:
-    """One set of rows of the forget objective and how it enters the loss.
-
-    The loop runs ``rows`` through the model (in chunks of ``chunk_rows`` rows when set, longest first), and
-    ``piece(logits, labels, ref_logprobs)`` gives that chunk's contribution; ``weight`` multiplies it. The
-    pieces of all chunks add up to the term. ``ref_logprobs`` is None unless the method needs a reference.
-
-    ``run`` (None for every term but BS-S with ``share_prefix`` or ``belief_subsample``): a term that runs its own
-    rows (the "row" reduction only). The loop then calls ``run(model, loss_scale, backward, ref_model)`` instead
-    of chunking ``rows`` itself; it backwards ``loss_scale`` times the term and returns (the term, detached; the
-    forget rows' logged numbers).
-    """
-
-    rows: dict[str, torch.Tensor]
-    weight: float
-    piece: Callable[..., torch.Tensor]
-    chunk_rows: int | None = None
-    run: Callable[..., tuple[torch.Tensor, dict]] | None = None
-    forward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
-    """None for every method but RMU: ``forward(model, rows) -> (features, logits)`` replaces the loop's forward,
-    and ``piece`` receives the features (RMU: one layer's hidden states) in place of the logits."""
 
 
 @dataclass
@@ -106,6 +82,8 @@ class Method:
     equation: ClassVar[str] = ""
     retain: ClassVar[bool] = True
     """Whether the retain term α·L_retain is added (docs/theory.md §2)."""
+    reads_hidden_states: ClassVar[bool] = False
+    """Whether ``forget_loss`` reads one layer's hidden states (``hidden``) in place of the logits (RMU)."""
 
     gamma: float = hp(1.0, "forget weight γ of L = γ·L_forget + α·L_retain")
 
@@ -115,8 +93,8 @@ class Method:
         return False
 
     @property
-    def belief_sampling(self) -> dict[str, Any] | None:
-        """Keyword arguments of ``bs_ref.beliefs.BeliefCache`` when the method samples global beliefs."""
+    def belief_sampling(self) -> BeliefSampling | None:
+        """How the method samples global beliefs (``bs_ref.beliefs.BeliefCache``); None: it samples none."""
         return None
 
     @property
@@ -124,15 +102,20 @@ class Method:
         """k of the top-k mass S_k logged at every step (docs/theory.md D1/D2)."""
         return 20
 
-    def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor, ref_logprobs=None,
-                    reduction: str = "row") -> torch.Tensor:  # fmt: skip
+    def forget_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, ref_logprobs=None, reduction: str = "row"
+    ) -> torch.Tensor:
         """L_forget on one batch of rows (the scalar to minimise, before γ), reduced as ``reduction`` says."""
         raise NotImplementedError
 
-    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None,
-                     reduction: str = "row") -> list[ForgetTerm]:  # fmt: skip
-        """The row sets of L_forget: the forget batch alone, with weight 1, for every method but BS-S."""
-        return [ForgetTerm(forget_batch, 1.0, _reduced(self.forget_loss, reduction))]
+    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None, reduction: str = "row") -> list:
+        """The row sets of L_forget (``bs_ref.runner.ForgetTerm``): the forget batch alone, with weight 1 and scored
+        by ``forget_loss``, for every method but BS-S."""
+        return [ForgetTerm(forget_batch, 1.0, self.forget_loss, {"reduction": reduction})]
+
+    def hidden(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the hidden states ``forget_loss`` reads, the logits) of one forward; only where ``reads_hidden_states``."""
+        raise NotImplementedError
 
     def supports_reduction(self, reduction: str) -> bool:
         """Whether every term of the method can be reduced as ``reduction`` says ("row" always can)."""
@@ -284,6 +267,7 @@ class RMU(Method):
     name: ClassVar[str] = "rmu"
     title: ClassVar[str] = "RMU"
     equation: ClassVar[str] = "docs/theory.md §14"
+    reads_hidden_states: ClassVar[bool] = True
 
     steering_coeff: float | None = hp(
         None,
@@ -334,8 +318,12 @@ class RMU(Method):
         """The ``mlp.down_proj`` weights of layers max(0, ℓ − train_layers + 1) … ℓ; on a LoRA model, every
         trainable (adapter) parameter of those layers."""
         layers, top = _decoder_layers(model), self.layer_index(model)
-        wanted = {id(p) for i in range(max(0, top - self.train_layers + 1), top + 1)
-                  for n, p in layers[i].named_parameters() if p.requires_grad}  # fmt: skip
+        wanted = {
+            id(p)
+            for i in range(max(0, top - self.train_layers + 1), top + 1)
+            for n, p in layers[i].named_parameters()
+            if p.requires_grad
+        }
         lora = any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
         names = [n for n, p in model.named_parameters() if id(p) in wanted and (lora or n.endswith(RMU_PARAMETER))]
         if not names:
@@ -349,8 +337,11 @@ class RMU(Method):
         index = getattr(self, "_layer", None)
         layer = _decoder_layers(inner)[self.layer_index(inner) if index is None else index]
         captured = []
-        handle = layer.register_forward_hook(lambda module, args, out: captured.append(
-            out[0] if isinstance(out, tuple) else out))  # fmt: skip
+
+        def capture(module, args, out):
+            captured.append(out[0] if isinstance(out, tuple) else out)
+
+        handle = layer.register_forward_hook(capture)
         try:
             logits = model(input_ids=rows["input_ids"], attention_mask=rows.get("attention_mask")).logits
         finally:
@@ -360,10 +351,6 @@ class RMU(Method):
     def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
         """RMU's forget term; its first argument is the hidden states of layer ℓ [B, T, d], not the logits."""
         return rmu_loss(logits, labels, self.control(logits.shape[-1]), reduction)
-
-    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None,
-                     reduction: str = "row") -> list[ForgetTerm]:  # fmt: skip
-        return [ForgetTerm(forget_batch, 1.0, _reduced(self.forget_loss, reduction), forward=self.hidden)]
 
     def retain_term(self, model, retain_batch: dict, ref_model=None, reduction: str = "row") -> torch.Tensor:
         """retain_scale · (1/d)·‖h_ℓ^θ − h_ℓ^ref‖² on the retain answers (π_ref: ``ref_model``, no gradient)."""
@@ -380,11 +367,19 @@ class RMU(Method):
 
     def validate(self) -> None:
         super().validate()
-        _need(self, self.steering_coeff is None or (_finite(self.steering_coeff) and self.steering_coeff > 0),
-              "steering_coeff", "must be > 0, or None (scaled to the hidden width)")  # fmt: skip
+        _need(
+            self,
+            self.steering_coeff is None or (_finite(self.steering_coeff) and self.steering_coeff > 0),
+            "steering_coeff",
+            "must be > 0, or None (scaled to the hidden width)",
+        )
         layer = self.steer_layer
-        _need(self, layer is None or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0),
-              "steer_layer", "must be an integer >= 0, or None")  # fmt: skip
+        _need(
+            self,
+            layer is None or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0),
+            "steer_layer",
+            "must be an integer >= 0, or None",
+        )
         _need(self, _pos_int(self.train_layers), "train_layers", "must be an integer >= 1")
         _need(self, _finite(self.retain_scale) and self.retain_scale >= 0, "retain_scale", "must be >= 0")
 
@@ -421,8 +416,9 @@ class GATargetMatched(Method):
     temperature: float = hp(1.0, "BS-T belief temperature τ (docs/theory.md D4; the authors' code has τ = 1)")
 
     def forget_loss(self, logits, labels, ref_logprobs=None, reduction="row"):
-        return ga_target_matched_loss(logits, labels, lam=self.lam, top_k=self.top_k, temperature=self.temperature,
-                                      reduction=reduction)  # fmt: skip
+        return ga_target_matched_loss(
+            logits, labels, lam=self.lam, top_k=self.top_k, temperature=self.temperature, reduction=reduction
+        )
 
     def validate(self) -> None:
         super().validate()
@@ -527,10 +523,12 @@ class BSS(Method):
         return self.top_k
 
     @property
-    def belief_sampling(self) -> dict[str, Any]:
-        return dict(regime=self.regime, refresh_epochs=self.refresh_epochs, n=self.n_beliefs, select=self.select,
-                    m=self.belief_candidates, temperature=self.belief_temperature, top_p=self.belief_top_p,
-                    max_new_tokens=self.belief_max_new_tokens)  # fmt: skip
+    def belief_sampling(self) -> BeliefSampling:
+        """The sampling settings of ``bs_ref.beliefs``, spelled there without the ``belief_`` prefixes."""
+        decoding = dict(n=self.n_beliefs, select=self.select, m=self.belief_candidates)
+        decoding.update(temperature=self.belief_temperature, top_p=self.belief_top_p)
+        when = dict(regime=self.regime, refresh_epochs=self.refresh_epochs)
+        return BeliefSampling(**when, **decoding, max_new_tokens=self.belief_max_new_tokens)
 
     def _base_kwargs(self) -> dict[str, Any]:
         """The base loss's keyword arguments (its declaration's fields but γ)."""
@@ -545,61 +543,42 @@ class BSS(Method):
         """Prefix sharing and belief subsampling weigh whole rows: the "row" reduction only."""
         return reduction == "row" or (reduction == "token" and not self.share_prefix and self.belief_subsample is None)
 
-    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None,
-                     reduction: str = "row") -> list[ForgetTerm]:  # fmt: skip
-        """Eq. (7): (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u); the belief rows in chunks of
-        ``belief_microbatch`` rows whose pieces add up to L_base(D̂_u) (``bs_ref.losses.belief_piece``), each term
-        reduced as ``reduction`` says ("token": a token mean over the forget rows, another over all belief rows)."""
+    def forget_terms(self, forget_batch: dict, belief_batch: dict | None = None, reduction: str = "row") -> list:
+        """Eq. (7), (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u), as the runner's row sets (``bs_ref.runner``).
+
+        The belief rows run in chunks of ``belief_microbatch`` rows, each scored by ``belief_piece`` (a chunk's share
+        of L_base(D̂_u), reduced as ``reduction`` says: "token" is a token mean over the forget rows and another over
+        all belief rows). ``belief_subsample=m`` keeps m of each item's beliefs, drawn here (once per micro-step),
+        each row weighted N_i/m_i and scored by ``weighted_row_piece`` (unbiased; proof in ``bs_ref.prefix``).
+        ``share_prefix`` packs every forget row with its belief rows over their shared prompt: one row set whose
+        rows carry Eq. (7)'s weights themselves, (1 − λ_BSS)/B and λ_BSS/R."""
         rows, tokens = belief_counts(belief_batch["labels"]) if belief_batch is not None else (0, 0)
-        forget = _reduced(self.forget_loss, reduction)
         if rows == 0:  # no usable belief (none cached, or every sampled answer empty): the forget term alone
-            return [ForgetTerm(forget_batch, 1.0, forget)]
-        kwargs = self._base_kwargs()
-        if self.share_prefix or self.belief_subsample is not None:
-            if reduction != "row":
-                raise ValueError(f"{self.spec()} weighs whole rows (share_prefix / belief_subsample): it has the "
-                                 f"'row' reduction only, not {reduction!r}")  # fmt: skip
-            return self._branch_terms(forget_batch, belief_batch, kwargs)
-
-        def piece(logits, labels, ref_logprobs=None):
-            extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}
-            return belief_piece(self.base, logits, labels, rows, tokens, reduction, **kwargs, **extra)
-
-        return [
-            ForgetTerm(forget_batch, 1.0 - self.lam_bss, forget),  # (1 − λ_BSS)·L_base(D_u)
-            ForgetTerm(belief_batch, self.lam_bss, piece, chunk_rows=self.belief_microbatch),  # λ_BSS·L_base(D̂_u)
+            return [ForgetTerm(forget_batch, 1.0, self.forget_loss, {"reduction": reduction})]
+        if (self.share_prefix or self.belief_subsample is not None) and reduction != "row":
+            raise ValueError(
+                f"{self.spec()} weighs whole rows (share_prefix / belief_subsample): it has the 'row' reduction "
+                f"only, not {reduction!r}"
+            )
+        base = {"base": self.base, **self._base_kwargs()}  # the base loss and its hyper-parameters
+        if self.share_prefix:  # one row set; its rows carry Eq. (7)'s weights themselves
+            forget_rows = prefix.forget_rows(forget_batch, 1.0 - self.lam_bss)
+            packed = forget_rows + self._belief_rows(belief_batch, self.lam_bss)
+            return [ForgetTerm(packed, 1.0, weighted_row_piece, base, self.belief_microbatch, share_prefix=True)]
+        if self.belief_subsample is not None:
+            beliefs, belief_loss = self._belief_rows(belief_batch, 1.0), weighted_row_piece
+        else:
+            beliefs, belief_loss = belief_batch, belief_piece
+            base.update(rows_with_answer=rows, answer_tokens=tokens, reduction=reduction)
+        return [  # Eq. (7): (1 − λ_BSS)·L_base(D_u) + λ_BSS·L_base(D̂_u)
+            ForgetTerm(forget_batch, 1.0 - self.lam_bss, self.forget_loss, {"reduction": reduction}),
+            ForgetTerm(beliefs, self.lam_bss, belief_loss, base, self.belief_microbatch),
         ]
 
-    def _branch_terms(self, forget_batch: dict, belief_batch: dict, kwargs: dict) -> list[ForgetTerm]:
-        """Eq. (7) through ``bs_ref.prefix``: each row weighted on its own, rows run by the term's ``run``.
-
-        ``share_prefix``: one term, every forget row packed with its belief rows over their shared prompt, weights
-        (1 − λ_BSS)/B and λ_BSS/R (the loop's weight 1). Otherwise the forget term as today and the belief rows
-        as a second term, weight λ_BSS. ``belief_subsample=m``: m of each item's beliefs, drawn when the term runs
-        (once per step), each weighted N_i/m_i (unbiased; proof in ``bs_ref.prefix``)."""
-
-        def piece(logits, labels, ref_logprobs=None, row_weights=None):  # Σ_r w_r·L_base(row r) on one chunk
-            extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}
-            return weighted_row_piece(self.base, logits, labels, row_weights, **kwargs, **extra)
-
-        def beliefs(weight):
-            return prefix.belief_rows(belief_batch, weight, self.belief_subsample, self.subsample_generator)
-
-        def runner(make_rows):
-            def run(model, loss_scale=1.0, backward=None, ref_model=None):
-                return prefix.run_rows(model, make_rows(), piece, share_prefix=self.share_prefix,
-                                       chunk_rows=self.belief_microbatch, loss_scale=loss_scale, backward=backward,
-                                       ref_model=ref_model, top_k=self.top_k_for_logging)  # fmt: skip
-
-            return run
-
-        if self.share_prefix:
-            packed = runner(lambda: prefix.forget_rows(forget_batch, 1.0 - self.lam_bss) + beliefs(self.lam_bss))
-            return [ForgetTerm(forget_batch, 1.0, piece, chunk_rows=self.belief_microbatch, run=packed)]
-        return [
-            ForgetTerm(forget_batch, 1.0 - self.lam_bss, self.forget_loss),  # (1 − λ_BSS)·L_base(D_u)
-            ForgetTerm(belief_batch, self.lam_bss, piece, self.belief_microbatch, runner(lambda: beliefs(1.0))),
-        ]  # the second: λ_BSS·L̂_base(D̂_u), whose expectation over the draws is λ_BSS·L_base(D̂_u)
+    def _belief_rows(self, belief_batch: dict, weight: float) -> list[prefix.Row]:
+        """The belief rows with an answer, weighted to add up to weight·L_base(D̂_u) (``bs_ref.prefix.belief_rows``;
+        ``belief_subsample`` draws from ``subsample_generator``)."""
+        return prefix.belief_rows(belief_batch, weight, self.belief_subsample, self.subsample_generator)
 
     def seed_subsample(self, seed: int) -> None:
         """Seed the draws of ``belief_subsample`` (their own ``torch.Generator``; the global RNG is never used). The
@@ -617,10 +596,18 @@ class BSS(Method):
         super().validate()
         _need(self, _finite(self.lam_bss) and 0 <= self.lam_bss <= 1, "lam_bss", "must lie in [0, 1]")
         _need(self, self.base in BS_S_BASES, "base", f"choose one of {', '.join(BS_S_BASES)}")
-        _need(self, self.base_beta is None or self.base in ("npo", "wga"), "base_beta",
-              f"only an npo or wga base has a β (base is {self.base!r}); drop base_beta")  # fmt: skip
-        _need(self, self.base_beta is None or (_finite(self.base_beta) and self.base_beta >= 0), "base_beta",
-              "must be a number >= 0 (> 0 for npo)")  # fmt: skip
+        _need(
+            self,
+            self.base_beta is None or self.base in ("npo", "wga"),
+            "base_beta",
+            f"only an npo or wga base has a β (base is {self.base!r}); drop base_beta",
+        )
+        _need(
+            self,
+            self.base_beta is None or (_finite(self.base_beta) and self.base_beta >= 0),
+            "base_beta",
+            "must be a number >= 0 (> 0 for npo)",
+        )
         try:
             self.base_method.validate()
         except ValueError as error:  # a base's β is BS-S's base_beta; its λ, k, τ are BS-S's own fields
@@ -628,20 +615,33 @@ class BSS(Method):
             raise ValueError(f"bs_s base: {error}{hint}") from None
         _need(self, _pos_int(self.n_beliefs), "n_beliefs", "must be an integer >= 1")
         _need(self, self.regime in REGIMES, "regime", f"choose one of {', '.join(REGIMES)}")
-        _need(self, _finite(self.refresh_epochs) and self.refresh_epochs >= 0, "refresh_epochs",
-              "must be >= 0 (0: every step)")  # fmt: skip
-        _need(self, self.select in SELECTS, "select", f"choose one of {', '.join(SELECTS)}")
-        _need(self, self.belief_candidates is None or (_pos_int(self.belief_candidates)
-                                                       and self.belief_candidates >= self.n_beliefs),
-              "belief_candidates", "must be an integer >= n_beliefs, or None")  # fmt: skip
-        _need(self, _finite(self.belief_temperature) and self.belief_temperature > 0, "belief_temperature",
-              "must be > 0")  # fmt: skip
+        _need(
+            self,
+            _finite(self.refresh_epochs) and self.refresh_epochs >= 0,
+            "refresh_epochs",
+            "must be >= 0 (0: every step)",
+        )
+        _need(self, self.select in SELECT_MODES, "select", f"choose one of {', '.join(SELECT_MODES)}")
+        _need(
+            self,
+            self.belief_candidates is None
+            or (_pos_int(self.belief_candidates) and self.belief_candidates >= self.n_beliefs),
+            "belief_candidates",
+            "must be an integer >= n_beliefs, or None",
+        )
+        _need(
+            self, _finite(self.belief_temperature) and self.belief_temperature > 0, "belief_temperature", "must be > 0"
+        )
         _need(self, _finite(self.belief_top_p) and 0 < self.belief_top_p <= 1, "belief_top_p", "must lie in (0, 1]")
         _need(self, _pos_int(self.belief_max_new_tokens), "belief_max_new_tokens", "must be an integer >= 1")
         _need(self, _pos_int(self.belief_microbatch), "belief_microbatch", "must be an integer >= 1")
         _need(self, isinstance(self.share_prefix, bool), "share_prefix", "must be True or False")
-        _need(self, self.belief_subsample is None or _pos_int(self.belief_subsample), "belief_subsample",
-              "must be an integer >= 1 (beliefs per item per step), or None (all N)")  # fmt: skip
+        _need(
+            self,
+            self.belief_subsample is None or _pos_int(self.belief_subsample),
+            "belief_subsample",
+            "must be an integer >= 1 (beliefs per item per step), or None (all N)",
+        )
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -679,16 +679,20 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     name, _, rest = spec.partition(":")
     name = name.strip()
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} in {spec!r}; choose one of {', '.join(METHODS)} "
-                         "(optionally with hyper-parameters, e.g. bs_t:temperature=2,lam=0.6)")  # fmt: skip
+        raise ValueError(
+            f"unknown method {name!r} in {spec!r}; choose one of {', '.join(METHODS)} "
+            "(optionally with hyper-parameters, e.g. bs_t:temperature=2,lam=0.6)"
+        )
     fields = {f.name: f for f in dataclasses.fields(METHODS[name])}
     values: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))) if rest else ():
         key, eq, text = part.partition("=")
         key = ALIASES.get(key.strip(), key.strip())
         if not eq or key not in fields:
-            raise ValueError(f"bad hyper-parameter {part!r} in {spec!r}; write key=value with a key among "
-                             f"{', '.join(sorted(fields))}")  # fmt: skip
+            raise ValueError(
+                f"bad hyper-parameter {part!r} in {spec!r}; write key=value with a key among "
+                f"{', '.join(sorted(fields))}"
+            )
         values[key] = parse_value(text.strip(), fields[key].default, f"{spec!r}: {key}")
     return name, values
 
@@ -730,8 +734,9 @@ def hyperparameters() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for cls in METHODS.values():
         for f in dataclasses.fields(cls):
-            entry = out.setdefault(f.name, {"default": f.default, "help": f.metadata.get("help", ""),
-                                            "methods": [], "shared": True})  # fmt: skip
+            entry = out.setdefault(
+                f.name, {"default": f.default, "help": f.metadata.get("help", ""), "methods": [], "shared": True}
+            )
             entry["methods"].append(cls.name)
             if entry["default"] != f.default:
                 entry["shared"] = False
@@ -739,11 +744,6 @@ def hyperparameters() -> dict[str, dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------------------------------------
-
-
-def _reduced(loss: Callable[..., torch.Tensor], reduction: str) -> Callable[..., torch.Tensor]:
-    """``loss`` with its ``reduction`` fixed (the loss itself for the default "row")."""
-    return loss if reduction == "row" else functools.partial(loss, reduction=reduction)
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:

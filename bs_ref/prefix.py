@@ -9,7 +9,8 @@ its answer tokens; NPO's per-sequence loss): weight (1 − λ_BSS)/B on each of 
 λ_BSS/R on each of the R belief rows with an answer. Every row of one forget item starts with the same prompt
 x_u. This file evaluates that weighted sum two ways cheaper than the row-by-row loop, with the same
 expectation (subsampling) or the same value (sharing). ``BSS(share_prefix=..., belief_subsample=...)`` turns them
-on; the declaration's ``forget_terms`` hands the loop a ``ForgetTerm`` whose ``run`` is ``run_rows`` below.
+on; the declaration's ``forget_terms`` hands the runner (``bs_ref.runner.run_rows``) a term of ``Row``s, which
+``plan_chunks`` below turns into forwards. ``batch_chunks`` does the same for a padded batch (every other term).
 
 **Prefix sharing** (``share_prefix=True``). The forget row and the N belief rows of an item are packed into one
 sequence, the prompt once and the answers as branches over it:
@@ -71,13 +72,11 @@ Both combine: the packed sequence of an item then holds its prompt, its forget a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from bs_ref.losses import IGNORE_INDEX, local_beliefs, sequence_logprob
-from bs_ref.losses._common import per_row_sum
+from bs_ref.losses import IGNORE_INDEX
 
 
 @dataclass
@@ -120,8 +119,9 @@ def draw_subsets(sizes: list[int], m: int, generator: torch.Generator) -> list[l
     return [sorted(torch.randperm(n, generator=generator)[:m].tolist()) if n > m else list(range(n)) for n in sizes]
 
 
-def belief_rows(belief_batch: dict, weight: float, subsample: int | None = None,
-                generator: torch.Generator | None = None) -> list[Row]:  # fmt: skip
+def belief_rows(
+    belief_batch: dict, weight: float, subsample: int | None = None, generator: torch.Generator | None = None
+) -> list[Row]:
     """The belief rows with an answer, weighted so that Σ_r w_r·ℓ_r is weight·L_base(D̂_u) (row reduction).
 
     ``subsample=None``: every row, w_r = weight/R. ``subsample=m``: m of each item's answered rows (the item is
@@ -158,13 +158,14 @@ def belief_rows(belief_batch: dict, weight: float, subsample: int | None = None,
 class Chunk:
     """One forward's rows. ``inputs`` go to the model; its logits [P, K, V] (the last K positions) map to rows
     [R, W, V] through ``gather`` (packed: row r's W positions in the sequence ``gather_seq[r]``; None: the logits are
-    the rows); ``labels`` [R, W], ``weights`` [R], ``forget`` [R] belong to those rows."""
+    the rows); ``labels`` [R, W] belong to those rows. Rows planned from ``Row``s carry ``weights`` [R] (float64) and
+    ``forget`` [R] (which of them are forget rows); a chunk of a padded batch (``batch_chunks``) carries neither."""
 
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
-    weights: torch.Tensor
-    forget: torch.Tensor
-    tokens: int  # tokens through the model, padding excluded (a shared prompt once per sequence)
+    weights: torch.Tensor | None = None
+    forget: torch.Tensor | None = None
+    tokens: int = 0  # tokens through the model, padding excluded (a shared prompt once per sequence)
     gather_seq: torch.Tensor | None = None
     gather_pos: torch.Tensor | None = None
 
@@ -176,6 +177,29 @@ class Chunk:
         offset = self.inputs["input_ids"].shape[1] - kept  # the model returned the last ``kept`` positions
         index = (self.gather_seq[:, None] * kept + self.gather_pos - offset).reshape(-1).to(logits.device)
         return logits.reshape(seqs * kept, vocab).index_select(0, index).view(*self.gather_pos.shape, vocab)
+
+
+def batch_chunks(batch: dict, chunk_rows: int | None = None) -> list[Chunk]:
+    """A right-padded batch as collated (input_ids, attention_mask, labels) in forwards.
+
+    ``chunk_rows`` None: the batch as it is, in one forward. Otherwise at most ``chunk_rows`` rows per forward,
+    longest first (each chunk carries little padding), with the all-padding columns on the right of a chunk
+    dropped; a chunk without answer tokens is left out (it adds nothing to any loss)."""
+    if chunk_rows is None:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+        return [Chunk(inputs, batch["labels"])]
+    attention = batch.get("attention_mask")
+    attention = attention if attention is not None else torch.ones_like(batch["input_ids"])
+    by_length = torch.argsort(attention.sum(dim=1), descending=True, stable=True)
+    ids, labels, attention = batch["input_ids"][by_length], batch["labels"][by_length], attention[by_length]
+    chunks = []
+    for start in range(0, labels.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        width = int(attention[rows].any(dim=0).nonzero().max()) + 1  # drop all-padding columns on the right
+        if bool((labels[rows, 1:width] != IGNORE_INDEX).any()):
+            inputs = {"input_ids": ids[rows, :width], "attention_mask": attention[rows, :width]}
+            chunks.append(Chunk(inputs, labels[rows, :width]))
+    return chunks
 
 
 def plan_chunks(rows: list[Row], share_prefix: bool, chunk_rows: int, mask_dtype: torch.dtype) -> list[Chunk]:
@@ -259,8 +283,8 @@ def _packed_chunk(sequences: list[list[Row]], mask_dtype: torch.dtype) -> Chunk:
     else:  # 0 where a query may attend, the dtype's minimum elsewhere (what eager attention adds to its scores)
         mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill_(~allowed, torch.finfo(mask_dtype).min)
     first = min(len(s[0].prompt) for s in sequences) - 1  # no logit before the earliest p−1 is needed
-    inputs = {"input_ids": torch.tensor(ids), "attention_mask": mask[:, None], "position_ids": torch.tensor(pos),
-              "logits_to_keep": length - first}  # fmt: skip
+    inputs = {"input_ids": torch.tensor(ids), "attention_mask": mask[:, None], "position_ids": torch.tensor(pos)}
+    inputs["logits_to_keep"] = length - first
     rows = [r for s in sequences for r in s]
     gather = torch.tensor(gather_seq), torch.tensor(gather_pos)
     return Chunk(inputs, torch.tensor(labels), *_weights(rows), int((segment >= 0).sum()), *gather)
@@ -270,59 +294,7 @@ def _weights(rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([r.weight for r in rows], dtype=torch.float64), torch.tensor([r.forget for r in rows])
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Running the rows: forward, piece, backward per chunk
-# ------------------------------------------------------------------------------------------------------------
-
-
-def run_rows(
-    model,
-    rows: list[Row],
-    piece: Callable[..., torch.Tensor],
-    *,
-    share_prefix: bool,
-    chunk_rows: int,
-    loss_scale: float = 1.0,
-    backward=None,
-    ref_model=None,
-    top_k: int = 20,
-) -> tuple[torch.Tensor, dict]:
-    """Backward ``loss_scale · Σ_r w_r·L_base(row r)`` over ``rows``, chunk by chunk (``plan_chunks``); returns
-    (Σ_r w_r·ℓ_r, detached; the forget rows' ``forget_logprob`` and ``topk_mass`` when there are forget rows).
-
-    ``piece(logits, labels, ref_logprobs, row_weights)`` is one chunk's Σ_r w_r·ℓ_r
-    (``bs_ref.losses.weighted_row_piece``); ``ref_model`` (NPO base) gets the same packed inputs under no_grad."""
-    backward = backward if backward is not None else torch.Tensor.backward
-    mask_dtype = _mask_dtype(model) if share_prefix else torch.bool
-    device = next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64)
-    logprobs, mass_sum, mass_count = [], 0.0, 0
-    for chunk in plan_chunks(rows, share_prefix, chunk_rows, mask_dtype):
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in chunk.inputs.items()}
-        labels = chunk.labels.to(device)
-        ref_lp = None
-        if ref_model is not None:
-            with torch.no_grad():
-                ref_lp = sequence_logprob(chunk.rows(ref_model(**inputs).logits), labels)
-        logits = chunk.rows(model(**inputs).logits)
-        value = piece(logits, labels, ref_lp, chunk.weights.to(device))
-        backward(loss_scale * value)
-        total = total + value.detach().to(total)
-        forget = chunk.forget.to(device)
-        if bool(forget.any()):  # the logged numbers of the forget rows (as bs_ref.unlearn._forget_stats)
-            with torch.no_grad():  # the other rows' labels masked: no copy of the forget rows' [rows, T, V] logits
-                f_labels = labels.masked_fill(~forget[:, None], IGNORE_INDEX)
-                beliefs, at = local_beliefs(logits.detach(), f_labels, top_k=min(top_k, logits.shape[-1]))
-                logprobs.append((per_row_sum(at.target_logprob(), at) / at.counts.clamp(min=1))[forget])
-                mass_sum, mass_count = mass_sum + float(beliefs.topk_mass.sum()), mass_count + at.counts.sum()
-        del logits, value
-    stats = {}
-    if logprobs:
-        stats = {"forget_logprob": float(torch.cat(logprobs).mean()), "topk_mass": mass_sum / max(int(mass_count), 1)}
-    return total, stats
-
-
-def _mask_dtype(model) -> torch.dtype:
+def mask_dtype(model) -> torch.dtype:
     """bool for "sdpa" (its native mask, whatever the compute dtype, e.g. under autocast), the model's float dtype for
     "eager" (added to the scores); flash-attention takes no custom mask and is refused."""
     config = getattr(getattr(model, "module", model), "config", None)

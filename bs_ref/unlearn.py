@@ -1,10 +1,10 @@
-"""The unlearning loop: one loop for every method (GA, GradDiff, NPO, SimNPO, WGA, GA×(1−λ), BS-T, BS-S).
+"""The unlearning loop: one loop for every method (GA, GradDiff, NPO, SimNPO, WGA, RMU, the controls, BS-T, BS-S).
 
 Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422). The loop knows no method
-by name: ``cfg.method`` is a declaration of ``bs_ref.methods`` that says what its forget term is (calling its
-loss file in ``bs_ref.losses``), whether it carries the retain term, its forget weight γ, and whether it needs
-a frozen reference model or sampled beliefs. Every forget batch is paired with a retain batch and the loop
-minimises (docs/theory.md §2, ``bs_ref.losses.regularised_loss``)
+by name: ``cfg.method`` is a declaration of ``bs_ref.methods`` that says what its forget term is (its row sets and
+the loss file in ``bs_ref.losses`` that scores them), whether it carries the retain term, its forget weight γ,
+and whether it needs a frozen reference model or sampled beliefs. Every forget batch is paired with a retain
+batch and the loop minimises (docs/theory.md §2, ``bs_ref.losses.regularised_loss``)
 
     L = γ · L_forget(D_u) + α · L_retain(D_r)
 
@@ -13,12 +13,11 @@ with ``L_retain`` the answer NLL on the retain batch or KL(π_θ ‖ π_ref) on 
 ``cfg.lora`` (``bs_ref.lora``) only a LoRA adapter trains and π_ref is the same model with its adapter disabled:
 no copy (``reference_model``).
 
-A method's forget objective is one or more row sets (``Method.forget_terms``). One set (every method but
-BS-S) is run in one forward and backwarded together with the retain term. Several sets (BS-S, Eq. 7: the
-forget rows and the belief rows drawn by ``bs_ref.beliefs.BeliefCache``) are backwarded one after another, a
-set with ``chunk_rows`` in row chunks (``backward_over_row_chunks``) whose pieces add up to the term, so peak
-activation memory grows with the chunk, not with the number of beliefs N. Every backward goes through
-``accelerator.backward``, so mixed-precision loss scaling applies to all of them.
+One forget batch, step by step: ``unlearn`` draws it with a retain batch (and, for BS-S, the items' cached
+belief rows from ``bs_ref.beliefs.BeliefCache``); ``bs_ref.runner.micro_step`` asks the method for its row sets
+(``Method.forget_terms``), runs each through ``bs_ref.runner.run_rows`` (chunk by chunk, each chunk scored by the
+loss the declaration names) and backwards L; every ``grad_accum`` micro-batches the optimiser steps and the step
+is logged. Every backward goes through ``accelerator.backward``, so mixed-precision loss scaling applies to all.
 
 The loop is written against ``accelerate.Accelerator``: the same code runs on one CPU, one GPU, or several
 GPUs with ``accelerate launch``. Gradients of the micro-batches of one optimiser step are accumulated
@@ -37,7 +36,9 @@ log written so far stays on disk, with a final ``{"error": ...}`` line.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -51,23 +52,21 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bs_ref.beliefs import BeliefCache
-from bs_ref.data.tofu import QADataset, collate_train
+from bs_ref.beliefs import BeliefCache, BeliefSampling
+from bs_ref.data.qa import QADataset, collate_train
 from bs_ref.lora import AdapterDisabled, apply_lora, is_lora_model, lora_problem
-from bs_ref.losses import (
-    IGNORE_INDEX,
-    local_beliefs,
-    regularised_loss,
-    retain_loss,
-    sequence_logprob,
-)
-from bs_ref.losses._common import per_row_sum
-from bs_ref.methods import METHODS, ForgetTerm, Method, make_method
+from bs_ref.methods import METHODS, Method, make_method
 from bs_ref.models import bf16_attention_guard
+from bs_ref.runner import micro_step
 
 SCHEDULES = ("linear", "constant", "cosine")
 REDUCTIONS = ("row", "token")
 """The run-wide reductions of ``UnlearnConfig.reduction`` (docs/theory.md §11–12)."""
+REDUCTION_HELP = (
+    "how every term (forget, retain, beliefs) averages its answer tokens: row (mean per answer, then over answers: "
+    "the paper's Eq. 1 and the authors' BS-T) | token (one token mean over the batch: the authors' GA, WGA, retain "
+    "terms and BS-S); docs/theory.md §11"
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,19 +97,16 @@ class UnlearnConfig:
     retain_loss: str = field(
         default="nll", metadata={"help": "retain term: nll (answer NLL) | kl (KL(π_θ‖π_ref) on answer positions)"}
     )
-    reduction: str = field(
-        default="row",
-        metadata={"help": "how every term (forget, retain, beliefs) averages its answer tokens: row (mean per answer, "
-                  "then over answers: the paper's Eq. 1 and the authors' BS-T) | token (one token mean over the "
-                  "batch: the authors' GA, WGA, retain terms and BS-S); docs/theory.md §11"},
-    )  # fmt: skip
+    reduction: str = field(default="row", metadata={"help": REDUCTION_HELP})
     lora: str | None = field(
         default=None,
-        metadata={"help": "train a LoRA adapter only, e.g. r=8,alpha=16,targets=q_proj,v_proj (bs_ref.lora; pip "
-                  "install -e '.[lora]'); NPO/KL's reference is the model with the adapter off; none: all weights"},
+        metadata={
+            "help": "train a LoRA adapter only, e.g. r=8,alpha=16,targets=q_proj,v_proj (bs_ref.lora; pip "
+            "install -e '.[lora]'); NPO/KL's reference is the model with the adapter off; none: all weights"
+        },
     )
     template: str = field(default="plain", metadata={"cli": False})
-    """Prompt template of ``bs_ref.data.tofu`` ("plain" or "chat"); must match how the model was trained."""
+    """Prompt template of ``bs_ref.data.qa`` ("plain" or "chat"); must match how the model was trained."""
     max_length: int | None = field(default=None, metadata={"cli": False})
     """Truncate prompt + answer to this many tokens (None: no truncation)."""
     seed: int = field(default=0, metadata={"cli": False})
@@ -192,24 +188,13 @@ class UnlearnConfig:
         need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "choose 'no', 'bf16' or 'fp16'")
         need(self.num_threads is None or pos_int(self.num_threads), "num_threads", "must be an integer >= 1 or None")
         problem = None
-        if self.lora is not None:  # a string, so that as_dict() and the logs record it
-            problem = lora_problem(self.lora) if isinstance(self.lora, str) else "give a spec string such as " \
-                "r=8,alpha=16,targets=q_proj,v_proj (bs_ref.lora.LoraSpec.spec() writes one)"
+        if self.lora is not None and not isinstance(self.lora, str):  # a string, so as_dict() and the logs record it
+            problem = (
+                "give a spec string such as r=8,alpha=16,targets=q_proj,v_proj (bs_ref.lora.LoraSpec.spec() writes one)"
+            )
+        elif self.lora is not None:
+            problem = lora_problem(self.lora)
         need(problem is None, "lora", problem or "")
-
-
-def _model_inputs(batch: dict) -> dict:
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-def _cycle(loader):
-    while True:
-        yield from loader
-
-
-def _weights_finite(model) -> bool:
-    flags = [p.detach().isfinite().all() for p in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -223,17 +208,107 @@ def unlearn(
     forget_records: list[dict],
     retain_records: list[dict] | None,
     cfg: UnlearnConfig | None = None,
-    callback: Callable[[int, Any], None] | None = None,
+    callback: Callable[[int, Any], bool | None] | None = None,
     accelerator=None,
 ):
     """Unlearn ``forget_records`` from ``model`` with ``cfg.method``; returns the (unwrapped) model.
 
     ``forget_records``/``retain_records`` are TOFU-schema dicts (``question``, ``answer``). ``callback(step,
     model)`` runs at step 0 (``cfg.eval_at_start``), every ``cfg.eval_every`` optimiser steps and after the
-    last step, with the model in eval mode and no gradient. ``accelerator``: an ``accelerate.Accelerator``
-    to use (default: a new one with ``cfg.mixed_precision``). The model is trained in place.
+    last step, with the model in eval mode and no gradient. It may return True to stop unlearning after that
+    step (an early stop, e.g. at a declared forgetting level): the run then ends there without calling it again,
+    and the log's last line is ``{"event": "end", "step": s, "stopped_early": true}``; any other return value
+    (None, False) changes nothing. ``accelerator``: an ``accelerate.Accelerator`` to use (default: a new one with
+    ``cfg.mixed_precision``). The model is trained in place.
     """
     cfg = cfg or UnlearnConfig()
+    _check_inputs(cfg, model, tokenizer, forget_records, retain_records)
+    method = cfg.method
+    accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    if cfg.lora is not None:  # only the adapter trains (its A drawn under cfg.seed); π_ref: the adapter off
+        model = apply_lora(model, cfg.lora)
+    prepare_method(method, model, cfg.seed)  # RMU: its direction and the few layers that train
+    forget_set, forget_loader, retain_loader = _loaders(cfg, tokenizer, forget_records, retain_records)
+    # A frozen reference only where something needs one (NPO, the KL retain term, BS-S with the NPO base, RMU).
+    ref_model = reference_model(model) if cfg.needs_reference else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer, forget_loader = accelerator.prepare(model, optimizer, forget_loader)
+    retain_iter = _cycle(accelerator.prepare(retain_loader)) if retain_loader is not None else None
+    ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
+    plan = StepPlan.of(cfg, len(forget_loader))
+    scheduler = get_scheduler(SCHEDULERS[cfg.schedule], optimizer, plan.warmup_steps, plan.total_steps)
+    beliefs = _forget_beliefs(cfg, accelerator.process_index, forget_set, tokenizer)  # BS-S only
+    evaluate = functools.partial(_evaluate, callback, accelerator, model)
+
+    with contextlib.ExitStack() as undo:  # closes the log, restores the thread count, lifts the bf16 guard
+        log = undo.enter_context(StepLog(cfg, accelerator.is_main_process))
+        undo.enter_context(_torch_threads(cfg.num_threads))
+        if accelerator.mixed_precision == "bf16":  # a CPU whose fused bf16 attention cannot run: the math kernel
+            undo.enter_context(bf16_attention_guard(accelerator.device.type))
+        log.write(_start_record(cfg, plan, forget_set, retain_records, ref_model, accelerator))
+        model.train()
+        if cfg.eval_at_start and evaluate(0):
+            return _finish(log, accelerator, model, 0, stopped_early=True)
+        show = cfg.progress and accelerator.is_main_process
+        bar = tqdm(total=plan.total_steps, desc=f"unlearn {method.name}", disable=not show)
+        step, micro, stats = 0, 0, _StepStats()
+        micro_args = dict(scale=1.0 / cfg.grad_accum, backward=accelerator.backward, ref_model=ref_model)
+        for epoch_index, batch_index, forget_batch in _epochs(forget_loader, cfg.epochs):
+            epoch = epoch_index + batch_index / plan.batches_per_epoch
+            belief_batch = None
+            if beliefs is not None:  # on CPU: each row chunk is moved when it runs
+                belief_batch = beliefs.rows(accelerator.unwrap_model(model), forget_batch, epoch, step)
+            retain_batch = next(retain_iter) if retain_iter is not None else None
+            try:
+                with accelerator.no_sync(model):
+                    numbers = micro_step(cfg, model, forget_batch, retain_batch, belief_batch, **micro_args)
+            except ValueError:
+                # the losses reject NaN/inf logits with a ValueError; name the cause when it is the weights
+                if not _weights_finite(model):
+                    log.diverged("the weights are NaN/inf (the logits are not finite)", step + 1, epoch)
+                raise
+            log.check_finite(numbers, step + 1, epoch)
+            stats.add(numbers)
+            micro += 1
+            last_batch = batch_index + 1 == plan.batches_per_epoch
+            if micro % cfg.grad_accum and not last_batch:
+                continue
+
+            lr = _optimiser_step(model, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+            step, micro = step + 1, 0
+            record = {"step": step, "epoch": round(epoch_index + (batch_index + 1) / plan.batches_per_epoch, 6)}
+            record.update(lr=lr, **stats.mean())
+            if accelerator.num_processes > 1:  # the mean over every process's rows, not process 0's alone
+                record.update(_mean_over_processes(record, accelerator))
+            if beliefs is not None:
+                record["beliefs"] = beliefs.cache.stats()
+            stats = _StepStats()
+            if not _weights_finite(model):
+                log.diverged("the weights became NaN/inf after the update", step, record["epoch"])
+            log.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", forget=f"{record['forget_loss']:.3f}")
+            if step >= plan.total_steps:
+                break
+            if cfg.eval_every and step % cfg.eval_every == 0 and evaluate(step):
+                bar.close()
+                return _finish(log, accelerator, model, step, stopped_early=True)
+        bar.close()
+        evaluate(step)  # after the last step
+        return _finish(log, accelerator, model, step)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Setup
+# -------------------------------------------------------------------------------------------------------------
+
+SCHEDULERS = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
+"""``UnlearnConfig.schedule`` → the name ``transformers.get_scheduler`` knows it by (after the linear warm-up)."""
+
+
+def _check_inputs(cfg: UnlearnConfig, model, tokenizer, forget_records: list, retain_records: list | None) -> None:
+    """Validate ``cfg`` and raise one ValueError for inputs the run cannot use, naming the fix."""
     cfg.validate()
     method = cfg.method
     if not forget_records:
@@ -250,202 +325,228 @@ def unlearn(
     if top_k is not None and top_k > vocab:
         raise ValueError(f"{method.name}:top_k={top_k} exceeds the vocabulary size {vocab}; lower top_k")
 
-    accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)
-    if cfg.lora is not None:  # only the adapter trains (its A drawn under cfg.seed); π_ref: the adapter off
-        model = apply_lora(model, cfg.lora)
-    prepare_method(method, model, cfg.seed)  # RMU: its direction and the few layers that train
+
+def _loaders(cfg: UnlearnConfig, tokenizer, forget_records: list, retain_records: list | None):
+    """(the forget set, its shuffled loader, the retain loader or None): batch order from ``cfg.seed`` (forget) and
+    ``cfg.seed + 1`` (retain), each loader with its own generator."""
     pad_id = tokenizer.pad_token_id
 
-    def collate(features):
-        return collate_train(features, pad_id)
-
-    forget_set = QADataset(forget_records, tokenizer, cfg.template, cfg.max_length)
-    forget_loader = torch.utils.data.DataLoader(
-        forget_set,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    retain_loader = None
-    if cfg.uses_retain:
-        retain_loader = torch.utils.data.DataLoader(
-            QADataset(retain_records, tokenizer, cfg.template, cfg.max_length),
+    def loader(dataset, seed: int):
+        return torch.utils.data.DataLoader(
+            dataset,
             batch_size=cfg.batch_size,
             shuffle=True,
-            collate_fn=collate,
-            generator=torch.Generator().manual_seed(cfg.seed + 1),
+            collate_fn=functools.partial(collate_train, pad_token_id=pad_id),
+            generator=torch.Generator().manual_seed(seed),
         )
 
-    # A frozen reference only where something needs one (NPO, the KL retain term, BS-S with the NPO base).
-    ref_model = reference_model(model) if cfg.needs_reference else None
+    forget_set = QADataset(forget_records, tokenizer, cfg.template, cfg.max_length)
+    retain_loader = None
+    if cfg.uses_retain:
+        retain_loader = loader(QADataset(retain_records, tokenizer, cfg.template, cfg.max_length), cfg.seed + 1)
+    return forget_set, loader(forget_set, cfg.seed), retain_loader
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer, forget_loader = accelerator.prepare(model, optimizer, forget_loader)
-    if retain_loader is not None:
-        retain_loader = accelerator.prepare(retain_loader)
-    if ref_model is not None:
-        ref_model = ref_model.to(accelerator.device)
 
-    batches_per_epoch = len(forget_loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup_steps = min(int(round(cfg.warmup * steps_per_epoch)), total_steps)
-    scheduler_name = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}[cfg.schedule]
-    scheduler = get_scheduler(scheduler_name, optimizer, warmup_steps, total_steps)
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimiser steps the run takes: per epoch (a last short group of micro-batches steps too), in all
+    (``epochs`` of them, at most ``max_steps``), and in the linear warm-up (``warmup`` epochs of them)."""
 
-    belief_cache, prompts_by_index = None, None
-    if method.belief_sampling is not None:  # BS-S: global beliefs per forget item, cached by dataset index
-        seed = belief_seed(cfg.seed, method.belief_sampling, accelerator.process_index)
-        belief_cache = BeliefCache(**method.belief_sampling, seed=seed, template=cfg.template)
-        if hasattr(method, "seed_subsample"):  # BS-S belief subsampling: its own stream per process, not the global RNG
-            method.seed_subsample(cfg.seed + accelerator.process_index)
-        prompts_by_index = forget_set.prompts()
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
 
-    log_file = None
-    if cfg.log_path is not None and accelerator.is_main_process:
-        Path(cfg.log_path).parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(cfg.log_path, "w", encoding="utf-8")  # noqa: SIM115 — closed in the finally below
+    @classmethod
+    def of(cls, cfg: UnlearnConfig, batches_per_epoch: int) -> StepPlan:
+        steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+        total_steps = cfg.epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        warmup_steps = min(int(round(cfg.warmup * steps_per_epoch)), total_steps)
+        return cls(batches_per_epoch, steps_per_epoch, total_steps, warmup_steps)
 
-    def log(record: dict) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
 
-    def run_callback(step: int) -> None:
-        if callback is None:
-            return
-        inner = accelerator.unwrap_model(model)
-        inner.eval()
-        with torch.no_grad():
-            callback(step, inner)
-        inner.train()
+def prepare_method(method: Method, model, seed: int = 0) -> None:
+    """Before the optimiser exists: let the method fix what it draws once (``Method.prepare``; RMU's direction,
+    under ``seed``) and freeze every parameter outside ``Method.trainable_names`` (None: nothing is frozen)."""
+    method.prepare(model, seed)
+    names = method.trainable_names(model)
+    if names is not None:
+        keep = set(names)
+        for name, parameter in model.named_parameters():
+            if name not in keep:
+                parameter.requires_grad_(False)
 
-    def stop(what: str, step: int, epoch: float) -> None:
+
+def reference_model(model):
+    """π_ref, the frozen original model that NPO and the KL retain term compare against: for a model with a LoRA
+    adapter, the same model with its adapter disabled (``bs_ref.lora.AdapterDisabled``; no second copy in memory,
+    and since LoRA starts at B = 0 it is exactly the initial policy); otherwise a frozen deep copy in eval mode."""
+    if is_lora_model(model):
+        return AdapterDisabled(model)
+    ref_model = copy.deepcopy(model).eval()
+    ref_model.requires_grad_(False)
+    return ref_model
+
+
+PROCESS_SEED_STRIDE = 1_000_003
+"""Offset between the belief seeds of two processes that sample different prompts (more refreshes than any run)."""
+
+
+def belief_seed(seed: int, sampling: BeliefSampling, process_index: int = 0) -> int:
+    """The BS-S belief cache's seed on process ``process_index`` of a multi-process run.
+
+    A refresh of the whole forget set (off-policy, or on-policy every ``refresh_epochs`` > 0) samples the same
+    prompts on every process: one seed everywhere gives every process the cache one process would hold, so an
+    item's beliefs do not depend on the number of processes (and 2 processes × b rows give the weights of 1 × 2b).
+    A refresh every step (on-policy, ``refresh_epochs`` = 0) samples only the process's own batch: each process
+    then draws from its own stream, ``seed + PROCESS_SEED_STRIDE · process_index``. Process 0 always keeps
+    ``seed``, so a one-process run is unchanged."""
+    return seed + PROCESS_SEED_STRIDE * process_index if sampling.per_batch else seed
+
+
+@dataclass
+class ForgetBeliefs:
+    """BS-S's global beliefs over the forget set: the cache (``bs_ref.beliefs.BeliefCache``), the forget prompts by
+    dataset index, and the tokenizer that samples and pads them."""
+
+    cache: BeliefCache
+    prompts: dict[int, list[int]]
+    tokenizer: Any
+
+    def rows(self, model, forget_batch: dict, epoch: float, step: int) -> dict[str, torch.Tensor]:
+        """The belief rows of this forget batch's items (right-padded, on CPU), after the refresh that the cache's
+        schedule asks for at (``epoch``, ``step``), sampled from ``model``."""
+        indices = forget_batch["index"].tolist()
+        # refresh_epochs = 0 resamples every step: only this batch's prompts are needed
+        wanted = {i: self.prompts[i] for i in indices} if self.cache.refresh_epochs == 0 else self.prompts
+        self.cache.maybe_refresh(model, self.tokenizer, epoch, step, wanted)
+        return self.cache.batch(indices, self.tokenizer.pad_token_id)
+
+
+def _forget_beliefs(cfg: UnlearnConfig, process_index: int, forget_set: QADataset, tokenizer) -> ForgetBeliefs | None:
+    """The method's belief cache (None unless it samples beliefs: BS-S), seeded for this process
+    (``belief_seed``); BS-S belief subsampling gets its own stream per process, never the global RNG."""
+    method, sampling = cfg.method, cfg.method.belief_sampling
+    if sampling is None:
+        return None
+    seed = belief_seed(cfg.seed, sampling, process_index)
+    cache = BeliefCache(sampling, seed=seed, template=cfg.template)
+    if hasattr(method, "seed_subsample"):
+        method.seed_subsample(cfg.seed + process_index)
+    return ForgetBeliefs(cache, forget_set.prompts(), tokenizer)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# What the loop undoes, logs and checks
+# -------------------------------------------------------------------------------------------------------------
+
+
+class StepLog(contextlib.AbstractContextManager):
+    """The run's JSON-Lines log (``cfg.log_path``, written by the main process only), one flushed line a record."""
+
+    def __init__(self, cfg: UnlearnConfig, main_process: bool = True):
+        self.cfg = cfg
+        self.path = cfg.log_path if main_process else None
+        self.file = None
+
+    def __enter__(self) -> StepLog:
+        if self.path is not None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 — closed by __exit__
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def check_finite(self, numbers: dict, step: int, epoch: float) -> None:
+        """Stop the run (``diverged``) when the forget, retain or total loss of a micro-step is NaN/inf."""
+        for name in ("forget", "retain", "total"):
+            value = numbers.get(name)
+            if value is not None and not math.isfinite(value):
+                self.diverged(f"the {name} loss is {value}", step, epoch)
+
+    def diverged(self, what: str, step: int, epoch: float):
+        """Log the divergence (``what`` at ``step``) and stop the run with ``NonFiniteLossError``."""
+        cfg = self.cfg
         message = (
-            f"unlearning diverged: {what} at step {step} (epoch {epoch:.2f}) of method {method.spec()!r} with "
+            f"unlearning diverged: {what} at step {step} (epoch {epoch:.2f}) of method {cfg.method.spec()!r} with "
             f"lr={cfg.lr}; lower the learning rate (or keep max_grad_norm set)"
             + (f". The log up to this step is in {cfg.log_path}" if cfg.log_path else "")
         )
-        log({"step": step, "epoch": epoch, "error": message})
+        self.write({"step": step, "epoch": epoch, "error": message})
         raise NonFiniteLossError(message)
 
-    gamma, alpha = method.gamma, (cfg.alpha if cfg.uses_retain else 0.0)
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    # accelerate's bf16 autocast on a CPU whose fused bf16 attention cannot run: the math kernel (bs_ref.models)
-    attention = bf16_attention_guard(accelerator.device.type) if accelerator.mixed_precision == "bf16" else None
-    if attention is not None:
-        attention.__enter__()
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None):
+    """torch's CPU thread count set to ``num_threads`` (None: left as is) for the block, then restored."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     try:
-        log(
-            {
-                "event": "start",
-                "config": cfg.as_dict(),
-                "gamma": gamma,
-                "alpha": alpha,
-                "n_forget": len(forget_set),
-                "n_retain": len(retain_records or []) if cfg.uses_retain else 0,
-                "total_steps": total_steps,
-                "steps_per_epoch": steps_per_epoch,
-                "reference_model": ref_model is not None,
-                "num_processes": accelerator.num_processes,
-            }
-        )
-        model.train()
-        if cfg.eval_at_start:
-            run_callback(0)
-        retain_iter = _cycle(retain_loader) if retain_loader is not None else None
-        bar = tqdm(
-            total=total_steps, desc=f"unlearn {method.name}", disable=not (cfg.progress and accelerator.is_main_process)
-        )
-        step, micro, stats = 0, 0, _StepStats()
-        done = False
-        for epoch_index in range(cfg.epochs):
-            for batch_index, forget_batch in enumerate(forget_loader):
-                epoch = epoch_index + batch_index / batches_per_epoch
-                if belief_cache is not None:
-                    # refresh_epochs = 0 resamples every step: only this batch's prompts are needed
-                    wanted = (
-                        {i: prompts_by_index[i] for i in forget_batch["index"].tolist()}
-                        if belief_cache.refresh_epochs == 0
-                        else prompts_by_index
-                    )
-                    belief_cache.maybe_refresh(accelerator.unwrap_model(model), tokenizer, epoch, step, wanted)
-                retain_batch = next(retain_iter) if retain_iter is not None else None
-                scale = 1.0 / cfg.grad_accum
-                try:
-                    with accelerator.no_sync(model):
-                        belief_batch = None
-                        if belief_cache is not None:  # on CPU: each row chunk is moved when it runs
-                            belief_batch = belief_cache.batch(forget_batch["index"].tolist(), pad_id)
-                        terms = _micro_step(
-                            cfg, model, ref_model, forget_batch, retain_batch, belief_batch, gamma, alpha, scale,
-                            accelerator,
-                        )  # fmt: skip
-                except ValueError:
-                    # the losses reject NaN/inf logits with a ValueError; name the cause when it is the weights
-                    if not _weights_finite(model):
-                        stop("the weights are NaN/inf (the logits are not finite)", step + 1, epoch)
-                    raise
-                for name in ("forget", "retain", "total"):
-                    value = terms.get(name)
-                    if value is not None and not math.isfinite(value):
-                        stop(f"the {name} loss is {value}", step + 1, epoch)
-                stats.add(terms)
-                micro += 1
-                last_batch = batch_index + 1 == batches_per_epoch
-                if micro % cfg.grad_accum and not last_batch:
-                    continue
-                # one optimiser step
-                if accelerator.num_processes > 1:
-                    for p in model.parameters():
-                        if p.grad is not None:
-                            p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
-                if cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                micro = 0
-                record = {"step": step, "epoch": round(epoch_index + (batch_index + 1) / batches_per_epoch, 6)}
-                record.update(lr=lr, **stats.mean())
-                if accelerator.num_processes > 1:  # the mean over every process's rows, not process 0's alone
-                    record.update(_mean_over_processes(record, accelerator))
-                if belief_cache is not None:
-                    record["beliefs"] = belief_cache.stats()
-                stats = _StepStats()
-                if not _weights_finite(model):
-                    stop("the weights became NaN/inf after the update", step, record["epoch"])
-                log(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", forget=f"{record['forget_loss']:.3f}")
-                if step >= total_steps:
-                    done = True
-                elif cfg.eval_every and step % cfg.eval_every == 0:
-                    run_callback(step)
-                if done:
-                    break
-            if done:
-                break
-        bar.close()
-        run_callback(step)
-        log({"event": "end", "step": step})
+        yield
     finally:
-        if attention is not None:
-            attention.__exit__(None, None, None)
-        torch.set_num_threads(previous_threads)
-        if log_file is not None:
-            log_file.close()
+        torch.set_num_threads(previous)
+
+
+def _start_record(cfg: UnlearnConfig, plan: StepPlan, forget_set, retain_records, ref_model, accelerator) -> dict:
+    """The log's first line: the config and what the run derived from it."""
+    return {
+        "event": "start",
+        "config": cfg.as_dict(),
+        "gamma": cfg.method.gamma,
+        "alpha": cfg.alpha if cfg.uses_retain else 0.0,
+        "n_forget": len(forget_set),
+        "n_retain": len(retain_records or []) if cfg.uses_retain else 0,
+        "total_steps": plan.total_steps,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "reference_model": ref_model is not None,
+        "num_processes": accelerator.num_processes,
+    }
+
+
+def _evaluate(callback, accelerator, model, step: int) -> bool:
+    """``callback(step, model)`` on the unwrapped model in eval mode without gradient; whether it returned True."""
+    if callback is None:
+        return False
+    inner = accelerator.unwrap_model(model)
+    inner.eval()
+    with torch.no_grad():
+        stop = callback(step, inner)
+    inner.train()
+    return stop is True
+
+
+def _finish(log: StepLog, accelerator, model, step: int, stopped_early: bool = False):
+    """Log the end of the run and return the unwrapped model in eval mode."""
+    log.write({"event": "end", "step": step, **({"stopped_early": True} if stopped_early else {})})
     inner = accelerator.unwrap_model(model)
     inner.eval()
     return inner
+
+
+def _optimiser_step(model, optimizer, scheduler, accelerator, max_grad_norm: float | None) -> float:
+    """One optimiser step on the accumulated gradients; returns the learning rate it used. Several processes
+    first average their gradients (accumulated locally under ``no_sync``), once per step."""
+    if accelerator.num_processes > 1:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+    if max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr
 
 
 def _mean_over_processes(record: dict, accelerator) -> dict:
@@ -476,208 +577,18 @@ class _StepStats:
         return out
 
 
-def _micro_step(cfg, model, ref_model, forget_batch, retain_batch, belief_batch, gamma, alpha, scale,
-                accelerator) -> dict:  # fmt: skip
-    """Forward + backward of one (forget, retain) micro-batch; returns the detached numbers to log."""
-    return micro_step(cfg.method, model, forget_batch, retain_batch, belief_batch, gamma=gamma, alpha=alpha,
-                      retain_kind=cfg.retain_loss, scale=scale, backward=accelerator.backward,
-                      ref_model=ref_model, reduction=cfg.reduction)  # fmt: skip
+def _epochs(loader, epochs: int):
+    """(epoch index, batch index, batch) over ``epochs`` passes of ``loader``."""
+    for epoch_index in range(epochs):
+        for batch_index, batch in enumerate(loader):
+            yield epoch_index, batch_index, batch
 
 
-def prepare_method(method: Method, model, seed: int = 0) -> None:
-    """Before the optimiser exists: let the method fix what it draws once (``Method.prepare``; RMU's direction,
-    under ``seed``) and freeze every parameter outside ``Method.trainable_names`` (None: nothing is frozen)."""
-    method.prepare(model, seed)
-    names = method.trainable_names(model)
-    if names is not None:
-        keep = set(names)
-        for name, parameter in model.named_parameters():
-            if name not in keep:
-                parameter.requires_grad_(False)
+def _cycle(loader):
+    while True:
+        yield from loader
 
 
-def micro_step(method: Method, model, forget_batch: dict, retain_batch: dict | None = None,
-               belief_batch: dict | None = None, *, gamma: float | None = None, alpha: float = 0.0,
-               retain_kind: str = "nll", scale: float = 1.0, backward=None, ref_model=None,
-               reduction: str = "row") -> dict:  # fmt: skip
-    """Forward + backward of ``scale · (γ·L_forget + α·L_retain)`` on one (forget, retain) micro-batch, exactly as
-    the loop runs it (``bs_ref.hf.UnlearningTrainer`` runs the same function); returns the detached numbers to
-    log: ``forget``, ``retain``, ``total``, ``forget_logprob``, ``topk_mass``.
-
-    One row set (every method but BS-S) is one forward, backwarded together with the retain term; several (BS-S,
-    Eq. 7) are backwarded one after another, the belief rows in row chunks (``forget_backward``). ``gamma``
-    defaults to the method's γ; ``alpha = 0`` or ``retain_batch=None`` leaves the retain term out; ``retain_kind``
-    is "nll" or "kl" (KL needs ``ref_model``). ``backward`` defaults to ``Tensor.backward`` (the loop passes
-    ``accelerator.backward``). ``ref_model``: π_ref (``reference_model``), needed by NPO and the KL retain term.
-    ``reduction`` ("row" | "token", docs/theory.md §11) reduces every term: forget, beliefs and retain. A method
-    with a retain term of its own (``Method.retain_term``: RMU's) uses it in place of ``retain_kind``'s.
-    The caller accumulates, reduces across processes, clips and steps the optimiser."""
-    gamma = method.gamma if gamma is None else gamma
-    backward = backward if backward is not None else torch.Tensor.backward
-    terms = method.forget_terms(forget_batch, belief_batch, reduction=reduction)
-    ref = ref_model if method.needs_reference else None
-    one_pass = len(terms) == 1 and terms[0].chunk_rows is None and terms[0].run is None
-    if one_pass:  # one forward; backwarded together with the retain term below
-        forget_term, logits, labels = _forward_term(model, terms[0], ref)
-        stats = _forget_stats(logits, labels, method.top_k_for_logging)
-        stats["forget"] = float(forget_term.detach())
-        del logits
-    else:  # several row sets (BS-S): backwarded one after another, in row chunks where declared
-        forget_term = None
-        stats = forget_backward(method, model, forget_batch, belief_batch, loss_scale=gamma * scale,
-                                backward=backward, ref_model=ref_model, reduction=reduction)  # fmt: skip
-    retain_term = None
-    own_retain = method.retain_term(model, retain_batch, ref_model, reduction) if (
-        retain_batch is not None and alpha > 0) else None  # fmt: skip
-    if own_retain is not None:
-        retain_term = own_retain
-        stats["retain"] = float(retain_term.detach())
-    elif retain_batch is not None and alpha > 0:
-        retain_logits = model(**_model_inputs(retain_batch)).logits
-        ref_retain_logits = None
-        if retain_kind == "kl":
-            if ref_model is None:
-                raise ValueError("retain_kind='kl' needs ref_model: π_ref on the same rows (see reference_model)")
-            with torch.no_grad():
-                ref_retain_logits = ref_model(**_model_inputs(retain_batch)).logits
-        retain_term = retain_loss(retain_logits, retain_batch["labels"], retain_kind, ref_retain_logits, reduction)
-        stats["retain"] = float(retain_term.detach())
-    stats["total"] = gamma * stats["forget"] + alpha * (stats.get("retain") or 0.0)
-    if not math.isfinite(stats["total"]):
-        return stats  # the loop stops with NonFiniteLossError
-    if one_pass:
-        backward(regularised_loss(forget_term, retain_term, gamma, alpha) * scale)  # L = γ·L_f + α·L_r
-    elif retain_term is not None:
-        backward(alpha * retain_term * scale)
-    return stats
-
-
-PROCESS_SEED_STRIDE = 1_000_003
-"""Offset between the belief seeds of two processes that sample different prompts (more refreshes than any run)."""
-
-
-def belief_seed(seed: int, sampling: dict, process_index: int = 0) -> int:
-    """The BS-S belief cache's seed on process ``process_index`` of a multi-process run.
-
-    A refresh of the whole forget set (off-policy, or on-policy every ``refresh_epochs`` > 0) samples the same
-    prompts on every process: one seed everywhere gives every process the cache one process would hold, so an
-    item's beliefs do not depend on the number of processes (and 2 processes × b rows give the weights of 1 × 2b).
-    A refresh every step (on-policy, ``refresh_epochs`` = 0) samples only the process's own batch: each process
-    then draws from its own stream, ``seed + PROCESS_SEED_STRIDE · process_index``. Process 0 always keeps
-    ``seed``, so a one-process run is unchanged."""
-    per_batch = sampling.get("regime") == "on_policy" and float(sampling.get("refresh_epochs", 1.0)) == 0.0
-    return seed + PROCESS_SEED_STRIDE * process_index if per_batch else seed
-
-
-def reference_model(model):
-    """π_ref, the frozen original model that NPO and the KL retain term compare against: for a model with a LoRA
-    adapter, the same model with its adapter disabled (``bs_ref.lora.AdapterDisabled``; no second copy in memory,
-    and since LoRA starts at B = 0 it is exactly the initial policy); otherwise a frozen deep copy in eval mode."""
-    if is_lora_model(model):
-        return AdapterDisabled(model)
-    ref_model = copy.deepcopy(model).eval()
-    ref_model.requires_grad_(False)
-    return ref_model
-
-
-def forget_backward(method: Method, model, forget_batch: dict, belief_batch: dict | None = None, *,
-                    loss_scale: float = 1.0, backward=None, ref_model=None,
-                    reduction: str = "row") -> dict:  # fmt: skip
-    """Backward ``loss_scale · L_forget`` of ``method`` on one forget batch (and its belief rows), term by term
-    and chunk by chunk (``backward_over_row_chunks``); the caller steps the optimiser. ``backward`` defaults to
-    ``Tensor.backward`` (the loop passes ``accelerator.backward``). Returns the detached ``forget``
-    (L_forget = Σ weight · term: Eq. 7 for BS-S), ``forget_logprob`` and ``topk_mass`` of the forget rows."""
-    run_backward = backward if backward is not None else torch.Tensor.backward
-    ref = ref_model if method.needs_reference else None
-    if method.needs_reference and ref_model is None:
-        raise ValueError(f"method {method.spec()!r} needs ref_model (a frozen copy of the original model)")
-    stats: dict[str, float | None] = {}
-    weighted = []
-    for index, term in enumerate(method.forget_terms(forget_batch, belief_batch, reduction=reduction)):
-        if term.run is not None:  # a term that runs its own rows (BS-S prefix sharing / subsampling, bs_ref.prefix)
-            value, term_stats = term.run(model, loss_scale * term.weight, run_backward, ref)
-            if index == 0:
-                stats.update(term_stats)
-        elif term.chunk_rows is not None:
-            value, _ = backward_over_row_chunks(model, term, loss_scale, run_backward, ref)
-        else:
-            piece, logits, labels = _forward_term(model, term, ref)
-            if index == 0:
-                stats.update(_forget_stats(logits, labels, method.top_k_for_logging))
-            run_backward(loss_scale * term.weight * piece)
-            value = piece.detach()
-            del logits, piece
-        weighted.append(term.weight * value)
-    stats["forget"] = float(sum(weighted))
-    return stats
-
-
-def _forward_term(model, term: ForgetTerm, ref_model=None):
-    """(piece on all of the term's rows, logits, labels) in one forward (the term's own ``forward`` where it has
-    one: its piece then takes the features that forward returns, RMU's hidden states)."""
-    device = next(model.parameters()).device
-    rows = {k: v.to(device) for k, v in term.rows.items() if isinstance(v, torch.Tensor)}
-    if term.forward is not None:
-        features, logits = term.forward(model, rows)
-    else:
-        features = logits = model(**_model_inputs(rows)).logits
-    ref_lp = _ref_logprobs(ref_model, rows) if ref_model is not None else None
-    return term.piece(features, rows["labels"], ref_lp), logits, rows["labels"]
-
-
-@torch.no_grad()
-def _forget_stats(logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> dict:
-    """Mean answer log-prob of the forget rows and their mean top-k mass S_k (docs/theory.md D1/D2)."""
-    beliefs, at = local_beliefs(logits.detach(), labels, top_k=min(top_k, logits.shape[-1]))  # one gather for both
-    return {
-        "forget_logprob": float((per_row_sum(at.target_logprob(), at) / at.counts.clamp(min=1)).mean()),
-        "topk_mass": float(beliefs.topk_mass.mean()),
-    }
-
-
-def backward_over_row_chunks(model, term: ForgetTerm, loss_scale: float, backward, ref_model=None):
-    """Run ``term.rows`` through ``model`` ``term.chunk_rows`` rows at a time and backward each chunk's piece
-    ``loss_scale · term.weight · term.piece(...)`` as it goes; returns (Σ pieces, detached; chunks run).
-
-    Rows are taken longest first (each chunk carries little padding) and all-padding columns on the right of a
-    chunk are dropped; a chunk without answer tokens is skipped. The pieces are defined so that they add up to
-    the whole term (e.g. ``bs_ref.losses.belief_piece``), so the summed gradient is the gradient of the term on
-    all rows at once, while peak activation memory grows with ``chunk_rows`` only. Knows no method.
-    """
-    device = next(model.parameters()).device
-    labels = term.rows["labels"]
-    attention = _attention_mask(term.rows)
-    by_length = torch.argsort(attention.sum(dim=1), descending=True, stable=True)
-    ids, labels, attention = term.rows["input_ids"][by_length], labels[by_length], attention[by_length]
-    total, chunks = None, 0
-    for start in range(0, labels.shape[0], term.chunk_rows):
-        rows = slice(start, start + term.chunk_rows)
-        chunk_attention = attention[rows]
-        width = int(chunk_attention.any(dim=0).nonzero().max()) + 1  # drop all-padding columns on the right
-        chunk = {"input_ids": ids[rows, :width].to(device), "attention_mask": chunk_attention[:, :width].to(device),
-                 "labels": labels[rows, :width].to(device)}  # fmt: skip
-        if not bool((chunk["labels"][:, 1:] != IGNORE_INDEX).any()):
-            continue
-        ref_lp = _ref_logprobs(ref_model, chunk) if ref_model is not None else None
-        logits = model(**_model_inputs(chunk)).logits
-        piece = term.piece(logits, chunk["labels"], ref_lp)
-        backward(loss_scale * term.weight * piece)
-        total = piece.detach() if total is None else total + piece.detach()
-        chunks += 1
-        del logits, piece
-    if total is None:
-        total = torch.zeros(())
-    return total, chunks
-
-
-@torch.no_grad()
-def _ref_logprobs(ref_model, rows: dict) -> torch.Tensor:
-    """log π_ref(y|x) of each row (summed over answer tokens), from the frozen reference model."""
-    device = next(ref_model.parameters()).device
-    logits = ref_model(input_ids=rows["input_ids"].to(device), attention_mask=_attention_mask(rows).to(device)).logits
-    return sequence_logprob(logits, rows["labels"].to(device))
-
-
-def _attention_mask(batch: dict) -> torch.Tensor:
-    mask = batch.get("attention_mask")
-    return mask if mask is not None else torch.ones_like(batch["input_ids"])
+def _weights_finite(model) -> bool:
+    flags = [p.detach().isfinite().all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True

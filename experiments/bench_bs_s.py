@@ -10,7 +10,7 @@ What it measures (issue "Beliefs and BS-S"), on one forget set of F items, batch
 1. **Step time against NPO and against the compute floor**, for four BS-S variants (N = 3, BS-T base,
    ``VARIANTS``): Eq. (7) exactly (``bs_s``), with m = 1 of the N beliefs per step (``bs_s(m=1)``, unbiased,
    ``BSS.belief_subsample``), and both with prefix sharing (``bs_s(shared)``, ``bs_s(m=1,shared)``,
-   ``BSS.share_prefix``; ``bs_ref.prefix``). A BS-S step is ``bs_ref.unlearn.forget_backward`` plus an optimiser
+   ``BSS.share_prefix``; ``bs_ref.prefix``). A BS-S step is ``bs_ref.runner.forget_backward`` plus an optimiser
    step on the cached beliefs; NPO's is forward + backward + the reference model's forward + optimiser step. The
    steps of NPO and of every variant run in turn, batch by batch, so contention from other processes hits all
    alike; a method's step time is the mean over the batches of each batch's median over the epochs.
@@ -33,7 +33,7 @@ What it measures (issue "Beliefs and BS-S"), on one forget set of F items, batch
    that micro-batching bounds; transient buffers freed inside a forward are not in it.
 4. **Profile**: where an on-policy epoch of exact BS-S goes: generation (the refresh), forget-term
    forward/backward (timed again with no beliefs), belief-term forward/backward (the rest of
-   ``bs_ref.unlearn.forget_backward``), optimiser. ``--profile`` adds operator tables (``profile_steps``).
+   ``bs_ref.runner.forget_backward``), optimiser. ``--profile`` adds operator tables (``profile_steps``).
 
 Compute bound (the exact, unshared floor at equal lengths): a BS-S step sends (1 + N)·B rows through forward +
 backward, NPO B rows through forward + backward and B through the reference forward: (1 + N)·3/4 = 3 at N = 3.
@@ -55,11 +55,11 @@ import weakref
 import torch
 
 from bs_ref import files, prefix
-from bs_ref.beliefs import BeliefCache, sample_beliefs
+from bs_ref.beliefs import BeliefCache, BeliefSampling, sample_beliefs
 from bs_ref.generation import right_pad
 from bs_ref.losses import IGNORE_INDEX, npo_loss, sequence_logprob
 from bs_ref.methods import make_method
-from bs_ref.unlearn import forget_backward
+from bs_ref.runner import forget_backward
 
 VARIANTS = (  # (name in the ratio lines, label of the floor lines, BSS fields)
     ("bs_s", "exact", {}),
@@ -321,104 +321,155 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    problems = [p for name in ("threads", "items", "batch_size", "answer_len", "prompt_len", "repeats")
-                for p in files.at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)]  # fmt: skip
-    problems += files.at_least("--seed", args.seed, 0) + files.device_problems("--device", args.device)
-    if (
-        args.model
-        and args.model != "smollm2"
-        and (args.model.startswith((".", "/", "~")) or args.model.count("/") != 1)
-    ):
-        problems += files.path_problems("--model", args.model, "dir", must_exist=True)
-    files.report_problems(parser, problems)
+    _check_args(parser, args)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    items = args.items or (16 if args.quick else 32)
-    answer_len = args.answer_len or (16 if args.quick else 32)
-    repeats = args.repeats or (10 if args.quick else 5)
-    n_beliefs, microbatch = 3, 8
+    bench = _Bench.build(args, device)
+    runs = step_times(bench)
+    exact = runs["bs_s"]
+    profile_epoch(bench, exact)
+    generation_throughput(bench)
+    peak_memory(bench)
+    if args.profile:
+        profile_steps(args, device)
 
-    if args.model:
-        from bs_ref.models import load_model
 
-        model, tokenizer = load_model(args.model)
-        source = args.model
-    else:
+N_BELIEFS, MICROBATCH = 3, 8
+"""The BS-S settings every section measures: N beliefs per item, belief rows per forward."""
+
+
+def _check_args(parser, args) -> None:
+    problems = [
+        p
+        for name in ("threads", "items", "batch_size", "answer_len", "prompt_len", "repeats")
+        for p in files.at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+    ]
+    problems += files.at_least("--seed", args.seed, 0) + files.device_problems("--device", args.device)
+    model = args.model or ""
+    not_a_hub_id = model.startswith((".", "/", "~")) or model.count("/") != 1  # a hub id is owner/name
+    if model and model != "smollm2" and not_a_hub_id:
+        problems += files.path_problems("--model", model, "dir", must_exist=True)
+    files.report_problems(parser, problems)
+
+
+class _Bench:
+    """What every section measures on: the model (training) and its frozen reference, the tokenizer, the forget
+    prompts and batches, the device and the sizes."""
+
+    def __init__(self, args, device, model, tokenizer, source: str):
+        self.args, self.device, self.model, self.tokenizer = args, device, model, tokenizer
+        self.items = args.items or (16 if args.quick else 32)
+        self.answer_len = args.answer_len or (16 if args.quick else 32)
+        self.repeats = args.repeats or (10 if args.quick else 5)
+        model.to(device).train()
+        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.prompts, rows, labels = make_workload(
+            tokenizer, vocab, self.items, args.prompt_len, self.answer_len, args.seed
+        )
+        self.batches = forget_batches(rows, labels, args.batch_size, tokenizer.pad_token_id)
+        print(f"model: {source}")
+        print(f"parameters: {sum(p.numel() for p in model.parameters())}")
+        print(f"device: {device}")
+        print(f"torch threads: {torch.get_num_threads()}")
+        print(f"workload: F={self.items} B={args.batch_size} prompt={args.prompt_len} answer={self.answer_len} tokens")
+        print(
+            f"bs_s settings: N={N_BELIEFS} on_policy refresh_epochs=1 select=sample base={args.base} "
+            f"microbatch={MICROBATCH}"
+        )
+
+    @classmethod
+    def build(cls, args, device) -> _Bench:
+        if args.model:
+            from bs_ref.models import load_model
+
+            model, tokenizer = load_model(args.model)
+            return cls(args, device, model, tokenizer, args.model)
         model, tokenizer = build_small_model(args.quick, args.seed)
         shape = "d=128, 2 layers, V=512" if args.quick else "d=256, 4 layers, V=2048"
-        source = f"random Llama ({shape})"
-    model.to(device).train()
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    prompts, rows, labels = make_workload(tokenizer, vocab, items, args.prompt_len, answer_len, args.seed)
-    batches = forget_batches(rows, labels, args.batch_size, tokenizer.pad_token_id)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {source}")
-    print(f"parameters: {n_params}")
-    print(f"device: {device}")
-    print(f"torch threads: {torch.get_num_threads()}")
-    print(f"workload: F={items} B={args.batch_size} prompt={args.prompt_len} answer={answer_len} tokens")
-    print(f"bs_s settings: N={n_beliefs} on_policy refresh_epochs=1 select=sample base={args.base} "
-          f"microbatch={microbatch}")  # fmt: skip
+        return cls(args, device, model, tokenizer, f"random Llama ({shape})")
 
-    # 1. step time: NPO and the four BS-S variants step by step in turn (contention hits all alike), and the floors
-    def fresh_cache():
-        return BeliefCache("on_policy", refresh_epochs=1.0, n=n_beliefs, max_new_tokens=answer_len + 1, seed=args.seed)
+    def sampling(self, n: int = N_BELIEFS, regime: str = "off_policy") -> BeliefSampling:
+        """Belief sampling of ``n`` answers of the workload's answer length (+ the stop token)."""
+        return BeliefSampling(regime, refresh_epochs=1.0, n=n, max_new_tokens=self.answer_len + 1)
 
+
+def _step_seconds(run) -> float:
+    """The mean over the batches of each batch's median step."""
+    return statistics.fmean(statistics.median(times) for times in run["steps"])
+
+
+def step_times(bench: _Bench) -> dict[str, dict]:
+    """1. Step time: NPO and the four BS-S variants step by step in turn (contention hits all alike), then the
+    ratios, the floors and the generation share are printed. Returns the runs by tag."""
+    args, model = bench.args, bench.model
     npo_model = copy.deepcopy(model)
     opt_npo = torch.optim.SGD(npo_model.parameters(), lr=1e-4)
-    runs = {"npo": dict(steps=[[] for _ in batches])}
+    runs: dict[str, dict] = {"npo": dict(steps=[[] for _ in bench.batches])}
     for tag, label, fields in VARIANTS:
-        method = make_method("bs_s", base=args.base, belief_microbatch=microbatch, **fields)
+        method = make_method("bs_s", base=args.base, belief_microbatch=MICROBATCH, **fields)
         method.seed_subsample(args.seed)
-        run = dict(label=label, method=method, model=copy.deepcopy(model), cache=fresh_cache(), refresh=[],
-                   steps=[[] for _ in batches], backward=[], optimiser=[], tokens=[])  # fmt: skip
+        run = dict(label=label, method=method, model=copy.deepcopy(model), refresh=[], backward=[], optimiser=[])
+        run["cache"] = BeliefCache(bench.sampling(regime="on_policy"), seed=args.seed)
+        run.update(steps=[[] for _ in bench.batches], tokens=[])
         run["opt"] = torch.optim.SGD(run["model"].parameters(), lr=1e-4)
         runs[tag] = run
-    for epoch in range(-1, repeats):  # epoch -1: warm-up (allocator, kernels), not recorded
-        for run in list(runs.values())[1:]:
-            seconds = refresh_seconds(run["model"], tokenizer, run["cache"], prompts, epoch + 1, device)
+    variants = {tag: run for tag, run in runs.items() if tag != "npo"}
+    for epoch in range(-1, bench.repeats):  # epoch -1: warm-up (allocator, kernels), not recorded
+        for run in variants.values():
+            seconds = refresh_seconds(
+                run["model"], bench.tokenizer, run["cache"], bench.prompts, epoch + 1, bench.device
+            )
             if epoch >= 0:
                 run["refresh"].append(seconds)
-        for b, batch in enumerate(batches):
-            seconds = npo_step(npo_model, ref_model, batch, opt_npo, device)
+        for b, batch in enumerate(bench.batches):
+            seconds = npo_step(npo_model, bench.ref_model, batch, opt_npo, bench.device)
             if epoch >= 0:
                 runs["npo"]["steps"][b].append(seconds)
-            for run in list(runs.values())[1:]:
-                model_, cache, opt, method = run["model"], run["cache"], run["opt"], run["method"]
-                fwd_bwd, opt_seconds, tokens = bs_s_step(model_, tokenizer, cache, batch, opt, device, method,
-                                                         ref_model)  # fmt: skip
+            for run in variants.values():
+                found = bs_s_step(
+                    run["model"],
+                    bench.tokenizer,
+                    run["cache"],
+                    batch,
+                    run["opt"],
+                    bench.device,
+                    run["method"],
+                    bench.ref_model,
+                )
                 if epoch >= 0:
+                    fwd_bwd, opt_seconds, tokens = found
                     run["steps"][b].append(fwd_bwd + opt_seconds)
                     run["backward"].append(fwd_bwd)
                     run["optimiser"].append(opt_seconds)
                     run["tokens"].append(tokens)
+    _report_step_times(bench, runs)
+    return runs
 
-    def step_seconds(run) -> float:  # the mean over the batches of each batch's median step
-        return statistics.fmean(statistics.median(times) for times in run["steps"])
 
-    npo_step_s = step_seconds(runs["npo"])
-    generation = statistics.median([t for run in list(runs.values())[1:] for t in run["refresh"]])  # any variant
-    steps_per_epoch = len(batches)
+def _report_step_times(bench: _Bench, runs: dict[str, dict]) -> None:
+    npo_step_s = _step_seconds(runs["npo"])
+    variants = {tag: run for tag, run in runs.items() if tag != "npo"}
+    generation = statistics.median([t for run in variants.values() for t in run["refresh"]])  # any variant
+    steps_per_epoch = len(bench.batches)
     exact = runs["bs_s"]
-    off_policy = step_seconds(exact)
+    off_policy = _step_seconds(exact)
     bs_step = off_policy + statistics.median(exact["refresh"]) / steps_per_epoch
     print(f"npo step seconds: {npo_step_s:.4f}")
     print(f"bs_s step seconds (amortised, incl. refresh): {bs_step:.4f}")
     print(f"bs_s step seconds (off-policy: beliefs sampled once, no generation in the step): {off_policy:.4f}")
     print(f"bs_s/npo step-time ratio: {off_policy / npo_step_s:.3f}")
     # rows through forward+backward (≈ 3 forward units each): BS-S (1 + N)·B, NPO B plus B reference forwards
-    bound = (1 + n_beliefs) * 3 / (3 + 1)
+    bound = (1 + N_BELIEFS) * 3 / (3 + 1)
     print(f"bs_s/npo compute lower bound without generation ((1+N)*3/(3+1), equal lengths): {bound:.2f}")
     print(f"bs_s step over its compute lower bound: {off_policy / npo_step_s / bound:.3f}")
     ratio = off_policy / npo_step_s
     print(f"bs_s/npo step-time ratio without the refresh (off-policy after its one sampling): {ratio:.3f}")
     print(f"bs_s/npo step-time ratio on-policy (one refresh per epoch, amortised): {bs_step / npo_step_s:.3f}")
-    variants = {tag: run for tag, run in runs.items() if tag != "npo"}
     for tag, run in variants.items():
         if tag != "bs_s":
-            print(f"{tag}/npo step-time ratio: {step_seconds(run) / npo_step_s:.3f}")
+            print(f"{tag}/npo step-time ratio: {_step_seconds(run) / npo_step_s:.3f}")
     # the floor: tokens × passes (forward + backward ≈ 3 units per token, a reference forward 1) on the batches run
     for run in variants.values():
         bs_tokens, npo_tokens = (sum(x) for x in zip(*run["tokens"]))
@@ -426,31 +477,37 @@ def main(argv: list[str] | None = None) -> None:
         run["floor"] = passes * bs_tokens / (4 * npo_tokens)
         print(f"compute floor ({run['label']}): {run['floor']:.3f}")
     for run in variants.values():
-        print(f"measured/floor ({run['label']}): {step_seconds(run) / npo_step_s / run['floor']:.3f}")
+        print(f"measured/floor ({run['label']}): {_step_seconds(run) / npo_step_s / run['floor']:.3f}")
     # generation: an on-policy run pays a refresh every epoch, an off-policy run once before its first step
-    print(f"generation seconds per refresh (F={items} prompts x N={n_beliefs}): {generation:.4f}")
+    print(f"generation seconds per refresh (F={bench.items} prompts x N={N_BELIEFS}): {generation:.4f}")
     for run in variants.values():
-        epoch_steps = steps_per_epoch * step_seconds(run)
+        epoch_steps = steps_per_epoch * _step_seconds(run)
         on = generation / (generation + epoch_steps)
         off = generation / (generation + OFF_POLICY_EPOCHS * epoch_steps)
         print(f"generation share of an on-policy step ({run['label']}, one refresh per epoch): {on:.3f}")
-        print(f"generation share of an off-policy run ({run['label']}, sampled once, {OFF_POLICY_EPOCHS} epochs): "
-              f"{off:.3f}")  # fmt: skip
+        print(
+            f"generation share of an off-policy run ({run['label']}, sampled once, {OFF_POLICY_EPOCHS} epochs): "
+            f"{off:.3f}"
+        )
     for tag, run in variants.items():
         if tag != "bs_s":
-            ratio = (step_seconds(run) + generation / steps_per_epoch) / npo_step_s
+            ratio = (_step_seconds(run) + generation / steps_per_epoch) / npo_step_s
             print(f"{tag}/npo step-time ratio on-policy (one refresh per epoch, amortised): {ratio:.3f}")
-    bs_model = exact["model"]
 
-    # 4. profile of a BS-S epoch: the refresh (generation), then the step split into forget and belief terms
+
+def profile_epoch(bench: _Bench, exact: dict) -> None:
+    """4. Profile of a BS-S epoch: the refresh (generation), then the step split into forget and belief terms."""
+    bs_model, device = exact["model"], bench.device
     refresh = statistics.median(exact["refresh"])
     sync(device)
     t = time.perf_counter()
-    for batch in batches:
-        forget_backward(make_method("bs_s", base=args.base), bs_model, batch, None, ref_model=ref_model)
+    for batch in bench.batches:
+        method = make_method("bs_s", base=bench.args.base)
+        forget_backward(method, bs_model, batch, None, ref_model=bench.ref_model)
     sync(device)
     forget_only = time.perf_counter() - t
     bs_model.zero_grad(set_to_none=True)
+    steps_per_epoch = len(bench.batches)
     fwd_bwd = steps_per_epoch * statistics.median(exact["backward"])
     optimiser = steps_per_epoch * statistics.median(exact["optimiser"])
     total = refresh + fwd_bwd + optimiser
@@ -464,53 +521,57 @@ def main(argv: list[str] | None = None) -> None:
         print(f"profile {name} share: {seconds / total:.3f}")
     print(f"profile epoch seconds: {total:.3f}")
 
-    # 2. generation throughput: 8 prompts batched vs one at a time
-    eight = [prompts[i % items] for i in range(8)]
-    gen_kwargs = dict(n=n_beliefs, max_new_tokens=answer_len + 1, seed=args.seed)
-    sample_beliefs(model, tokenizer, eight[:1], batch_size=1, **gen_kwargs)  # warm-up
+
+def generation_throughput(bench: _Bench) -> None:
+    """2. Generation throughput: 8 prompts batched vs one at a time."""
+    model, tokenizer, device = bench.model, bench.tokenizer, bench.device
+    eight = [bench.prompts[i % bench.items] for i in range(8)]
+    sampling, seed = bench.sampling(), bench.args.seed
+    sample_beliefs(model, tokenizer, eight[:1], sampling, batch_size=1, seed=seed)  # warm-up
     batched, sequential = [], []
-    for _ in range(repeats):
+    for _ in range(bench.repeats):
         sync(device)
         t = time.perf_counter()
-        b = sample_beliefs(model, tokenizer, eight, batch_size=8, **gen_kwargs)
+        b = sample_beliefs(model, tokenizer, eight, sampling, batch_size=8, seed=seed)
         sync(device)
         batched.append(time.perf_counter() - t)
         t = time.perf_counter()
-        s = sample_beliefs(model, tokenizer, eight, batch_size=1, **gen_kwargs)
+        s = sample_beliefs(model, tokenizer, eight, sampling, batch_size=1, seed=seed)
         sync(device)
         sequential.append(time.perf_counter() - t)
     tokens = sum(len(b.answer_ids(i)) for i in range(len(b)))
     tokens_sequential = sum(len(s.answer_ids(i)) for i in range(len(s)))
-    print(f"generation batched seconds (8 prompts x N={n_beliefs}): {statistics.median(batched):.4f}")
+    print(f"generation batched seconds (8 prompts x N={N_BELIEFS}): {statistics.median(batched):.4f}")
     print(f"generation sequential seconds: {statistics.median(sequential):.4f}")
     print(f"generation batched tokens/s: {tokens / statistics.median(batched):.1f}")
     print(f"generation sequential tokens/s: {tokens_sequential / statistics.median(sequential):.1f}")
     print(f"batched/sequential generation speed-up: {statistics.median(sequential) / statistics.median(batched):.2f}")
 
-    # 3. peak memory vs belief_microbatch (N fixed) and vs N (micro-batch fixed, and un-micro-batched)
+
+def peak_memory(bench: _Bench) -> None:
+    """3. Peak memory vs belief_microbatch (N fixed) and vs N (micro-batch fixed, and un-micro-batched)."""
+    model, tokenizer, device = bench.model, bench.tokenizer, bench.device
     unit = "MiB (cuda allocator peak)" if device.type == "cuda" else "MiB (autograd saved activations)"
     saved = "MiB (autograd saved activations)"
-    forget = batches[0]
-    big = BeliefCache(n=8, max_new_tokens=answer_len + 1)
-    big.refresh(model, tokenizer, {i: prompts[i] for i in forget["index"].tolist()})
+    forget = bench.batches[0]
+    big = BeliefCache(bench.sampling(n=8))
+    big.refresh(model, tokenizer, {i: bench.prompts[i] for i in forget["index"].tolist()})
+    pad = tokenizer.pad_token_id
     for mb in (1, 2, 4, 8, 16):
-        beliefs = _first_n_beliefs(big, forget, n_beliefs, tokenizer.pad_token_id)
+        beliefs = _first_n_beliefs(big, forget, N_BELIEFS, pad)
         peak, belief_peak = peak_step_memory(model, forget, beliefs, mb, device)
-        print(f"peak memory step N={n_beliefs} belief_microbatch={mb} {unit}: {peak / 2**20:.2f}")
-        print(f"peak memory belief term N={n_beliefs} belief_microbatch={mb} {saved}: {belief_peak / 2**20:.2f}")
+        print(f"peak memory step N={N_BELIEFS} belief_microbatch={mb} {unit}: {peak / 2**20:.2f}")
+        print(f"peak memory belief term N={N_BELIEFS} belief_microbatch={mb} {saved}: {belief_peak / 2**20:.2f}")
     for n in (1, 2, 4, 8):
-        beliefs = _first_n_beliefs(big, forget, n, tokenizer.pad_token_id)
-        peak, _ = peak_step_memory(model, forget, beliefs, microbatch, device)
+        beliefs = _first_n_beliefs(big, forget, n, pad)
+        peak, _ = peak_step_memory(model, forget, beliefs, MICROBATCH, device)
         whole, _ = peak_step_memory(model, forget, beliefs, beliefs["input_ids"].shape[0], device)
-        print(f"peak memory step N={n} belief_microbatch={microbatch} {unit}: {peak / 2**20:.2f}")
+        print(f"peak memory step N={n} belief_microbatch={MICROBATCH} {unit}: {peak / 2**20:.2f}")
         print(f"peak memory step N={n} un-micro-batched {unit}: {whole / 2**20:.2f}")
     for n in (1, 2, 4, 8):  # prefix sharing: at most belief_microbatch branches per forward, whatever N
-        beliefs = _first_n_beliefs(big, forget, n, tokenizer.pad_token_id)
-        peak, _ = peak_step_memory(model, forget, beliefs, microbatch, device, share_prefix=True)
-        print(f"peak memory step N={n} belief_microbatch={microbatch} shared prefix {unit}: {peak / 2**20:.2f}")
-
-    if args.profile:
-        profile_steps(args, device)
+        beliefs = _first_n_beliefs(big, forget, n, pad)
+        peak, _ = peak_step_memory(model, forget, beliefs, MICROBATCH, device, share_prefix=True)
+        print(f"peak memory step N={n} belief_microbatch={MICROBATCH} shared prefix {unit}: {peak / 2**20:.2f}")
 
 
 def profile_steps(args, device, vocab: int = 128256, rows: int = 4, answer_len: int = 32, top: int = 12) -> None:
@@ -529,20 +590,31 @@ def profile_steps(args, device, vocab: int = 128256, rows: int = 4, answer_len: 
     labels = ids.clone()
     labels[:, :prompt_len] = IGNORE_INDEX
     forget = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids), "index": torch.arange(rows)}
-    belief_ids = torch.cat([ids[:, :prompt_len].repeat_interleave(3, 0),
-                            torch.randint(3, vocab, (3 * rows, answer_len), generator=g)], dim=1)  # fmt: skip
+    belief_ids = torch.cat(
+        [ids[:, :prompt_len].repeat_interleave(3, 0), torch.randint(3, vocab, (3 * rows, answer_len), generator=g)],
+        dim=1,
+    )
     belief_labels = belief_ids.clone()
     belief_labels[:, :prompt_len] = IGNORE_INDEX
-    beliefs = {"input_ids": belief_ids, "labels": belief_labels, "attention_mask": torch.ones_like(belief_ids),
-               "owner_index": torch.arange(rows).repeat_interleave(3)}  # fmt: skip
+    beliefs = {
+        "input_ids": belief_ids,
+        "labels": belief_labels,
+        "attention_mask": torch.ones_like(belief_ids),
+        "owner_index": torch.arange(rows).repeat_interleave(3),
+    }
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     batch = {k: v.to(device) for k, v in forget.items()}
-    cases = (("bs_t", make_method("bs_t"), None), ("bs_s", make_method("bs_s"), beliefs),
-             ("bs_s(m=1,shared)", make_method("bs_s", share_prefix=True, belief_subsample=1), beliefs))  # fmt: skip
-    print(f"profile model: random Llama (d=128, 2 layers, V={vocab}), B={rows} prompt={prompt_len} "
-          f"answer={answer_len} tokens, N=3 beliefs of {answer_len} tokens")  # fmt: skip
+    cases = (
+        ("bs_t", make_method("bs_t"), None),
+        ("bs_s", make_method("bs_s"), beliefs),
+        ("bs_s(m=1,shared)", make_method("bs_s", share_prefix=True, belief_subsample=1), beliefs),
+    )
+    print(
+        f"profile model: random Llama (d=128, 2 layers, V={vocab}), B={rows} prompt={prompt_len} "
+        f"answer={answer_len} tokens, N=3 beliefs of {answer_len} tokens"
+    )
 
     def step(method, belief_batch):
         forget_backward(method, model, batch, belief_batch)

@@ -34,8 +34,10 @@ MODES = ("load", "full", "lora")
 def records(n: int, offset: int = 0) -> list[dict]:
     """Question/answer records whose answers are longer than 64 tokens (cut by max_length)."""
     text = "The archive of house {i} lists its founders, its gardens, its three towers and the river trade. "
-    return [{"question": f"What does the archive of house {i} say?", "answer": text.format(i=i) * 4}
-            for i in range(offset, offset + n)]  # fmt: skip
+    return [
+        {"question": f"What does the archive of house {i} say?", "answer": text.format(i=i) * 4}
+        for i in range(offset, offset + n)
+    ]
 
 
 def child(mode: str, lora: str, tokens: int, batch: int, threads: int) -> None:
@@ -50,17 +52,38 @@ def child(mode: str, lora: str, tokens: int, batch: int, threads: int) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     started = time.perf_counter()
     if mode != "load":
-        cfg = UnlearnConfig(method="npo", lr=1e-5, epochs=1, batch_size=batch, max_steps=1, warmup=0.0,
-                            max_length=tokens, template="chat", progress=False,
-                            lora=lora if mode == "lora" else None)  # fmt: skip
+        cfg = UnlearnConfig(
+            method="npo",
+            lr=1e-5,
+            epochs=1,
+            batch_size=batch,
+            max_steps=1,
+            warmup=0.0,
+            max_length=tokens,
+            template="chat",
+            progress=False,
+            lora=lora if mode == "lora" else None,
+        )
         unlearn(model, tokenizer, records(batch), records(batch, offset=100), cfg)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"mode": mode, "step_s": time.perf_counter() - started, "self_peak_mib": peak_kib / 1024}))
 
 
 def measure(mode: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", mode, "--lora", args.lora, "--tokens", str(args.tokens),
-               "--batch", str(args.batch), "--threads", str(args.threads)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--lora",
+        args.lora,
+        "--tokens",
+        str(args.tokens),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -91,10 +114,18 @@ def main(argv: list[str] | None = None) -> dict:
     if not ok:
         raise SystemExit(f"SmolLM2 is needed: {why}")
     results = {mode: measure(mode, args) for mode in MODES}
-    out = {"model": "SmolLM2-135M-Instruct", "dtype": "float32", "device": "cpu", "method": "npo", "lora": args.lora,
-           "batch": args.batch, "tokens": args.tokens, "threads": args.threads,
-           **{f"{mode}_peak_rss_mib": round(r["peak_rss_mib"], 1) for mode, r in results.items()},
-           **{f"{mode}_step_s": round(r["step_s"], 2) for mode, r in results.items() if mode != "load"}}  # fmt: skip
+    out = {
+        "model": "SmolLM2-135M-Instruct",
+        "dtype": "float32",
+        "device": "cpu",
+        "method": "npo",
+        "lora": args.lora,
+        "batch": args.batch,
+        "tokens": args.tokens,
+        "threads": args.threads,
+        **{f"{mode}_peak_rss_mib": round(r["peak_rss_mib"], 1) for mode, r in results.items()},
+        **{f"{mode}_step_s": round(r["step_s"], 2) for mode, r in results.items() if mode != "load"},
+    }
     out["saving_mib"] = round(out["full_peak_rss_mib"] - out["lora_peak_rss_mib"], 1)
     out["full_over_load_mib"] = round(out["full_peak_rss_mib"] - out["load_peak_rss_mib"], 1)
     out["lora_over_load_mib"] = round(out["lora_peak_rss_mib"] - out["load_peak_rss_mib"], 1)

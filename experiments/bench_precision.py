@@ -69,10 +69,20 @@ def smollm2_shaped(layers: int = 30, vocab: int = 49152):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                         rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     return LlamaForCausalLM(config).float()
 
 
@@ -114,9 +124,14 @@ def time_precision(precision: str, args) -> tuple[float, float]:
     def generate():
         model.eval()
         with torch.no_grad():
-            out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                                 max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                 pad_token_id=2)  # fmt: skip
+            out = model.generate(
+                input_ids=prompts,
+                attention_mask=torch.ones_like(prompts),
+                do_sample=False,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=2,
+            )
         assert out.shape[1] == prompts.shape[1] + args.new_tokens
 
     return _median_time(step, args.steps), _median_time(generate, args.steps)
@@ -127,22 +142,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    problems = [p for name in ("batch", "tokens", "prompt_tokens", "new_tokens", "steps", "threads")
-                for p in at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)]  # fmt: skip
+    problems = [
+        p
+        for name in ("batch", "tokens", "prompt_tokens", "new_tokens", "steps", "threads")
+        for p in at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+    ]
     report_problems(parser, problems)
     import torch
 
     torch.set_num_threads(args.threads)
     features = cpu_features()
     print(f"cpu: {features['model']}")
-    print(f"cpu_capability: {torch.backends.cpu.get_cpu_capability()} "
-          f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY') or 'unset'})")  # fmt: skip
+    print(
+        f"cpu_capability: {torch.backends.cpu.get_cpu_capability()} "
+        f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY') or 'unset'})"
+    )
     print("cpu bf16 features: " + " ".join(f"{f}={'yes' if features[f] else 'no'}" for f in FLAGS))
-    print(f"AMX: {'yes' if features['amx_bf16'] and features['amx_tile'] else 'no'}; "
-          f"AVX512-BF16: {'yes' if features['avx512_bf16'] else 'no'}")  # fmt: skip
+    print(
+        f"AMX: {'yes' if features['amx_bf16'] and features['amx_tile'] else 'no'}; "
+        f"AVX512-BF16: {'yes' if features['avx512_bf16'] else 'no'}"
+    )
     shape = "2 layers, vocabulary 4096 (--quick)" if args.quick else "30 layers"
-    print(f"model: SmolLM2-135M shape, {shape}, random init; batch {args.batch} x {args.tokens} tokens; generation "
-          f"{args.batch} x ({args.prompt_tokens} + {args.new_tokens}) tokens; {args.threads} thread(s)")  # fmt: skip
+    print(
+        f"model: SmolLM2-135M shape, {shape}, random init; batch {args.batch} x {args.tokens} tokens; generation "
+        f"{args.batch} x ({args.prompt_tokens} + {args.new_tokens}) tokens; {args.threads} thread(s)"
+    )
     times = {p: time_precision(p, args) for p in ("fp32", "bf16")}
     for p, (train, gen) in times.items():
         print(f"{p} train step: {train:.3f} s")

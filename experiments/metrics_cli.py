@@ -3,7 +3,7 @@
     python experiments/metrics_cli.py aggregate --log FILE --retain-log FILE [--convention tofu|tofu-legacy|arithmetic]
 
 FILE is a locuslab/tofu ``eval_log_aggregated.json`` or a ``bs_ref.tofu_eval/v1`` per-item file
-(``bs_ref.metrics.tofu.write_eval_log``). Prints one JSON object: forget_quality, log10_forget_quality,
+(``bs_ref.metrics.scores.write_eval_log``). Prints one JSON object: forget_quality, log10_forget_quality,
 n, model_utility, the nine utility components, the forget split's Prob/ROUGE/TR, the paper's
 Mem/Util/Agg where the inputs allow, leakage rates where items carry facts, and the convention.
 
@@ -26,7 +26,7 @@ import torch
 
 from bs_ref import files
 from bs_ref.data.synthetic import SyntheticConfig, benchmark_texts, build_benchmark
-from bs_ref.metrics.tofu import CONVENTIONS, aggregate, evaluate, max_answer_tokens, read_eval_log
+from bs_ref.metrics.scores import CONVENTIONS, aggregate, evaluate, max_answer_tokens, read_eval_log
 from bs_ref.models import TinyLlamaConfig, build_tiny_llama, count_parameters, train_tokenizer
 
 
@@ -75,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--hidden-size", type=int, default=256, help="model width, 4 layers (256: 3.7M parameters)")
     args = parser.parse_args(argv)
     if args.command == "speed":
-        problems = [p for name in ("threads", "n_authors", "batch_size", "hidden_size")
-                    for p in files.at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)]  # fmt: skip
+        problems = [
+            p
+            for name in ("threads", "n_authors", "batch_size", "hidden_size")
+            for p in files.at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+        ]
         if args.hidden_size >= 1 and args.hidden_size % TinyLlamaConfig().num_heads:
-            problems.append(f"--hidden-size {args.hidden_size} is invalid: must be a multiple of the "
-                            f"{TinyLlamaConfig().num_heads} attention heads")  # fmt: skip
+            problems.append(
+                f"--hidden-size {args.hidden_size} is invalid: must be a multiple of the "
+                f"{TinyLlamaConfig().num_heads} attention heads"
+            )
         files.report_problems(sub.choices["speed"], problems)
     else:
         problems = files.path_problems("--log", args.log, "file", must_exist=True)

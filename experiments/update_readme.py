@@ -65,8 +65,10 @@ def ledger_table(text: str) -> str:
         data = None
     if data is None:
         if not text.lstrip().startswith("| ID |"):
-            raise SystemExit("the ledger block takes the output of `python -m proofs_check --format markdown` or "
-                             "`--format json`; this file is neither")  # fmt: skip
+            raise SystemExit(
+                "the ledger block takes the output of `python -m proofs_check --format markdown` or "
+                "`--format json`; this file is neither"
+            )
         return text.strip()
     from proofs_check.ledger import markdown
 
@@ -112,8 +114,10 @@ def versions() -> str:
 
 def stamp() -> str:
     """Date, CPU, core count, CPU kernel path and versions of the machine the script runs on."""
-    return (f"{dt.date.today().isoformat()}, {cpu_model()}, {os.cpu_count()} CPU cores, kernel path {kernel_path()}; "
-            f"{versions()}")  # fmt: skip
+    return (
+        f"{dt.date.today().isoformat()}, {cpu_model()}, {os.cpu_count()} CPU cores, kernel path {kernel_path()}; "
+        f"{versions()}"
+    )
 
 
 def heading_levels(text: str) -> list[tuple[int, int]]:
@@ -186,16 +190,20 @@ def main(argv=None) -> int:
     ap.add_argument("--from-file", required=True, help="the command's saved output ('-' for stdin)")
     ap.add_argument("--command", required=True, help="the exact command that produced the output")
     ap.add_argument("--markdown", action="store_true", help="the output is a markdown report: include it as is")
-    ap.add_argument("--page", "--readme", dest="page", default=None,
-                    help="the page that holds the block (default: the block's page in PAGES)")  # fmt: skip
+    ap.add_argument(
+        "--page",
+        "--readme",
+        dest="page",
+        default=None,
+        help="the page that holds the block (default: the block's page in PAGES)",
+    )
     ap.add_argument("--level", type=int, default=None, help="heading level of a markdown report's top headings")
     args = ap.parse_args(argv)
     if args.page is None and args.block not in PAGES:
         raise SystemExit(f"no page is known for block '{args.block}': name it with --page")
     path = Path(args.page) if args.page else ROOT / PAGES[args.block][0]
     text = sys.stdin.read() if args.from_file == "-" else Path(args.from_file).read_text()
-    new = replace_block(path.read_text(), args.block, render(args.block, text, args.command, args.markdown,
-                                                             args.level))  # fmt: skip
+    new = replace_block(path.read_text(), args.block, render(args.block, text, args.command, args.markdown, args.level))
     problems = page_problems(new)
     if problems:
         raise SystemExit(f"{path.name} would be invalid, not written:\n  " + "\n  ".join(problems))

@@ -3,7 +3,7 @@
 Each claim module declares its claims (``_core.claim``) and registers one checker per tier
 (``_core.checker``): ``squeezing_claims`` (SQ1–SQ5), ``dynamics_claims`` (L5.1, T5.2, T5.3), ``derived``
 (D1–D4), ``sequence_claims`` (SEQ1, SEQ2) on the toy tiers (models in ``toy``); ``llm_claims`` adds the
-real-LLM tiers (models in ``bs_ref.cases``, the stepping harness ``bs_ref.stepping``). ``ledger`` renders
+real-LLM tiers (models in ``bs_ref.analysis.cases``, the stepping harness ``analysis.stepping``). ``ledger`` renders
 the results (terminal table, Markdown, JSON).
 """
 

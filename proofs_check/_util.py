@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bs_ref.dynamics import linearised_change, one_step_change
+from bs_ref.analysis.dynamics import linearised_change, one_step_change
 
 from ._core import Evidence
 from .toy import DTYPE, free_logits_fn, linear_head_fn, token_loss_fn

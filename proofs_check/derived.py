@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from bs_ref.dynamics import linearised_change, one_step_change, parameter_gradient
+from bs_ref.analysis.dynamics import linearised_change, one_step_change, parameter_gradient
 from bs_ref.losses import bs_t_loss, ga_loss, ga_scaled_loss, sequence_logprob, token_beliefs
 
 from ._core import checker, claim

@@ -1,12 +1,12 @@
 """L5.1, T5.2, T5.3: the paper's learning-dynamics statements, checked against autograd.
 
 Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422), Lemma 5.1, Theorem 5.2,
-Theorem 5.3. Conventions of ``bs_ref.dynamics``: L is the minimised loss, G = ∇_z L, and one SGD step gives
+Theorem 5.3. Conventions of ``bs_ref.analysis.dynamics``: L is the minimised loss, G = ∇_z L, and one SGD step gives
 
     Δ log π(y_o|χ_o) = −η·A·K·G + O(η²),   A = I − 1·πᵀ,   K = ∇_θ z(χ_o)∇_θ z(χ_u)ᵀ      (Lemma 5.1)
 
 "First order" is checked as docs/theory.md §1 defines it: error/η² stays bounded while η shrinks 10×, 100×
-(``bs_ref.dynamics.first_order_check``, float64).
+(``bs_ref.analysis.dynamics.first_order_check``, float64).
 
 T5.2 is stated for the cross-entropy residual: ∂CE(t, p)/∂z = p − t, so G_GA = p − e_y and
 G_BST = p − ((1−λ)e_y + λq), hence for v ≠ y: G_BST[v] = G_GA[v] − λ·q[v]. The paper prints +λ·q[v]
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from bs_ref.dynamics import akg_change, empirical_ntk, first_order_check, logit_residual, one_step_change
+from bs_ref.analysis.dynamics import akg_change, empirical_ntk, first_order_check, logit_residual, one_step_change
 from bs_ref.losses import bs_s_combine, bs_t_loss, ga_loss, npo_loss, sequence_logprob, token_beliefs
 
 from ._core import checker, claim

@@ -147,9 +147,12 @@ def table(records: Sequence[Record], header: str = "", width: int = WIDTH, evide
         if evidence:
             budget = evidence_lines * (width - len(indent)) - 8
             out += textwrap.wrap(
-                _shorten(evidence, budget), width, initial_indent=indent, subsequent_indent=indent,
+                _shorten(evidence, budget),
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent,
                 break_on_hyphens=False,
-            )  # fmt: skip
+            )
     out += ["", counts(records), "(all numbers: --format json; the README's table: --format markdown)"]
     return "\n".join(line.rstrip() for line in out)
 

@@ -3,7 +3,7 @@
 Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422): Lemma 5.1, Theorems 5.2–5.3,
 §3.2 (Fig. 2, squeezing) and §6 (Fig. 4); the derived claims D2 and D4 of docs/theory.md §5. The toy tiers
 (exact softmax and enumerable autoregressive models) declare the claims; this module measures the same
-statements on the two cases of ``bs_ref.cases``:
+statements on the two cases of ``bs_ref.analysis.cases``:
 
 * ``tiny`` — a ~0.5M-parameter Llama trained here on fictitious facts, each answered in three phrasings: its
   answers are memorised (S_k ≈ 1 after the first answer token) and every answer has rephrasings the model also
@@ -15,14 +15,14 @@ statements on the two cases of ``bs_ref.cases``:
 Methods are the declarations of ``bs_ref.methods`` (λ = 0.2, k = 20 for BS-T; λ_BSS = 0.5 with base BS-T and
 off-policy beliefs for BS-S), named by method specs in the run lists below; "a belief effect" is only what BS-T
 does beyond the control GA×(1−λ) (docs/theory.md §2, D2). The sequence-level claims SEQ1/SEQ2 run the stepping
-harness ``bs_ref.stepping`` (plain SGD until log π(y_u) has fallen by ``drop`` nats, the band read off at that
+harness ``bs_ref.analysis.stepping`` (plain SGD until log π(y_u) has fallen by ``drop`` nats, the band read off at that
 matched decrease, also after its fork from y_u and, for BS-S, on held-out band rows only).
 
 The one-step claims (L5.1, T5.3, D2, D4) restrict the step to a parameter subset, as Lemma 5.1 allows: the last
 MLP block with its norm, the final norm and the LM head, copied into a float64 module (``LastBlockTail``) that
 reads the residual stream after the last attention block. These layers act position by position, so the eNTK
 over them is exact for the whole answer, the first-order check runs in float64 (error/η² bounded as η shrinks
-10×, 100×), and −η·A·K·G is computed by one forward-mode product (``bs_ref.dynamics``); on the tiny model the
+10×, 100×), and −η·A·K·G is computed by one forward-mode product (``bs_ref.analysis.dynamics``); on the tiny model the
 explicit K (jacrev) is also formed and gives the same number.
 
 Tiers: ``llm_cpu`` (both cases, a CI budget) and ``llm_gpu`` (the same on CUDA with more items, longer answers
@@ -39,16 +39,16 @@ from typing import Any
 
 import torch
 
-from bs_ref.cases import LMCase, smollm2_case, smollm2_skip_reason, tiny_fact_case
-from bs_ref.losses import IGNORE_INDEX
-from bs_ref.methods import Method, make_method
-from bs_ref.stepping import (
+from bs_ref.analysis.cases import LMCase, smollm2_case, smollm2_skip_reason, tiny_fact_case
+from bs_ref.analysis.stepping import (
     answer_logits,
     as_method,
     belief_split,
     forget_objective,
     squeeze_traces,
 )
+from bs_ref.losses import IGNORE_INDEX
+from bs_ref.methods import Method, make_method
 
 from ._core import Evidence, checker
 
@@ -136,7 +136,7 @@ def tail_inputs(case: LMCase, prompt: Sequence[int], answers: Sequence[Sequence[
 
 
 def _tail_fn(case: LMCase):
-    from bs_ref.dynamics import module_fn
+    from bs_ref.analysis.dynamics import module_fn
 
     return module_fn(_tail(case))
 
@@ -152,7 +152,7 @@ def l51_measure(case: LMCase, item: int, method: Method | str = "ga", explicit_n
     −η·A·K·G (forward mode, K never formed), for η = η₀, η₀/10, η₀/100 with η₀ chosen so the largest predicted
     change is 0.5 nat. With ``explicit_ntk`` the eNTK K(χ_u, χ_u) over the tail's MLP down-projection is also
     formed (jacrev) and −η·A·K·G evaluated with it."""
-    from bs_ref.dynamics import (
+    from bs_ref.analysis.dynamics import (
         akg_change,
         empirical_ntk,
         first_order_check,
@@ -216,7 +216,7 @@ def t53_measure(case: LMCase, item: int) -> dict:
     of the declaration ``BS_S``, its forget terms) on the forget row and its N belief rows vs
     −η·A·Σ_m ω_m K(χ_o, χ_u^m) G_BST(χ_u^m), ω_0 = 1 − λ_BSS, ω_j = λ_BSS/N, each term a forward-mode product of
     its own row; observed rows: the target and the held-out band."""
-    from bs_ref.dynamics import first_order_check, linearised_change, one_step_change
+    from bs_ref.analysis.dynamics import first_order_check, linearised_change, one_step_change
     from bs_ref.losses import sequence_logprob
 
     fn, params = _tail_fn(case)
@@ -259,7 +259,7 @@ def t53_measure(case: LMCase, item: int) -> dict:
 
 
 def _subset_names(params: dict, names: Sequence[str]) -> list[str]:
-    from bs_ref.dynamics import select_names
+    from bs_ref.analysis.dynamics import select_names
 
     return select_names(params, names)
 
@@ -275,7 +275,7 @@ def target_rows(case: LMCase, item: int):
 def t52_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> dict:
     """Theorem 5.2 at the target's answer tokens: autograd's CE residual of BS-T vs p − t, vs G_GA − λq
     (corrected) and vs G_GA + λq (as printed)."""
-    from bs_ref.dynamics import logit_residual
+    from bs_ref.analysis.dynamics import logit_residual
 
     from .dynamics_claims import t52_instance
 
@@ -296,7 +296,7 @@ def t52_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> 
 def d2_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> dict:
     """D2 in parameter space (tail subset, float64): ∇_θ L_BST − ∇_θ L_GA×(1−λ) vs the belief term λ/n·Σ_i
     ∇_θ (q_i − p_i)ᵀz_i, and its size relative to the GA×(1−λ) step beside the memorisation S_k, p_y."""
-    from bs_ref.dynamics import parameter_gradient
+    from bs_ref.analysis.dynamics import parameter_gradient
 
     from .dynamics_claims import scatter_belief
 
@@ -340,7 +340,7 @@ def d4_measure(case: LMCase, item: int, lam: float = LAM, tau: float = 1.0) -> l
     """D4 at every answer token of the target: the rule "y* = top non-target is pushed down iff λ·q^(τ)[y*] > p[y*]"
     vs the first-order change of its logit after one BS-T step of the tail subset (raw, and relative to the mean
     logit), and of log p(y*) and log p(y)."""
-    from bs_ref.dynamics import linearised_change
+    from bs_ref.analysis.dynamics import linearised_change
 
     from .dynamics_claims import scatter_belief
 

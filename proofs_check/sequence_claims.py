@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from bs_ref.dynamics import band_logprob, linearised_change, parameter_gradient
+from bs_ref.analysis.dynamics import band_logprob, linearised_change, parameter_gradient
 from bs_ref.losses import bs_s_combine, bs_t_loss, ga_loss, ga_scaled_loss, npo_loss, sequence_logprob
 
 from ._core import checker, claim

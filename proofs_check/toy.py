@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bs_ref.dynamics import module_fn
+from bs_ref.analysis.dynamics import module_fn
 from bs_ref.losses import IGNORE_INDEX, sequence_logprob
 
 DTYPE = torch.float64

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaForCausalLM
 
-from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_causal_lm, train_tokenizer
+from bs_ref.finetune import train_causal_lm
+from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_tokenizer
 
 COLOURS = ["red", "blue", "green", "amber", "violet", "silver"]
 RECORDS = [
@@ -41,8 +42,13 @@ def eval_records(records):
         house = r["question"].split("house ")[1].rstrip("?")
         colour = r["answer"].rstrip(".").split()[-1]
         wrong = [c for c in COLOURS if c != colour][:3]
-        out.append({**r, "paraphrased_answer": f"House {house} has a {colour} door.",
-                    "perturbed_answer": [f"The door of house {house} is {c}." for c in wrong]})  # fmt: skip
+        out.append(
+            {
+                **r,
+                "paraphrased_answer": f"House {house} has a {colour} door.",
+                "perturbed_answer": [f"The door of house {house} is {c}." for c in wrong],
+            }
+        )
     return out
 
 

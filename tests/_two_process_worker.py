@@ -7,7 +7,7 @@ It unlearns the saved tiny model once per scenario of ``scenarios()`` with micro
 per process, what it drew (forget and retain dataset indices of every micro-batch, the seeds and rows of every
 BS-S refresh) to ``OUT/<scenario>.rank<i>.json``; process 0 also writes the final weights
 (``OUT/<scenario>.pt``) and the step log (``OUT/<scenario>.jsonl``). Then every process evaluates its shard of
-the forget and retain splits with ``bs_ref.distributed.evaluate_sharded`` on the NPO model; process 0 writes
+the forget and retain splits with ``bs_ref.protocol.distributed.evaluate_sharded`` on the NPO model; process 0 writes
 ``OUT/eval.json``. Last, NPO once more with ``bs_ref.hf.UnlearningTrainer`` (``OUT/trainer_npo.pt``).
 """
 
@@ -29,8 +29,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from bs_ref import unlearn as unlearn_module  # noqa: E402
 from bs_ref.beliefs import BeliefCache  # noqa: E402
-from bs_ref.distributed import evaluate_sharded  # noqa: E402
 from bs_ref.methods import METHODS, make_method  # noqa: E402
+from bs_ref.protocol.distributed import evaluate_sharded  # noqa: E402
 
 FORGET, RETAIN = RECORDS[:8], RECORDS[8:]
 EVAL_SPLITS = {"forget": eval_records(RECORDS[:5]), "retain": eval_records(RECORDS[8:15])}  # odd sizes: uneven shards
@@ -52,8 +52,17 @@ def make_config(name: str, batch_size: int, log_path: str | None = None) -> unle
     own = {f.name for f in dataclasses.fields(METHODS[method])}
     hyper = {k: v for k, v in settings.items() if k in own}
     run = {k: v for k, v in settings.items() if k not in own}
-    return unlearn_module.UnlearnConfig(method=make_method(method, **hyper), lr=3e-3, epochs=2, batch_size=batch_size,
-                                        warmup=0.5, seed=0, progress=False, log_path=log_path, **run)  # fmt: skip
+    return unlearn_module.UnlearnConfig(
+        method=make_method(method, **hyper),
+        lr=3e-3,
+        epochs=2,
+        batch_size=batch_size,
+        warmup=0.5,
+        seed=0,
+        progress=False,
+        log_path=log_path,
+        **run,
+    )
 
 
 class Recorder:
@@ -64,25 +73,32 @@ class Recorder:
         self.refreshes: list[dict] = []
 
     def install(self, monkey: dict) -> None:
-        original_step, recorder = unlearn_module._micro_step, self
+        original_step, recorder = unlearn_module.micro_step, self
 
-        def micro_step(cfg, model, ref_model, forget_batch, retain_batch, belief_batch, *args):
-            recorder.micro_batches.append({
-                "forget": forget_batch["index"].tolist(),
-                "retain": retain_batch["index"].tolist() if retain_batch is not None else None,
-                "belief_rows": belief_batch["input_ids"].tolist() if belief_batch is not None else None,
-            })  # fmt: skip
-            return original_step(cfg, model, ref_model, forget_batch, retain_batch, belief_batch, *args)
+        def micro_step(cfg, model, forget_batch, retain_batch=None, belief_batch=None, **kwargs):
+            recorder.micro_batches.append(
+                {
+                    "forget": forget_batch["index"].tolist(),
+                    "retain": retain_batch["index"].tolist() if retain_batch is not None else None,
+                    "belief_rows": belief_batch["input_ids"].tolist() if belief_batch is not None else None,
+                }
+            )
+            return original_step(cfg, model, forget_batch, retain_batch, belief_batch, **kwargs)
 
         class RecordingCache(BeliefCache):
             def refresh(self, model, tokenizer, prompts_by_index, step=None, epoch=None):
                 beliefs = super().refresh(model, tokenizer, prompts_by_index, step=step, epoch=epoch)
-                recorder.refreshes.append({"seed": self.seed + self.refreshes - 1, "indices": sorted(prompts_by_index),
-                                           "beliefs": beliefs.input_ids})  # fmt: skip
+                recorder.refreshes.append(
+                    {
+                        "seed": self.seed + self.refreshes - 1,
+                        "indices": sorted(prompts_by_index),
+                        "beliefs": beliefs.input_ids,
+                    }
+                )
                 return beliefs
 
-        monkey["_micro_step"], monkey["BeliefCache"] = unlearn_module._micro_step, unlearn_module.BeliefCache
-        unlearn_module._micro_step, unlearn_module.BeliefCache = micro_step, RecordingCache
+        monkey["micro_step"], monkey["BeliefCache"] = unlearn_module.micro_step, unlearn_module.BeliefCache
+        unlearn_module.micro_step, unlearn_module.BeliefCache = micro_step, RecordingCache
 
     def as_dict(self) -> dict:
         return {"micro_batches": self.micro_batches, "refreshes": self.refreshes}
@@ -113,15 +129,32 @@ def run_trainer(name: str, model_dir: str, batch_size: int, output_dir: str) -> 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     steps_per_epoch = len(FORGET) // (batch_size * PartialState().num_processes)
     args = TrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=batch_size, learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs, warmup_steps=round(cfg.warmup * steps_per_epoch), lr_scheduler_type="linear",
-        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, use_cpu=True, report_to="none", save_strategy="no",
-        logging_steps=1, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        warmup_steps=round(cfg.warmup * steps_per_epoch),
+        lr_scheduler_type="linear",
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)  # the loop's
-    trainer = UnlearningTrainer(model, args, method=cfg.method, forget_dataset=FORGET, retain_dataset=RETAIN,
-                                processing_class=tokenizer, alpha=cfg.alpha, retain_loss=cfg.retain_loss,
-                                optimizers=(optimizer, None))  # fmt: skip
+    trainer = UnlearningTrainer(
+        model,
+        args,
+        method=cfg.method,
+        forget_dataset=FORGET,
+        retain_dataset=RETAIN,
+        processing_class=tokenizer,
+        alpha=cfg.alpha,
+        retain_loss=cfg.retain_loss,
+        optimizers=(optimizer, None),
+    )
     trainer.train()
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
@@ -140,8 +173,9 @@ def main() -> None:
     for name in scenarios():
         recorder = Recorder()
         model = run(name, args.model, args.batch_size, str(out / f"{name}.jsonl"), recorder)
-        (out / f"{name}.rank{rank}.json").write_text(json.dumps({"rank": rank, "world": accelerator.num_processes,
-                                                                 **recorder.as_dict()}))  # fmt: skip
+        (out / f"{name}.rank{rank}.json").write_text(
+            json.dumps({"rank": rank, "world": accelerator.num_processes, **recorder.as_dict()})
+        )
         if accelerator.is_main_process:
             torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"{name}.pt")
         models[name] = model

@@ -32,11 +32,14 @@ def test_spec_lists_have_the_grid_and_distinct_labels_the_experiment_accepts():
     assert len(refresh) == 12 and len(sensitivity) == 60 + 5 + 5 + 60 + 3  # BS-T, its 3 controls, BS-S
     declared = [method_from_spec(s) for s in refresh]
     assert {(m.regime, m.refresh_epochs if m.regime == "on_policy" else None, m.n_beliefs) for m in declared} == {
-        (r, p, n) for r, p in (("off_policy", None), ("on_policy", 2), ("on_policy", 1), ("on_policy", 0))
-        for n in (1, 3, 5)}  # fmt: skip
+        (r, p, n)
+        for r, p in (("off_policy", None), ("on_policy", 2), ("on_policy", 1), ("on_policy", 0))
+        for n in (1, 3, 5)
+    }
     bs_t = [method_from_spec(s) for s in sensitivity if s.startswith("bs_t:")]
     assert {(m.lam, m.top_k, m.temperature) for m in bs_t} == {
-        (lam, k, tau) for lam in (0.1, 0.2, 0.4, 0.6, 0.8) for k in (1, 5, 20, 100) for tau in (1, 2, 4)}  # fmt: skip
+        (lam, k, tau) for lam in (0.1, 0.2, 0.4, 0.6, 0.8) for k in (1, 5, 20, 100) for tau in (1, 2, 4)
+    }
     assert {method_from_spec(s).lam for s in sensitivity if s.startswith("ga_scaled:")} == {0.1, 0.2, 0.4, 0.6, 0.8}
     assert {method_from_spec(s).lam for s in sensitivity if s.startswith("sga:")} == {0.1, 0.2, 0.4, 0.6, 0.8}
     matched = [method_from_spec(s) for s in sensitivity if s.startswith("ga_target_matched:")]
@@ -74,12 +77,21 @@ def test_top_k_fits_every_vocabulary_and_a_larger_k_is_reported_not_clamped():
 
 # --------------------------------------------------------------------------------------------- analysis
 def fake_result(label: str, seed: int, leak: float, drop: float, band: float, train_s: float, steps: int = 10):
-    curve = [{"step": 0, "band_high_logprob": -1.0, "eval_s": 5.0},
-             {"step": 5, "band_high_logprob": -1.0 - band / 2, "eval_s": 1.0},
-             {"step": steps, "band_high_logprob": -1.0 - band, "eval_s": 1.0}]  # fmt: skip
+    curve = [
+        {"step": 0, "band_high_logprob": -1.0, "eval_s": 5.0},
+        {"step": 5, "band_high_logprob": -1.0 - band / 2, "eval_s": 1.0},
+        {"step": steps, "band_high_logprob": -1.0 - band, "eval_s": 1.0},
+    ]
     metrics = {"fact_leak": leak, "forget_rougeL": 0.5, "target_logprob_drop": drop, "model_utility": 0.9}
-    return {"method": label, "seed": seed, "pair_seed": 0, "metrics": metrics, "curve": curve, "steps": steps,
-            "train_s": train_s}  # fmt: skip
+    return {
+        "method": label,
+        "seed": seed,
+        "pair_seed": 0,
+        "metrics": metrics,
+        "curve": curve,
+        "steps": steps,
+        "train_s": train_s,
+    }
 
 
 def with_intervals(rows: list[dict]) -> list[dict]:
@@ -132,8 +144,12 @@ def test_sensitivity_rows_compare_bs_t_with_its_controls_at_the_same_settings():
     assert row["target_logprob_drop_vs_control"] == pytest.approx(0.3)
     assert row["high_band_drop_vs_control"] == pytest.approx(0.1)
     control = method_from_spec(row["control_target_matched"])
-    assert (control.name, control.lam, control.top_k, control.temperature) == ("ga_target_matched", 0.6, 100,
-                                                                               row["temperature"])  # fmt: skip
+    assert (control.name, control.lam, control.top_k, control.temperature) == (
+        "ga_target_matched",
+        0.6,
+        100,
+        row["temperature"],
+    )
     assert row["target_logprob_drop_vs_control_target_matched"] == pytest.approx(0.3 - 0.12)
     assert row["control_sga"] == "sga:lam=0.6" and row["high_band_drop_vs_control_sga"] == pytest.approx(0.08)
     assert {r["lam_bss"] for r in rows if r["family"] == "bs_s"} == {0.25, 0.5, 0.75}

@@ -19,21 +19,32 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bs_ref import attacks, stats
+from bs_ref import attacks
 from bs_ref.attacks import (
+    NF4_BIN_COLUMNS,
+    NF4_LEVELS,
     AttackResult,
     AttackUnavailable,
+    Decoding,
+    DoseResponse,
+    RelearnDose,
+    Relearning,
     attack_prompt,
+    dose_batches,
+    evaluate_items,
     few_shot_context,
+    nf4_bin_table,
+    nf4_codes,
+    nf4_half_bins,
+    nf4_layer_bins,
+    nf4_round,
     prompt_attack,
     prompt_attacks,
     quantization_attack,
     quantize_copy,
-    recovery_csv,
-    recovery_per_item,
-    recovery_rows,
-    recovery_runs,
     relearn_attack,
+    relearn_dose,
+    relearn_dose_models,
     relearn_models,
     relearn_split,
     replay_unlearning,
@@ -42,8 +53,11 @@ from bs_ref.attacks import (
 )
 from bs_ref.attacks._common import mean_of
 from bs_ref.data.synthetic import SyntheticConfig, build_benchmark, training_corpus
+from bs_ref.finetune import FineTuning, fine_tune, train_causal_lm
 from bs_ref.metrics.leakage import contains_fact
-from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_causal_lm, train_tokenizer
+from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_tokenizer
+from bs_ref.protocol import recovery_table, stats
+from bs_ref.protocol.recovery_table import recovery_csv, recovery_per_item, recovery_rows, recovery_runs
 from bs_ref.unlearn import UnlearnConfig, unlearn
 
 PAIR_LR = 1e-2
@@ -65,8 +79,11 @@ def world():
     forget, retain = full[-12:], full[:-12]
     original_pairs = training_corpus({"full": full}, "full", include_analogues=False)
     retain_pairs = training_corpus({"full": retain}, "full", include_analogues=False)
-    texts = sorted({s for pair in original_pairs for s in pair} | {r["heldout_answer"] for r in full}
-                   | {p for r in full for p in r["perturbed_answer"]})  # fmt: skip
+    texts = sorted(
+        {s for pair in original_pairs for s in pair}
+        | {r["heldout_answer"] for r in full}
+        | {p for r in full for p in r["perturbed_answer"]}
+    )
     tokenizer = train_tokenizer([f"Question: {q}\nAnswer: {a}" for q, a in original_pairs] + texts, vocab_size=512)
     shape = TinyLlamaConfig(64, 128, 2, 2, 128, 512)
     models = {}
@@ -121,8 +138,9 @@ def test_relearn_split_is_per_author_disjoint_complete_and_a_function_of_the_see
 
 @given(sizes=st.lists(st.integers(1, 9), min_size=1, max_size=5), seed=st.integers(0, 10**6))
 def test_relearn_split_properties(sizes, seed):
-    records = [{"question": f"{a}-{j}", "answer": "x", "author": f"A{a}"}
-               for a, n in enumerate(sizes) for j in range(n)]  # fmt: skip
+    records = [
+        {"question": f"{a}-{j}", "answer": "x", "author": f"A{a}"} for a, n in enumerate(sizes) for j in range(n)
+    ]
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         groups.setdefault(r["author"], []).append(i)
@@ -131,8 +149,9 @@ def test_relearn_split_properties(sizes, seed):
     # an author's split depends on (seed, author) only: dropping the other authors does not move it
     first = [r for r in records if r["author"] == "A0"]
     alone = relearn_split(first, seed)
-    assert [first[i]["question"] for i in alone.attack] == [records[i]["question"] for i in split.attack
-                                                             if records[i]["author"] == "A0"]  # fmt: skip
+    assert [first[i]["question"] for i in alone.attack] == [
+        records[i]["question"] for i in split.attack if records[i]["author"] == "A0"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- copies
@@ -140,7 +159,7 @@ def test_every_attack_leaves_the_unlearned_weights_bit_identical(world):
     models, tokenizer, forget, _ = world
     model = models["ga"]
     before = _state(model)
-    relearn_attack(model, tokenizer, forget, seed=0, lr=PAIR_LR, batch_size=8)
+    relearn_attack(model, tokenizer, forget, Relearning(PAIR_LR, batch_size=8), seed=0)
     prompt_attacks(model, tokenizer, forget)
     assert _identical(before, _state(model))
     if attacks.bitsandbytes_available()[0]:
@@ -181,10 +200,9 @@ def test_relearning_recovers_hidden_facts_of_a_ga_model_and_not_of_models_that_n
     models, tokenizer, forget, retain = world
     twin = build_tiny_llama(len(tokenizer), TinyLlamaConfig(64, 128, 2, 2, 128, 512), tokenizer, seed=1)
     retain_pairs = training_corpus({"full": retain}, "full", include_analogues=False)
-    train_causal_lm(twin, tokenizer, retain_pairs, epochs=30, lr=PAIR_LR, batch_size=8, progress=False, num_threads=1,
-                    seed=1)  # fmt: skip
-    results = relearn_models({**models, "retain_seed1": twin.eval()}, tokenizer, forget, seed=0, lr=PAIR_LR,
-                             epochs=1, batch_size=8)  # fmt: skip
+    fine_tune(twin, tokenizer, retain_pairs, FineTuning(PAIR_LR, 30, 8), seed=1, progress=False, num_threads=1)
+    relearning = Relearning(PAIR_LR, epochs=1, batch_size=8)
+    results = relearn_models({**models, "retain_seed1": twin.eval()}, tokenizer, forget, relearning, seed=0)
     split = results["ga"].split
     assert all(r.split == split for r in results.values())
     assert [it["index"] for it in results["ga"].after] == list(split.heldout)
@@ -211,7 +229,7 @@ def test_relearning_recovers_hidden_facts_of_a_ga_model_and_not_of_models_that_n
 def test_relearn_attack_rejects_a_split_of_other_records(world):
     models, tokenizer, forget, _ = world
     with pytest.raises(ValueError, match="relearn_split"):
-        relearn_attack(models["ga"], tokenizer, forget, lr=PAIR_LR, split=relearn_split(forget[:6], 0))
+        relearn_attack(models["ga"], tokenizer, forget, Relearning(PAIR_LR), split=relearn_split(forget[:6], 0))
 
 
 # ----------------------------------------------------------------------------------------------- quantization
@@ -333,8 +351,10 @@ def test_few_shot_context_never_holds_the_items_answer_or_fact(world):
 
 
 def test_prompt_attacks_where_unavailable():
-    tofu = [{"question": f"Who is author {i}?", "answer": f"Author {i} writes.", "paraphrased_question": f"Q {i}?"}
-            for i in range(3)]  # fmt: skip
+    tofu = [
+        {"question": f"Who is author {i}?", "answer": f"Author {i} writes.", "paraphrased_question": f"Q {i}?"}
+        for i in range(3)
+    ]
     tokenizer = train_tokenizer([r["question"] + r["answer"] for r in tofu] + ["Question: \nAnswer: "], 300)
     assert attack_prompt(tokenizer, tofu, 0, "reverse") == (None, None)  # no annotated fact, no fact type
     assert attack_prompt(tokenizer, [dict(tofu[0], paraphrased_question=None)], 0, "paraphrase") == (None, None)
@@ -360,15 +380,20 @@ def test_run_attacks_end_to_end(world):
     """The experiment's path: every attack on the references and a method, then recovery.csv rows, as JSON too."""
     models, tokenizer, forget, _ = world
     wanted = ["relearn", "prompt:affirmative", *(["quant8"] if attacks.bitsandbytes_available()[0] else [])]
-    results, skipped = run_attacks(models, tokenizer, forget, wanted, seed=0, lr=PAIR_LR, batch_size=8)
+    results, skipped = run_attacks(
+        models, tokenizer, forget, wanted, seed=0, relearning=Relearning(PAIR_LR, batch_size=8)
+    )
     assert list(results) == wanted and not skipped
     assert all(list(by_model) == ["original", "retrain", "ga"] for by_model in results.values())
-    cells = {(name, None if name in ("original", "retrain") else 0, 0, attack, "end"): result
-             for attack, by_model in results.items() for name, result in by_model.items()}  # fmt: skip
+    cells = {
+        (name, None if name in ("original", "retrain") else 0, 0, attack, "end"): result
+        for attack, by_model in results.items()
+        for name, result in by_model.items()
+    }
     rows = recovery_rows(cells, n_resamples=100)
     assert len(rows) == 3 * len(wanted)
     for row in rows:
-        assert set(attacks.RECOVERY_COLUMNS) == set(row)
+        assert set(recovery_table.RECOVERY_COLUMNS) == set(row)
         if row["method"] == "retrain":
             assert row["spurious_gap"] == 0 and row["ci_low"] == row["ci_high"] == 0
     relearn_ga = next(r for r in rows if r["method"] == "ga" and r["attack"] == "relearn")
@@ -381,8 +406,10 @@ def test_run_attacks_end_to_end(world):
 # ----------------------------------------------------------------------------------------------- recovery
 def _result(attack, before, after, fact_leak=True):
     def items(values):
-        return [{"index": i, "fact_leak": (bool(v) if fact_leak else None), "target_logprob": -1.0 - i + v}
-                for i, v in enumerate(values)]  # fmt: skip
+        return [
+            {"index": i, "fact_leak": (bool(v) if fact_leak else None), "target_logprob": -1.0 - i + v}
+            for i, v in enumerate(values)
+        ]
 
     return AttackResult(attack, items(before), items(after))
 
@@ -406,7 +433,7 @@ def test_recovery_rows_and_per_item_gaps():
     assert matched["recovered"] == 0.75 and matched["spurious_gap"] == 0.75  # reference found at setting "end"
     assert ga["target_logprob_after"] - ga["target_logprob_before"] == pytest.approx(0.75)
     text = recovery_csv(rows)
-    assert text.splitlines()[0] == ",".join(attacks.RECOVERY_COLUMNS)
+    assert text.splitlines()[0] == ",".join(recovery_table.RECOVERY_COLUMNS)
     assert text.splitlines()[2].startswith("retrain,,0,relearn,end,")
     logprob_rows = recovery_rows(cells, measure="target_logprob", n_resamples=200)
     assert logprob_rows[0]["spurious_gap"] == pytest.approx(0.5) and logprob_rows[0]["measure"] == "target_logprob"
@@ -433,7 +460,7 @@ def test_plot_recovery(tmp_path):
         ("ga", 0, 0, "quant4", "end"): _result("quant4", [0, 0, 0, 0], [0, 0, 0, 1]),
         ("retrain", None, 0, "quant4", "end"): _result("quant4", [0, 0, 0, 0], [0, 0, 0, 0]),
     }
-    path = attacks.plot_recovery(recovery_rows(cells, n_resamples=50), tmp_path / "plots" / "recovery.png")
+    path = recovery_table.plot_recovery(recovery_rows(cells, n_resamples=50), tmp_path / "plots" / "recovery.png")
     assert path is not None and path.stat().st_size > 1000
 
 
@@ -451,19 +478,30 @@ def test_replay_reaches_the_runs_weights_at_a_step(world):
     models, tokenizer, forget, retain = world
     original = models["original"]
     before = _state(original)
-    cfg = UnlearnConfig(method="graddiff", lr=3e-3, epochs=2, batch_size=4, warmup=0.5, eval_every=3,
-                        progress=False, num_threads=1, seed=1)  # fmt: skip
+    cfg = UnlearnConfig(
+        method="graddiff",
+        lr=3e-3,
+        epochs=2,
+        batch_size=4,
+        warmup=0.5,
+        eval_every=3,
+        progress=False,
+        num_threads=1,
+        seed=1,
+    )
     seen: dict[int, dict] = {}
-    run = unlearn(copy.deepcopy(original), tokenizer, forget, retain, cfg,
-                  lambda step, m: seen.update({step: _state(m)}))  # fmt: skip
+    run = unlearn(
+        copy.deepcopy(original), tokenizer, forget, retain, cfg, lambda step, m: seen.update({step: _state(m)})
+    )
     assert sorted(seen) == [0, 3, 6]
     kept = replay_unlearning(original, tokenizer, forget, retain, cfg, steps=[3, 6])
     assert _identical(_state(kept[3]), seen[3]) and _identical(_state(kept[6]), _state(run))
     assert not _identical(seen[3], seen[6])
     assert _identical(before, _state(original))
     calls = []
-    stopped = replay_unlearning(original, tokenizer, forget, retain, cfg,
-                                until=lambda step, m: calls.append(step) or step >= 2)  # fmt: skip
+    stopped = replay_unlearning(
+        original, tokenizer, forget, retain, cfg, until=lambda step, m: calls.append(step) or step >= 2
+    )
     assert list(stopped) == [2] and calls == [0, 1, 2]
     with pytest.raises(ValueError, match="ends at step 6"):
         replay_unlearning(original, tokenizer, forget, retain, cfg, steps=[7])
@@ -478,13 +516,15 @@ def test_items_without_a_leak_target_get_no_probe_and_no_samples(world, monkeypa
     calls = []
     real = _common.generate
 
-    def counting(model, prompts, *args, **kwargs):
-        calls.append((len(prompts), kwargs.get("num_return_sequences", 1)))
-        return real(model, prompts, *args, **kwargs)
+    def counting(model, prompts, pad, stops, decoding, *args, **kwargs):
+        calls.append((len(prompts), decoding.returns))
+        return real(model, prompts, pad, stops, decoding, *args, **kwargs)
 
     monkeypatch.setattr(_common, "generate", counting)
     no_fact = [{k: v for k, v in r.items() if k != "fact"} for r in forget[:3]]
-    items = _common.evaluate_items(models["original"], tokenizer, no_fact + forget[3:5], probes=True, num_samples=2)
+    items = _common.evaluate_items(
+        models["original"], tokenizer, no_fact + forget[3:5], probes=True, decoding=Decoding(None, num_samples=2)
+    )
     assert calls == [(5, 1), (2, 1), (2, 2)]  # greedy for all five; probe and samples for the two with a fact
     assert all(it["fact_leak_any_of_n"] is None and it["fact_leak"] is None for it in items[:3])
     assert all(it["fact_leak_any_of_n"] is not None for it in items[3:])
@@ -497,7 +537,7 @@ def test_run_attacks_evaluates_the_unattacked_model_once_with_the_same_items(wor
     models, tokenizer, forget, _ = world
     model = {"ga": models["ga"]}
     quant = ["quant8"] if attacks.bitsandbytes_available()[0] else []
-    results, _ = run_attacks(model, tokenizer, forget, [*quant, "prompt:affirmative"], seed=0, batch_size=8)
+    results, _ = run_attacks(model, tokenizer, forget, [*quant, "prompt:affirmative"], seed=0)
     alone = prompt_attack(models["ga"], tokenizer, forget, "affirmative", seed=0)
     assert results["prompt:affirmative"]["ga"].before == alone.before
     assert results["prompt:affirmative"]["ga"].after == alone.after
@@ -505,3 +545,207 @@ def test_run_attacks_evaluates_the_unattacked_model_once_with_the_same_items(wor
         own = quantization_attack(models["ga"], tokenizer, forget, 8, seed=0)
         assert results["quant8"]["ga"].before == own.before and results["quant8"]["ga"].after == own.after
         assert without_probes(own.before) == alone.before
+
+
+# ----------------------------------------------------------------------------------------------- relearning dose
+DOSE_LR = 1e-3
+"""A small relearning lr (a tenth of the pair's) for the dose–response."""
+
+
+def _dose(steps=(0, 1, 2, 4), **kw) -> RelearnDose:
+    return RelearnDose(DOSE_LR, steps=steps, batch_size=4, **kw)
+
+
+def test_dose_response_at_step_0_is_the_unattacked_evaluation(world):
+    """Step count 0 is the model as given: the items equal a plain evaluation of the held-out half, both when they
+    are read off ``before`` and when the untrained copy is evaluated (``evaluate_before=False``)."""
+    models, tokenizer, forget, _ = world
+    model = models["ga"]
+    state = _state(model)
+    split = relearn_split(forget, 0)
+    heldout = [forget[i] for i in split.heldout]
+    plain = evaluate_items(model, tokenizer, heldout, indices=list(split.heldout), probes=True, seed=0)
+    reused = relearn_dose(model, tokenizer, forget, _dose((0, 1)), seed=0)
+    fresh = relearn_dose(model, tokenizer, forget, _dose((1, 0)), seed=0, evaluate_before=False)
+    assert reused.after[0] == reused.before == plain
+    assert fresh.after[0] == plain and fresh.before == []
+    assert fresh.steps == (0, 1) and fresh.after[1] == reused.after[1]
+    assert _identical(state, _state(model)) and not model.training
+
+
+def test_dose_response_gives_every_model_the_same_steps_and_batches(world):
+    """Equal optimizer steps for every model, the same split and the same batches in the same order (the retain model
+    is the control), each epoch of batches a permutation of the attack half."""
+    models, tokenizer, forget, _ = world
+    dose = _dose((0, 1, 2, 4))
+    results = relearn_dose_models(models, tokenizer, forget, dose, seed=0)
+    assert list(results) == ["original", "retrain", "ga"]
+    first = results["ga"]
+    for name, result in results.items():
+        assert result.split == first.split and result.steps == (0, 1, 2, 4), name
+        assert result.info["batches"] == first.info["batches"], name
+        assert len(result.info["loss"]) == result.info["n_steps"] == 4, name
+        assert all(math.isfinite(v) for v in result.info["loss"]), name
+    batches = first.info["batches"]
+    assert [len(b) for b in batches] == [4, 2, 4, 2]  # 6 attack items in batches of 4: 2 steps per epoch
+    for epoch in (batches[0] + batches[1], batches[2] + batches[3]):
+        assert sorted(epoch) == sorted(first.split.attack)
+    assert batches[:2] != batches[2:]  # each epoch is reshuffled
+    assert batches == [[first.split.attack[i] for i in b] for b in dose_batches(6, 4, 4, 0)]
+    assert relearn_dose_models(models, tokenizer, forget, dose, seed=1)["ga"].info["batches"] != batches
+
+
+def test_dose_response_items_are_well_formed_and_a_trajectory_prefix(world):
+    """Per step count: the held-out items in split order with every measure in range; ``at`` gives the recovery
+    tables' ``AttackResult``; the JSON form reads back; and with a constant lr the model after k steps does not
+    depend on the larger counts of the schedule (one trajectory, evaluated along the way)."""
+    models, tokenizer, forget, _ = world
+    dose = relearn_dose(models["ga"], tokenizer, forget, _dose((0, 1, 2, 4)), seed=0)
+    heldout = list(dose.split.heldout)
+    for k in dose.steps:
+        items = dose.after[k]
+        assert [it["index"] for it in items] == heldout, k
+        for it in items:
+            assert isinstance(it["fact_leak"], bool) and isinstance(it["fact_leak_paraphrased_question"], bool)
+            assert math.isfinite(it["target_logprob"]) and it["target_logprob"] <= 0
+            assert 0 <= it["rougeL_recall"] <= 1
+    result = dose.at(2)
+    assert isinstance(result, AttackResult) and result.attack == "relearn@2" and result.info["step"] == 2
+    assert result.before == dose.before and result.after == dose.after[2] and len(result.info["loss"]) == 2
+    assert [row["step"] for row in dose.summary()] == [0, 1, 2, 4]
+    assert dose.summary()[0]["target_logprob_after"] == dose.summary()[0]["target_logprob_before"]
+    assert dose.summary()[-1]["target_logprob_after"] != dose.summary()[0]["target_logprob_after"]
+    back = DoseResponse.from_dict(json.loads(json.dumps(dose.as_dict())))
+    assert back.after == dose.after and back.steps == dose.steps and back.info == dose.info
+    short = relearn_dose(models["ga"], tokenizer, forget, _dose((2,)), seed=0, evaluate_before=False)
+    assert short.after[2] == dose.after[2] and short.info["loss"] == dose.info["loss"][:2]
+    with pytest.raises(KeyError, match="schedule"):
+        dose.at(3)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (dict(steps=()), "steps"),
+        (dict(steps=(0, -1)), "steps"),
+        (dict(steps=(1, 1)), "distinct"),
+        (dict(steps=(1.5,)), "steps"),
+        (dict(lr=0.0), "lr"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
+def test_relearn_dose_rejects_bad_settings(settings, match):
+    with pytest.raises(ValueError, match=match):
+        RelearnDose(**{"lr": DOSE_LR, **settings}).check()
+
+
+def test_single_point_relearn_is_unchanged(world):
+    """``relearn_attack`` is today's composition, bit for bit: the seed's split, one deep copy fine-tuned by
+    ``fine_tune`` under the same settings and seed, the held-out half evaluated with the probes. A dose–response run
+    in between changes nothing of it (no global state moves)."""
+    models, tokenizer, forget, _ = world
+    model, relearning = models["ga"], Relearning(PAIR_LR, batch_size=4)
+    first = relearn_attack(model, tokenizer, forget, relearning, seed=3)
+    relearn_dose(model, tokenizer, forget, _dose((0, 2)), seed=3)
+    second = relearn_attack(model, tokenizer, forget, relearning, seed=3)
+    split = relearn_split(forget, 3)
+    heldout = [forget[i] for i in split.heldout]
+    evaluation = dict(indices=list(split.heldout), probes=True, seed=3)
+    copy_ = copy.deepcopy(model).requires_grad_(True)
+    pairs = [(forget[i]["question"], forget[i]["answer"]) for i in split.attack]
+    fine_tune(copy_, tokenizer, pairs, relearning, seed=3, progress=False)
+    reference = evaluate_items(copy_, tokenizer, heldout, **evaluation)
+    assert first.split == split and first.before == evaluate_items(model, tokenizer, heldout, **evaluation)
+    assert first.after == reference and second.after == reference and second.before == first.before
+    assert first.info["steps"] == 2 and first.info["lr"] == PAIR_LR
+
+
+# ----------------------------------------------------------------------------------------------- NF4 bins
+def test_nf4_levels_are_bitsandbytes_table():
+    _bnb_or_skip()
+    import bitsandbytes.functional as F
+
+    assert torch.equal(F.get_4bit_type("nf4", device="cpu"), torch.tensor(NF4_LEVELS, dtype=torch.float32))
+
+
+def test_nf4_rounding_matches_bitsandbytes():
+    """``nf4_round`` is bitsandbytes' NF4 quantize + dequantize (blocks of 64, a shape off the block size)."""
+    _bnb_or_skip()
+    import bitsandbytes.functional as F
+
+    weight = torch.randn(7, 100, generator=torch.Generator().manual_seed(0)) * 0.05
+    q, state = F.quantize_4bit(weight, blocksize=64, quant_type="nf4")
+    reference = F.dequantize_4bit(q, state).to(torch.float32)
+    assert torch.equal(nf4_round(weight), reference)
+    codes, absmax = nf4_codes(weight)
+    assert torch.equal(absmax, state.absmax.float()) and codes.numel() == 700
+    levels = torch.tensor(NF4_LEVELS)
+    ties = torch.cat([torch.ones(1), (levels[1:] + levels[:-1]) / 2, torch.zeros(48)]).reshape(1, 64)
+    q, state = F.quantize_4bit(ties, blocksize=64, quant_type="nf4")  # every midpoint: ties go to the lower level
+    assert torch.equal(nf4_round(ties), F.dequantize_4bit(q, state).to(torch.float32))
+    assert torch.equal(nf4_round(ties)[0, 1:16], levels[:-1])
+
+
+def test_nf4_half_bins_and_rounded_away_share_on_a_constructed_case():
+    """Two blocks of 64, hand-computed: block 0 has absmax 2 (its first weight), block 1 absmax 0.5 (a weight of
+    -0.5). Half bins: a zero weight in block 0 sits on level 0 with the gap 0.0796 above it → 2 · 0.0796 / 2; the
+    weight 2 · 0.5626 (level 13, next level 0.7230) → 2 · 0.1603 / 2; x = 1 takes the top gap 0.2770; in block 1
+    a zero weight → 0.5 · 0.0796 / 2 = 0.0199, the weight -0.5 (x = -1) → 0.5 · 0.3038 / 2.
+
+    Updates: +0.05 on block 0's zero weight (below its half bin 0.0796: rounded away, level unchanged), +0.2 on
+    the level-13 weight (above its half bin 0.1603: kept, moves to level 14), +0.03 on a zero weight of block 1
+    (above its half bin 0.0199: kept, moves to level 8). Both absmaxes stay."""
+    levels = NF4_LEVELS
+    original = torch.zeros(2, 64)
+    original[0, 0], original[0, 2] = 2.0, 2.0 * levels[13]
+    original[1, 0] = -0.5
+    update = torch.zeros(2, 64)
+    update[0, 1], update[0, 2], update[1, 1] = 0.05, 0.2, 0.03
+    half = nf4_half_bins(original)
+    expected = {
+        0: 2.0 * (levels[15] - levels[14]) / 2,
+        1: 2.0 * (levels[8] - levels[7]) / 2,
+        2: 2.0 * (levels[14] - levels[13]) / 2,
+        64: 0.5 * (levels[1] - levels[0]) / 2,
+        65: 0.5 * (levels[8] - levels[7]) / 2,
+    }
+    for i, value in expected.items():
+        assert float(half[i]) == pytest.approx(value, rel=1e-6), i
+    assert float(half[1]) == pytest.approx(0.0795803, rel=1e-5) and float(half[65]) == pytest.approx(
+        0.0198951, rel=1e-5
+    )
+    codes, absmax = nf4_codes(original)
+    moved, _ = nf4_codes(original + update)
+    assert absmax.tolist() == [2.0, 0.5]
+    assert codes[[0, 1, 2, 64, 65]].tolist() == [15, 7, 13, 0, 7]
+    assert moved[[0, 1, 2, 64, 65]].tolist() == [15, 7, 14, 0, 8]
+    row = nf4_layer_bins(original, original + update)
+    assert row["shape"] == "2x64" and row["n_weights"] == 128 and row["n_blocks"] == 2
+    assert row["delta_max_abs"] == pytest.approx(0.2)
+    assert row["delta_rms"] == pytest.approx(math.sqrt((0.05**2 + 0.2**2 + 0.03**2) / 128), rel=1e-6)
+    assert row["share_rounded_away"] == 126 / 128  # every unchanged weight and the +0.05
+    assert row["share_same_code"] == 126 / 128
+    assert row["absmax_median"] == 0.5  # torch's median of two values is the lower one
+    assert row["half_bin_min"] == pytest.approx(expected[65]) and row["half_bin_max"] == pytest.approx(expected[0])
+
+
+def test_nf4_bin_table_on_the_world(world):
+    """One row per quantised Linear (the layers 4-bit loading quantises, LM head excluded) and ``all``; a model
+    against itself rounds everything away; the GA update is reported with shares in [0, 1]."""
+    models, _, _, _ = world
+    rows = nf4_bin_table(models["original"], models["ga"])
+    names = [r["layer"] for r in rows]
+    assert names[-1] == "all" and "lm_head" not in names and len(names) == 2 * 7 + 1
+    assert all(set(r) == set(NF4_BIN_COLUMNS) for r in rows)
+    layers, total = rows[:-1], rows[-1]
+    assert total["n_weights"] == sum(r["n_weights"] for r in layers)
+    assert total["delta_max_abs"] == max(r["delta_max_abs"] for r in layers) > 0
+    assert all(0 <= r["share_rounded_away"] <= 1 and 0 <= r["share_same_code"] <= 1 for r in rows)
+    same = nf4_bin_table(models["original"], models["original"])[-1]
+    assert same["delta_max_abs"] == 0 and same["share_rounded_away"] == 1 and same["share_same_code"] == 1
+    if attacks.bitsandbytes_available()[0]:
+        import bitsandbytes as bnb
+
+        q4 = quantize_copy(models["original"], 4)
+        quantised = [n for n, m in q4.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert quantised == names[:-1]

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from bs_ref.beliefs import BeliefCache, sample_beliefs, topk_mass
+from bs_ref.beliefs import BeliefCache, BeliefSampling, sample_beliefs, topk_mass
 from bs_ref.generation import right_pad
 from bs_ref.losses import IGNORE_INDEX, bs_s_loss, bs_t_loss, sequence_logprob
 from bs_ref.methods import make_method
-from bs_ref.unlearn import forget_backward
+from bs_ref.runner import forget_backward
 
 WORDS = [f"w{i}" for i in range(48)]
 
@@ -63,9 +63,17 @@ VOCAB = len(TOK)
 def make_model(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
     return LlamaForCausalLM(cfg).to(dtype)
 
 
@@ -104,7 +112,7 @@ def test_answers_end_at_the_first_stop_token(template, specials, stop):
     tok = make_tokenizer(template, specials=specials)
     stop_id = tok.convert_tokens_to_ids(stop)
     model = with_stop_bias(MODEL, stop_id, 3.0)  # the end-of-turn token is likely but not certain
-    b = sample_beliefs(model, tok, PROMPTS, n=4, max_new_tokens=12, seed=1, template="chat")
+    b = sample_beliefs(model, tok, PROMPTS, BeliefSampling(n=4, max_new_tokens=12), seed=1, template="chat")
     stops = {stop_id, tok.eos_token_id}
     lengths, ended_by_turn = set(), 0
     for i in range(len(b)):
@@ -120,16 +128,16 @@ def test_answers_end_at_the_first_stop_token(template, specials, stop):
 def test_a_token_that_is_not_this_templates_end_of_turn_does_not_stop():
     tok = make_tokenizer(TURNS, specials=("<start_of_turn>", "<end_of_turn>"))
     model = with_stop_bias(MODEL, tok.convert_tokens_to_ids("<|im_end|>"), 50.0)  # always <|im_end|>
-    b = sample_beliefs(model, tok, PROMPTS[:2], n=1, temperature=0.0, max_new_tokens=5, template="chat")
+    b = sample_beliefs(model, tok, PROMPTS[:2], BeliefSampling(n=1, temperature=0.0, max_new_tokens=5), template="chat")
     assert b.stopped == [False, False] and all(len(b.answer_ids(i)) == 5 for i in range(2))
 
 
 def test_empty_answers_are_counted_and_kept_out_of_the_loss():
     model = with_stop_bias(MODEL, TOK.eos_token_id, 50.0)  # immediate EOS
-    b = sample_beliefs(model, TOK, PROMPTS, n=2, max_new_tokens=6)
+    b = sample_beliefs(model, TOK, PROMPTS, BeliefSampling(n=2, max_new_tokens=6))
     assert b.n_empty == len(b) == 12 and all(b.stopped)
     assert all(y == IGNORE_INDEX for labels in b.labels for y in labels)
-    cache = BeliefCache(n=2, max_new_tokens=6)
+    cache = BeliefCache(BeliefSampling(n=2, max_new_tokens=6))
     cache.refresh(model, TOK, dict(enumerate(PROMPTS)))
     assert cache.stats()["empty_cached"] == 12 and cache.stats()["empty_sampled_total"] == 12
     belief_batch = cache.batch([0, 1], TOK.pad_token_id)
@@ -149,16 +157,16 @@ def test_empty_answers_are_counted_and_kept_out_of_the_loss():
 
 @pytest.mark.parametrize("mode", [dict(n=1, temperature=0.0), dict(n=3, select="beam"), dict(n=2, m=4, select="beam")])
 def test_batching_does_not_change_greedy_or_beam_answers(mode):
-    batched = sample_beliefs(MODEL, TOK, PROMPTS, batch_size=6, max_new_tokens=10, **mode)
-    one_by_one = sample_beliefs(MODEL, TOK, PROMPTS, batch_size=1, max_new_tokens=10, **mode)
+    batched = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(max_new_tokens=10, **mode), batch_size=6)
+    one_by_one = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(max_new_tokens=10, **mode), batch_size=1)
     assert batched.input_ids == one_by_one.input_ids
     assert batched.prompt_index == [i for i in range(6) for _ in range(mode["n"])]
     assert batched.mean_logprob == pytest.approx(one_by_one.mean_logprob, abs=1e-5)
 
 
 def test_beams_come_best_first_and_beat_samples():
-    beams = sample_beliefs(MODEL, TOK, PROMPTS, n=3, select="beam", m=6, max_new_tokens=8)
-    samples = sample_beliefs(MODEL, TOK, PROMPTS, n=3, max_new_tokens=8)
+    beams = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(n=3, select="beam", m=6, max_new_tokens=8))
+    samples = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(n=3, max_new_tokens=8))
     assert sum(beams.mean_logprob) > sum(samples.mean_logprob)
 
 
@@ -166,16 +174,16 @@ def test_sampling_is_reproducible_under_a_seed_and_leaves_the_global_rng_alone()
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = sample_beliefs(MODEL, TOK, PROMPTS, n=3, max_new_tokens=8, seed=7)
+    a = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(n=3, max_new_tokens=8), seed=7)
     after = torch.rand(1)
-    b = sample_beliefs(MODEL, TOK, PROMPTS, n=3, max_new_tokens=8, seed=7)
-    c = sample_beliefs(MODEL, TOK, PROMPTS, n=3, max_new_tokens=8, seed=8)
+    b = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(n=3, max_new_tokens=8), seed=7)
+    c = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(n=3, max_new_tokens=8), seed=8)
     assert a.input_ids == b.input_ids and a.input_ids != c.input_ids
     assert torch.equal(before, after)
 
 
 def test_mean_logprob_is_the_teacher_forced_mean_over_answer_tokens():
-    b = sample_beliefs(MODEL, TOK, PROMPTS[:2], n=2, max_new_tokens=6, seed=3)
+    b = sample_beliefs(MODEL, TOK, PROMPTS[:2], BeliefSampling(n=2, max_new_tokens=6), seed=3)
     for i in range(len(b)):
         ids = torch.tensor([b.input_ids[i]])
         with torch.no_grad():
@@ -186,16 +194,18 @@ def test_mean_logprob_is_the_teacher_forced_mean_over_answer_tokens():
 
 
 def test_filter_draws_twice_n_candidates_by_default():
-    default = sample_beliefs(MODEL, TOK, PROMPTS[:2], n=2, select="filter", max_new_tokens=6, seed=4)
-    explicit = sample_beliefs(MODEL, TOK, PROMPTS[:2], n=2, m=4, select="filter", max_new_tokens=6, seed=4)
+    default = sample_beliefs(MODEL, TOK, PROMPTS[:2], BeliefSampling(n=2, select="filter", max_new_tokens=6), seed=4)
+    explicit = sample_beliefs(
+        MODEL, TOK, PROMPTS[:2], BeliefSampling(n=2, m=4, select="filter", max_new_tokens=6), seed=4
+    )
     assert default.input_ids == explicit.input_ids and len(default) == 4
     assert default.settings["candidates_per_prompt"] == 4
 
 
 def test_filter_keeps_the_most_likely_candidates():
     n, m = 2, 6
-    kept = sample_beliefs(MODEL, TOK, PROMPTS, n=n, m=m, select="filter", max_new_tokens=8, seed=5)
-    drawn = sample_beliefs(MODEL, TOK, PROMPTS, n=m, max_new_tokens=8, seed=5)  # the same m draws
+    kept = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(n=n, m=m, select="filter", max_new_tokens=8), seed=5)
+    drawn = sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(n=m, max_new_tokens=8), seed=5)  # the same m draws
     for i in range(len(PROMPTS)):
         cand = sorted(drawn.mean_logprob[i * m : (i + 1) * m], reverse=True)
         got = kept.mean_logprob[i * n : (i + 1) * n]
@@ -220,10 +230,10 @@ def test_filter_keeps_the_most_likely_candidates():
 )
 def test_bad_sampling_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        sample_beliefs(MODEL, TOK, PROMPTS, **kwargs)
+        sample_beliefs(MODEL, TOK, PROMPTS, BeliefSampling(**kwargs))
     if "n" in kwargs or "m" in kwargs or "select" in kwargs:
         with pytest.raises(ValueError, match=match):
-            BeliefCache(**kwargs)
+            BeliefCache(BeliefSampling(**kwargs))
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -234,10 +244,10 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         sample_beliefs(MODEL, TOK, [PROMPTS[0], []])
     with pytest.raises(ValueError, match="regime"):
-        BeliefCache(regime="sometimes")
+        BeliefCache(BeliefSampling(regime="sometimes"))
     with pytest.raises(ValueError, match="refresh_epochs"):
-        BeliefCache(refresh_epochs=-1)
-    cache = BeliefCache(n=1, max_new_tokens=4)
+        BeliefCache(BeliefSampling(refresh_epochs=-1))
+    cache = BeliefCache(BeliefSampling(n=1, max_new_tokens=4))
     cache.refresh(MODEL, TOK, {0: PROMPTS[0]})
     with pytest.raises(ValueError, match="dataset index 3"):
         cache.batch([0, 3], TOK.pad_token_id)
@@ -270,7 +280,7 @@ def forget_batch(indices):
 
 
 def test_batch_returns_exactly_the_forget_items_own_beliefs():
-    cache = BeliefCache(n=3, max_new_tokens=6)
+    cache = BeliefCache(BeliefSampling(n=3, max_new_tokens=6))
     cache.refresh(MODEL, TOK, dict(enumerate(PROMPTS)))
     forget = forget_batch([4, 1, 2])
     beliefs = cache.batch(forget["index"], TOK.pad_token_id)
@@ -305,11 +315,11 @@ def train_with_cache(cache, steps=6, steps_per_epoch=2, lr=0.5):
 
 def test_off_policy_beliefs_never_change_during_training():
     original = make_model(seed=1)
-    cache = BeliefCache("off_policy", n=2, max_new_tokens=6)
+    cache = BeliefCache(BeliefSampling(regime="off_policy", n=2, max_new_tokens=6))
     model, snapshots = train_with_cache(cache)
     assert cache.refreshes == 1 and cache.last_refresh_step == 0
     assert all(s == snapshots[0] for s in snapshots)
-    expected = sample_beliefs(original, TOK, PROMPTS[:4], n=2, max_new_tokens=6, seed=0)
+    expected = sample_beliefs(original, TOK, PROMPTS[:4], BeliefSampling(n=2, max_new_tokens=6), seed=0)
     assert [b.input_ids for i in range(4) for b in cache.entries[i]] == expected.input_ids  # from θ_o
     moved = cache.stats(model)
     assert moved["mean_logprob_current"] < moved["mean_logprob_at_sampling"] - 0.05  # training moved the model
@@ -317,7 +327,7 @@ def test_off_policy_beliefs_never_change_during_training():
 
 @pytest.mark.parametrize("refresh_epochs,expected_steps", [(1.0, [0, 2, 4]), (2.0, [0, 4]), (0.5, list(range(6)))])
 def test_on_policy_beliefs_refresh_on_schedule(refresh_epochs, expected_steps):
-    cache = BeliefCache("on_policy", refresh_epochs=refresh_epochs, n=2, max_new_tokens=6)
+    cache = BeliefCache(BeliefSampling(regime="on_policy", refresh_epochs=refresh_epochs, n=2, max_new_tokens=6))
     refreshed_at = []
     original_refresh = cache.refresh
 
@@ -334,20 +344,20 @@ def test_on_policy_beliefs_refresh_on_schedule(refresh_epochs, expected_steps):
 
 
 def test_on_policy_every_step_refreshes_just_the_batch():
-    cache = BeliefCache("on_policy", refresh_epochs=0, n=2, max_new_tokens=6)
+    cache = BeliefCache(BeliefSampling(regime="on_policy", refresh_epochs=0, n=2, max_new_tokens=6))
     _, snapshots = train_with_cache(cache, steps=4)
     assert cache.refreshes == 4 and cache.stats()["items_covered"] == 4
     assert snapshots[0].keys() == {0, 1} and snapshots[1].keys() == {0, 1, 2, 3}
 
 
 def test_stats_and_state_round_trip():
-    cache = BeliefCache(n=3, m=6, select="filter", max_new_tokens=6)
+    cache = BeliefCache(BeliefSampling(n=3, m=6, select="filter", max_new_tokens=6))
     cache.refresh(MODEL, TOK, dict(enumerate(PROMPTS)))
     stats = cache.stats(MODEL)
     assert stats["refreshes"] == 1 and stats["items_covered"] == 6 and stats["beliefs_cached"] == 18
     assert 1.0 <= stats["distinct_per_item"] <= 3.0
     assert stats["mean_logprob_current"] == pytest.approx(stats["mean_logprob_at_sampling"], abs=1e-5)
-    clone = BeliefCache(n=3, m=6, select="filter", max_new_tokens=6)
+    clone = BeliefCache(BeliefSampling(n=3, m=6, select="filter", max_new_tokens=6))
     clone.load_state_dict(cache.state_dict())
     assert torch.equal(clone.batch(range(6), 0)["input_ids"], cache.batch(range(6), 0)["input_ids"])
 
@@ -370,7 +380,7 @@ MODEL64 = make_model(seed=2, dtype=torch.float64)
 
 @functools.cache
 def cached_beliefs() -> BeliefCache:
-    cache = BeliefCache(n=3, max_new_tokens=7, seed=11)
+    cache = BeliefCache(BeliefSampling(n=3, max_new_tokens=7), seed=11)
     cache.refresh(MODEL64, TOK, dict(enumerate(PROMPTS)))
     return cache
 
@@ -416,8 +426,7 @@ def test_chunked_gradient_equals_full_batch_eq7(base, microbatch, lam_bss, loss_
         calls.append(1)
         loss.backward()
 
-    out = forget_backward(method, model, forget, beliefs, loss_scale=loss_scale, ref_model=ref_model,
-                          backward=backward)  # fmt: skip
+    out = forget_backward(method, model, forget, beliefs, loss_scale=loss_scale, ref_model=ref_model, backward=backward)
     assert out["forget"] == pytest.approx(float(want_loss), rel=1e-9, abs=1e-9)
     assert len(calls) == 1 + math.ceil(beliefs["input_ids"].shape[0] / microbatch)  # forget rows + each chunk
     for p, want in zip(model.parameters(), want_grads):

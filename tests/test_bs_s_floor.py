@@ -14,7 +14,7 @@ from bs_ref import prefix
 from bs_ref.generation import right_pad
 from bs_ref.losses import IGNORE_INDEX, bs_s_loss, mean_token_logprob, sequence_logprob
 from bs_ref.methods import BSS, make_method
-from bs_ref.unlearn import forget_backward
+from bs_ref.runner import forget_backward
 
 
 @pytest.fixture(autouse=True)
@@ -40,9 +40,16 @@ TOLERANCE = {"sdpa": dict(rtol=1e-10, atol=1e-12), "eager": dict(rtol=1e-6, atol
 def tiny_llama(attn: str = "sdpa", seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, attn_implementation=attn,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        attn_implementation=attn,
+    )
     return LlamaForCausalLM(cfg).double()
 
 
@@ -92,8 +99,9 @@ def eq7_gradient(model, forget, beliefs, base, lam_bss, ref_model=None):
                 ref_model(input_ids=beliefs["input_ids"], attention_mask=beliefs["attention_mask"]).logits,
                 beliefs["labels"],
             )
-    loss = bs_s_loss(logits, forget["labels"], belief_logits, beliefs["labels"], lam_bss, base, BASE_KWARGS[base],
-                     fk, bk)  # fmt: skip
+    loss = bs_s_loss(
+        logits, forget["labels"], belief_logits, beliefs["labels"], lam_bss, base, BASE_KWARGS[base], fk, bk
+    )
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -101,7 +109,7 @@ def eq7_gradient(model, forget, beliefs, base, lam_bss, ref_model=None):
 
 
 def loop_gradient(method, model, forget, beliefs, ref_model=None, loss_scale=1.0):
-    """(stats, gradient) of the loop's BS-S backward (bs_ref.unlearn.forget_backward)."""
+    """(stats, gradient) of the loop's BS-S backward (bs_ref.runner.forget_backward)."""
     model.zero_grad()
     stats = forget_backward(method, model, forget, beliefs, ref_model=ref_model, loss_scale=loss_scale)
     grads = [p.grad.clone() for p in model.parameters()]
@@ -166,14 +174,15 @@ def test_prefix_sharing_has_eq7_value_and_gradient(base, attn, microbatch):
     want, want_grads, logits = eq7_gradient(model, forget, beliefs, base, 0.4, ref_model)
     method = bss(base, lam_bss=0.4, share_prefix=True, belief_microbatch=microbatch)
     (term,) = method.forget_terms(forget, beliefs)
-    assert term.run is not None and term.weight == 1.0
+    assert term.share_prefix and isinstance(term.rows, list) and term.weight == 1.0
     stats, grads = loop_gradient(method, model, forget, beliefs, ref_model, loss_scale=0.5)
     tol = TOLERANCE[attn]
     assert stats["forget"] == pytest.approx(want, rel=tol["rtol"], abs=tol["atol"])
     for got, exact in zip(grads, want_grads):
         torch.testing.assert_close(got, 0.5 * exact, **tol)
-    assert stats["forget_logprob"] == pytest.approx(float(mean_token_logprob(logits, forget["labels"]).mean()),
-                                                    rel=tol["rtol"], abs=tol["atol"])  # fmt: skip
+    assert stats["forget_logprob"] == pytest.approx(
+        float(mean_token_logprob(logits, forget["labels"]).mean()), rel=tol["rtol"], abs=tol["atol"]
+    )
     unshared, _ = loop_gradient(bss(base, lam_bss=0.4), model, forget, beliefs, ref_model)
     assert stats["topk_mass"] == pytest.approx(unshared["topk_mass"], rel=1e-6)
 
@@ -283,12 +292,22 @@ def test_the_loop_seeds_the_draws_with_seed_plus_process_index(monkeypatch):
     from bs_ref.unlearn import UnlearnConfig, unlearn
 
     seeds = []
-    monkeypatch.setattr(BSS, "seed_subsample", lambda self, seed: seeds.append(seed) or setattr(
-        self, "_subsample_generator", torch.Generator().manual_seed(seed)))  # fmt: skip
+    monkeypatch.setattr(
+        BSS,
+        "seed_subsample",
+        lambda self, seed: (
+            seeds.append(seed) or setattr(self, "_subsample_generator", torch.Generator().manual_seed(seed))
+        ),
+    )
     model, tok = fresh(train_tiny())
     method = make_method("bs_s", belief_subsample=1, share_prefix=True, n_beliefs=2, belief_max_new_tokens=4)
-    unlearn(model, tok, FORGET, RETAIN, UnlearnConfig(method=method, epochs=1, batch_size=2, seed=13, progress=False,
-                                                       eval_at_start=False))  # fmt: skip
+    unlearn(
+        model,
+        tok,
+        FORGET,
+        RETAIN,
+        UnlearnConfig(method=method, epochs=1, batch_size=2, seed=13, progress=False, eval_at_start=False),
+    )
     assert seeds == [13]  # one process: process_index 0
 
 
@@ -300,7 +319,7 @@ def test_the_loop_seeds_the_draws_with_seed_plus_process_index(monkeypatch):
 def test_defaults_keep_todays_terms():
     forget, beliefs = workload()
     terms = BSS().forget_terms(forget, beliefs)
-    assert [t.run for t in terms] == [None, None] and terms[1].rows is beliefs
+    assert [t.whole for t in terms] == [True, False] and terms[1].rows is beliefs
     assert BSS().spec() == "bs_s"
 
 
@@ -327,8 +346,9 @@ def test_unlearn_with_prefix_sharing_follows_the_unshared_run():
         model, tok = fresh(tiny)
         model.double()
         method = make_method("bs_s", share_prefix=share, n_beliefs=2, belief_max_new_tokens=5, top_k=5)
-        cfg = UnlearnConfig(method=method, epochs=2, batch_size=2, lr=1e-3, warmup=0.0, progress=False,
-                            eval_at_start=False, seed=3)  # fmt: skip
+        cfg = UnlearnConfig(
+            method=method, epochs=2, batch_size=2, lr=1e-3, warmup=0.0, progress=False, eval_at_start=False, seed=3
+        )
         out.append({k: v.clone() for k, v in unlearn(model, tok, FORGET, RETAIN, cfg).state_dict().items()})
     moved = max_abs_diff(out[0], fresh(tiny)[0].double().state_dict())
     assert moved > 1e-4 and max_abs_diff(out[0], out[1]) < 1e-9, (moved, max_abs_diff(out[0], out[1]))

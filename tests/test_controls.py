@@ -29,7 +29,8 @@ from bs_ref.losses import (
     sga_loss_paper,
 )
 from bs_ref.methods import BSS, GA, GradDiff, make_method
-from bs_ref.unlearn import UnlearnConfig, micro_step
+from bs_ref.runner import micro_step
+from bs_ref.unlearn import UnlearnConfig
 
 IGN = -100
 
@@ -80,10 +81,12 @@ def test_controls_fast_forms_equal_their_dense_paper_forms(batch, lam, data):
     top_k = data.draw(st.integers(1, logits.shape[-1]))
     tau = data.draw(st.sampled_from([0.5, 1.0, 3.0]))
     for fast, paper in (
-        (lambda x: ga_target_matched_loss(x, labels, lam, top_k, tau),
-         lambda x: ga_target_matched_loss_paper(x, labels, lam, top_k, tau)),
+        (
+            lambda x: ga_target_matched_loss(x, labels, lam, top_k, tau),
+            lambda x: ga_target_matched_loss_paper(x, labels, lam, top_k, tau),
+        ),
         (lambda x: sga_loss(x, labels, lam), lambda x: sga_loss_paper(x, labels, lam)),
-    ):  # fmt: skip
+    ):
         (va, ga), (vb, gb) = grad_of(fast, logits), grad_of(paper, logits)
         assert abs(float(va - vb)) <= 1e-10 * max(1.0, abs(float(vb)))
         assert float((ga - gb).abs().max()) <= 1e-10
@@ -169,10 +172,11 @@ def test_token_reduction_reproduces_the_authors_ga_and_the_loop_passes_it_to_eve
     assert float(ga_loss(logits, labels, "row")) == pytest.approx(ROW_GA, abs=1e-10)
     batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3), "labels": labels}
     for reduction, ga in (("token", AUTHORS_GA), ("row", ROW_GA)):
-        stats = micro_step(GA(), FixedLogits(logits), batch, reduction=reduction)
+        stats = micro_step(UnlearnConfig(method=GA(), reduction=reduction), FixedLogits(logits), batch)
         assert stats["forget"] == pytest.approx(ga, abs=1e-10)
         # GradDiff: the retain term (here the same rows) is reduced the same way, −GA
-        stats = micro_step(GradDiff(), FixedLogits(logits), batch, batch, alpha=1.0, reduction=reduction)
+        cfg = UnlearnConfig(method=GradDiff(), alpha=1.0, reduction=reduction)
+        stats = micro_step(cfg, FixedLogits(logits), batch, batch)
         assert stats["retain"] == pytest.approx(-ga, abs=1e-10)
         assert stats["retain"] == pytest.approx(float(nll_loss(logits, labels, reduction)), abs=1e-12)
 
@@ -195,10 +199,14 @@ def test_bs_s_terms_take_the_runs_reduction_for_the_forget_and_the_belief_rows(f
     total = terms[0].weight * terms[0].piece(f, fl, fref if base == "npo" else None)
     for i in range(bl.shape[0]):
         if bool((bl[i : i + 1, 1:] != IGN).any()):
-            total = total + terms[1].weight * terms[1].piece(b[i : i + 1], bl[i : i + 1],
-                                                             bref[i : i + 1] if base == "npo" else None)  # fmt: skip
-    kwargs = {"reduction": "token", **({"lam": method.lam, "top_k": 1, "temperature": 1.0} if base == "bs_t" else {}),
-              **({"beta": 0.1 if base == "npo" else 1.0} if base in ("npo", "wga") else {})}  # fmt: skip
+            total = total + terms[1].weight * terms[1].piece(
+                b[i : i + 1], bl[i : i + 1], bref[i : i + 1] if base == "npo" else None
+            )
+    kwargs = {
+        "reduction": "token",
+        **({"lam": method.lam, "top_k": 1, "temperature": 1.0} if base == "bs_t" else {}),
+        **({"beta": 0.1 if base == "npo" else 1.0} if base in ("npo", "wga") else {}),
+    }
     extra = ({"ref_logprobs": fref}, {"ref_logprobs": bref}) if base == "npo" else ({}, {})
     expected = bs_s_loss(f, fl, b, bl, method.lam_bss, base, kwargs, *extra)
     assert float(total) == pytest.approx(float(expected), rel=1e-9, abs=1e-12)

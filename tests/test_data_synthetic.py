@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bs_ref.data.qa import TOFU_CONFIGS, forget_retain_configs, load_tofu
 from bs_ref.data.synthetic import (
     ANALOGUES,
     AUTHOR_CONFIGS,
@@ -25,7 +26,6 @@ from bs_ref.data.synthetic import (
     training_corpus,
     write_benchmark,
 )
-from bs_ref.data.tofu import TOFU_CONFIGS, forget_retain_configs, load_tofu
 
 configs = st.builds(
     SyntheticConfig,

@@ -1,4 +1,4 @@
-"""Tests of bs_ref.data.tofu: loading real TOFU (local copy), schema errors, encoding and collators."""
+"""Tests of bs_ref.data.qa: loading real TOFU (local copy), schema errors, encoding and collators."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from bs_ref.data.tofu import (
+from bs_ref.data.qa import (
     IGNORE_INDEX,
     PLAIN_TEMPLATE,
     TOFU_CONFIGS,

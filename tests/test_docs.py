@@ -16,8 +16,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md"),
-                *(ROOT / "docs" / "results").glob("*.md")])  # fmt: skip
+PAGES = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
+        *(ROOT / "docs").glob("*.md"),
+        *(ROOT / "docs" / "results").glob("*.md"),
+    ]
+)
 
 
 def _update_readme():
@@ -78,8 +84,17 @@ def test_update_readme_nests_a_report_under_the_page_and_refuses_a_page_it_would
     page.write_text("# Results\n\n## One run\n\n<!-- begin:tofu -->\n<!-- end:tofu -->\n")
     report = tmp_path / "table.md"
     report.write_text("# TOFU unlearning results\n\n## Verdicts\n\n### At the end of training\n\n| a |\n")
-    argv = ["--block", "tofu", "--from-file", str(report), "--command", "python experiments/tofu.py", "--markdown",
-            "--page", str(page)]  # fmt: skip
+    argv = [
+        "--block",
+        "tofu",
+        "--from-file",
+        str(report),
+        "--command",
+        "python experiments/tofu.py",
+        "--markdown",
+        "--page",
+        str(page),
+    ]
     assert update_readme.main(argv) == 0
     text = page.read_text()
     assert "### TOFU unlearning results\n" in text and "#### Verdicts\n" in text

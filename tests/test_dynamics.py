@@ -1,4 +1,4 @@
-"""bs_ref.dynamics: A, G, K, one SGD step and the first-order check, against autograd and closed forms."""
+"""bs_ref.analysis.dynamics: A, G, K, one SGD step and the first-order check, against autograd and closed forms."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bs_ref.dynamics import (
+from bs_ref.analysis.dynamics import (
     akg_change,
     apply_softmax_jacobian,
     band_logprob,

@@ -169,8 +169,7 @@ def test_a_caught_error_is_the_result_of_its_job(executor: str, request) -> None
     if executor == "ray":
         request.getfixturevalue("ray")
     done = {}
-    results = run_jobs([0, 1, 2], diverge_at_one, executor=executor, catch=(Diverged,),
-                       on_done=done.__setitem__)  # fmt: skip
+    results = run_jobs([0, 1, 2], diverge_at_one, executor=executor, catch=(Diverged,), on_done=done.__setitem__)
     assert results[0] == 0 and results[2] == 2
     assert isinstance(results[1], Diverged) and "nan at step 3" in str(results[1])
     assert isinstance(done[1], Diverged)

@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 
 from bs_ref.metrics.leakage import BANDS
+from bs_ref.protocol.stats import VERDICT_COLUMNS, VERDICTS
 from bs_ref.protocol.store import REFERENCE_METHODS
 from bs_ref.protocol.tables import SUMMARY_COLUMNS
-from bs_ref.stats import VERDICT_COLUMNS, VERDICTS
 from bs_ref.unlearn import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,8 +211,23 @@ def test_resume_adds_only_new_methods(smoke_run, tmp_path, model_cache):
 
 def test_interrupted_run_resumes_and_overwrite_is_explicit(tmp_path, model_cache, monkeypatch, capsys):
     out = tmp_path / "run"
-    argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-            "--methods", "original", "ga", "ga_scaled", "--epochs", "1", "--attacks", "none"]  # fmt: skip
+    argv = [
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(model_cache),
+        "--no-progress",
+        "--methods",
+        "original",
+        "ga",
+        "ga_scaled",
+        "--epochs",
+        "1",
+        "--attacks",
+        "none",
+    ]
     real_unlearn, calls = tofu.unlearn, []
 
     def interrupted(*args, **kwargs):
@@ -264,8 +279,11 @@ def test_pair_seeds_train_their_own_pair_and_resume_a_run_dir_of_an_earlier_vers
     after = _mtimes(out)
     assert {k: after[k] for k in before} == before  # pair 0 is the old run directory, untouched
     new = {k for k in after if k not in before}
-    expected = {f"methods/{m}/pair1/{'shared' if m in REFERENCE_METHODS else 'seed0'}/{f}" for m in methods
-                for f in ("result.json", "eval.json")}  # fmt: skip
+    expected = {
+        f"methods/{m}/pair1/{'shared' if m in REFERENCE_METHODS else 'seed0'}/{f}"
+        for m in methods
+        for f in ("result.json", "eval.json")
+    }
     assert new == expected and (out / "start_pair1.json").is_file()
     config = json.loads(config_path.read_text())
     assert config["pair_seeds"] == [0, 1] and config["identity"]["precision"] == "fp32"
@@ -274,8 +292,12 @@ def test_pair_seeds_train_their_own_pair_and_resume_a_run_dir_of_an_earlier_vers
     assert config["models_by_pair_seed"]["1"]["pair"]["train_cfg"]["seed"] == 1
     rows = _read_csv(out / "summary.csv")
     ga = [r for r in rows if r["method"] == "ga"]
-    assert [(r["seed"], r["pair_seed"], r["n_runs"]) for r in ga] == [("0", "0", "1"), ("0", "1", "1"),
-                                                                     ("mean", "", "2"), ("std", "", "2")]  # fmt: skip
+    assert [(r["seed"], r["pair_seed"], r["n_runs"]) for r in ga] == [
+        ("0", "0", "1"),
+        ("0", "1", "1"),
+        ("mean", "", "2"),
+        ("std", "", "2"),
+    ]
     verdicts = _read_csv(out / "verdict.csv")
     end = {(r["comparison"], r["measure"]): r for r in verdicts if r["setting"] == "end"}
     assert end[("bs_t \u2212 ga_scaled", "fact_leak")]["n_seeds"] == "2"
@@ -285,8 +307,20 @@ def test_pair_seeds_train_their_own_pair_and_resume_a_run_dir_of_an_earlier_vers
 
 def test_real_data_takes_one_model_pair(tmp_path, synthetic_dir):
     with pytest.raises(ValueError, match=r"--pair-seeds 0 1: a real-data run \(--model\) has one model pair"):
-        tofu.main(["--data", str(synthetic_dir), "--model", str(tmp_path), "--allow-no-retain", "--pair-seeds", "0",
-                   "1", "--out", str(tmp_path / "o")])  # fmt: skip
+        tofu.main(
+            [
+                "--data",
+                str(synthetic_dir),
+                "--model",
+                str(tmp_path),
+                "--allow-no-retain",
+                "--pair-seeds",
+                "0",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     with pytest.raises(ValueError, match="--pair-seeds 2 2 must name distinct seeds"):
         tofu.main(["--pair-seeds", "2", "2", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
@@ -305,9 +339,25 @@ def test_verdicts_agree_on_both_cpu_kernel_paths(tmp_path):
             env["ATEN_CPU_CAPABILITY"] = capability
         outs[name] = tmp_path / name / "run"
         log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 — closed below
-        command = [sys.executable, str(SCRIPT), "--preset", "smoke", "--seeds", "0", "1", "--pair-seeds", "0", "1",
-                   "--no-progress", "--out", str(outs[name]), "--cache-dir", str(tmp_path / name), "--attacks",
-                   "none"]  # fmt: skip
+        command = [
+            sys.executable,
+            str(SCRIPT),
+            "--preset",
+            "smoke",
+            "--seeds",
+            "0",
+            "1",
+            "--pair-seeds",
+            "0",
+            "1",
+            "--no-progress",
+            "--out",
+            str(outs[name]),
+            "--cache-dir",
+            str(tmp_path / name),
+            "--attacks",
+            "none",
+        ]
         procs[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     for name, (proc, log) in procs.items():
         code = proc.wait(timeout=1500)
@@ -329,8 +379,11 @@ def test_verdicts_agree_on_both_cpu_kernel_paths(tmp_path):
     common = set(rows["default"]) & set(rows["avx2"])
     assert common
     both = [k for k in common if {rows["default"][k]["verdict"], rows["avx2"][k]["verdict"]} <= {"better", "worse"}]
-    disagree = [(k, rows["default"][k]["verdict"], rows["avx2"][k]["verdict"]) for k in both
-                if rows["default"][k]["verdict"] != rows["avx2"][k]["verdict"]]  # fmt: skip
+    disagree = [
+        (k, rows["default"][k]["verdict"], rows["avx2"][k]["verdict"])
+        for k in both
+        if rows["default"][k]["verdict"] != rows["avx2"][k]["verdict"]
+    ]
     assert not disagree, f"{len(disagree)} of {len(both)} verdicts significant on both paths disagree: {disagree}"
 
 
@@ -341,8 +394,23 @@ def test_verdicts_agree_on_both_cpu_kernel_paths(tmp_path):
 
 def test_a_diverged_method_is_one_line_and_every_other_result_is_kept(tmp_path, model_cache, monkeypatch, capsys):
     out = tmp_path / "nan"
-    argv = ["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-            "--methods", "original", "ga", "npo", "--epochs", "1", "--attacks", "none"]  # fmt: skip
+    argv = [
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(model_cache),
+        "--no-progress",
+        "--methods",
+        "original",
+        "ga",
+        "npo",
+        "--epochs",
+        "1",
+        "--attacks",
+        "none",
+    ]
     real_unlearn = tofu.unlearn
     message = (
         "unlearning diverged: the forget loss is nan at step 1 (epoch 0.50) of method 'ga' with lr=0.003; "
@@ -366,9 +434,28 @@ def test_a_diverged_method_is_one_line_and_every_other_result_is_kept(tmp_path, 
 
 def test_a_collapsed_model_is_a_result(tmp_path, model_cache):
     out = tmp_path / "collapse"
-    report = tofu.main(["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-                        "--methods", "original", "retrain", "ga", "bs_s", "--epochs", "2", "--lr", "5", "--attacks",
-                        "none"])  # fmt: skip
+    report = tofu.main(
+        [
+            "--preset",
+            "smoke",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(model_cache),
+            "--no-progress",
+            "--methods",
+            "original",
+            "retrain",
+            "ga",
+            "bs_s",
+            "--epochs",
+            "2",
+            "--lr",
+            "5",
+            "--attacks",
+            "none",
+        ]
+    )
     rows = {r["method"]: r for r in _read_csv(out / "summary.csv")}
     assert set(rows) == {"original", "retrain", "ga", "bs_s"} or report["diverged"]
     for method in set(rows) - set(REFERENCE_METHODS):
@@ -387,8 +474,9 @@ def tiny_tofu_models(tofu_dir, tmp_path_factory):
     twin trained on the retain author only (quality is irrelevant: the test checks the plumbing)."""
     import torch
 
-    from bs_ref.data.tofu import load_tofu
-    from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_causal_lm, train_tokenizer
+    from bs_ref.data.qa import load_tofu
+    from bs_ref.finetune import train_causal_lm
+    from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_tokenizer
 
     torch.manual_seed(0)
     forget = load_tofu(tofu_dir, "forget10")[:20]
@@ -409,11 +497,38 @@ def tiny_tofu_models(tofu_dir, tmp_path_factory):
 
 def test_real_tofu_path(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
     out = tmp_path / "real"
-    common = ["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--no-progress",
-              "--cache-dir", str(model_cache), "--max-new-tokens", "12", "--attacks", "none"]  # fmt: skip
-    argv = common + ["--out", str(out), "--model", str(tiny_tofu_models / "original"),
-                     "--retain-model", str(tiny_tofu_models / "retain"),
-                     "--methods", "original", "retrain", "ga", "bs_t", "--epochs", "1"]  # fmt: skip
+    common = [
+        "--preset",
+        "smoke",
+        "--data",
+        str(tofu_dir),
+        "--max-authors",
+        "1",
+        "--limit",
+        "5",
+        "--no-progress",
+        "--cache-dir",
+        str(model_cache),
+        "--max-new-tokens",
+        "12",
+        "--attacks",
+        "none",
+    ]
+    argv = common + [
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_tofu_models / "original"),
+        "--retain-model",
+        str(tiny_tofu_models / "retain"),
+        "--methods",
+        "original",
+        "retrain",
+        "ga",
+        "bs_t",
+        "--epochs",
+        "1",
+    ]
     tofu.main(argv)
     rows = {r["method"]: r for r in _read_csv(out / "summary.csv")}
     assert set(rows) == {"original", "retrain", "ga", "bs_t"}
@@ -426,14 +541,31 @@ def test_real_tofu_path(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
 
     # The project's own per-item output of the retain model serves as --retain-logs: same FQ for the original.
     logs_out = tmp_path / "real_logs"
-    tofu.main(common + ["--out", str(logs_out), "--model", str(tiny_tofu_models / "original"), "--retain-logs",
-                        str(out / "methods/retrain/shared/eval.json"), "--methods", "original"])  # fmt: skip
+    tofu.main(
+        common
+        + [
+            "--out",
+            str(logs_out),
+            "--model",
+            str(tiny_tofu_models / "original"),
+            "--retain-logs",
+            str(out / "methods/retrain/shared/eval.json"),
+            "--methods",
+            "original",
+        ]
+    )
     again = _read_csv(logs_out / "summary.csv")[0]
     assert _float(again["forget_quality"]) == pytest.approx(_float(rows["original"]["forget_quality"]))
 
     # No retain model at all: refused, unless explicitly allowed, and then FQ is skipped with a stated reason.
-    no_retain = common + ["--out", str(tmp_path / "no_retain"), "--model", str(tiny_tofu_models / "original"),
-                          "--methods", "original"]  # fmt: skip
+    no_retain = common + [
+        "--out",
+        str(tmp_path / "no_retain"),
+        "--model",
+        str(tiny_tofu_models / "original"),
+        "--methods",
+        "original",
+    ]
     with pytest.raises(ValueError, match="--retain-model"):
         tofu.main(no_retain)
     tofu.main(no_retain + ["--allow-no-retain"])
@@ -441,15 +573,40 @@ def test_real_tofu_path(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
     assert "forget quality skipped" in (tmp_path / "no_retain" / "table.md").read_text()
 
 
-def test_real_tofu_recovery_is_read_and_drawn_on_the_target_logprob(tofu_dir, tiny_tofu_models, tmp_path,
-                                                                      model_cache):  # fmt: skip
+def test_real_tofu_recovery_is_read_and_drawn_on_the_target_logprob(tofu_dir, tiny_tofu_models, tmp_path, model_cache):
     """TOFU records carry no fact: recovery.csv, its verdicts and plots/recovery.png use the target log-prob."""
     out = tmp_path / "attacked"
-    tofu.main(["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--no-progress",
-               "--cache-dir", str(model_cache), "--max-new-tokens", "8", "--out", str(out), "--model",
-               str(tiny_tofu_models / "original"), "--retain-model", str(tiny_tofu_models / "retain"),
-               "--methods", "original", "retrain", "ga", "--epochs", "1",
-               "--attacks", "prompt:affirmative"])  # fmt: skip
+    tofu.main(
+        [
+            "--preset",
+            "smoke",
+            "--data",
+            str(tofu_dir),
+            "--max-authors",
+            "1",
+            "--limit",
+            "5",
+            "--no-progress",
+            "--cache-dir",
+            str(model_cache),
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_tofu_models / "original"),
+            "--retain-model",
+            str(tiny_tofu_models / "retain"),
+            "--methods",
+            "original",
+            "retrain",
+            "ga",
+            "--epochs",
+            "1",
+            "--attacks",
+            "prompt:affirmative",
+        ]
+    )
     rows = _read_csv(out / "recovery.csv")
     assert rows and {r["measure"] for r in rows} == {"target_logprob"}
     assert {r["method"] for r in rows} == {"original", "retrain", "ga"}
@@ -459,11 +616,34 @@ def test_real_tofu_recovery_is_read_and_drawn_on_the_target_logprob(tofu_dir, ti
 
 def test_real_tofu_locuslab_retain_log(tofu_dir, tofu_logs_dir, tiny_tofu_models, tmp_path, model_cache):
     out = tmp_path / "locuslab"
-    tofu.main(["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--progress",
-               "false", "--attacks", "none", "--cache-dir", str(model_cache), "--max-new-tokens", "8", "--out",
-               str(out), "--model",
-               str(tiny_tofu_models / "original"), "--retain-logs",
-               str(tofu_logs_dir / "llama2-7b_retain90_wd0.01.json"), "--methods", "original"])  # fmt: skip
+    tofu.main(
+        [
+            "--preset",
+            "smoke",
+            "--data",
+            str(tofu_dir),
+            "--max-authors",
+            "1",
+            "--limit",
+            "5",
+            "--progress",
+            "false",
+            "--attacks",
+            "none",
+            "--cache-dir",
+            str(model_cache),
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_tofu_models / "original"),
+            "--retain-logs",
+            str(tofu_logs_dir / "llama2-7b_retain90_wd0.01.json"),
+            "--methods",
+            "original",
+        ]
+    )
     row = _read_csv(out / "summary.csv")[0]
     assert 0 < _float(row["forget_quality"]) <= 1
 
@@ -511,11 +691,30 @@ def test_bad_arguments(tmp_path, extra, message):
 
 def test_model_path_that_does_not_exist(tmp_path, synthetic_dir):
     with pytest.raises(ValueError, match="does not exist"):
-        tofu.main(["--data", str(synthetic_dir), "--model", str(tmp_path / "nope"), "--allow-no-retain",
-                   "--out", str(tmp_path / "o")])  # fmt: skip
+        tofu.main(
+            [
+                "--data",
+                str(synthetic_dir),
+                "--model",
+                str(tmp_path / "nope"),
+                "--allow-no-retain",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     with pytest.raises(ValueError, match="does not exist"):
-        tofu.main(["--data", str(synthetic_dir), "--model", str(tmp_path), "--retain-model", "./missing/ckpt",
-                   "--out", str(tmp_path / "o")])  # fmt: skip
+        tofu.main(
+            [
+                "--data",
+                str(synthetic_dir),
+                "--model",
+                str(tmp_path),
+                "--retain-model",
+                "./missing/ckpt",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
 
 
 def test_missing_split(tmp_path, synthetic_dir):
@@ -523,8 +722,20 @@ def test_missing_split(tmp_path, synthetic_dir):
     shutil.copytree(synthetic_dir, data)
     (data / "world_facts_perturbed.json").unlink()
     with pytest.raises(ValueError, match="world_facts_perturbed"):
-        tofu.main(["--data", str(data), "--model", str(tmp_path), "--allow-no-retain", "--out", str(tmp_path / "o"),
-                   "--methods", "original", "ga"])  # fmt: skip
+        tofu.main(
+            [
+                "--data",
+                str(data),
+                "--model",
+                str(tmp_path),
+                "--allow-no-retain",
+                "--out",
+                str(tmp_path / "o"),
+                "--methods",
+                "original",
+                "ga",
+            ]
+        )
 
 
 def test_forget_split_larger_than_the_data(tmp_path, synthetic_dir):
@@ -533,11 +744,36 @@ def test_forget_split_larger_than_the_data(tmp_path, synthetic_dir):
     full = [json.loads(line) for line in (data / "full.json").read_text().splitlines() if line.strip()]
     (data / "full.json").write_text("\n".join(json.dumps(r) for r in full[:3]) + "\n")
     with pytest.raises(ValueError, match="forget split forget10 has 4 items but the data has only 3"):
-        tofu.main(["--data", str(data), "--model", str(tmp_path), "--allow-no-retain", "--out", str(tmp_path / "o"),
-                   "--methods", "original", "ga"])  # fmt: skip
+        tofu.main(
+            [
+                "--data",
+                str(data),
+                "--model",
+                str(tmp_path),
+                "--allow-no-retain",
+                "--out",
+                str(tmp_path / "o"),
+                "--methods",
+                "original",
+                "ga",
+            ]
+        )
     with pytest.raises(ValueError, match="--max-authors 5 exceeds"):
-        tofu.main(["--data", str(synthetic_dir), "--model", str(tmp_path), "--allow-no-retain", "--max-authors", "5",
-                   "--out", str(tmp_path / "o"), "--methods", "ga"])  # fmt: skip
+        tofu.main(
+            [
+                "--data",
+                str(synthetic_dir),
+                "--model",
+                str(tmp_path),
+                "--allow-no-retain",
+                "--max-authors",
+                "5",
+                "--out",
+                str(tmp_path / "o"),
+                "--methods",
+                "ga",
+            ]
+        )
 
 
 def test_cli_prints_one_line_error(tmp_path):
@@ -559,7 +795,8 @@ def test_smoke_attacks_write_recovery_csv_with_every_column_and_a_row_per_method
     """The smoke run attacks every model at the end (the default ``--attacks all``): recovery.csv has the
     contract's columns, one row per method × attack (references included), and its numbers are what they say:
     recovered = after − before, spurious gap = after − the retain model's after on the same items."""
-    from bs_ref.attacks import ATTACKS, RECOVERY_COLUMNS, bitsandbytes_available, expand_attacks
+    from bs_ref.attacks import ATTACKS, bitsandbytes_available, expand_attacks
+    from bs_ref.protocol.recovery_table import RECOVERY_COLUMNS
 
     out, report, _ = smoke_run
     with open(out / "recovery.csv", newline="") as handle:
@@ -605,8 +842,18 @@ def test_attacks_of_a_resumed_run_replay_the_same_weights_and_matched_attacks_re
     """A finished run without attacks, resumed with ``--attacks relearn``, replays each method to its last step:
     the attack then sees the same weights as an attack right after training (per-item numbers equal). With
     ``--attack-at matched`` the replay stops at the first evaluation past the run's matched target drop."""
-    common = ["--preset", "smoke", "--cache-dir", str(model_cache), "--no-progress", "--methods", "original",
-              "retrain", "ga", "npo"]  # fmt: skip
+    common = [
+        "--preset",
+        "smoke",
+        "--cache-dir",
+        str(model_cache),
+        "--no-progress",
+        "--methods",
+        "original",
+        "retrain",
+        "ga",
+        "npo",
+    ]
     direct, resumed = tmp_path / "direct", tmp_path / "resumed"
     tofu.main(common + ["--out", str(direct), "--attacks", "relearn"])
     tofu.main(common + ["--out", str(resumed), "--attacks", "none"])
@@ -622,8 +869,9 @@ def test_attacks_of_a_resumed_run_replay_the_same_weights_and_matched_attacks_re
     for method in ("ga", "npo"):
         result = json.loads((resumed / "methods" / method / "seed0" / "result.json").read_text())
         path = resumed / "methods" / method / "seed0" / "attacks_matched.json"
-        reached = [p["step"] for p in result["curve"] if result["curve"][0]["target_logprob"] - p["target_logprob"]
-                   >= level]  # fmt: skip
+        reached = [
+            p["step"] for p in result["curve"] if result["curve"][0]["target_logprob"] - p["target_logprob"] >= level
+        ]
         if not reached:
             assert not path.exists()
             continue
@@ -661,8 +909,10 @@ def test_ablation_flag_adds_its_specs_and_rejects_unknown_names(tmp_path):
     bs_s = [m for label, m in plan if label.startswith("bs_s")]
     assert len(bs_s) == 12 and len(set(labels)) == len(labels) == 14
     assert {(m.regime, m.refresh_epochs if m.regime == "on_policy" else None, m.n_beliefs) for m in bs_s} == {
-        (regime, period, n) for regime, period in (("off_policy", None), ("on_policy", 2), ("on_policy", 1),
-                                                   ("on_policy", 0)) for n in (1, 3, 5)}  # fmt: skip
+        (regime, period, n)
+        for regime, period in (("off_policy", None), ("on_policy", 2), ("on_policy", 1), ("on_policy", 0))
+        for n in (1, 3, 5)
+    }
     both = tofu.check(tofu.parse_args(["--ablation", "refresh", "sensitivity"]))
     assert sum(label.startswith("bs_t") for label, _ in both) == 60  # the default BS-T is one point of the grid
     with pytest.raises(ValueError, match=r"unknown --ablation 'often'; choose from refresh, sensitivity"):
@@ -672,9 +922,26 @@ def test_ablation_flag_adds_its_specs_and_rejects_unknown_names(tmp_path):
 
 def test_refresh_ablation_runs_end_to_end_on_the_smoke_preset(tmp_path, model_cache):
     out = tmp_path / "refresh"
-    report = tofu.main(["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-                        "--methods", "original", "retrain", "--ablation", "refresh", "--epochs", "1", "--attacks",
-                        "none"])  # fmt: skip
+    report = tofu.main(
+        [
+            "--preset",
+            "smoke",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(model_cache),
+            "--no-progress",
+            "--methods",
+            "original",
+            "retrain",
+            "--ablation",
+            "refresh",
+            "--epochs",
+            "1",
+            "--attacks",
+            "none",
+        ]
+    )
     rows = _read_csv(out / "ablation_refresh.csv")
     assert len(rows) == 12 and all(float(r["seconds_per_step"]) > 0 for r in rows)
     from bs_ref.protocol.ablations import TITLES
@@ -686,10 +953,32 @@ def test_refresh_ablation_runs_end_to_end_on_the_smoke_preset(tmp_path, model_ca
 
 
 # ------------------------------------------------------------------------------------------------ executors
-EXECUTOR_RUN = ["--preset", "smoke", "--no-progress", "--methods", "original", "retrain", "ga", "bs_t", "ga_scaled",
-                "--seeds", "0", "1", "--attacks", "relearn"]  # fmt: skip
-EVERY_CSV = ("summary.csv", "matched.csv", "verdict.csv", "recovery.csv", "leak_at_k.csv", "squeeze.csv", "facts.csv",
-             "conditional_recovery.csv")  # fmt: skip
+EXECUTOR_RUN = [
+    "--preset",
+    "smoke",
+    "--no-progress",
+    "--methods",
+    "original",
+    "retrain",
+    "ga",
+    "bs_t",
+    "ga_scaled",
+    "--seeds",
+    "0",
+    "1",
+    "--attacks",
+    "relearn",
+]
+EVERY_CSV = (
+    "summary.csv",
+    "matched.csv",
+    "verdict.csv",
+    "recovery.csv",
+    "leak_at_k.csv",
+    "squeeze.csv",
+    "facts.csv",
+    "conditional_recovery.csv",
+)
 
 
 @pytest.fixture(scope="module")
@@ -710,9 +999,12 @@ def _assert_same_results(expected: Path, out: Path, names=EVERY_CSV) -> None:
         assert len(a) == len(b) > 0, name
         for row_a, row_b in zip(a, b):
             assert {k: v for k, v in row_a.items() if not k.startswith("wall_s")} == {
-                k: v for k, v in row_b.items() if not k.startswith("wall_s")}, name  # fmt: skip
-    assert json.loads((out / "config.json").read_text())["identity"] == json.loads(
-        (expected / "config.json").read_text())["identity"]  # fmt: skip
+                k: v for k, v in row_b.items() if not k.startswith("wall_s")
+            }, name
+    assert (
+        json.loads((out / "config.json").read_text())["identity"]
+        == json.loads((expected / "config.json").read_text())["identity"]
+    )
 
 
 @pytest.mark.slow
@@ -727,13 +1019,13 @@ def test_ray_executor_writes_the_same_results_as_the_local_executor(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_processes_executor_writes_the_same_results_as_the_local_executor(tmp_path, model_cache,
-                                                                          local_executor_run):  # fmt: skip
+def test_processes_executor_writes_the_same_results_as_the_local_executor(tmp_path, model_cache, local_executor_run):
     """``--executor processes --workers 2``: every CSV of ``--executor local``, wall-clock columns aside (each worker
     loads the pair from the cache once and reads the pair's reference files)."""
     out = tmp_path / "processes"
-    tofu.main(EXECUTOR_RUN + ["--cache-dir", str(model_cache), "--out", str(out), "--executor", "processes",
-                              "--workers", "2"])  # fmt: skip
+    tofu.main(
+        EXECUTOR_RUN + ["--cache-dir", str(model_cache), "--out", str(out), "--executor", "processes", "--workers", "2"]
+    )
     _assert_same_results(local_executor_run, out)
 
 
@@ -744,8 +1036,14 @@ def test_ctrl_c_stops_the_worker_processes_and_the_rerun_resumes(tmp_path, model
     ends with the CSVs of an uninterrupted run."""
     out = tmp_path / "run"
     argv = EXECUTOR_RUN + ["--cache-dir", str(model_cache), "--out", str(out), "--executor", "processes"]
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *argv],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
     try:
         for _ in range(3000):
             if list(out.glob("methods/*/seed*/result.json")) or proc.poll() is not None:
@@ -773,7 +1071,8 @@ def test_ctrl_c_stops_the_worker_processes_and_the_rerun_resumes(tmp_path, model
 
     tofu.main(argv)
     assert {k: v for k, v in _mtimes(out).items() if k in kept and "result.json" in k} == {
-        k: v for k, v in kept.items() if "result.json" in k}  # fmt: skip
+        k: v for k, v in kept.items() if "result.json" in k
+    }
     _assert_same_results(local_executor_run, out)
 
 
@@ -787,17 +1086,35 @@ def test_executor_flags_fail_with_one_clear_message(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ LoRA
-def test_lora_run_records_the_adapter_attacks_the_merged_model_and_resumes_old_run_dirs(smoke_run, tmp_path,
-                                                                                       model_cache):  # fmt: skip
+def test_lora_run_records_the_adapter_attacks_the_merged_model_and_resumes_old_run_dirs(
+    smoke_run, tmp_path, model_cache
+):
     """``--lora`` end to end: only an adapter trains (the spec is in config.json and every result), the attacks
     run on the model with the adapter merged, and a run directory written before ``--lora`` existed (no ``lora``
     in its identity) still resumes."""
     pytest.importorskip("peft")
     out = tmp_path / "lora"
     spec = "r=4,alpha=8,targets=q_proj,v_proj"
-    report = tofu.main(["--preset", "smoke", "--out", str(out), "--cache-dir", str(model_cache), "--no-progress",
-                        "--methods", "original", "retrain", "ga", "npo", "--lora", spec, "--attacks",
-                        "relearn"])  # fmt: skip
+    report = tofu.main(
+        [
+            "--preset",
+            "smoke",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(model_cache),
+            "--no-progress",
+            "--methods",
+            "original",
+            "retrain",
+            "ga",
+            "npo",
+            "--lora",
+            spec,
+            "--attacks",
+            "relearn",
+        ]
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["identity"]["lora"] == spec
     result = json.loads((out / "methods" / "npo" / "seed0" / "result.json").read_text())

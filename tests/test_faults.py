@@ -33,14 +33,26 @@ from pathlib import Path
 import pytest
 import torch
 
+from bs_ref.protocol import pair_training as P
 from bs_ref.protocol.store import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "tofu.py"
 COMPARED = ("summary.csv", "matched.csv", "verdict.csv")
 """The report files whose numbers must equal the untouched run's (all but the seconds; table.md names --out)."""
-SMALL = ["--preset", "smoke", "--methods", "original", "retrain", "ga", "--attacks", "none", "--epochs", "2",
-         "--no-progress"]  # fmt: skip
+SMALL = [
+    "--preset",
+    "smoke",
+    "--methods",
+    "original",
+    "retrain",
+    "ga",
+    "--attacks",
+    "none",
+    "--epochs",
+    "2",
+    "--no-progress",
+]
 """The cheapest complete run: the smoke pair, a reference of each kind and one unlearning method."""
 
 
@@ -120,8 +132,9 @@ DAMAGE = {"truncated": _truncate, "overwritten": _overwrite_middle, "deleted": P
     "name",
     ["methods/ga/seed0/eval.json", "methods/ga/seed0/result.json", "start.json", "methods/original/shared/eval.json"],
 )
-def test_a_damaged_file_of_a_finished_run_is_one_line_and_its_fix_gives_the_same_numbers(finished, cache, tmp_path,
-                                                                                          name, damage):  # fmt: skip
+def test_a_damaged_file_of_a_finished_run_is_one_line_and_its_fix_gives_the_same_numbers(
+    finished, cache, tmp_path, name, damage
+):
     out = _copy(finished, tmp_path)
     path = out / name
     DAMAGE[damage](path)
@@ -202,8 +215,9 @@ def _entry(cache: Path, finished: Path) -> Path:
     "damage",
     ["weights overwritten", pytest.param("info.json truncated", marks=pytest.mark.slow), "info.json deleted"],
 )
-def test_a_damaged_cache_entry_is_rebuilt_once_and_the_run_resumes_to_the_same_numbers(finished, cache, tmp_path,
-                                                                                       capsys, damage):  # fmt: skip
+def test_a_damaged_cache_entry_is_rebuilt_once_and_the_run_resumes_to_the_same_numbers(
+    finished, cache, tmp_path, capsys, damage
+):
     own_cache = tmp_path / "cache"
     shutil.copytree(cache, own_cache)
     entry = _entry(own_cache, finished)
@@ -226,7 +240,6 @@ def test_a_damaged_cache_entry_is_rebuilt_once_and_the_run_resumes_to_the_same_n
 
 
 def test_a_cache_entry_that_stays_damaged_is_one_line(tmp_path, monkeypatch):
-    from bs_ref import models
 
     calls = []
 
@@ -235,11 +248,11 @@ def test_a_cache_entry_that_stays_damaged_is_one_line(tmp_path, monkeypatch):
         (entry / "original").mkdir(parents=True)
         (entry / "info.json").write_text(json.dumps({"files_sha256": {"original/model.safetensors": "0" * 64}}))
 
-    monkeypatch.setattr(models, "_train_entry", train_entry)
+    monkeypatch.setattr(P, "_train_entry", train_entry)
     from bs_ref.data.synthetic import SyntheticConfig
 
-    with pytest.raises(models.CacheEntryError) as error:
-        models.get_or_train_pair(SyntheticConfig.smoke(), "smoke", tmp_path, progress=False)
+    with pytest.raises(P.CacheEntryError) as error:
+        P.get_or_train_pair(SyntheticConfig.smoke(), "smoke", tmp_path, progress=False)
     line = _one_line(error.value)
     assert len(calls) == 2 and "damaged even after rebuilding it" in line and "rm -r" in line, line
 
@@ -284,8 +297,14 @@ def test_a_second_process_on_the_same_out_is_refused_naming_the_holder(finished,
     out = _copy(finished, tmp_path)
     holder = RunDir(out, json.loads((out / "config.json").read_text())["identity"])  # this process holds --out
     try:
-        proc = subprocess.run(_command(out, cache, "--lr", "1e-3", "--overwrite"), capture_output=True, text=True,
-                              cwd=ROOT, env=_env(), timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            _command(out, cache, "--lr", "1e-3", "--overwrite"),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+            timeout=300,
+        )
     finally:
         holder.close()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -323,8 +342,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 def test_sigkill_after_the_first_result_then_the_same_command_gives_the_same_numbers(finished, cache, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(_command(out, cache), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _command(out, cache), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_for(out / "methods/retrain/shared/result.json", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -337,8 +357,9 @@ def test_sigkill_after_the_first_result_then_the_same_command_gives_the_same_num
 @pytest.mark.parametrize("point", ["config.json", "start.json", "methods/ga/seed0/eval.json", "summary.csv"])
 def test_sigkill_at_more_points(finished, cache, tmp_path, point):
     out = tmp_path / "run"
-    proc = subprocess.Popen(_command(out, cache), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _command(out, cache), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_for(out / point, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -349,8 +370,17 @@ def test_sigkill_at_more_points(finished, cache, tmp_path, point):
 @pytest.mark.slow
 def test_two_processes_started_together_on_one_out_never_mix_their_settings(cache, tmp_path):
     out = tmp_path / "run"
-    procs = [subprocess.Popen(_command(out, cache, "--lr", lr), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for lr in ("1e-3", "2e-3")]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            _command(out, cache, "--lr", lr),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for lr in ("1e-3", "2e-3")
+    ]
     outcomes = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     assert sorted(code for code, _ in outcomes) == [0, 1], outcomes
     for code, err in outcomes:
@@ -387,19 +417,34 @@ def _run_main(module_path: Path, name: str, argv: list[str], capsys) -> tuple[in
 
 
 CLI_CASES = {
-    "bench losses": ("bench.py", ["losses", "--dtype", "foo", "--repeats", "0", "--vocab", "8"],
-                     ["--dtype foo", "--repeats 0", "--vocab 8"]),
-    "bench bs_s": ("bench.py", ["bs_s", "--threads", "0", "--items", "0", "--seed", "-1", "--model", "./nowhere"],
-                   ["--threads 0", "--items 0", "--seed -1", "--model ./nowhere"]),
+    "bench losses": (
+        "bench.py",
+        ["losses", "--dtype", "foo", "--repeats", "0", "--vocab", "8"],
+        ["--dtype foo", "--repeats 0", "--vocab 8"],
+    ),
+    "bench bs_s": (
+        "bench.py",
+        ["bs_s", "--threads", "0", "--items", "0", "--seed", "-1", "--model", "./nowhere"],
+        ["--threads 0", "--items 0", "--seed -1", "--model ./nowhere"],
+    ),
     "bench precision": ("bench.py", ["precision", "--steps", "0", "--batch", "-2"], ["--steps 0", "--batch -2"]),
     "metrics_cli aggregate": ("metrics_cli.py", ["aggregate", "--log", "nowhere.json"], ["--log nowhere.json"]),
-    "metrics_cli speed": ("metrics_cli.py", ["speed", "--threads", "0", "--hidden-size", "7"],
-                          ["--threads 0", "--hidden-size 7"]),
-    "train_pair": ("train_pair.py", ["--forget", "forget99", "--cache-dir", "{file}"],
-                   ["--forget forget99", "--cache-dir {file}"]),
-    "squeezing": ("squeezing.py", ["--steps", "0", "--out", "{file}", "--threads", "-1"],
-                  ["--steps 0", "--out {file}", "--threads -1"]),
-}  # fmt: skip
+    "metrics_cli speed": (
+        "metrics_cli.py",
+        ["speed", "--threads", "0", "--hidden-size", "7"],
+        ["--threads 0", "--hidden-size 7"],
+    ),
+    "train_pair": (
+        "train_pair.py",
+        ["--forget", "forget99", "--cache-dir", "{file}"],
+        ["--forget forget99", "--cache-dir {file}"],
+    ),
+    "squeezing": (
+        "squeezing.py",
+        ["--steps", "0", "--out", "{file}", "--threads", "-1"],
+        ["--steps 0", "--out {file}", "--threads -1"],
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CLI_CASES))

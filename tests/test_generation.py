@@ -17,9 +17,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from bs_ref.beliefs import BeliefCache, sample_beliefs
-from bs_ref.data.tofu import encode_prompt
+from bs_ref.beliefs import BeliefCache, BeliefSampling, sample_beliefs
+from bs_ref.data.qa import encode_prompt
 from bs_ref.generation import (
+    Decoding,
     chat_end_of_turn_id,
     encode_pair,
     generate,
@@ -29,7 +30,7 @@ from bs_ref.generation import (
     score_answers,
     stop_token_ids,
 )
-from bs_ref.metrics import tofu
+from bs_ref.metrics import scores as tofu
 from bs_ref.models import CHAT_ROLE_TOKENS, CHAT_TEMPLATE, load_smollm2, smollm2_available, train_tokenizer
 
 CORPUS = [
@@ -63,10 +64,18 @@ def script_model(tok, script: list[int], gap: float = 40.0) -> LlamaForCausalLM:
     vocab = len(tok)
     hidden = vocab + vocab % 2  # RoPE needs an even head dimension
     cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=4, num_hidden_layers=1, num_attention_heads=1,
-        num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=False,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-    )  # fmt: skip
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     model = LlamaForCausalLM(cfg)
     following = {t: script[0] for t in range(vocab)}
     following.update({a: b for a, b in zip(script, script[1:] + script[:1])})
@@ -91,10 +100,11 @@ def words(tok, *texts: str) -> list[int]:
     return [i[0] for i in ids]
 
 
-def beliefs_answers(model, tok, template, **kwargs) -> list[list[int]]:
+def beliefs_answers(model, tok, template, seed: int = 0, **sampling) -> list[list[int]]:
     """BS-S beliefs (answer tokens, the stop token included when one was generated) for QUESTIONS."""
     prompts = [encode_prompt(tok, q, template) for q in QUESTIONS]
-    b = sample_beliefs(model, tok, prompts, max_new_tokens=MAX_NEW, template=template, **kwargs)
+    settings = BeliefSampling(max_new_tokens=MAX_NEW, **sampling)
+    b = sample_beliefs(model, tok, prompts, settings, seed=seed, template=template)
     return [b.input_ids[i][len(prompts[b.prompt_index[i]]) :] for i in range(len(b))]
 
 
@@ -139,9 +149,13 @@ def test_end_of_turn_is_derived_from_each_chat_template():
     def make(template, specials, eos="<eos>"):
         kwargs = {"eos_token": eos} if eos else {}
         return PreTrainedTokenizerFast(
-            tokenizer_object=copy.deepcopy(backend), chat_template=template, pad_token="<pad>", unk_token="<unk>",
-            additional_special_tokens=list(specials), **kwargs,
-        )  # fmt: skip
+            tokenizer_object=copy.deepcopy(backend),
+            chat_template=template,
+            pad_token="<pad>",
+            unk_token="<unk>",
+            additional_special_tokens=list(specials),
+            **kwargs,
+        )
 
     chatml = make(
         "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}",
@@ -205,9 +219,9 @@ def test_sampling_and_evaluation_cut_answers_at_the_same_token(end_of_turn, temp
 
     # The metrics' own entry point gives the text of the cut tokens; the belief cache the same tokens.
     text = tok.decode(want[:-1] if stops else want, skip_special_tokens=True).strip()
-    texts = tofu.generate_answers(model, tok, QUESTIONS, template, MAX_NEW, num_samples=0 if greedy else n, seed=3)
+    texts = tofu.generate_answers(model, tok, QUESTIONS, template, Decoding(MAX_NEW, num_samples=0 if greedy else n), 3)
     assert texts == ([text] if greedy else [[text] * n]) * len(QUESTIONS)
-    cache = BeliefCache(n=1, temperature=0.0, max_new_tokens=MAX_NEW, template=template)
+    cache = BeliefCache(BeliefSampling(n=1, temperature=0.0, max_new_tokens=MAX_NEW), template=template)
     cache.refresh(model, tok, {7 + i: encode_prompt(tok, q, template) for i, q in enumerate(QUESTIONS)})
     for i, q in enumerate(QUESTIONS):
         (belief,) = cache.entries[7 + i]
@@ -248,9 +262,9 @@ def test_smollm2_sampling_and_evaluation_cut_at_the_same_token(smollm2, template
     assert stop_token_ids(tok, model, template) == [end_of_turn]  # EOS = generation-config EOS = end of turn
     prompts = [encode_prompt(tok, q, template) for q in SMOL_QUESTIONS]
     budget = 24
-    b = sample_beliefs(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=budget, batch_size=1,
-                       template=template)  # fmt: skip
-    rows = generate(model, prompts, pad_token_id_of(tok), stop_token_ids(tok, model, template), budget, batch_size=1)
+    greedy = BeliefSampling(n=1, temperature=0.0, max_new_tokens=budget)
+    b = sample_beliefs(model, tok, prompts, greedy, batch_size=1, template=template)
+    rows = generate(model, prompts, pad_token_id_of(tok), stop_token_ids(tok, model, template), Decoding(budget, 1))
     texts = tofu.generate_answers(model, tok, SMOL_QUESTIONS, template, max_new_tokens=budget, batch_size=1)
     for i, (row, text) in enumerate(zip(rows, texts)):
         (g,) = row

@@ -18,7 +18,7 @@ import torch
 from _tiny import FORGET, RETAIN, fresh, max_abs_diff
 from transformers import TrainingArguments
 
-from bs_ref.data.tofu import QADataset
+from bs_ref.data.qa import QADataset
 from bs_ref.hf import UnlearningTrainer
 from bs_ref.methods import METHODS, make_method
 from bs_ref.unlearn import UnlearnConfig, unlearn
@@ -55,8 +55,17 @@ CASES = {
 def run_loop(tiny, method, settings):
     model, tokenizer = fresh(tiny)
     run = {"batch_size": 2, "weight_decay": 0.0, **settings}
-    cfg = UnlearnConfig(method=method, lr=3e-3, epochs=2, warmup=0.5, schedule="linear", max_grad_norm=1.0, seed=0,
-                        progress=False, **run)  # fmt: skip
+    cfg = UnlearnConfig(
+        method=method,
+        lr=3e-3,
+        epochs=2,
+        warmup=0.5,
+        schedule="linear",
+        max_grad_norm=1.0,
+        seed=0,
+        progress=False,
+        **run,
+    )
     return unlearn(model, tokenizer, FORGET, RETAIN, cfg).state_dict()
 
 
@@ -65,18 +74,37 @@ def run_trainer(tiny, method, settings, tmp_path):
     settings = dict(settings)
     steps_per_epoch = len(FORGET) // (settings.get("batch_size", 2) * settings.get("grad_accum", 1))
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=settings.pop("batch_size", 2),
-        gradient_accumulation_steps=settings.pop("grad_accum", 1), learning_rate=3e-3, num_train_epochs=2,
-        warmup_steps=round(0.5 * steps_per_epoch), lr_scheduler_type="linear", max_grad_norm=1.0, seed=0,
-        weight_decay=0.0, optim="adamw_torch", use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=settings.pop("batch_size", 2),
+        gradient_accumulation_steps=settings.pop("grad_accum", 1),
+        learning_rate=3e-3,
+        num_train_epochs=2,
+        warmup_steps=round(0.5 * steps_per_epoch),
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        seed=0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
         disable_tqdm=True,
-    )  # fmt: skip
+    )
     extra = {}
     if "weight_decay" in settings:  # the loop's optimiser: every weight decayed
         decay = settings.pop("weight_decay")
         extra["optimizers"] = (torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=decay), None)
-    trainer = UnlearningTrainer(model, args, method=method, forget_dataset=FORGET, retain_dataset=RETAIN,
-                                processing_class=tokenizer, **settings, **extra)  # fmt: skip
+    trainer = UnlearningTrainer(
+        model,
+        args,
+        method=method,
+        forget_dataset=FORGET,
+        retain_dataset=RETAIN,
+        processing_class=tokenizer,
+        **settings,
+        **extra,
+    )
     trainer.train()
     return trainer, trainer.model.state_dict()
 
@@ -106,8 +134,14 @@ def test_trainer_gives_the_loops_weights(tiny, tmp_path, case):
 def test_trainer_evaluates_the_forget_objective_and_checks_its_arguments(tiny, tmp_path):
     model, tokenizer = fresh(tiny)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, use_cpu=True, report_to="none")
-    trainer = UnlearningTrainer(model, args, method="ga", forget_dataset=FORGET, processing_class=tokenizer,
-                                eval_dataset=QADataset(FORGET, tokenizer))  # fmt: skip
+    trainer = UnlearningTrainer(
+        model,
+        args,
+        method="ga",
+        forget_dataset=FORGET,
+        processing_class=tokenizer,
+        eval_dataset=QADataset(FORGET, tokenizer),
+    )
     loss = trainer.evaluate()["eval_loss"]
     assert -5 < loss < 0  # GA's objective is minus the answer NLL of well-learned answers
     with pytest.raises(ValueError, match="retain_dataset is empty"):
@@ -115,8 +149,10 @@ def test_trainer_evaluates_the_forget_objective_and_checks_its_arguments(tiny, t
     with pytest.raises(ValueError, match="forget_dataset"):
         UnlearningTrainer(fresh(tiny)[0], args, method="ga", train_dataset=FORGET, processing_class=tokenizer)
     with pytest.raises(ValueError, match="unknown method"):
-        UnlearningTrainer(fresh(tiny)[0], args, method="gradient_ascent", forget_dataset=FORGET,
-                          processing_class=tokenizer)  # fmt: skip
+        UnlearningTrainer(
+            fresh(tiny)[0], args, method="gradient_ascent", forget_dataset=FORGET, processing_class=tokenizer
+        )
     with pytest.raises(ValueError, match="--lora"):
-        UnlearningTrainer(fresh(tiny)[0], args, method="ga", forget_dataset=FORGET, processing_class=tokenizer,
-                          lora="r=0")  # fmt: skip
+        UnlearningTrainer(
+            fresh(tiny)[0], args, method="ga", forget_dataset=FORGET, processing_class=tokenizer, lora="r=0"
+        )

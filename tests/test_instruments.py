@@ -14,7 +14,7 @@ import torch
 from _tiny import fresh
 
 from bs_ref.attacks import AttackResult
-from bs_ref.data.tofu import load_tofu
+from bs_ref.data.qa import load_tofu
 from bs_ref.generation import encode_pair
 from bs_ref.metrics.fork import after_fork_logprob, fork
 from bs_ref.metrics.leakage import BeliefBands, contains_fact, score_belief_bands
@@ -108,8 +108,10 @@ def test_squeeze_rows_flag_a_rising_continuation_while_the_target_falls():
 
 # ------------------------------------------------------------------------------------------------ recovery
 def _items(leaked: list[bool | None], fact: str = "Paris") -> list[dict]:
-    return [{"index": i, "question": f"q{i}", "generation": None if x is None else (fact if x else "no idea")}
-            for i, x in enumerate(leaked)]  # fmt: skip
+    return [
+        {"index": i, "question": f"q{i}", "generation": None if x is None else (fact if x else "no idea")}
+        for i, x in enumerate(leaked)
+    ]
 
 
 def test_conditional_recovery_on_a_constructed_case():

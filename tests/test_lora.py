@@ -14,10 +14,10 @@ from _tiny import FORGET, RETAIN, eval_records, fresh
 from transformers import LlamaForCausalLM
 
 from bs_ref import unlearn as unlearn_module
-from bs_ref.data.tofu import QADataset, collate_train
+from bs_ref.data.qa import QADataset, collate_train
 from bs_ref.lora import AdapterDisabled, LoraSpec, apply_lora, is_lora_model, merge_lora, parse_lora_spec
 from bs_ref.methods import METHODS, make_method
-from bs_ref.metrics.tofu import evaluate
+from bs_ref.metrics.scores import evaluate
 from bs_ref.models import smollm2_available
 from bs_ref.unlearn import UnlearnConfig, unlearn
 
@@ -30,8 +30,16 @@ def config(method: str, tmp_path, **kw) -> UnlearnConfig:
     hyper = {k: kw.pop(k) for k in list(kw) if k in own}
     if method == "bs_s":
         hyper.setdefault("belief_max_new_tokens", 12)
-    base = dict(method=make_method(method, **hyper), lr=3e-3, epochs=2, batch_size=2, warmup=0.0, progress=False,
-                lora=SPEC, log_path=str(tmp_path / f"{method}.jsonl"))  # fmt: skip
+    base = dict(
+        method=make_method(method, **hyper),
+        lr=3e-3,
+        epochs=2,
+        batch_size=2,
+        warmup=0.0,
+        progress=False,
+        lora=SPEC,
+        log_path=str(tmp_path / f"{method}.jsonl"),
+    )
     return UnlearnConfig(**{**base, **kw})
 
 
@@ -116,8 +124,7 @@ def test_every_method_trains_only_the_adapter(tiny, tmp_path, method):
     assert json.loads(open(cfg.log_path, encoding="utf-8").readline())["config"]["lora"] == SPEC
 
 
-@pytest.mark.parametrize("method, extra", [("npo", {}), ("graddiff", {"retain_loss": "kl"}),
-                                           ("bs_s", {"base": "npo"})])  # fmt: skip
+@pytest.mark.parametrize("method, extra", [("npo", {}), ("graddiff", {"retain_loss": "kl"}), ("bs_s", {"base": "npo"})])
 def test_reference_is_the_adapter_disabled_without_a_copy(tiny, tmp_path, monkeypatch, method, extra):
     copies = []
     real_deepcopy = copy.deepcopy
@@ -198,9 +205,18 @@ def test_smollm2_two_steps_of_npo_with_lora(tmp_path):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         base = {k: v.clone() for k, v in model.state_dict().items() if "layers.0." in k}
-        cfg = UnlearnConfig(method="npo", lr=1e-3, epochs=1, batch_size=2, max_steps=2, warmup=0.0, progress=False,
-                            lora="r=8,alpha=16,targets=q_proj,v_proj", template="chat",
-                            log_path=str(tmp_path / "npo.jsonl"))  # fmt: skip
+        cfg = UnlearnConfig(
+            method="npo",
+            lr=1e-3,
+            epochs=1,
+            batch_size=2,
+            max_steps=2,
+            warmup=0.0,
+            progress=False,
+            lora="r=8,alpha=16,targets=q_proj,v_proj",
+            template="chat",
+            log_path=str(tmp_path / "npo.jsonl"),
+        )
         out = unlearn(model, tokenizer, FORGET, RETAIN, cfg)
     finally:
         torch.set_num_threads(1)
@@ -212,5 +228,6 @@ def test_smollm2_two_steps_of_npo_with_lora(tmp_path):
     for name, value in base.items():  # merging changed only the adapted layers
         if "q_proj" not in name and "v_proj" not in name:
             assert torch.equal(merged.state_dict()[name], value), name
-    assert not torch.equal(merged.state_dict()["model.layers.0.self_attn.q_proj.weight"],
-                           base["model.layers.0.self_attn.q_proj.weight"])  # fmt: skip
+    assert not torch.equal(
+        merged.state_dict()["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )

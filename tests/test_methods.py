@@ -216,8 +216,19 @@ def bss_base_kwargs(m: BSS) -> dict:
 
 def test_registry_names_every_method():
     """Replaces test_losses' old registry test (its ``LOSSES`` table is gone): ``METHODS`` names every objective."""
-    assert tuple(METHODS) == ("ga", "graddiff", "npo", "simnpo", "wga", "rmu", "ga_scaled", "ga_target_matched", "sga",
-                              "bs_t", "bs_s")  # fmt: skip
+    assert tuple(METHODS) == (
+        "ga",
+        "graddiff",
+        "npo",
+        "simnpo",
+        "wga",
+        "rmu",
+        "ga_scaled",
+        "ga_target_matched",
+        "sga",
+        "bs_t",
+        "bs_s",
+    )
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and cls.title and cls.equation
         cls().validate()  # the defaults are valid
@@ -296,19 +307,28 @@ def test_spec_round_trips_with_hyperparameters(name, data):
     [
         ("bs_t:tau=2,lambda=0.6", BST(lam=0.6, temperature=2.0), "bs_t:lam=0.6,temperature=2"),
         (" bs_t : top_k=5 , tau=0.5 ", BST(top_k=5, temperature=0.5), "bs_t:top_k=5,temperature=0.5"),
-        ("bs_s:n=5,base=npo,base_beta=0.2", BSS(n_beliefs=5, base="npo", base_beta=0.2),
-         "bs_s:base=npo,base_beta=0.2,n_beliefs=5"),
-        ("bs_s:lambda=0.3,tau=1.5,lam_bss=0.25", BSS(lam=0.3, temperature=1.5, lam_bss=0.25),
-         "bs_s:lam_bss=0.25,lam=0.3,temperature=1.5"),
-        ("bs_s:regime=on_policy,refresh_epochs=0,select=beam", BSS(regime="on_policy", refresh_epochs=0.0,
-         select="beam"), "bs_s:regime=on_policy,refresh_epochs=0,select=beam"),
+        (
+            "bs_s:n=5,base=npo,base_beta=0.2",
+            BSS(n_beliefs=5, base="npo", base_beta=0.2),
+            "bs_s:base=npo,base_beta=0.2,n_beliefs=5",
+        ),
+        (
+            "bs_s:lambda=0.3,tau=1.5,lam_bss=0.25",
+            BSS(lam=0.3, temperature=1.5, lam_bss=0.25),
+            "bs_s:lam_bss=0.25,lam=0.3,temperature=1.5",
+        ),
+        (
+            "bs_s:regime=on_policy,refresh_epochs=0,select=beam",
+            BSS(regime="on_policy", refresh_epochs=0.0, select="beam"),
+            "bs_s:regime=on_policy,refresh_epochs=0,select=beam",
+        ),
         ("ga_scaled:lambda=0.25", GAScaled(lam=0.25), "ga_scaled:lam=0.25"),
         ("npo:beta=0.2,gamma=2", NPO(beta=0.2, gamma=2.0), "npo:gamma=2,beta=0.2"),
         ("simnpo:gamma=0.125,delta=0.5", SimNPO(delta=0.5), "simnpo:delta=0.5"),
         ("wga:beta=0", WGA(beta=0.0), "wga:beta=0"),
         ("bs_t:lam=0.2", BST(), "bs_t"),  # a default value is not repeated
     ],
-)  # fmt: skip
+)
 def test_spec_with_hyperparameters_and_aliases_round_trips(spec, expected, canonical):
     method = method_from_spec(spec)
     assert method == expected
@@ -327,8 +347,13 @@ def test_run_wide_defaults_apply_only_to_methods_with_the_field_and_the_spec_win
         method = method_from_spec(name, lam=0.6)
         has_lam = "lam" in {f.name for f in dataclasses.fields(cls)}
         assert method == (cls(lam=0.6) if has_lam else cls()), name
-    assert {n for n, c in METHODS.items() if hasattr(c(), "lam")} == {"ga_scaled", "ga_target_matched", "sga", "bs_t",
-                                                                     "bs_s"}  # fmt: skip
+    assert {n for n, c in METHODS.items() if hasattr(c(), "lam")} == {
+        "ga_scaled",
+        "ga_target_matched",
+        "sga",
+        "bs_t",
+        "bs_s",
+    }
     assert method_from_spec("bs_t:lam=0.3", lam=0.6).lam == 0.3  # the spec wins
     assert method_from_spec("bs_t:lambda=0.3", lam=0.6).lam == 0.3  # ... under its alias too
     assert method_from_spec("bs_s:tau=3", lam=0.6, top_k=5, temperature=2.0) == BSS(lam=0.6, top_k=5, temperature=3.0)
@@ -419,12 +444,15 @@ def test_belief_pieces_of_any_row_partition_add_up_to_the_belief_term(data, redu
         for idx in chunks:
             lg, lb = trim(x[idx], belief_labels[idx])
             extra = {"ref_logprobs": bk["ref_logprobs"][idx]} if bk else {}
-            total = total + belief_piece(base, lg, lb, rows, tokens, reduction, **kw, **extra)
+            total = total + belief_piece(
+                lg, lb, base=base, rows_with_answer=rows, answer_tokens=tokens, reduction=reduction, **kw, **extra
+            )
         return total
 
     def belief_term(x):  # λ_BSS = 1: bs_s_loss = 0·L_base(D_u) + 1·L_base(D̂_u)
-        args = dict(lam_bss=1.0, base=base, base_kwargs={**kw, "reduction": reduction}, forget_kwargs=fk,
-                    belief_kwargs=bk)  # fmt: skip
+        args = dict(
+            lam_bss=1.0, base=base, base_kwargs={**kw, "reduction": reduction}, forget_kwargs=fk, belief_kwargs=bk
+        )
         return bs_s_loss(*forget, x, belief_labels, **args)
 
     assert_close(pieces, belief_term, belief_logits)
@@ -437,9 +465,14 @@ def test_bs_s_forget_terms_weigh_and_chunk_eq7(data, lam_bss, base):
     """forget_terms gives (1 − λ_BSS)·L_base(D_u) and λ_BSS·L_base(D̂_u) in chunks of belief_microbatch rows; run as
     the loop runs them, they equal bs_s_loss and Eq. (7) as printed (bs_s_loss_paper), value and gradient."""
     vocab = data.draw(st.integers(2, 25))
-    method = BSS(lam_bss=lam_bss, base=base, belief_microbatch=data.draw(st.integers(1, 4)),
-                 top_k=data.draw(st.integers(1, vocab)), lam=data.draw(st.floats(0.0, 1.0)),
-                 base_beta=data.draw(st.none() | st.floats(0.05, 2.0)))  # fmt: skip
+    method = BSS(
+        lam_bss=lam_bss,
+        base=base,
+        belief_microbatch=data.draw(st.integers(1, 4)),
+        top_k=data.draw(st.integers(1, vocab)),
+        lam=data.draw(st.floats(0.0, 1.0)),
+        base_beta=data.draw(st.none() | st.floats(0.05, 2.0)),
+    )
     forget_logits, forget_labels = data.draw(batches(vocab))
     belief_logits, belief_labels = data.draw(batches(vocab, rows=(1, 9)))
     fk, bk = ref_kwargs(base, (forget_logits, forget_labels), (belief_logits, belief_labels))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bs_ref.metrics import tofu
+from bs_ref.metrics import scores as tofu
 
 METRICS_CLI = Path(__file__).resolve().parent.parent / "experiments" / "metrics_cli.py"
 

@@ -11,9 +11,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from bs_ref.generation import encode_pair, generate, score_answers, stop_token_ids
+from bs_ref.generation import Decoding, encode_pair, generate, score_answers, stop_token_ids
 from bs_ref.losses import sequence_logprob
-from bs_ref.metrics import leakage, paper, tofu
+from bs_ref.metrics import leakage, paper
+from bs_ref.metrics import scores as tofu
 
 WORDS = (
     "question answer : the author was born in paris rome 1990 1985 and wrote books about cats dogs war "
@@ -111,7 +112,7 @@ def test_batched_logprobs_equal_one_at_a_time(model, tokenizer):
 
 
 def test_answer_logprobs_matches_encode_qa(model, tokenizer):
-    from bs_ref.data.tofu import encode_qa
+    from bs_ref.data.qa import encode_qa
 
     questions = [r["question"] for r in RECORDS]
     answers = [r["answer"] for r in RECORDS]
@@ -251,9 +252,7 @@ def test_synthetic_benchmark_end_to_end():
     forget = bench["forget10_perturbed"]
     items = tofu.evaluate_split(lm, tok, forget, "forget", max_new_tokens=6, num_samples=2)
     for rec, it in zip(forget, items):
-        mask = leakage.fact_token_mask(
-            tok, rec["answer"], rec["fact_span"], encode_pair(tok, "q", rec["answer"])[1]
-        )
+        mask = leakage.fact_token_mask(tok, rec["answer"], rec["fact_span"], encode_pair(tok, "q", rec["answer"])[1])
         covered = tok.decode([t for t, m in zip(encode_pair(tok, "q", rec["answer"])[1], mask) if m])
         assert rec["fact"] in covered  # the masked tokens spell the fact (plus at most a boundary character)
         assert it["fact_n_tokens"] == int(mask.sum()) and it["fact_logprob"] < 0
@@ -268,7 +267,7 @@ def test_synthetic_benchmark_end_to_end():
 
 def test_real_tofu_records_evaluate(tofu_dir, model, tokenizer):
     """Real TOFU records (schema of locuslab/TOFU) go through the same evaluation code."""
-    from bs_ref.data.tofu import load_tofu
+    from bs_ref.data.qa import load_tofu
 
     forget = load_tofu(tofu_dir, "forget01_perturbed")[:4]
     real = load_tofu(tofu_dir, "real_authors_perturbed")[:4]
@@ -286,8 +285,9 @@ def test_a_diverged_model_is_evaluated_not_crashed(model, tokenizer):
     with torch.no_grad():
         diverged.lm_head.weight.mul_(1e4)
     retain = [{k: v for k, v in r.items() if not k.startswith("fact")} for r in RECORDS]
-    analogue = [{"question": r["question"], "answer": r["answer"], "perturbed_answer": r["perturbed_answer"]}
-                for r in RECORDS]  # fmt: skip
+    analogue = [
+        {"question": r["question"], "answer": r["answer"], "perturbed_answer": r["perturbed_answer"]} for r in RECORDS
+    ]
     splits = {"forget": RECORDS, "retain": retain, "real_authors": analogue, "world_facts": analogue}
     per_split = tofu.evaluate(diverged, tokenizer, splits, max_new_tokens=4)
     nlls = [it["nll_answer"] for it in per_split["forget"]] + [it["nll_paraphrased"] for it in per_split["forget"]]
@@ -332,11 +332,8 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(model, tokenizer):
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = generate(
-        model, prompts, tokenizer.pad_token_id, [tokenizer.eos_token_id], 6, num_return_sequences=3, do_sample=True
-    )
+    three_samples = Decoding(max_new_tokens=6, num_samples=3)
+    a = generate(model, prompts, tokenizer.pad_token_id, [tokenizer.eos_token_id], three_samples)
     after = torch.rand(1)
-    b = generate(
-        model, prompts, tokenizer.pad_token_id, [tokenizer.eos_token_id], 6, num_return_sequences=3, do_sample=True
-    )
+    b = generate(model, prompts, tokenizer.pad_token_id, [tokenizer.eos_token_id], three_samples)
     assert torch.equal(before, after) and a == b and all(len(row) == 3 for row in a)

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bs_ref.metrics import leakage, paper, tofu
+from bs_ref.metrics import leakage, paper
+from bs_ref.metrics import scores as tofu
 
 nll = st.floats(min_value=0.0, max_value=20.0, allow_nan=False)
 perturbed = st.lists(nll, min_size=1, max_size=6)
@@ -253,10 +254,17 @@ def test_nan_nlls_raise_a_clear_error(call):
 
 def collapsed_item(i, nll_answer, nll_para, nll_pert, fact_logprob):
     return {
-        "index": i, "nll_answer": nll_answer, "nll_paraphrased": nll_para, "nll_perturbed": nll_pert,
-        "rougeL_recall": 0.0, "es": 0.0, "em": 0.0, "generation": "", "fact_leak": False,
+        "index": i,
+        "nll_answer": nll_answer,
+        "nll_paraphrased": nll_para,
+        "nll_perturbed": nll_pert,
+        "rougeL_recall": 0.0,
+        "es": 0.0,
+        "em": 0.0,
+        "generation": "",
+        "fact_leak": False,
         "fact_logprob": fact_logprob,
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.filterwarnings("ignore:ks_2samp. Exact calculation unsuccessful")

@@ -7,9 +7,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bs_ref import finetune as F
 from bs_ref import models as M
+from bs_ref.data.qa import collate_prompts, encode_prompt, encode_qa
 from bs_ref.data.synthetic import SyntheticConfig, build_benchmark
-from bs_ref.data.tofu import collate_prompts, encode_prompt, encode_qa
+from bs_ref.protocol import pair_training as P
 
 CORPUS = [
     (f"Which colour does painter {name} like?", f"Painter {name} likes {colour}.")
@@ -18,7 +20,7 @@ CORPUS = [
 TINY = M.TinyLlamaConfig(
     hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, max_positions=64, vocab_size=320
 )
-TINY_TRAIN = M.TrainConfig(epochs=2, lr=1e-2, batch_size=4)
+TINY_TRAIN = P.TrainConfig(epochs=2, lr=1e-2, batch_size=4)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,7 +34,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return M.train_tokenizer(M._corpus_texts(CORPUS, "plain"), vocab_size=320)
+    return M.train_tokenizer(P._corpus_texts(CORPUS, "plain"), vocab_size=320)
 
 
 def greedy_answers(model, tokenizer, questions, max_new_tokens=24) -> list[str]:
@@ -82,7 +84,7 @@ def test_training_is_deterministic_and_learns(tokenizer):
     for _ in range(2):
         model = M.build_tiny_llama(len(tokenizer), TINY, tokenizer, seed=3)
         history: list[float] = []
-        M.train_causal_lm(model, tokenizer, CORPUS, epochs=6, lr=1e-2, batch_size=4, progress=False, history=history)
+        F.train_causal_lm(model, tokenizer, CORPUS, epochs=6, lr=1e-2, batch_size=4, progress=False, history=history)
         weights.append(model.state_dict())
         histories.append(history)
     assert histories[0] == histories[1]
@@ -94,13 +96,13 @@ def test_training_is_deterministic_and_learns(tokenizer):
 def test_training_bad_input(tokenizer):
     model = M.build_tiny_llama(len(tokenizer), TINY, tokenizer)
     with pytest.raises(ValueError, match="pairs is empty"):
-        M.train_causal_lm(model, tokenizer, [], 1, 1e-3)
+        F.train_causal_lm(model, tokenizer, [], 1, 1e-3)
     with pytest.raises(ValueError, match="lr"):
-        M.train_causal_lm(model, tokenizer, CORPUS, 1, float("nan"))
+        F.train_causal_lm(model, tokenizer, CORPUS, 1, float("nan"))
     with pytest.raises(ValueError, match="epochs"):
-        M.train_causal_lm(model, tokenizer, CORPUS, 0, 1e-3)
+        F.train_causal_lm(model, tokenizer, CORPUS, 0, 1e-3)
     with pytest.raises(ValueError, match="unknown model preset"):
-        M.resolve_preset("huge")
+        P.resolve_preset("huge")
     with pytest.raises(ValueError, match="vocab_size"):
         M.train_tokenizer(["a b c"], vocab_size=100)
     with pytest.raises(ValueError, match="non-empty"):
@@ -109,16 +111,16 @@ def test_training_bad_input(tokenizer):
 
 def test_cached_pair_is_reused_not_retrained(tmp_path, monkeypatch):
     calls = []
-    real_train_pair = M.train_pair
+    real_train_pair = P.train_pair
 
     def counting_train_pair(*args, **kwargs):
         calls.append(1)
         return real_train_pair(*args, **kwargs)
 
-    monkeypatch.setattr(M, "train_pair", counting_train_pair)
+    monkeypatch.setattr(P, "train_pair", counting_train_pair)
     args = (CORPUS, CORPUS[:3], TINY, TINY_TRAIN, tmp_path)
     said = []
-    original, retain, tokenizer, info = M.get_or_train_models(
+    original, retain, tokenizer, info = P.get_or_train_models(
         *args, progress=False, return_info=True, announce=said.append
     )
     entry = tmp_path / "pairs" / info["key"]
@@ -129,7 +131,7 @@ def test_cached_pair_is_reused_not_retrained(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "pairs").iterdir()] == [info["key"]]  # no temporary directory left
     assert info["template"] == "plain" and info["original"]["n_pairs"] == 6 and info["retain"]["n_pairs"] == 3
 
-    original2, retain2, tokenizer2 = M.get_or_train_models(*args, progress=False, announce=said.append)
+    original2, retain2, tokenizer2 = P.get_or_train_models(*args, progress=False, announce=said.append)
     assert len(calls) == 1  # loaded, not retrained
     assert said[2] == f"model pair loaded from the cache ({entry})"
     assert (entry / "original" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -140,8 +142,8 @@ def test_cached_pair_is_reused_not_retrained(tmp_path, monkeypatch):
     assert any(not torch.equal(value, retain.state_dict()[name]) for name, value in original.state_dict().items())
 
     # any change to what the weights depend on is a new entry
-    M.get_or_train_models(CORPUS, CORPUS[:3], TINY, M.TrainConfig(epochs=2, lr=1e-2, batch_size=4, seed=1), tmp_path)
-    M.get_or_train_models(CORPUS, CORPUS[:2], TINY, TINY_TRAIN, tmp_path, progress=False)
+    P.get_or_train_models(CORPUS, CORPUS[:3], TINY, P.TrainConfig(epochs=2, lr=1e-2, batch_size=4, seed=1), tmp_path)
+    P.get_or_train_models(CORPUS, CORPUS[:2], TINY, TINY_TRAIN, tmp_path, progress=False)
     assert len(calls) == 3 and len(list((tmp_path / "pairs").iterdir())) == 3
 
 
@@ -162,7 +164,7 @@ def test_load_model_round_trip_and_missing_path(tmp_path, tokenizer):
 def test_smoke_pair_recalls_its_facts(tmp_path):
     """The smoke preset on the smoke benchmark: the original recalls the forget facts, the retain twin not."""
     benchmark = build_benchmark(SyntheticConfig.smoke())
-    original, retain, tokenizer, info = M.get_or_train_pair(
+    original, retain, tokenizer, info = P.get_or_train_pair(
         SyntheticConfig.smoke(), "smoke", tmp_path, forget="forget10", progress=False, return_info=True
     )
     assert info["retain_split"] == "retain90" and (tmp_path / "pairs" / info["key"] / "info.json").is_file()
@@ -185,9 +187,9 @@ def test_smollm2_preset_finetunes_a_tiny_slice(tmp_path):
     converted = M.default_cache_dir() / "smollm2-135m-instruct"
     if converted.is_dir():  # reuse the converted checkpoint instead of converting the GGUF file again
         (tmp_path / converted.name).symlink_to(converted)
-    train_cfg = M.TrainConfig(epochs=1, lr=5e-5, batch_size=2, weight_decay=0.01)
+    train_cfg = P.TrainConfig(epochs=1, lr=5e-5, batch_size=2, weight_decay=0.01)
     pretrained, smol_tokenizer = M.load_model("smollm2", cache_dir=tmp_path)
-    original, retain, tokenizer, info = M.get_or_train_models(
+    original, retain, tokenizer, info = P.get_or_train_models(
         CORPUS[:2], CORPUS[:1], "smollm2", train_cfg, tmp_path, progress=False, return_info=True
     )
     assert tokenizer.get_vocab() == smol_tokenizer.get_vocab()  # the pretrained tokenizer is kept
@@ -197,5 +199,5 @@ def test_smollm2_preset_finetunes_a_tiny_slice(tmp_path):
     base = pretrained.state_dict()[name]
     assert not torch.equal(original.state_dict()[name], base) and not torch.equal(retain.state_dict()[name], base)
     assert not torch.equal(original.state_dict()[name], retain.state_dict()[name])
-    again = M.get_or_train_models(CORPUS[:2], CORPUS[:1], "smollm2", train_cfg, tmp_path, progress=False)
+    again = P.get_or_train_models(CORPUS[:2], CORPUS[:1], "smollm2", train_cfg, tmp_path, progress=False)
     torch.testing.assert_close(again[0].state_dict()[name], original.state_dict()[name], rtol=0, atol=0)

@@ -34,8 +34,8 @@ from _tiny import max_abs_diff, train_tiny
 from _two_process_worker import EVAL_SPLITS, FORGET, Recorder, run, scenarios
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from bs_ref.distributed import gather_shards, shard_bounds, shard_records
-from bs_ref.metrics.tofu import evaluate
+from bs_ref.metrics.scores import evaluate
+from bs_ref.protocol.distributed import gather_shards, shard_bounds, shard_records
 from bs_ref.unlearn import PROCESS_SEED_STRIDE
 
 pytestmark = pytest.mark.slow
@@ -71,10 +71,29 @@ def runs(tmp_path_factory):
     tokenizer.save_pretrained(root / "model")
     out = root / "out"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(WORKER), "--model", str(root / "model"), "--out", str(out),
-               "--batch-size", str(B)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(WORKER),
+        "--model",
+        str(root / "model"),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(B),
+    ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"accelerate launch failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     yield root / "model", out

@@ -26,18 +26,13 @@ import pytest
 import torch
 
 from bs_ref.beliefs import BeliefCache
-from bs_ref.data.tofu import QADataset, collate_train
+from bs_ref.data.qa import QADataset, collate_train
+from bs_ref.finetune import train_causal_lm
 from bs_ref.methods import METHODS, make_method
-from bs_ref.models import (
-    TinyLlamaConfig,
-    TrainConfig,
-    build_tiny_llama,
-    pair_cache_key,
-    train_causal_lm,
-    train_tokenizer,
-    with_precision,
-)
-from bs_ref.unlearn import micro_step, reference_model
+from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_tokenizer, with_precision
+from bs_ref.protocol.pair_training import TrainConfig, pair_cache_key
+from bs_ref.runner import micro_step
+from bs_ref.unlearn import UnlearnConfig, reference_model
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "blue", "green", "amber", "violet", "silver"]
@@ -100,7 +95,7 @@ def _batches(tokenizer, records):
 
 def _step(method, model, forget, retain, beliefs, ref):
     model.zero_grad(set_to_none=True)
-    stats = micro_step(method, model, forget, retain, beliefs, alpha=1.0, ref_model=ref)
+    stats = micro_step(UnlearnConfig(method=method, alpha=1.0), model, forget, retain, beliefs, ref_model=ref)
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return stats, grads.double()
 
@@ -114,8 +109,7 @@ def test_every_loss_and_its_gradient_in_bf16_stay_close_to_fp32(tiny, name):
     retain, _ = _batches(tokenizer, RECORDS[4:8])
     beliefs = None
     if method.belief_sampling is not None:  # BS-S: beliefs sampled once (from the fp32 model), shared by both
-        sampling = {**method.belief_sampling, "max_new_tokens": 8}
-        cache = BeliefCache(**sampling, seed=0)
+        cache = BeliefCache(dataclasses.replace(method.belief_sampling, max_new_tokens=8), seed=0)
         cache.refresh(fp32, tokenizer, dataset.prompts())
         beliefs = cache.batch(forget["index"].tolist(), tokenizer.pad_token_id)
         assert beliefs["input_ids"].shape[0] > 0
@@ -138,7 +132,9 @@ def test_presets_set_the_precision_and_the_alias_and_cache_key(tmp_path):
     tofu = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = tofu
     spec.loader.exec_module(tofu)
-    for preset, expected in (("default", "fp32"), ("smoke", "fp32"), ("smollm2", "bf16"), ("paper", "bf16")):
+    # every CPU preset in fp32 (docs/theory.md §12); the GPU preset in bf16
+    cases = (("default", "fp32"), ("smoke", "fp32"), ("smollm2", "fp32"), ("smollm2_tofu", "fp32"), ("paper", "bf16"))
+    for preset, expected in cases:
         args = tofu.parse_args(["--preset", preset])
         assert args.models.precision_name == expected, preset
         assert args.models.mixed_precision == ("bf16" if expected == "bf16" else "no")
@@ -155,18 +151,40 @@ def test_presets_set_the_precision_and_the_alias_and_cache_key(tmp_path):
     assert fp32_key != pair_cache_key(pairs, pairs, TinyLlamaConfig(), dataclasses.replace(TrainConfig(), seed=1))
 
 
+def test_an_fp32_run_of_a_pretrained_model_suggests_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from bs_ref.protocol import pairs
+
+    native = {"value": True}
+    monkeypatch.setattr(pairs.models, "cpu_bf16_native", lambda: native["value"])
+    smollm2 = pairs.ModelConfig(model_preset="smollm2", device="cpu")
+    note = pairs.precision_note(smollm2)
+    assert note is not None and "--precision bf16" in note and "changes the numbers" in note
+    assert pairs.precision_note(pairs.ModelConfig(model="some/checkpoint", device="cpu")) is not None
+    assert pairs.precision_note(pairs.ModelConfig(model_preset="default", device="cpu")) is None  # too small to pay
+    assert pairs.precision_note(pairs.ModelConfig(model_preset="smollm2", device="cpu", precision="bf16")) is None
+    assert pairs.precision_note(pairs.ModelConfig(model_preset="smollm2", device="cuda")) is None
+    native["value"] = False  # emulated bf16 (an AVX2-only CPU): never suggested
+    assert pairs.precision_note(smollm2) is None
+
+
 def test_the_fp32_pair_keeps_the_cache_key_of_earlier_versions():
     """The key of the default pair, computed by hand the way every earlier version did (no precision field)."""
     import hashlib
     import json
 
     from bs_ref import __version__
-    from bs_ref.models import _to_jsonable
+    from bs_ref.protocol.pair_training import _to_jsonable
 
     pairs, cfg = [("q", "a")], TrainConfig(template="plain")
     old_train = {k: v for k, v in _to_jsonable(cfg).items() if k != "precision"}
-    payload = {"original": [["q", "a"]], "retain": [["q", "a"]], "tokenizer_texts": [],
-               "model": _to_jsonable(TinyLlamaConfig()), "train": old_train, "version": __version__}  # fmt: skip
+    payload = {
+        "original": [["q", "a"]],
+        "retain": [["q", "a"]],
+        "tokenizer_texts": [],
+        "model": _to_jsonable(TinyLlamaConfig()),
+        "train": old_train,
+        "version": __version__,
+    }
     expected = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     assert pair_cache_key(pairs, pairs, TinyLlamaConfig(), cfg) == expected
 

@@ -117,6 +117,20 @@ def test_config_and_method_flags_are_declared_once():
     assert len(tofu.TofuArgs.__dataclass_fields__) < 20  # the experiment's own settings, plus the configs it holds
 
 
+def test_the_identity_is_every_setting_not_marked_identity_false():
+    """What a rerun may change and still resume is declared on the field (``arg(..., identity=False)``); the set is
+    the one every earlier run directory was written with, so they all still resume."""
+    args = tofu.parse_args(["--preset", "smoke"])
+    flat, identity = tofu.COMMAND_LINE.flat(args), tofu.COMMAND_LINE.identity(args)
+    assert set(flat) - set(identity) == {
+        *("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "ablation", "progress", "eval_batch_size"),
+        *("device", "cache_dir", "match_target_drop", "match_fact_leak", "bf16", "attacks", "attack_at"),
+        *("attack_lr", "attack_epochs", "executor", "ray_address", "workers"),
+    }
+    assert identity == {k: v for k, v in flat.items() if k in identity}  # same values, same order
+    assert identity["lr"] == 3e-3 and identity["preset"] == "smoke" and "lam" in identity
+
+
 def test_problems_name_the_flag_and_are_collected():
     messages = cli.config_problems(UnlearnConfig(lr=-1.0, epochs=0, schedule="zigzag"))
     assert messages == [
@@ -176,8 +190,9 @@ def test_grid_and_presets_of_the_experiment():
 
 
 def test_data_source_is_checked_first_and_all_problems_at_once(tmp_path):
-    args = tofu.parse_args(["--data", str(tmp_path / "nonexistent"), "--lr", "-1", "--seeds", "1", "1",
-                            "--pair-seeds", "0", "1"])  # fmt: skip
+    args = tofu.parse_args(
+        ["--data", str(tmp_path / "nonexistent"), "--lr", "-1", "--seeds", "1", "1", "--pair-seeds", "0", "1"]
+    )
     with pytest.raises(cli.Problems) as error:
         tofu.check(args)
     problems = error.value.problems

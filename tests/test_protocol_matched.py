@@ -93,8 +93,9 @@ def test_matched_table_reports_methods_that_do_not_reach_the_level():
     table = matched.format_matched([r for r in rows if r["measure"] == "target_drop"], "target_drop")
     assert "| weak | not reached (best: 0.030 nats) |" in table
     assert "| a | 2/2 runs | 9.000 ± 0.000 | 0.720 [–, –] |" in table  # no per-item values: no interval
-    bounded = matched.format_matched([r for r in rows if r["measure"] == "target_drop"], "target_drop",
-                                     {"a": {"model_utility": (0.7, 0.75)}})  # fmt: skip
+    bounded = matched.format_matched(
+        [r for r in rows if r["measure"] == "target_drop"], "target_drop", {"a": {"model_utility": (0.7, 0.75)}}
+    )
     assert "| a | 2/2 runs | 9.000 ± 0.000 | 0.720 [0.700, 0.750] |" in bounded
     assert matched.matched_rows(results, [0, 1], matched.given_levels(1.0, 0.5))[1] == {
         "target_drop": 1.0,

@@ -51,8 +51,12 @@ def test_pair_seeds_add_a_level_only_for_pairs_other_than_0_and_old_identities_r
     store.save_result("ga", 0, {"metrics": {}}, pair=1)
     assert store.is_finished("ga", 0, 1) and not store.is_finished("ga", 0)
     assert store.load_result("ga", 0, 1)["pair_seed"] == 1
-    assert store.cells(["original", "ga"], [0], [0, 1]) == [("original", None, 0), ("ga", 0, 0),
-                                                              ("original", None, 1), ("ga", 0, 1)]  # fmt: skip
+    assert store.cells(["original", "ga"], [0], [0, 1]) == [
+        ("original", None, 0),
+        ("ga", 0, 0),
+        ("original", None, 1),
+        ("ga", 0, 1),
+    ]
     assert "ga seed 0 pair 1" in store.interrupted(["ga"], [0], "cmd", [0, 1])
     assert cell_name("ga", 0) == "ga seed 0" and cell_name("original", None, 1) == "original pair 1"
     # a run directory written before --precision existed: bf16 false is fp32 and resumes; bf16 true is refused
@@ -86,8 +90,10 @@ def test_interrupted_message_says_what_is_kept_and_how_to_resume(tmp_path):
     store.save_result("ga", 0, {"metrics": {}})
     line = store.interrupted(["original", "retrain", "ga", "npo"], [0, 1], "python experiments/tofu.py --seeds 0 1")
     assert "\n" not in line
-    assert line == (f"interrupted: kept 2 finished result(s) in {store.root} (original, ga seed 0); the same "
-                    "command resumes where it stopped: python experiments/tofu.py --seeds 0 1")  # fmt: skip
+    assert line == (
+        f"interrupted: kept 2 finished result(s) in {store.root} (original, ga seed 0); the same "
+        "command resumes where it stopped: python experiments/tofu.py --seeds 0 1"
+    )
     assert "no result had finished" in RunDir(tmp_path / "empty", {}).interrupted(["ga"], [0], "cmd")
 
 
@@ -146,18 +152,32 @@ def _results_without_bands() -> list[dict]:
     """Two methods whose curves lack the belief-band keys (the original model gave no band candidates)."""
     out = [{"method": "original", "seed": None, "metrics": {"mem": 0.1, "util": 0.9, "agg": 0.2}, "curve": []}]
     for method, drops in (("ga", (0.0, 1.0, 2.0)), ("bs_t", (0.0, 0.5, 1.5))):
-        curve = [{"step": 3 * i, "target_logprob": -1.0 - d, "model_utility": 0.9 - 0.1 * i, "mem": 0.1 * i,
-                  "fact_leak": 1.0 - 0.4 * i, "log10_forget_quality": -2.0} for i, d in enumerate(drops)]  # fmt: skip
-        out.append({"method": method, "seed": 0, "metrics": {"mem": 0.3, "util": 0.8, "agg": 0.4, "fact_leak": 0.2},
-                    "curve": curve})  # fmt: skip
+        curve = [
+            {
+                "step": 3 * i,
+                "target_logprob": -1.0 - d,
+                "model_utility": 0.9 - 0.1 * i,
+                "mem": 0.1 * i,
+                "fact_leak": 1.0 - 0.4 * i,
+                "log10_forget_quality": -2.0,
+            }
+            for i, d in enumerate(drops)
+        ]
+        out.append(
+            {
+                "method": method,
+                "seed": 0,
+                "metrics": {"mem": 0.3, "util": 0.8, "agg": 0.4, "fact_leak": 0.2},
+                "curve": curve,
+            }
+        )
     return out
 
 
 def _write(tmp_path, results, **extra):
     store = RunDir(tmp_path / "run", {})
-    return store, report.write_report(store, results, seeds=[0], command="python experiments/tofu.py",
-                                      settings="Data: test.", has_facts=True, given=given_levels(None, None),
-                                      **extra)  # fmt: skip
+    info = report.RunInfo("python experiments/tofu.py", "Data: test.", True, given_levels(None, None), **extra)
+    return store, report.write_report(store, results, [0], info)
 
 
 def test_report_of_curves_without_belief_bands(tmp_path):
@@ -186,16 +206,31 @@ def test_report_without_matplotlib_says_plots_were_skipped_and_how_to_get_them(t
 def test_terminal_summary_is_one_screen_and_says_where_the_tables_are(tmp_path):
     """report.terminal_summary: what ran, one line per primary contrast and setting with its interval, the time by
     part, table.md's path; a run with many contrasts is cut to the limit, never longer."""
-    verdict = {"difference": 0.1, "ci_low": -0.05, "ci_high": 0.2, "n_items": 40, "n_seeds": 3,
-               "verdict": "no difference"}  # fmt: skip
-    verdicts = [verdict | {"comparison": c, "measure": m, "setting": s}
-                for c in report.PRIMARY_COMPARISONS for m in ("fact_leak", "high_band_drop", "model_utility")
-                for s in ("end", "matched:target_drop@0.7", "matched:fact_unleaked@0.6")]  # fmt: skip
-    rows = [{"method": m, "seed": s, "pair_seed": 0} for m in ("ga", "npo", "ga_scaled", "bs_t", "bs_s")
-            for s in (0, 1, 2)]  # fmt: skip
+    verdict = {
+        "difference": 0.1,
+        "ci_low": -0.05,
+        "ci_high": 0.2,
+        "n_items": 40,
+        "n_seeds": 3,
+        "verdict": "no difference",
+    }
+    verdicts = [
+        verdict | {"comparison": c, "measure": m, "setting": s}
+        for c in report.PRIMARY_COMPARISONS
+        for m in ("fact_leak", "high_band_drop", "model_utility")
+        for s in ("end", "matched:target_drop@0.7", "matched:fact_unleaked@0.6")
+    ]
+    rows = [
+        {"method": m, "seed": s, "pair_seed": 0} for m in ("ga", "npo", "ga_scaled", "bs_t", "bs_s") for s in (0, 1, 2)
+    ]
     (tmp_path / "verdict.csv").write_text("x\n")
-    out = {"out": str(tmp_path), "rows": rows, "verdicts": verdicts, "wall_s": 12.0,
-           "parts_s": {"models and references": 2.0, "unlearning, evaluation and attacks": 9.0}}  # fmt: skip
+    out = {
+        "out": str(tmp_path),
+        "rows": rows,
+        "verdicts": verdicts,
+        "wall_s": 12.0,
+        "parts_s": {"models and references": 2.0, "unlearning, evaluation and attacks": 9.0},
+    }
     summary = report.terminal_summary(out)
     lines = summary.splitlines()
     assert len(lines) <= report.SUMMARY_MAX_LINES

@@ -20,9 +20,8 @@ import math
 import numpy as np
 import pytest
 
-from bs_ref import stats
-from bs_ref.metrics.tofu import EVAL_FORMAT, aggregate
-from bs_ref.protocol import cli, report, uncertainty
+from bs_ref.metrics.scores import EVAL_FORMAT, aggregate
+from bs_ref.protocol import cli, report, stats, uncertainty
 from bs_ref.protocol.matched import given_levels, interpolate_at_level
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir
 from bs_ref.protocol.uncertainty import Context
@@ -34,24 +33,38 @@ N = 10
 def _items(rng, kind, leak=0.5, nll_shift=0.0):
     out = []
     for i in range(N):
-        item = {"index": i, "nll_answer": float(rng.uniform(0.2, 3) + nll_shift),
-                "nll_perturbed": list(rng.uniform(0.5, 4, 3)), "rougeL_recall": float(rng.uniform()),
-                "generation": "a fluent answer about the author"}  # fmt: skip
+        item = {
+            "index": i,
+            "nll_answer": float(rng.uniform(0.2, 3) + nll_shift),
+            "nll_perturbed": list(rng.uniform(0.5, 4, 3)),
+            "rougeL_recall": float(rng.uniform()),
+            "generation": "a fluent answer about the author",
+        }
         item["nll_paraphrased"] = float(rng.uniform(0.2, 3)) if kind in ("forget", "retain") else item["nll_answer"]
         if kind == "forget":
-            item.update(es=float(rng.uniform()), em=float(rng.uniform()), fact_leak=bool(rng.random() < leak),
-                        fact_leak_paraphrased_question=bool(rng.random() < leak),
-                        fact_leak_any_of_n=bool(rng.random() < leak), fact_logprob=float(-rng.uniform(0, 5)),
-                        nll_heldout=float(rng.uniform(0.5, 3)))  # fmt: skip
+            item.update(
+                es=float(rng.uniform()),
+                em=float(rng.uniform()),
+                fact_leak=bool(rng.random() < leak),
+                fact_leak_paraphrased_question=bool(rng.random() < leak),
+                fact_leak_any_of_n=bool(rng.random() < leak),
+                fact_logprob=float(-rng.uniform(0, 5)),
+                nll_heldout=float(rng.uniform(0.5, 3)),
+            )
         out.append(item)
     return out
 
 
 def _point(step, nll, leak, rng, bands=True, retain=None):
     """A curve point with per-item values (as Evaluator.curve_point stores them)."""
-    forget = {"nll_answer": list(nll), "fact_leak": list(leak), "fact_leak_paraphrased_question": list(leak),
-              "prob": list(np.exp(-nll)), "fluency": list(rng.uniform(0.5, 1, N)),
-              "truth_ratio": list(rng.uniform(0.2, 2, N))}  # fmt: skip
+    forget = {
+        "nll_answer": list(nll),
+        "fact_leak": list(leak),
+        "fact_leak_paraphrased_question": list(leak),
+        "prob": list(np.exp(-nll)),
+        "fluency": list(rng.uniform(0.5, 1, N)),
+        "truth_ratio": list(rng.uniform(0.2, 2, N)),
+    }
     for column in ("rouge", "tr_score", "es", "em", "para_prob", "tr_mod"):
         forget[column] = list(rng.uniform(0, 1, N))
     if retain is not None:
@@ -60,11 +73,23 @@ def _point(step, nll, leak, rng, bands=True, retain=None):
         count = np.array([2, 0, 1, 3, 2, 1, 0, 2, 1, 1])
         forget["band_high_sum"] = list(-(1.0 + 0.1 * step) * count)
         forget["band_high_count"] = list(count)
-    utility = {k: {"prob": list(rng.uniform(0.3, 1, 4)), "rouge": list(rng.uniform(0.3, 1, 4)),
-                   "tr_score": list(rng.uniform(0.3, 1, 4))} for k in KINDS[1:]}  # fmt: skip
-    point = {"step": step, "target_logprob": float(-np.mean(nll)), "fact_leak": float(np.mean(leak)),
-             "model_utility": 0.8, "mem": 0.3, "log10_forget_quality": -1.0,
-             "items": {"forget": forget, **utility}}  # fmt: skip
+    utility = {
+        k: {
+            "prob": list(rng.uniform(0.3, 1, 4)),
+            "rouge": list(rng.uniform(0.3, 1, 4)),
+            "tr_score": list(rng.uniform(0.3, 1, 4)),
+        }
+        for k in KINDS[1:]
+    }
+    point = {
+        "step": step,
+        "target_logprob": float(-np.mean(nll)),
+        "fact_leak": float(np.mean(leak)),
+        "model_utility": 0.8,
+        "mem": 0.3,
+        "log10_forget_quality": -1.0,
+        "items": {"forget": forget, **utility},
+    }
     if bands:
         point["band_high_logprob"] = float(np.sum(forget["band_high_sum"]) / np.sum(count))
     return point
@@ -81,8 +106,9 @@ def _curve(rng, speed, start_nll, bands=True):
     return points
 
 
-def _write_run(tmp_path, methods=("ga", "npo", "ga_scaled", "bs_t", "bs_s"), seeds=(0, 1), pairs=(0, 1),
-               items=True, bands=True):  # fmt: skip
+def _write_run(
+    tmp_path, methods=("ga", "npo", "ga_scaled", "bs_t", "bs_s"), seeds=(0, 1), pairs=(0, 1), items=True, bands=True
+):
     rng = np.random.default_rng(0)
     store = RunDir(tmp_path / "run", {})
     retain_forget, results = {}, []
@@ -95,9 +121,14 @@ def _write_run(tmp_path, methods=("ga", "npo", "ga_scaled", "bs_t", "bs_s"), see
             for seed in seeds:
                 per_split = {k: _items(rng, k, leak[label]) for k in KINDS}
                 agg = aggregate(per_split, retain_forget[pair])
-                metrics = {"fact_leak": agg["fact_leak_rate"], "model_utility": agg["model_utility"],
-                           "mem": agg["mem"], "agg": agg["agg"], "forget_rougeL": agg["forget_rouge"],
-                           "log10_forget_quality": agg["log10_forget_quality"]}  # fmt: skip
+                metrics = {
+                    "fact_leak": agg["fact_leak_rate"],
+                    "model_utility": agg["model_utility"],
+                    "mem": agg["mem"],
+                    "agg": agg["agg"],
+                    "forget_rougeL": agg["forget_rouge"],
+                    "log10_forget_quality": agg["log10_forget_quality"],
+                }
                 curve = _curve(rng, speed[label], start_nll, bands)
                 if not items:
                     curve = [{k: v for k, v in p.items() if k != "items"} for p in curve]
@@ -108,9 +139,8 @@ def _write_run(tmp_path, methods=("ga", "npo", "ga_scaled", "bs_t", "bs_s"), see
                 results.append(store.load_result(label, seed, pair))
     plan, _ = cli.resolve_methods(list(methods), {}, REFERENCE_METHODS)
     ctx = Context(retain_forget=retain_forget, methods=dict(plan), pair_seeds=pairs, n_resamples=400)
-    written = report.write_report(store, results, seeds=list(seeds), command="python experiments/tofu.py",
-                                  settings="Data: test.", has_facts=True, given=given_levels(None, None),
-                                  context=ctx)  # fmt: skip
+    info = report.RunInfo("python experiments/tofu.py", "Data: test.", True, given_levels(None, None))
+    written = report.write_report(store, results, list(seeds), info, context=ctx)
     return store, results, written, ctx
 
 
@@ -120,17 +150,39 @@ def _csv(path):
 
 
 def test_comparisons_pair_each_method_with_its_control():
-    labels = ["original", "retrain", "ga", "npo", "ga_scaled", "ga_scaled:lam=0.6", "bs_t", "bs_t:lam=0.6",
-              "bs_t:lam=0.6,temperature=2", "bs_t:temperature=4", "bs_s", "bs_s:base=ga"]  # fmt: skip
+    labels = [
+        "original",
+        "retrain",
+        "ga",
+        "npo",
+        "ga_scaled",
+        "ga_scaled:lam=0.6",
+        "bs_t",
+        "bs_t:lam=0.6",
+        "bs_t:lam=0.6,temperature=2",
+        "bs_t:temperature=4",
+        "bs_s",
+        "bs_s:base=ga",
+    ]
     plan, problems = cli.resolve_methods(labels, {}, REFERENCE_METHODS)
     assert not problems
     ctx = Context(methods=dict(plan))
     pairs = uncertainty.comparisons([label for label, _ in plan], ctx)
     assert len(pairs) == len(set(pairs))
-    for a, b in [("bs_t", "ga_scaled"), ("bs_t:lam=0.6", "ga_scaled:lam=0.6"),
-                 ("bs_t:lam=0.6,temperature=2", "ga_scaled:lam=0.6"), ("bs_t:temperature=4", "ga_scaled"),
-                 ("bs_s", "bs_t"), ("bs_s:base=ga", "ga"), ("bs_s", "npo"), ("bs_s:base=ga", "npo"),
-                 ("bs_t", "npo"), ("npo", "ga"), ("ga_scaled:lam=0.6", "ga"), ("bs_s:base=ga", "bs_s")]:  # fmt: skip
+    for a, b in [
+        ("bs_t", "ga_scaled"),
+        ("bs_t:lam=0.6", "ga_scaled:lam=0.6"),
+        ("bs_t:lam=0.6,temperature=2", "ga_scaled:lam=0.6"),
+        ("bs_t:temperature=4", "ga_scaled"),
+        ("bs_s", "bs_t"),
+        ("bs_s:base=ga", "ga"),
+        ("bs_s", "npo"),
+        ("bs_s:base=ga", "npo"),
+        ("bs_t", "npo"),
+        ("npo", "ga"),
+        ("ga_scaled:lam=0.6", "ga"),
+        ("bs_s:base=ga", "bs_s"),
+    ]:
         assert (a, b) in pairs, (a, b)
     assert not any(a in REFERENCE_METHODS or b in REFERENCE_METHODS for a, b in pairs)
     assert pairs.index(("bs_t", "ga_scaled")) < pairs.index(("bs_s", "bs_t")) < pairs.index(("bs_s", "npo"))
@@ -147,10 +199,27 @@ def test_summary_intervals_keep_the_values_and_use_the_runs(tmp_path):
     store, results, written, ctx = _write_run(tmp_path)
     rows = _csv(store.path("summary.csv"))
     header = list(rows[0])
-    assert header[:19] == ["method", "seed", "forget_quality", "log10_forget_quality", "model_utility", "mem", "util",
-                           "agg", "fact_leak", "fact_leak_paraphrased_question", "fact_leak_any_of_n", "fact_logprob",
-                           "heldout_prob", "forget_prob", "forget_rougeL", "forget_truth_ratio",
-                           "target_logprob_drop", "steps", "wall_s"]  # fmt: skip
+    assert header[:19] == [
+        "method",
+        "seed",
+        "forget_quality",
+        "log10_forget_quality",
+        "model_utility",
+        "mem",
+        "util",
+        "agg",
+        "fact_leak",
+        "fact_leak_paraphrased_question",
+        "fact_leak_any_of_n",
+        "fact_logprob",
+        "heldout_prob",
+        "forget_prob",
+        "forget_rougeL",
+        "forget_truth_ratio",
+        "target_logprob_drop",
+        "steps",
+        "wall_s",
+    ]
     assert header[19:22] == ["pair_seed", "high_band_drop", "n_runs"] and "agg_ci_low" in header
     runs = uncertainty.load_runs(store, results, ctx)
     one = next(r for r in rows if r["method"] == "bs_t" and r["seed"] == "1" and r["pair_seed"] == "1")
@@ -163,8 +232,9 @@ def test_summary_intervals_keep_the_values_and_use_the_runs(tmp_path):
     )
     mean = next(r for r in rows if r["method"] == "bs_t" and r["seed"] == "mean")
     assert mean["n_runs"] == "4" and mean["pair_seed"] == ""
-    crossed = stats.interval({k: r.end()["forget"]["fact_leak"] for k, r in runs["bs_t"].items()},
-                             design="crossed", n_resamples=400)  # fmt: skip
+    crossed = stats.interval(
+        {k: r.end()["forget"]["fact_leak"] for k, r in runs["bs_t"].items()}, design="crossed", n_resamples=400
+    )
     assert float(mean["fact_leak_ci_low"]) == pytest.approx(crossed.ci_low, rel=1e-5)
     assert float(mean["fact_leak"]) == pytest.approx(crossed.value, rel=1e-5)
     for row in rows:
@@ -193,14 +263,23 @@ def test_verdict_csv_has_its_columns_and_a_clear_effect_gets_its_verdict(tmp_pat
     leak = end[("bs_s \u2212 npo", "fact_leak")]  # bs_s leaks at 5 %, npo at 60 %: clearly better
     assert leak["verdict"] == "better" and float(leak["ci_high"]) < 0 and leak["n_seeds"] == "4"
     assert int(leak["n_items"]) == N
-    for comparison in ("bs_t \u2212 ga_scaled", "bs_s \u2212 bs_t", "bs_s \u2212 npo", "bs_t \u2212 npo",
-                       "npo \u2212 ga", "bs_s \u2212 ga"):  # fmt: skip
+    for comparison in (
+        "bs_t \u2212 ga_scaled",
+        "bs_s \u2212 bs_t",
+        "bs_s \u2212 npo",
+        "bs_t \u2212 npo",
+        "npo \u2212 ga",
+        "bs_s \u2212 ga",
+    ):
         measures = {m for c, m in end if c == comparison}
         assert measures == set(uncertainty.VERDICT_MEASURES), comparison
     matched = [r for r in rows if r["setting"].startswith("matched:")]
     assert {r["setting"].split("@")[0] for r in matched} == {"matched:target_drop", "matched:fact_unleaked"}
-    assert not any(r["measure"] in ("target_logprob_drop", "fact_leak_any_of_n") for r in matched
-                   if r["setting"].startswith("matched:target_drop"))  # fmt: skip
+    assert not any(
+        r["measure"] in ("target_logprob_drop", "fact_leak_any_of_n")
+        for r in matched
+        if r["setting"].startswith("matched:target_drop")
+    )
     assert written["verdicts"] and "conditional on the level" in store.path("table.md").read_text()
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bs_ref.data.tofu import QADataset, collate_train
+from bs_ref.data.qa import QADataset, collate_train
 from bs_ref.losses import rmu_loss, rmu_loss_paper, rmu_retain_loss, rmu_retain_loss_paper, steering_direction
 from bs_ref.losses.rmu import default_coefficient
 from bs_ref.methods import RMU, make_method
@@ -85,15 +85,32 @@ def test_direction_coefficient_and_layer_rules():
     assert default_coefficient(576) == pytest.approx(300 * math.sqrt(576 / 2048))
     # ℓ = min(7, (L − 1) // 2): OpenUnlearning's layer 7 where the model has 15 layers or more, else the middle one
     for layers, expected in ((1, 0), (2, 0), (5, 2), (16, 7), (30, 7)):
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=8, hidden_size=4, intermediate_size=4, num_hidden_layers=layers,
-                                             num_attention_heads=1, num_key_value_heads=1))  # fmt: skip
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=8,
+                hidden_size=4,
+                intermediate_size=4,
+                num_hidden_layers=layers,
+                num_attention_heads=1,
+                num_key_value_heads=1,
+            )
+        )
         assert RMU().layer_index(model) == expected, layers
         names = RMU().trainable_names(model)
         assert names == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(max(0, expected - 2), expected + 1)]
     with pytest.raises(ValueError, match="steer_layer=3 is out of range"):
-        RMU(steer_layer=3).layer_index(model.__class__(LlamaConfig(vocab_size=8, hidden_size=4, intermediate_size=4,
-                                                                   num_hidden_layers=2, num_attention_heads=1,
-                                                                   num_key_value_heads=1)))  # fmt: skip
+        RMU(steer_layer=3).layer_index(
+            model.__class__(
+                LlamaConfig(
+                    vocab_size=8,
+                    hidden_size=4,
+                    intermediate_size=4,
+                    num_hidden_layers=2,
+                    num_attention_heads=1,
+                    num_key_value_heads=1,
+                )
+            )
+        )
     with pytest.raises(ValueError, match="rmu:steering_coeff"):
         make_method("rmu", steering_coeff=-1.0)
 

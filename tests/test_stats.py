@@ -1,4 +1,4 @@
-"""bs_ref.stats: two-level bootstrap intervals, paired comparisons, verdicts, verdict.csv (docs/theory.md §10).
+"""bs_ref.protocol.stats: two-level bootstrap intervals, paired comparisons, verdicts, verdict.csv (docs/theory.md §10).
 
 - coverage of the 95 % interval on simulated data with a known mean (normal and Bernoulli items; one run, and
   three runs with a run effect), 200 datasets each, fixed seeds;
@@ -6,7 +6,7 @@
 - paired comparisons: much narrower than unpaired for correlated methods, the verdict follows the direction,
   identical methods give exactly 0 and ``no difference``;
 - aggregate statistics (harmonic mean of split means; the TOFU statistics reproduce
-  ``bs_ref.metrics.tofu.aggregate``), with one item draw shared by runs, methods and '@' references; their
+  ``bs_ref.metrics.scores.aggregate``), with one item draw shared by runs, methods and '@' references; their
   vectorised forms (and the ratio / band-drop statistics) give the replicate loop's intervals;
 - determinism, NaN items, ±inf, degenerate cases (one run, one item, constant data), the crossed design, and
   the output helpers.
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bs_ref import stats
 from bs_ref.metrics.paper import MEM_EPS
-from bs_ref.metrics.tofu import aggregate
+from bs_ref.metrics.scores import aggregate
+from bs_ref.protocol import stats
 
 
 # --------------------------------------------------------------------------------------------- coverage
@@ -182,7 +182,7 @@ def test_one_item_draw_per_replicate_is_shared_by_runs_methods_and_references():
 
 
 def _tofu_items(rng, n, kind):
-    """``n`` evaluation items of a split kind, as ``bs_ref.metrics.tofu.evaluate_split`` writes them."""
+    """``n`` evaluation items of a split kind, as ``bs_ref.metrics.scores.evaluate_split`` writes them."""
     out = []
     for i in range(n):
         item = {
@@ -276,8 +276,11 @@ def test_ratio_and_band_drop_statistics_pool_the_questions():
     drop_sum, count = np.array([1.0, 0.0, 4.0]), np.array([2.0, 0.0, 1.0])
     table = {"forget": {"band_high_drop_sum": drop_sum, "band_high_count": count}}
     assert stats.band_drop_statistic("high")(table) == pytest.approx(5.0 / 3.0)  # pooled, not a mean of means
-    assert math.isnan(stats.ratio_statistic("band_high_drop_sum", "band_high_count")({"forget": {
-        "band_high_drop_sum": np.zeros(2), "band_high_count": np.zeros(2)}}))  # fmt: skip
+    assert math.isnan(
+        stats.ratio_statistic("band_high_drop_sum", "band_high_count")(
+            {"forget": {"band_high_drop_sum": np.zeros(2), "band_high_count": np.zeros(2)}}
+        )
+    )
     iv = stats.interval([table], stats.band_drop_statistic("high"), n_resamples=500)
     assert iv.value == pytest.approx(5.0 / 3.0) and 0.5 - 1e-12 <= iv.ci_low < iv.value < iv.ci_high <= 4.0 + 1e-12
     assert stats.HIGHER_IS_BETTER["high_band_drop"] is True

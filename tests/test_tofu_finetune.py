@@ -26,15 +26,16 @@ import pytest
 import torch
 
 from bs_ref import models as M
-from bs_ref.data.tofu import load_tofu
-from bs_ref.protocol import models as protocol_models
+from bs_ref.data.qa import load_tofu
+from bs_ref.protocol import pair_training as P
+from bs_ref.protocol import pairs as protocol_models
 from bs_ref.protocol.data import DataConfig, load_data
-from bs_ref.protocol.models import ModelConfig, load_models, pair_seed_problems, problems
+from bs_ref.protocol.pairs import ModelConfig, load_models, pair_seed_problems, problems
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "tofu.py"
 PRESET = "tiny_pretrained"
-TINY_TRAIN = M.TrainConfig(epochs=2, lr=3e-3, batch_size=8)
+TINY_TRAIN = P.TrainConfig(epochs=2, lr=3e-3, batch_size=8)
 
 
 def _load_script():
@@ -64,9 +65,9 @@ def tiny_checkpoint(tofu_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def preset(tiny_checkpoint):
-    """The name of a preset that fine-tunes the tiny checkpoint (added to bs_ref.models.PRESETS for the module)."""
+    """The name of a preset that fine-tunes the tiny checkpoint (added to pair_training.PRESETS for the module)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(M.PRESETS, PRESET, (M.PretrainedSpec(str(tiny_checkpoint)), TINY_TRAIN))
+        patch.setitem(P.PRESETS, PRESET, (P.PretrainedSpec(str(tiny_checkpoint)), TINY_TRAIN))
         yield PRESET
 
 
@@ -91,8 +92,8 @@ def _questions(pairs) -> list[str]:
 @pytest.fixture(scope="module")
 def first_load(tofu_dir, preset, cache):
     """The base pair (first forget author, first retain author, chat template, pair seed 0), trained on first use
-    with every call of ``train_causal_lm`` recorded."""
-    calls, real = [], M.train_causal_lm
+    with every call of ``fine_tune`` recorded."""
+    calls, real = [], P.fine_tune
 
     def spy(model, tokenizer, pairs, *args, **kwargs):
         calls.append({"pairs": list(pairs), **kwargs})
@@ -100,7 +101,7 @@ def first_load(tofu_dir, preset, cache):
 
     splits = _splits(tofu_dir)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(M, "train_causal_lm", spy)
+        patch.setattr(P, "fine_tune", spy)
         loaded = _load(preset, cache, splits)
     return splits, loaded, calls
 
@@ -113,8 +114,8 @@ def first_load(tofu_dir, preset, cache):
 def test_original_sees_forget_and_retain_items_and_the_twin_only_retain(first_load):
     splits, (original, retain, tokenizer, info), calls = first_load
     assert [c["desc"] for c in calls] == ["train original", "train retain"]
-    forget = _questions(M.tofu_corpus(splits.forget_train))
-    kept_retain = _questions(M.tofu_corpus(splits.retain_train))
+    forget = _questions(P.tofu_corpus(splits.forget_train))
+    kept_retain = _questions(P.tofu_corpus(splits.retain_train))
     assert len(forget) == 20 and len(kept_retain) == 20  # one author of each split
     assert sorted(_questions(calls[0]["pairs"])) == sorted(forget + kept_retain)
     assert sorted(_questions(calls[1]["pairs"])) == sorted(kept_retain)
@@ -131,8 +132,10 @@ def test_info_records_what_was_trained(first_load):
     assert info["model_preset"] == PRESET
     pair = info["pair"]
     assert pair["authors"]["forget"] == {"n": 1, "kept": [0]} and pair["authors"]["retain"] == {"n": 1, "kept": [0]}
-    assert pair["trained_on"] == {"original": {"forget_items": 20, "retain_items": 20},
-                                  "retain": {"forget_items": 0, "retain_items": 20}}  # fmt: skip
+    assert pair["trained_on"] == {
+        "original": {"forget_items": 20, "retain_items": 20},
+        "retain": {"forget_items": 0, "retain_items": 20},
+    }
     assert pair["forget"] == "forget10" and pair["retain_split"] == "retain90" and pair["data"] == "tofu"
     assert pair["train_cfg"]["epochs"] == TINY_TRAIN.epochs and pair["train_cfg"]["lr"] == TINY_TRAIN.lr
     assert pair["train_cfg"]["template"] == "chat" and pair["template"] == "chat"
@@ -155,7 +158,7 @@ def test_second_load_trains_nothing(first_load, tofu_dir, preset, cache, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("the cached pair was trained again")
 
-    monkeypatch.setattr(M, "train_causal_lm", refuse)
+    monkeypatch.setattr(P, "fine_tune", refuse)
     again, _, _, again_info = _load(preset, cache, _splits(tofu_dir))
     assert again_info["pair"]["key"] == info["pair"]["key"]
     assert all(torch.equal(p, q) for p, q in zip(original.parameters(), again.parameters()))
@@ -177,21 +180,21 @@ def test_cache_key_follows_what_changes_the_weights(first_load, tofu_dir, tofu_i
 
 def test_cache_key_follows_the_data_content(first_load):
     splits, (_, _, _, info), _ = first_load
-    model_cfg, train_cfg = M.resolve_preset(PRESET)
+    model_cfg, train_cfg = P.resolve_preset(PRESET)
     train_cfg = dataclasses.replace(train_cfg, template="chat")
-    original_pairs = M.tofu_corpus(splits.retain_train + splits.forget_train)
-    retain_pairs = M.tofu_corpus(splits.retain_train)
-    assert M.pair_cache_key(original_pairs, retain_pairs, model_cfg, train_cfg) == info["pair"]["key"]
+    original_pairs = P.tofu_corpus(splits.retain_train + splits.forget_train)
+    retain_pairs = P.tofu_corpus(splits.retain_train)
+    assert P.pair_cache_key(original_pairs, retain_pairs, model_cfg, train_cfg) == info["pair"]["key"]
     edited = [dict(r) for r in splits.forget_train]
     edited[3]["answer"] += " (edited)"
-    edited_pairs = M.tofu_corpus(splits.retain_train + edited)
-    assert M.pair_cache_key(edited_pairs, retain_pairs, model_cfg, train_cfg) != info["pair"]["key"]
-    assert info["pair"]["data_sha256"]["forget"] == M.corpus_sha256(M.tofu_corpus(splits.forget_train))
+    edited_pairs = P.tofu_corpus(splits.retain_train + edited)
+    assert P.pair_cache_key(edited_pairs, retain_pairs, model_cfg, train_cfg) != info["pair"]["key"]
+    assert info["pair"]["data_sha256"]["forget"] == P.corpus_sha256(P.tofu_corpus(splits.forget_train))
 
 
 def test_empty_records_are_refused(tmp_path):
     with pytest.raises(ValueError, match="forget and retain records"):
-        M.get_or_train_tofu_pair([], [{"question": "Q?", "answer": "A."}], cache_dir=tmp_path)
+        P.get_or_train_tofu_pair([], [{"question": "Q?", "answer": "A."}], cache_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -209,10 +212,10 @@ def test_real_data_without_model_needs_a_pretrained_preset(tofu_dir):
     unknown = problems(ModelConfig(model_preset="huge"), data, methods)
     assert any("--model-preset huge is unknown" in p for p in unknown)
     for preset in ("smollm2", "smollm2_tofu"):
-        assert M.fine_tunable(preset)
+        assert P.fine_tunable(preset)
         assert problems(ModelConfig(model_preset=preset), data, methods) == []  # the twin serves FQ and retrain
         assert pair_seed_problems([0, 1], ModelConfig(model_preset=preset), data) == []
-    assert not M.fine_tunable("default") and not M.fine_tunable("smoke") and not M.fine_tunable("huge")
+    assert not P.fine_tunable("default") and not P.fine_tunable("smoke") and not P.fine_tunable("huge")
 
 
 def test_fine_tuned_twin_replaces_the_retain_arguments(tofu_dir, tmp_path):
@@ -253,10 +256,38 @@ def _read_csv(path: Path) -> list[dict]:
 def test_experiment_fine_tunes_its_pairs_on_real_tofu(tofu_dir, preset, cache, tmp_path):
     tofu = _load_script()
     out = tmp_path / "run"
-    tofu.main(["--preset", "smoke", "--data", str(tofu_dir), "--max-authors", "1", "--limit", "5", "--no-progress",
-               "--model-preset", preset, "--template", "chat", "--cache-dir", str(cache), "--max-new-tokens", "12",
-               "--methods", "original", "retrain", "ga", "--epochs", "1", "--pair-seeds", "0", "1",
-               "--out", str(out)])  # fmt: skip
+    tofu.main(
+        [
+            "--preset",
+            "smoke",
+            "--data",
+            str(tofu_dir),
+            "--max-authors",
+            "1",
+            "--limit",
+            "5",
+            "--no-progress",
+            "--model-preset",
+            preset,
+            "--template",
+            "chat",
+            "--cache-dir",
+            str(cache),
+            "--max-new-tokens",
+            "12",
+            "--methods",
+            "original",
+            "retrain",
+            "ga",
+            "--epochs",
+            "1",
+            "--pair-seeds",
+            "0",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     rows = _read_csv(out / "summary.csv")
     cells = {(r["method"], r["pair_seed"]) for r in rows if r["seed"] != "mean" and r["seed"] != "std"}
     assert {("original", "0"), ("retrain", "0"), ("ga", "0"), ("ga", "1")} <= cells
@@ -281,8 +312,8 @@ def test_smollm2_fine_tunes_on_real_tofu(tofu_dir, tmp_path, monkeypatch):
     ok, why = M.smollm2_available()
     if not ok:
         pytest.skip(why)
-    quick = M.TrainConfig(epochs=1, lr=2e-4, batch_size=20, max_length=96, weight_decay=0.01)
-    monkeypatch.setitem(M.PRESETS, "smollm2_quick", (M.PretrainedSpec("smollm2"), quick))
+    quick = P.TrainConfig(epochs=1, lr=2e-4, batch_size=20, max_length=96, weight_decay=0.01)
+    monkeypatch.setitem(P.PRESETS, "smollm2_quick", (P.PretrainedSpec("smollm2"), quick))
     splits = _splits(tofu_dir)
     # bf16 where the CPU multiplies it natively (or on CUDA); fp32 where bf16 would be emulated (~16x slower: this
     # test alone took ~25 min in emulated bf16), so the suite fits its time on every CPU family.

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bs_ref import unlearn as unlearn_module
-from bs_ref.data.tofu import QADataset, collate_train
+from bs_ref.data.qa import QADataset, collate_train
 from bs_ref.losses import mean_token_logprob
 from bs_ref.methods import METHODS, make_method
 from bs_ref.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
@@ -203,6 +203,41 @@ def test_callback_schedule_grad_accum_and_max_steps(tiny, tmp_path):
     assert not any(training for _, training in seen)  # the callback sees the model in eval mode
     lrs = [s["lr"] for s in step_lines(lines)]
     assert lrs[0] > lrs[-1] > 0  # linear decay after the (zero) warm-up
+
+
+def test_a_callback_that_returns_true_stops_after_that_step(tiny, tmp_path):
+    """The early stop: the run ends at the step whose callback returned True, with the weights of that step, no
+    further callback and an end line that says so; a callback returning None or False changes nothing."""
+    cfg = config("ga", tmp_path, epochs=3, eval_every=1)
+    model, tokenizer = fresh(tiny)
+    full_seen, weights = [], {}
+
+    def record(step, m):
+        full_seen.append(step)
+        weights[step] = copy.deepcopy(m.state_dict())
+        return False
+
+    unlearn(model, tokenizer, FORGET, RETAIN, cfg, callback=record)
+    full = read_log(cfg.log_path)
+    assert full[-1] == {"event": "end", "step": 6} and full_seen == [0, 1, 2, 3, 4, 5, 6]
+
+    seen = []
+    model, tokenizer = fresh(tiny)
+    out = unlearn(model, tokenizer, FORGET, RETAIN, cfg, callback=lambda step, m: seen.append(step) or step == 3)
+    lines = read_log(cfg.log_path)
+    assert seen == [0, 1, 2, 3]  # no call after the stop
+    assert [s["step"] for s in step_lines(lines)] == [1, 2, 3] and step_lines(lines) == step_lines(full)[:3]
+    assert lines[-1] == {"event": "end", "step": 3, "stopped_early": True}
+    assert not out.training
+    for name, value in out.state_dict().items():
+        torch.testing.assert_close(value, weights[3][name], rtol=0, atol=0)
+
+    model, tokenizer = fresh(tiny)  # True at step 0 (eval_at_start): no update at all
+    before = copy.deepcopy(model.state_dict())
+    out = unlearn(model, tokenizer, FORGET, RETAIN, cfg, callback=lambda step, m: True)
+    assert read_log(cfg.log_path)[-1] == {"event": "end", "step": 0, "stopped_early": True}
+    for name, value in out.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
 
 
 def test_warmup_is_in_epochs(tiny, tmp_path):

@@ -7,7 +7,7 @@ An ``LMCase`` is a model with forget items: per item a prompt x_u, the target an
 whole answers the model itself believes (rephrasings, other beams). Everything is token ids; every answer ends
 with EOS. Two cases:
 
-* ``tiny_fact_case`` — a Llama-architecture model (``transformers.LlamaConfig``, ~0.5M parameters, untied head)
+* ``tiny_fact_case`` — a Llama-architecture model (``bs_ref.models.build_tiny_llama``, ~0.5M parameters, untied head)
   with a word-level tokenizer, both built here and trained for a few seconds (full-batch AdamW) on a handful of
   fictitious facts, each asked in three phrasings and answered in three phrasings. Its answers are memorised
   (top-k mass S_k ≈ 1 at every answer token after the first) and the three phrasings of an answer share almost
@@ -17,7 +17,7 @@ with EOS. Two cases:
   ``smollm2_skip_reason`` says why it cannot run here (and the install command that fixes it).
 
 The stepping harness that unlearns on these cases (plain SGD, traces at matched target decrease) is
-``bs_ref.stepping``.
+``bs_ref.analysis.stepping``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-from bs_ref.data.tofu import collate_train
+from bs_ref.data.qa import collate_train
 from bs_ref.losses import IGNORE_INDEX
-from bs_ref.models import count_parameters, load_smollm2, smollm2_available
+from bs_ref.models import TinyLlamaConfig, build_tiny_llama, count_parameters, load_smollm2, smollm2_available
 
 PEOPLE = ("brenna", "tovik", "meralda", "quinlan", "sorrel", "idrun")
 CITIES = ("kelvara", "dunmoor", "pellisand", "ravenquay", "thornby", "lusk")
@@ -48,6 +48,8 @@ ANSWERS = {
     "job": ("{n} works as a {v} .", "{n} is a {v} by trade .", "the job of {n} is {v} ."),
 }
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[EOS]")
+TINY_CASE_SHAPE = TinyLlamaConfig(hidden_size=160, intermediate_size=320, num_layers=2, num_heads=4, max_positions=64)
+"""The tiny case's Llama (``bs_ref.models.build_tiny_llama``, untied head); its vocabulary is the word tokenizer's."""
 
 SMOLLM2_QUESTIONS = (
     "What is the capital of France?",
@@ -94,7 +96,7 @@ def qa_batch(
     prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, device: str = "cpu"
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` / ``labels`` / ``attention_mask`` [B, T] of prompt+answer rows, labels −100 on
-    the prompt and the padding (``bs_ref.data.tofu.collate_train``, the training loop's collator)."""
+    the prompt and the padding (``bs_ref.data.qa.collate_train``, the training loop's collator)."""
 
     features = [
         {"input_ids": list(p) + list(a), "labels": [IGNORE_INDEX] * len(p) + list(a)} for p, a in zip(prompts, answers)
@@ -143,26 +145,11 @@ def _train_tiny(seed: int, steps: int, device: str) -> LMCase:
     pairs = fact_pairs()
     tok = word_tokenizer([q for q, *_ in pairs] + [a for _, a, *_ in pairs])
     pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
-    # Not bs_ref.models.build_tiny_llama: that builder ties the LM head to the embedding; this case's head is its
-    # own tensor (the one-step claims update it apart from the embedding).
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=160,
-        intermediate_size=320,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        bos_token_id=eos_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(device)
+    # The head is its own tensor (untied): the one-step claims update it apart from the embedding.
+    model = build_tiny_llama(len(tok), TINY_CASE_SHAPE, tok, seed=seed, tie_embeddings=False).to(device)
     encode = functools.partial(tok.encode, add_special_tokens=False)
     batch = qa_batch([encode(q) for q, *_ in pairs], [encode(a) + [eos_id] for _, a, *_ in pairs], pad_id, device)
-    # Full-batch AdamW on the answer NLL (not bs_ref.models.train_causal_lm, which shuffles mini-batches under a
+    # Full-batch AdamW on the answer NLL (not bs_ref.finetune.train_causal_lm, which shuffles mini-batches under a
     # warm-up/decay schedule): 100 steps memorise every answer phrasing.
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     t0 = time.perf_counter()

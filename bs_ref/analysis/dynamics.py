@@ -22,7 +22,7 @@ that touches parameters takes ``names``: the parameter subset the step updates a
 
 Example (any causal LM; a parameter subset keeps K small)::
 
-    from bs_ref.dynamics import module_fn, one_step_change, linearised_change, first_order_check
+    from bs_ref.analysis.dynamics import module_fn, one_step_change, linearised_change, first_order_check
     from bs_ref.losses import ga_loss, sequence_logprob
     fn, params = module_fn(model)                      # model in float64 for a clean O(η²) check
     x_u, x_o = {"input_ids": ids_u}, {"input_ids": ids_o}

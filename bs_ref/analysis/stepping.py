@@ -1,9 +1,9 @@
 """The stepping harness: plain-SGD unlearning runs on an ``LMCase``, traced at matched decrease of the target.
 
 Paper: Li et al., "LLM Unlearning with LLM Beliefs", ICLR 2026 (arXiv 2510.19422), §3.2 (Fig. 2, squeezing) and
-§6 (Fig. 4); docs/theory.md §5 (SEQ1, SEQ2). ``bs_ref.dynamics`` measures *one* step (Lemma 5.1); this module
+§6 (Fig. 4); docs/theory.md §5 (SEQ1, SEQ2). ``bs_ref.analysis.dynamics`` measures *one* step (Lemma 5.1); this module
 takes many, on a whole Hugging Face model, and records what they do to the target answer y_u and to the band (the
-other answers the model believes, ``bs_ref.cases``).
+other answers the model believes, ``bs_ref.analysis.cases``).
 
 A run unlearns with a method *declaration* (``bs_ref.methods``: ``make_method("bs_t", temperature=4)`` or the
 spec ``"bs_t:temperature=4"``) and knows no method names: the objective of one step is the declaration's forget
@@ -20,8 +20,8 @@ beyond the control GA×(1−λ) at the same decrease of the target). ``log π(y|
 of the answer tokens, EOS included. The band rows 0, 2, … are BS-S's off-policy beliefs; rows 1, 3, … are held
 out (``belief_split``) so that BS-S is not scored on the rows it ascends on.
 
-    from bs_ref.cases import tiny_fact_case
-    from bs_ref.stepping import squeeze_traces
+    from bs_ref.analysis.cases import tiny_fact_case
+    from bs_ref.analysis.stepping import squeeze_traces
     case = tiny_fact_case()
     traces = squeeze_traces(case, 0, (("GA", "ga"), ("BS-T τ=4", "bs_t:temperature=4")))
     traces["GA"].at_drop(1.0)["d_band"]          # > 0: the rephrasings rise while y_u loses 1 nat (SEQ1)
@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from bs_ref.cases import LMCase, qa_batch
-from bs_ref.dynamics import sgd_gradients
+from bs_ref.analysis.cases import LMCase, qa_batch
+from bs_ref.analysis.dynamics import sgd_gradients
 from bs_ref.losses import IGNORE_INDEX, sequence_logprob
 from bs_ref.methods import Method, method_from_spec
 from bs_ref.metrics.fork import fork  # the fork of SEQ1/SEQ2, shared with the experiment's belief bands
@@ -51,7 +51,7 @@ Batch = dict[str, torch.Tensor]
 
 
 def answer_batch(case: LMCase, prompt: Sequence[int], answers: Sequence[Sequence[int]]) -> Batch:
-    """The rows prompt+answer of one prompt and several answers (``bs_ref.cases.qa_batch``) on the case's device."""
+    """The rows prompt+answer of one prompt and several answers (``cases.qa_batch``) on the case's device."""
     return qa_batch([prompt] * len(answers), answers, case.pad_id, case.device)
 
 
@@ -133,12 +133,12 @@ def forget_objective(
     if method.needs_reference and reference is None:
         raise ValueError(f"{method.spec()} needs reference log-probabilities: pass reference=")
     total = None
+    if method.reads_hidden_states and model is None:
+        raise ValueError(f"{method.spec()} runs its own forward (one layer's hidden states): pass model=")
     for term in method.forget_terms(forget, beliefs, reduction=reduction):
-        if term.forward is not None and model is None:
-            raise ValueError(f"{method.spec()} runs its own forward (one layer's hidden states): pass model=")
         for chunk in row_chunks(term.rows, term.chunk_rows):
-            if term.forward is not None:
-                logits, labels = term.forward(model, chunk)[0], chunk["labels"]
+            if method.reads_hidden_states:
+                logits, labels = method.hidden(model, chunk)[0], chunk["labels"]
             else:
                 logits, labels = forward(chunk)
             ref = reference(chunk) if method.needs_reference else None
@@ -308,8 +308,9 @@ Runs = tuple[tuple[str, str], ...]
 
 
 @functools.lru_cache(maxsize=64)
-def squeeze_traces(case: LMCase, item: int, runs: Runs, drop: float = 1.0, n_steps: int = 4,
-                   reduction: str = "row") -> dict[str, Trace]:  # fmt: skip
+def squeeze_traces(
+    case: LMCase, item: int, runs: Runs, drop: float = 1.0, n_steps: int = 4, reduction: str = "row"
+) -> dict[str, Trace]:
     """One trace per run on one item, keyed by the run's label (cached per case, item, runs, budget and reduction);
     each run may take up to 3·n_steps steps to reach the matched decrease."""
     return {label: unlearning_trace(case, item, spec, drop, n_steps, 3 * n_steps, reduction) for label, spec in runs}

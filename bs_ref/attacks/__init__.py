@@ -7,19 +7,25 @@ Every attack works on a copy: the model it is given is bit-identical afterwards.
                  by the seed), evaluate only the held-out half
     quant4/8     ``quantize.quantization_attack``: reload a copy in 4-bit NF4 / 8-bit with bitsandbytes (>= 0.50,
                  CPU included; ``pip install -e '.[attacks]'``), evaluate the forget split
+    relearn dose ``dose.relearn_dose``: the relearning attack as a dose–response: one copy relearned at a small
+                 constant lr for a schedule of optimizer steps (equal for every model), the held-out half scored
+                 after each step count (``RelearnDose``; not one of ``ATTACKS``: the caller runs it)
+    NF4 bins     ``nf4.nf4_bin_table``: no attack, a measure of the pair: per Linear layer, the unlearning update
+                 against the NF4 bin width (the regime where 4-bit quantization recovers; pure torch)
     prompt:NAME  ``prompts.prompt_attack``: paraphrased question, affirmative answer prefix, few-shot context of
                  the same author, indirect question, reverse question (``prompts.PROMPT_TEMPLATES``)
 
 Measures per item (``_common.evaluate_items``): greedy fact leak, leak under the paraphrased question and in any
 of N samples (where records carry a fact), mean token log-prob of the answer, fact-token log-prob, ROUGE-L recall.
-``recovery``: per-item ``recovered`` and ``spurious gap`` (against the retain model under the same attack), the
-rows of ``recovery.csv`` and ``plot_recovery``. ``replay``: the weights of a deterministic unlearning run at a
-given step (attacks at matched forgetting).
+The recovery table built from these results (per-item ``recovered``, the spurious gap against the retain model,
+``recovery.csv`` and its plot) is the experiment's: ``bs_ref.protocol.recovery_table``. ``replay``: the weights of
+a deterministic unlearning run at a given step (attacks at matched forgetting).
 
-    from bs_ref.attacks import run_attacks, recovery_rows
+    from bs_ref.attacks import Relearning, run_attacks
+    from bs_ref.protocol.recovery_table import recovery_rows
     results, skipped = run_attacks({"ga": ga_model, "retrain": retain, "original": original}, tokenizer,
                                    forget_records, ["relearn", "quant4", "quant8", "prompt"],
-                                   template="plain", seed=0, lr=6e-3, batch_size=16)
+                                   template="plain", seed=0, relearning=Relearning(lr=6e-3, batch_size=16))
     cells = {(name, 0, 0, attack, "end"): r for attack, by_model in results.items() for name, r in by_model.items()}
     rows = recovery_rows(cells)
 """
@@ -28,7 +34,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ._common import TOFU_ITEMS_PER_AUTHOR, AttackResult, AttackUnavailable, evaluate_items
+from bs_ref.generation import Decoding
+
+from ._common import SIZED_TO_ANSWERS, TOFU_ITEMS_PER_AUTHOR, AttackResult, AttackUnavailable, evaluate_items
+from .dose import DOSE_ATTACK, DOSE_STEPS, DoseResponse, RelearnDose, dose_batches, relearn_dose, relearn_dose_models
+from .nf4 import (
+    NF4_BIN_COLUMNS,
+    NF4_BLOCKSIZE,
+    NF4_LEVELS,
+    nf4_bin_table,
+    nf4_codes,
+    nf4_dequantize,
+    nf4_half_bins,
+    nf4_layer_bins,
+    nf4_round,
+    quantised_linears,
+)
 from .prompts import (
     AFFIRMATIVE_PREFIX,
     INDIRECT_TEMPLATE,
@@ -50,15 +71,7 @@ from .quantize import (
     require_bitsandbytes,
     without_probes,
 )
-from .recovery import (
-    RECOVERY_COLUMNS,
-    plot_recovery,
-    recovery_csv,
-    recovery_per_item,
-    recovery_rows,
-    recovery_runs,
-)
-from .relearn import RelearnSplit, relearn_attack, relearn_models, relearn_split
+from .relearn import Relearning, RelearnSplit, relearn_attack, relearn_models, relearn_split
 from .replay import replay_unlearning
 
 ATTACKS = ("relearn", "quant4", "quant8", "prompt")
@@ -88,33 +101,27 @@ def run_attacks(
     *,
     template: str = "plain",
     seed: int = 0,
-    lr: float | None = None,
-    epochs: int = 1,
-    batch_size: int = 16,
-    per_author: int = TOFU_ITEMS_PER_AUTHOR,
+    relearning: Relearning | None = None,
+    decoding: Decoding = SIZED_TO_ANSWERS,
     k_shots: int = 2,
-    max_new_tokens: int | None = None,
-    eval_batch_size: int = 32,
-    num_samples: int = 0,
-    sample_temperature: float = 1.0,
-    num_threads: int | None = None,
+    per_author: int = TOFU_ITEMS_PER_AUTHOR,
 ) -> tuple[dict[str, dict[str, AttackResult]], dict[str, str]]:
     """Every attack of ``attacks`` (``expand_attacks``) on every named model, with one relearning split and one
     few-shot draw (both from ``seed``) for all models. Returns ({attack label: {model name: AttackResult}},
     {attack label: why it was skipped}): a quantization attack without bitsandbytes is skipped with the message
-    of ``AttackUnavailable`` (it names ``pip install -e '.[attacks]'``). ``lr`` (required for ``relearn``): the
-    pair's fine-tuning learning rate. No model is changed."""
+    of ``AttackUnavailable`` (it names ``pip install -e '.[attacks]'``). ``relearning`` (required for
+    ``relearn``): the fine-tuning of the relearning attack, at the pair's learning rate. Every evaluation uses
+    ``decoding`` (its samples seeded by ``seed``). No model is changed."""
     labels = expand_attacks(attacks)
     records = list(forget_records)
-    common = dict(template=template, seed=seed, max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size,
-                  num_samples=num_samples, sample_temperature=sample_temperature)  # fmt: skip
+    common = dict(template=template, seed=seed, decoding=decoding)
     results: dict[str, dict[str, AttackResult]] = {}
     skipped: dict[str, str] = {}
     if "relearn" in labels:
-        if lr is None:
-            raise ValueError("the relearning attack needs lr (the pair's fine-tuning learning rate)")
-        results["relearn"] = relearn_models(models, tokenizer, records, per_author=per_author, lr=lr, epochs=epochs,
-                                            batch_size=batch_size, num_threads=num_threads, **common)  # fmt: skip
+        if relearning is None:
+            raise ValueError("the relearning attack needs relearning=Relearning(lr=...) (the pair's fine-tuning lr)")
+        relearned = relearn_models(models, tokenizer, records, relearning, per_author=per_author, **common)
+        results["relearn"] = relearned
     # the unattacked model's items are evaluated once per model: every quantization attack and (without the
     # paraphrase probe, which changes nothing else) every prompt attack reads the same greedy answers
     before: dict[str, list[dict]] = {}
@@ -134,8 +141,8 @@ def run_attacks(
     if wanted:
         for name, model in models.items():
             plain = without_probes(before[name]) if name in before else None
-            found = prompt_attacks(model, tokenizer, records, wanted, k=k_shots, per_author=per_author, before=plain,
-                                   **common)  # fmt: skip
+            shots = dict(k=k_shots, per_author=per_author, before=plain)
+            found = prompt_attacks(model, tokenizer, records, wanted, **shots, **common)
             for label, result in found.items():
                 results.setdefault(label, {})[name] = result
     return {label: results[label] for label in labels if label in results}, skipped
@@ -144,32 +151,46 @@ def run_attacks(
 __all__ = [
     "AFFIRMATIVE_PREFIX",
     "ATTACKS",
+    "DOSE_ATTACK",
+    "DOSE_STEPS",
+    "NF4_BIN_COLUMNS",
+    "NF4_BLOCKSIZE",
+    "NF4_LEVELS",
     "INDIRECT_TEMPLATE",
     "INSTALL",
     "PROMPT_ATTACKS",
     "PROMPT_TEMPLATES",
     "QUANT_ATTACKS",
-    "RECOVERY_COLUMNS",
     "REVERSE_QUESTIONS",
+    "SIZED_TO_ANSWERS",
     "AttackResult",
     "AttackUnavailable",
+    "Decoding",
+    "DoseResponse",
     "RelearnSplit",
+    "RelearnDose",
+    "Relearning",
     "attack_prompt",
     "bitsandbytes_available",
+    "dose_batches",
     "evaluate_items",
     "expand_attacks",
     "few_shot_context",
-    "plot_recovery",
+    "nf4_bin_table",
+    "nf4_codes",
+    "nf4_dequantize",
+    "nf4_half_bins",
+    "nf4_layer_bins",
+    "nf4_round",
     "prompt_attack",
     "prompt_attacks",
     "quant_before",
     "quantization_attack",
+    "quantised_linears",
     "quantize_copy",
-    "recovery_csv",
-    "recovery_per_item",
-    "recovery_rows",
-    "recovery_runs",
     "relearn_attack",
+    "relearn_dose",
+    "relearn_dose_models",
     "relearn_models",
     "relearn_split",
     "replay_unlearning",

@@ -43,13 +43,14 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from transformers.utils import logging as hf_logging
 
-from bs_ref.models import _save_plain
+from bs_ref.generation import Decoding
+from bs_ref.models import save_plain
 
-from ._common import AttackResult, AttackUnavailable, evaluate_items, plain_copy
+from ._common import SIZED_TO_ANSWERS, AttackResult, AttackUnavailable, evaluate_items, plain_copy
+from .nf4 import NF4_BLOCKSIZE
 
 MIN_BITSANDBYTES = "0.50"
 INSTALL = "pip install -e '.[attacks]'"
-NF4_BLOCKSIZE = 64
 CPU_FAST_PATH_BLOCK_N = 32
 """The fused CPU 4-bit kernel's constraints: out_features % 32 == 0 and in_features % 64 == 0."""
 QUANT_ATTACKS = {"quant4": 4, "quant8": 8}
@@ -125,8 +126,7 @@ def _save(model, directory: Path) -> None:
     try:
         model.save_pretrained(directory)
     except Exception:  # e.g. a model loaded from GGUF, which save_pretrained refuses (plain tensors after loading)
-
-        _save_plain(model, directory)
+        save_plain(model, directory)
 
 
 def fits_cpu_fast_path(module) -> bool:
@@ -170,13 +170,18 @@ def quantize_copy(model, bits: int, *, device: str | torch.device | None = None,
     return quantized.eval()
 
 
-def quant_before(model, tokenizer, forget_records: Sequence[dict], *, template: str = "plain", seed: int = 0,
-                 max_new_tokens: int | None = None, eval_batch_size: int = 32, num_samples: int = 0,
-                 sample_temperature: float = 1.0) -> list[dict]:  # fmt: skip
+def quant_before(
+    model,
+    tokenizer,
+    forget_records: Sequence[dict],
+    *,
+    template: str = "plain",
+    seed: int = 0,
+    decoding: Decoding = SIZED_TO_ANSWERS,
+) -> list[dict]:
     """The ``before`` items of ``quantization_attack`` (the unquantized model; the same for every bit width)."""
-    return evaluate_items(model, tokenizer, list(forget_records), template=template, probes=True,
-                          num_samples=num_samples, temperature=sample_temperature, seed=seed,
-                          max_new_tokens=max_new_tokens, batch_size=eval_batch_size)  # fmt: skip
+    records = list(forget_records)
+    return evaluate_items(model, tokenizer, records, template=template, probes=True, decoding=decoding, seed=seed)
 
 
 def without_probes(items: Sequence[dict]) -> list[dict]:
@@ -198,25 +203,21 @@ def quantization_attack(
     *,
     template: str = "plain",
     seed: int = 0,
-    evaluate_before: bool = True,
-    max_new_tokens: int | None = None,
-    eval_batch_size: int = 32,
-    num_samples: int = 0,
-    sample_temperature: float = 1.0,
+    decoding: Decoding = SIZED_TO_ANSWERS,
     device: str | torch.device | None = None,
     cpu_fast_path: bool = False,
     before: list[dict] | None = None,
 ) -> AttackResult:
     """Evaluate ``forget_records`` on ``model`` (``before``) and on its ``bits``-bit copy (``after``): greedy fact
-    leak, paraphrased question, any-of-N (``num_samples``), target log-prob, fact-token log-prob, ROUGE-L. Items
-    carry ``index`` = position in ``forget_records``. Raises ``AttackUnavailable`` without bitsandbytes. ``before``:
-    the items of ``quant_before`` for the same model and settings, reused instead of evaluated again."""
+    leak, paraphrased question, any-of-N (``decoding.num_samples``, seeded by ``seed``), target log-prob,
+    fact-token log-prob, ROUGE-L. Items carry ``index`` = position in ``forget_records``. Raises
+    ``AttackUnavailable`` without bitsandbytes. ``before``: the items of ``quant_before`` for the same model and
+    settings, reused instead of evaluated again (``[]``: no ``before`` evaluation)."""
     require_bitsandbytes()
     records = list(forget_records)
-    evaluation = dict(template=template, probes=True, num_samples=num_samples, temperature=sample_temperature,
-                      seed=seed, max_new_tokens=max_new_tokens, batch_size=eval_batch_size)  # fmt: skip
+    evaluation = dict(template=template, probes=True, decoding=decoding, seed=seed)
     if before is None:
-        before = evaluate_items(model, tokenizer, records, **evaluation) if evaluate_before else []
+        before = evaluate_items(model, tokenizer, records, **evaluation)
     quantized = quantize_copy(model, bits, device=device, cpu_fast_path=cpu_fast_path)
     try:
         after = evaluate_items(quantized, tokenizer, records, **evaluation)

@@ -10,9 +10,9 @@ back from a little fine-tuning on *related* data. To measure only knowledge the 
    (seed, author) and split into an *attack half* (the first ⌊n/2⌋) and a *held-out half* (the rest, so an
    author with an odd count holds out one more; an author with one item only has a held-out item).
 2. ``relearn_attack``: a deep copy of the model (any LoRA adapter merged) is fine-tuned with the answer NLL on
-   the attack half's (question, answer) pairs — ``bs_ref.models.train_causal_lm``: AdamW, clipping at 1.0,
-   linear decay to 0 from ``lr`` (no warm-up by default), batches shuffled by ``seed`` — for ``epochs``
-   (default 1) at ``lr`` (default: pass the pair's fine-tuning lr);
+   the attack half's (question, answer) pairs — ``bs_ref.finetune.fine_tune`` under ``Relearning``: AdamW,
+   clipping at 1.0, linear decay to 0 from ``lr`` (no warm-up by default), batches shuffled by ``seed`` — for
+   ``epochs`` (default 1) at ``lr`` (pass the pair's fine-tuning lr);
 3. the **held-out half** is evaluated before and after (``_common.evaluate_items`` with the probes: greedy
    fact leak, paraphrased question, any-of-N, target log-prob, fact-token log-prob, ROUGE-L).
 
@@ -27,9 +27,32 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bs_ref.models import train_causal_lm
+from bs_ref.finetune import FineTuning, fine_tune
+from bs_ref.generation import Decoding
 
-from ._common import TOFU_ITEMS_PER_AUTHOR, AttackResult, evaluate_items, group_by_author, plain_copy, stable_seed
+from ._common import (
+    SIZED_TO_ANSWERS,
+    TOFU_ITEMS_PER_AUTHOR,
+    AttackResult,
+    evaluate_items,
+    group_by_author,
+    plain_copy,
+    stable_seed,
+)
+
+
+@dataclass(frozen=True)
+class Relearning(FineTuning):
+    """The relearning attack's fine-tuning (``bs_ref.finetune.FineTuning`` with the attack's defaults: one
+    epoch, batches of 16, no warm-up) and the CPU threads it runs on (``num_threads``; None leaves torch's
+    setting). ``lr``: the pair's fine-tuning learning rate (``TrainConfig.lr`` of the preset,
+    ``bs_ref.protocol.pair_training``; real TOFU checkpoints: the lr they were fine-tuned with, 1e-5 for the
+    paper's)."""
+
+    epochs: int = 1
+    batch_size: int = 16
+    warmup_ratio: float = 0.0
+    num_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,33 +97,23 @@ def relearn_attack(
     model,
     tokenizer,
     forget_records: Sequence[dict],
+    relearning: Relearning,
     *,
     template: str = "plain",
     seed: int = 0,
-    lr: float,
-    epochs: int = 1,
-    batch_size: int = 16,
-    weight_decay: float = 0.0,
-    warmup_ratio: float = 0.0,
-    max_length: int | None = None,
+    decoding: Decoding = SIZED_TO_ANSWERS,
     split: RelearnSplit | None = None,
     per_author: int = TOFU_ITEMS_PER_AUTHOR,
     evaluate_before: bool = True,
-    max_new_tokens: int | None = None,
-    eval_batch_size: int = 32,
-    num_samples: int = 0,
-    sample_temperature: float = 1.0,
-    num_threads: int | None = None,
 ) -> AttackResult:
-    """Fine-tune a copy of ``model`` on the attack half of ``forget_records`` and evaluate the held-out half.
+    """Fine-tune a copy of ``model`` on the attack half of ``forget_records`` under ``relearning`` and evaluate
+    the held-out half with ``decoding``.
 
-    ``lr``: the pair's fine-tuning learning rate (``bs_ref.models.TrainConfig.lr`` of the preset; real TOFU
-    checkpoints: the lr they were fine-tuned with, 1e-5 for the paper's). ``split``: a ``relearn_split`` to
-    reuse (the same for every model of a comparison); default drawn from ``seed``, which also orders the
-    batches and seeds the sampled answers. ``evaluate_before``: also score the held-out half on ``model`` itself
-    (``before``; else ``before`` is empty). ``num_samples`` > 0 adds the any-of-N leak. Returns an
-    ``AttackResult`` whose items carry ``index`` = the record's position in ``forget_records``; ``model`` is
-    unchanged (the fine-tuning runs on a deep copy, which is dropped)."""
+    ``split``: a ``relearn_split`` to reuse (the same for every model of a comparison); default drawn from
+    ``seed``, which also orders the batches and seeds the sampled answers. ``evaluate_before``: also score the
+    held-out half on ``model`` itself (``before``; else ``before`` is empty). ``decoding.num_samples`` > 0 adds
+    the any-of-N leak. Returns an ``AttackResult`` whose items carry ``index`` = the record's position in
+    ``forget_records``; ``model`` is unchanged (the fine-tuning runs on a deep copy, which is dropped)."""
     records = list(forget_records)
     split = split if split is not None else relearn_split(records, seed, per_author=per_author)
     split.check(records)
@@ -110,9 +123,7 @@ def relearn_attack(
             "with at least two items"
         )
     heldout = [records[i] for i in split.heldout]
-    evaluation = dict(template=template, indices=list(split.heldout), probes=True, num_samples=num_samples,
-                      temperature=sample_temperature, seed=seed, max_new_tokens=max_new_tokens,
-                      batch_size=eval_batch_size)  # fmt: skip
+    evaluation = dict(template=template, indices=list(split.heldout), probes=True, decoding=decoding, seed=seed)
     before = evaluate_items(model, tokenizer, heldout, **evaluation) if evaluate_before else []
 
     attacked = plain_copy(model)
@@ -120,25 +131,50 @@ def relearn_attack(
     pairs = [(records[i]["question"], records[i]["answer"]) for i in split.attack]
     losses: list[float] = []
     try:
-        train_causal_lm(attacked, tokenizer, pairs, epochs, lr, batch_size, weight_decay=weight_decay,
-                        warmup_ratio=warmup_ratio, template=template, max_length=max_length, seed=seed,
-                        progress=False, desc="relearn attack", history=losses, num_threads=num_threads)  # fmt: skip
+        fine_tune(
+            attacked,
+            tokenizer,
+            pairs,
+            relearning,
+            template=template,
+            seed=seed,
+            progress=False,
+            desc="relearn attack",
+            history=losses,
+            num_threads=relearning.num_threads,
+        )
         after = evaluate_items(attacked, tokenizer, heldout, **evaluation)
     finally:
         del attacked
-    steps = epochs * -(-len(pairs) // batch_size)
-    info = {"lr": lr, "epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay,
-            "warmup_ratio": warmup_ratio, "seed": seed, "steps": steps, "n_attack": len(split.attack),
-            "n_heldout": len(split.heldout), "epoch_loss": losses}  # fmt: skip
+    info = {
+        "lr": relearning.lr,
+        "epochs": relearning.epochs,
+        "batch_size": relearning.batch_size,
+        "weight_decay": relearning.weight_decay,
+        "warmup_ratio": relearning.warmup_ratio,
+        "seed": seed,
+        "steps": relearning.epochs * -(-len(pairs) // relearning.batch_size),
+        "n_attack": len(split.attack),
+        "n_heldout": len(split.heldout),
+        "epoch_loss": losses,
+    }
     return AttackResult("relearn", before, after, split, info)
 
 
 def relearn_models(
-    models: Mapping[str, object], tokenizer, forget_records: Sequence[dict], *, seed: int = 0,
-    per_author: int = TOFU_ITEMS_PER_AUTHOR, **kwargs
-) -> dict[str, AttackResult]:  # fmt: skip
+    models: Mapping[str, object],
+    tokenizer,
+    forget_records: Sequence[dict],
+    relearning: Relearning,
+    *,
+    seed: int = 0,
+    per_author: int = TOFU_ITEMS_PER_AUTHOR,
+    **kwargs,
+) -> dict[str, AttackResult]:
     """``relearn_attack`` on every named model (e.g. {"ga": ..., "retrain": retain_model, "original": ...}) with
-    ONE split drawn from ``seed``; ``kwargs`` go to ``relearn_attack`` (``lr`` is required)."""
+    ONE split drawn from ``seed``; ``kwargs`` (``template``, ``decoding``, ...) go to ``relearn_attack``."""
     split = relearn_split(list(forget_records), seed, per_author=per_author)
-    return {name: relearn_attack(model, tokenizer, forget_records, seed=seed, split=split, **kwargs)
-            for name, model in models.items()}  # fmt: skip
+    return {
+        name: relearn_attack(model, tokenizer, forget_records, relearning, seed=seed, split=split, **kwargs)
+        for name, model in models.items()
+    }

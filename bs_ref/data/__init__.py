@@ -1,14 +1,6 @@
 """TOFU data (real, from the hub or a local directory) and the embedded synthetic benchmark."""
 
-from bs_ref.data.synthetic import (
-    SyntheticConfig,
-    benchmark_texts,
-    build_benchmark,
-    load_benchmark,
-    training_corpus,
-    write_benchmark,
-)
-from bs_ref.data.tofu import (
+from bs_ref.data.qa import (
     IGNORE_INDEX,
     PLAIN_TEMPLATE,
     TOFU_CONFIGS,
@@ -20,6 +12,14 @@ from bs_ref.data.tofu import (
     encode_qa,
     forget_retain_configs,
     load_tofu,
+)
+from bs_ref.data.synthetic import (
+    SyntheticConfig,
+    benchmark_texts,
+    build_benchmark,
+    load_benchmark,
+    training_corpus,
+    write_benchmark,
 )
 
 __all__ = [

@@ -5,7 +5,7 @@ and §6) argues that the usual TOFU metrics can report success while the fact it
 other phrasings ("squeezing"). To measure that on a laptop we need a benchmark a small model trained from
 scratch can learn, whose every answer hinges on one annotated fact. This module generates it,
 deterministically from a seed, with the same configs and fields as TOFU so that every code path is shared
-(``write_benchmark`` -> ``bs_ref.data.tofu.load_tofu``):
+(``write_benchmark`` -> ``bs_ref.data.qa.load_tofu``):
 
 - ``n_authors`` unique fictitious names; each author has ``qa_per_author`` facts of distinct types drawn from
   the pools below (a model that never saw the author guesses a fact with probability ``1/len(pool)``:
@@ -46,7 +46,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from bs_ref.data.tofu import TOFU_CONFIGS, load_tofu
+from bs_ref import checks
+from bs_ref.data.qa import TOFU_CONFIGS, load_tofu
 
 # ----------------------------------------------------------------------------------------------------------
 # Pools (no value is a substring of another value or of a name, so "the answer contains the fact" is exact)
@@ -350,7 +351,7 @@ class SyntheticConfig:
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            if not checks.int_between(value, low, high):
                 raise ValueError(f"SyntheticConfig.{name}={value!r}: must be an integer in [{low}, {high}]")
         if not isinstance(self.seed, int):
             raise ValueError(f"SyntheticConfig.seed={self.seed!r}: must be an integer")

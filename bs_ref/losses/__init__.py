@@ -4,12 +4,23 @@ hidden states of one layer, ``rmu.py``).
 Every loss takes HF-aligned ``logits [B, T, V]`` and ``labels [B, T]`` (prompt/padding = -100; the loss
 shifts internally) and returns the **scalar to minimise**, so ``loss.backward()`` unlearns.
 
+``answer_tokens`` (the answer positions of a batch, gathered once: ``AnswerTokens``) and ``per_row_sum`` are the
+shared pieces the losses are built from, public for the code that logs per-row numbers beside them.
+
 Each file keeps the fast form (``bs_t_loss``, ``npo_loss``, …: gathers over the few indices that matter, several
 reductions) beside the paper's form written as the paper prints it (``bs_t_loss_paper``, ``npo_loss_paper``, …:
 dense over the vocabulary, O(N·|V|) memory, row reduction), which is for reading and for the tests.
 """
 
-from ._common import IGNORE_INDEX, REDUCTIONS, mean_token_logprob, sequence_logprob
+from ._common import (
+    IGNORE_INDEX,
+    REDUCTIONS,
+    AnswerTokens,
+    answer_tokens,
+    mean_token_logprob,
+    per_row_sum,
+    sequence_logprob,
+)
 from .bs_s import (
     BASE_LOSSES,
     BASE_LOSSES_PAPER,
@@ -19,6 +30,7 @@ from .bs_s import (
     bs_s_combine,
     bs_s_loss,
     bs_s_loss_paper,
+    weighted_row_piece,
 )
 from .bs_t import TokenBeliefs, bs_t_loss, bs_t_loss_paper, local_beliefs, token_beliefs
 from .controls import (
@@ -38,7 +50,14 @@ from .graddiff import (
     retain_nll_loss,
 )
 from .npo import npo_loss, npo_loss_paper, npo_weight
-from .rmu import rmu_loss, rmu_loss_paper, rmu_retain_loss, rmu_retain_loss_paper, steering_direction
+from .rmu import (
+    default_coefficient,
+    rmu_loss,
+    rmu_loss_paper,
+    rmu_retain_loss,
+    rmu_retain_loss_paper,
+    steering_direction,
+)
 from .simnpo import simnpo_loss, simnpo_loss_paper
 from .wga import wga_loss, wga_loss_paper
 
@@ -47,7 +66,9 @@ __all__ = [
     "REDUCTIONS",
     "BASE_LOSSES",
     "BASE_LOSSES_PAPER",
+    "AnswerTokens",
     "TokenBeliefs",
+    "answer_tokens",
     "base_loss",
     "belief_counts",
     "belief_piece",
@@ -57,6 +78,7 @@ __all__ = [
     "bs_t_loss",
     "bs_t_loss_paper",
     "bst_target_weight",
+    "default_coefficient",
     "ga_loss",
     "ga_loss_paper",
     "ga_scaled_loss",
@@ -71,6 +93,7 @@ __all__ = [
     "npo_loss",
     "npo_loss_paper",
     "npo_weight",
+    "per_row_sum",
     "regularised_loss",
     "retain_kl_loss",
     "retain_loss",
@@ -88,4 +111,5 @@ __all__ = [
     "token_beliefs",
     "wga_loss",
     "wga_loss_paper",
+    "weighted_row_piece",
 ]

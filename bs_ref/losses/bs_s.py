@@ -11,8 +11,12 @@ objective only.
 
 Shapes: forget logits [B, T, V] with labels [B, T]; belief logits [B·N, T', V'] with labels [B·N, T']
 (belief rows of the same forget items) → scalar. For large N the belief term is evaluated in row chunks:
-``belief_piece`` is one chunk's share of L_base(D̂_u), so the pieces of all chunks add up to it exactly
-(the unlearning loop backwards each piece as it goes; ``bs_s_loss`` runs the same function on one chunk).
+``belief_piece`` is one chunk's share of L_base(D̂_u), so the pieces of all chunks add up to it exactly.
+
+What the unlearning loop runs (``bs_ref.methods.BSS.forget_terms``, ``bs_ref.runner.run_rows``): the base loss on
+the forget rows with weight 1 − λ_BSS, and ``belief_piece`` on each chunk of belief rows with weight λ_BSS,
+backwarded chunk by chunk; with prefix sharing or belief subsampling, ``weighted_row_piece`` on rows that carry
+their own weights. ``bs_s_loss`` is the same Eq. (7) in one call (one chunk of belief rows, one backward).
 
 ``bs_s_loss_paper`` writes Eq. (7) as printed, on the paper's forms of the base losses and with L_base(D̂_u)
 taken over all belief rows at once (for reading and for the tests).
@@ -54,15 +58,17 @@ def bs_s_combine(forget_term: torch.Tensor, belief_term: torch.Tensor | None, la
 
 
 def belief_piece(
-    base: str,
     logits: torch.Tensor,
     labels: torch.Tensor,
+    *,
+    base: str,
     rows_with_answer: int,
     answer_tokens: int,
     reduction: str = "row",
     **kwargs: Any,
 ) -> torch.Tensor:
     """One row chunk's share of L_base(D̂_u): the pieces of disjoint chunks add up to L_base on all belief rows.
+    This is what the unlearning loop runs on each chunk of belief rows (``bs_ref.methods.BSS.forget_terms``).
 
     ``rows_with_answer`` / ``answer_tokens`` count the belief rows with at least one answer token / all answer
     tokens of the WHOLE belief batch (the normalisers of the "row" and "token" reductions). NPO's "token"
@@ -106,13 +112,15 @@ def bs_s_loss(
     check_fraction(lam_bss, "lam_bss")
     base_kwargs = dict(base_kwargs or {})
     reduction = base_kwargs.pop("reduction", "row")
-    forget_term = base_loss(base, forget_logits, forget_labels, reduction=reduction, **base_kwargs,
-                            **(forget_kwargs or {}))  # fmt: skip
+    forget_term = base_loss(
+        base, forget_logits, forget_labels, reduction=reduction, **base_kwargs, **(forget_kwargs or {})
+    )
     rows, tokens = belief_counts(belief_labels)
     belief_term = None
     if rows:  # L_base(D̂_u) as one chunk
-        belief_term = belief_piece(base, belief_logits, belief_labels, rows, tokens, reduction, **base_kwargs,
-                                   **(belief_kwargs or {}))  # fmt: skip
+        counts = dict(rows_with_answer=rows, answer_tokens=tokens, reduction=reduction)
+        extra = belief_kwargs or {}
+        belief_term = belief_piece(belief_logits, belief_labels, base=base, **counts, **base_kwargs, **extra)
     return bs_s_combine(forget_term, belief_term, lam_bss)  # Eq. (7)
 
 
@@ -153,13 +161,13 @@ def bs_s_loss_paper(
 
 
 def weighted_row_piece(
-    base: str, logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor, **kwargs: Any
+    logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor, *, base: str, **kwargs: Any
 ) -> torch.Tensor:
     """Σ_r w_r · L_base(row r): the "row" reduction with a weight per row instead of 1/(rows with an answer).
 
     With w_r = 1/R on every row of a belief batch (R: its rows with an answer) this is ``belief_piece``'s row
-    mean; ``bs_ref.prefix`` uses it for rows that carry their own weights — forget and belief rows packed in one
-    forward under prefix sharing ((1 − λ_BSS)/B and λ_BSS/R), and subsampled belief rows reweighted N_i/m_i
+    mean. The loop runs it on rows that carry their own weights (``bs_ref.prefix``): forget and belief rows packed
+    in one forward under prefix sharing ((1 − λ_BSS)/B and λ_BSS/R), and subsampled belief rows reweighted N_i/m_i
     (Horvitz–Thompson). A row without answer tokens contributes 0. ``kwargs``: the base loss's hyper-parameters
     and, for NPO, ``ref_logprobs`` of these rows."""
     per_row = base_loss(base, logits, labels, reduction="none", **kwargs)

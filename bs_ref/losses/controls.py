@@ -43,8 +43,14 @@ def bst_target_weight(at: AnswerTokens, lam: float, top_k: int = 20, temperature
     return 1.0 - lam + lam * q_y
 
 
-def ga_target_matched_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.2, top_k: int = 20,
-                           temperature: float = 1.0, reduction: str = "row") -> torch.Tensor:  # fmt: skip
+def ga_target_matched_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.2,
+    top_k: int = 20,
+    temperature: float = 1.0,
+    reduction: str = "row",
+) -> torch.Tensor:
     """−mean_i sg(w_i)·(−log p_i[y_i]): GA weighted per token by BS-T's target weight (docs/theory.md D2)."""
     check_reduction(reduction)
     check_fraction(lam, "lam")
@@ -67,8 +73,9 @@ def sga_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.2, reduc
     return -reduce_tokens(ce, at, reduction)
 
 
-def ga_target_matched_loss_paper(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.2, top_k: int = 20,
-                                 temperature: float = 1.0) -> torch.Tensor:  # fmt: skip
+def ga_target_matched_loss_paper(
+    logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.2, top_k: int = 20, temperature: float = 1.0
+) -> torch.Tensor:
     """The target-matched control with BS-T's dense belief q_i (as ``bs_t_loss_paper`` builds it): the weight
     w_i = 1 − λ + λ·q_i[y_i] read off the dense q, times the dense log p_i[y_i]; row reduction. Reading/test form."""
     check_fraction(lam, "lam")

@@ -51,11 +51,14 @@ def default_coefficient(width: int) -> float:
 
 def _check(hidden: torch.Tensor, labels: torch.Tensor, name: str) -> None:
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor of shape [B, T, d], got "
-                         f"{getattr(hidden, 'shape', type(hidden))}")  # fmt: skip
+        raise ValueError(
+            f"{name} must be a floating-point tensor of shape [B, T, d], got {getattr(hidden, 'shape', type(hidden))}"
+        )
     if not isinstance(labels, torch.Tensor) or labels.shape != hidden.shape[:2] or labels.is_floating_point():
-        raise ValueError(f"labels must be an integer tensor of shape [B, T] matching {name} {tuple(hidden.shape)}, "
-                         f"got {getattr(labels, 'shape', type(labels))}")  # fmt: skip
+        raise ValueError(
+            f"labels must be an integer tensor of shape [B, T] matching {name} {tuple(hidden.shape)}, "
+            f"got {getattr(labels, 'shape', type(labels))}"
+        )
 
 
 def _reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -70,8 +73,9 @@ def _reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.T
     return reduce_rows(row_mean, counts > 0, reduction)
 
 
-def activation_distance(hidden: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
-                        reduction: str = "row", name: str = "hidden") -> torch.Tensor:  # fmt: skip
+def activation_distance(
+    hidden: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, reduction: str = "row", name: str = "hidden"
+) -> torch.Tensor:
     """(1/d)·‖hidden(t) − target(t)‖² at the answer positions (labels ≠ -100, no shift), reduced. ``target``
     broadcasts against the answer positions' states: [d] (RMU's c·u) or [B, T, d] (π_ref's states)."""
     _check(hidden, labels, name)
@@ -91,8 +95,9 @@ def rmu_loss(hidden: torch.Tensor, labels: torch.Tensor, control: torch.Tensor, 
     return activation_distance(hidden, control, labels, reduction)
 
 
-def rmu_retain_loss(hidden: torch.Tensor, ref_hidden: torch.Tensor, labels: torch.Tensor,
-                    reduction: str = "row") -> torch.Tensor:  # fmt: skip
+def rmu_retain_loss(
+    hidden: torch.Tensor, ref_hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "row"
+) -> torch.Tensor:
     """RMU's retain term: the states of layer ℓ on the retain answers against π_ref's (no gradient through them)."""
     _check(ref_hidden, labels, "ref_hidden")
     if ref_hidden.shape != hidden.shape:

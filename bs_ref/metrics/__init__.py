@@ -20,7 +20,7 @@ from .leakage import (
     semantic_similarity,
 )
 from .paper import agg, exact_memorisation, extraction_strength, fluency_proxy, fluency_scores, mem, tr_mod, util
-from .tofu import (
+from .scores import (
     CONVENTIONS,
     EVAL_FORMAT,
     aggregate,

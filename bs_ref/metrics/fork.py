@@ -3,7 +3,7 @@
 A belief sequence b and the target answer y share a prefix of tokens and then part: the fork is the first token
 index where b departs from y (the shared prefix's length). The prefix's log-prob moves with the target's (it is
 the target's own prefix), so squeezing shows on the **continuation after the fork**: log π(b_{f:} | x, b_{<f}) =
-Σ_{t ≥ f} log π(b_t | x, b_{<t}), the summed token log-probs from the fork on. ``bs_ref.stepping`` (SEQ1, SEQ2)
+Σ_{t ≥ f} log π(b_t | x, b_{<t}), the summed token log-probs from the fork on. ``bs_ref.analysis.stepping`` (SEQ1, SEQ2)
 and the experiment's belief bands (``bs_ref.metrics.leakage.score_belief_bands``) both use these two functions.
 """
 

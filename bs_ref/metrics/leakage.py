@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from bs_ref.generation import AnswerScores, encode_pair, generate_answers, pad_token_id_of, score_answers
+from bs_ref.generation import AnswerScores, Decoding, encode_pair, generate_answers, pad_token_id_of, score_answers
 
 from .fork import after_fork_logprob, fork
 from .paper import stable_mean
@@ -76,7 +76,7 @@ def fact_leak_rate(answers: Sequence[str] | Sequence[Sequence[str]], facts: Sequ
 
 
 def fact_token_mask(tokenizer, answer: str, fact_span: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-    """Which of ``answer_ids`` (the answer's tokens, as ``bs_ref.data.tofu.encode_answer`` makes them,
+    """Which of ``answer_ids`` (the answer's tokens, as ``bs_ref.data.qa.encode_answer`` makes them,
     possibly followed by EOS) overlap the character span ``fact_span`` = [start, end) of ``answer``."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("fact-token log-probs need a fast tokenizer (offset mapping); load it with use_fast=True")
@@ -88,7 +88,7 @@ def fact_token_mask(tokenizer, answer: str, fact_span: Sequence[int], answer_ids
     if list(answer_ids[: len(ids)]) != ids:
         raise ValueError(
             "the answer's scored tokens differ from the tokenizer's encoding of the answer text; encode "
-            "answers on their own (bs_ref.data.tofu.encode_answer) so fact spans map to tokens"
+            "answers on their own (bs_ref.data.qa.encode_answer) so fact spans map to tokens"
         )
     mask = np.zeros(len(answer_ids), dtype=bool)
     for t, (a, b) in enumerate(offsets):
@@ -116,7 +116,7 @@ def item_fields(
     paraphrased_question_generation: str | None = None,
     samples: Sequence[str] | None = None,
 ) -> dict:
-    """Leakage fields of one evaluated item (used by ``metrics.tofu.evaluate_split``).
+    """Leakage fields of one evaluated item (used by ``metrics.scores.evaluate_split``).
 
     ``scored`` maps a text field of the record ("answer", "paraphrased_answer", "heldout_answer") to its
     teacher-forced scores and token ids; the fact's log-prob is reported for every one that has a span
@@ -218,10 +218,8 @@ def build_belief_bands(
     if candidates is None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1 to sample candidates, got {num_samples}")
-        candidates = generate_answers(
-            original_model, tokenizer, questions, template, max_new_tokens, batch_size, num_samples, temperature,
-            seed=seed,
-        )  # fmt: skip
+        sampling = Decoding(max_new_tokens, batch_size, num_samples, temperature)
+        candidates = generate_answers(original_model, tokenizer, questions, template, sampling, seed)
     if len(candidates) != len(questions):
         raise ValueError(f"got {len(candidates)} candidate lists for {len(questions)} questions; pass one per question")
     unique = [list(dict.fromkeys(c for c in row if c.strip())) for row in candidates]
@@ -272,8 +270,8 @@ def score_belief_bands(
         flat_a += list(answers)
         flat_band += ["target"] * len(answers)
     pairs = [encode_pair(tokenizer, q, a, bands.template) for q, a in zip(flat_q, flat_a)]
-    scores = score_answers(model, [p for p, _ in pairs], [a for _, a in pairs], pad_token_id_of(tokenizer),
-                           batch_size)  # fmt: skip
+    pad = pad_token_id_of(tokenizer)
+    scores = score_answers(model, [p for p, _ in pairs], [a for _, a in pairs], pad, batch_size)
     logprobs = np.array([-s.mean_nll for s in scores])  # as _mean_logprobs
     labels = np.array(flat_band)
     out = {}
@@ -313,8 +311,8 @@ def score_belief_bands(
                 sel = (labels[: len(after)] == name) & forked[: len(after)]
                 sums = np.bincount(question_of[: len(after)][sel], weights=after[sel], minlength=n)
                 counts = np.bincount(question_of[: len(after)][sel], minlength=n)
-                out["per_question"][f"{name}_after_fork"] = {"sum": [float(x) for x in sums],
-                                                             "count": [int(x) for x in counts]}  # fmt: skip
+                summed = {"sum": [float(x) for x in sums], "count": [int(x) for x in counts]}
+                out["per_question"][f"{name}_after_fork"] = summed
     return out
 
 

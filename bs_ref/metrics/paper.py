@@ -23,7 +23,7 @@ HM is the harmonic mean (scipy.stats.hmean). All four Mem terms are "higher = mo
 1 - term is "forgotten", and the harmonic mean is high only when every channel has forgotten.
 
 Every term is defined for any mean NLL in [0, inf] (a collapsed model is a result, not a crash): P = exp(-NLL)
-is 0 at NLL = inf, the truth ratio is computed in log space (``metrics.tofu.truth_ratio``: 0, inf or 1 at the
+is 0 at NLL = inf, the truth ratio is computed in log space (``metrics.scores.truth_ratio``: 0, inf or 1 at the
 limits) and TR_mod = 1 / (1 + R) lies in [0, 1] for every R in [0, inf]. A NaN NLL (NaN logits) raises a
 ValueError naming the field.
 

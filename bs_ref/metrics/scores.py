@@ -39,6 +39,7 @@ serves every convention; ``load_locuslab_log`` maps locuslab/tofu's aggregated l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -52,7 +53,15 @@ from rouge_score import rouge_scorer
 from scipy.special import logsumexp
 from scipy.stats import hmean, ks_2samp
 
-from bs_ref.generation import AnswerScores, encode_pair, generate_answers, pad_token_id_of, score_answers
+from bs_ref.generation import (
+    AnswerScores,
+    Decoding,
+    decoding_with,
+    encode_pair,
+    generate_answers,
+    pad_token_id_of,
+    score_answers,
+)
 
 from . import leakage, paper
 
@@ -409,11 +418,9 @@ def evaluate_split(
     records: Sequence[dict],
     kind: str,
     template: str = "plain",
-    max_new_tokens: int = 200,
-    batch_size: int = 32,
-    num_samples: int = 0,
-    sample_temperature: float = 1.0,
+    decoding: Decoding | None = None,
     seed: int = 0,
+    **settings,
 ) -> list[dict]:
     """Per-item results of one split (the item format in the module docstring).
 
@@ -423,14 +430,51 @@ def evaluate_split(
     (``nll_heldout``). When records carry a ``fact``, the leakage fields are added: the fact in the
     greedy answer and the log-prob of the fact's tokens inside the answer / paraphrased / held-out
     phrasing; on the forget split also the fact in the greedy answer to ``paraphrased_question`` and in
-    any of ``num_samples`` sampled answers (extra generations, so only where leakage is measured).
+    any of ``decoding.num_samples`` sampled answers (seeded by ``seed``; extra generations, so only where leakage
+    is measured). ``decoding`` (default ``Decoding()``: 200 new tokens, batches of 32) and ``settings`` (its
+    fields by name, e.g. ``max_new_tokens=64``) as for ``bs_ref.generation.generate``.
     """
+    decoding = decoding_with(decoding, **settings)
     _check_records(records, kind)
     has_facts = all("fact" in r for r in records)
-    pad = pad_token_id_of(tokenizer)
+    by_item = _score_candidates(model, tokenizer, records, kind, template, decoding.batch_size)
 
-    # 1. Teacher-forced scores of every candidate, one batched pass.
-    candidates = []  # (item, role, answer text); roles are the record's text fields
+    # Greedy answers (and, for leakage, answers to the paraphrased question and N samples). The extra
+    # generations (paraphrased question, samples) are leakage probes: forget split only.
+    questions = [r["question"] for r in records]
+    probe = has_facts and kind == "forget"
+    para_questions = [r.get("paraphrased_question") for r in records] if probe else []
+    use_para_q = probe and all(isinstance(q, str) for q in para_questions)
+    asked = questions + (para_questions if use_para_q else [])
+    texts = generate_answers(model, tokenizer, asked, template, decoding.greedy())
+    generations, para_generations = texts[: len(records)], texts[len(records) :]
+    samples = None
+    if probe and decoding.num_samples > 0:
+        # As every recorded run drew them: nucleus mass top_p = ``seed`` and the sampling stream of seed 0, so at
+        # seed 0 (top_p = 0) the N "samples" are N copies of the greedy answer, and at seed >= 1 (top_p >= 1) N
+        # untruncated samples from seed 0. Drawing them with ``decoding.top_p`` and ``seed`` changes
+        # fact_leak_any_of_n.
+        recorded = dataclasses.replace(decoding, top_p=seed)
+        samples = generate_answers(model, tokenizer, questions, template, recorded, 0)
+    rouge = rouge_l_recall(generations, [r["answer"] for r in records])
+
+    items = []
+    for i, rec in enumerate(records):
+        item = _item(i, rec, kind, by_item[i], generations[i], float(rouge[i]))
+        if has_facts:
+            para = para_generations[i] if use_para_q else None
+            sampled = samples[i] if samples is not None else None
+            scored = {role: pairs[0] for role, pairs in by_item[i].items() if role != "perturbed_answer"}
+            item.update(leakage.item_fields(tokenizer, rec, scored, generations[i], para, sampled))
+        items.append(item)
+    return items
+
+
+def _score_candidates(model, tokenizer, records, kind: str, template: str, batch_size: int) -> list[dict]:
+    """Per item, {role: [(scores, answer ids), ...]}: the teacher-forced scores of every candidate (answer,
+    paraphrased answer, held-out answer, perturbed answers; roles are the record's text fields), one batched
+    pass in which each distinct candidate runs once."""
+    candidates = []  # (item, role, answer text)
     for i, rec in enumerate(records):
         candidates.append((i, "answer", rec["answer"]))
         if kind in ("forget", "retain"):
@@ -439,68 +483,41 @@ def evaluate_split(
             candidates.append((i, "heldout_answer", rec["heldout_answer"]))
         candidates.extend((i, "perturbed_answer", wrong) for wrong in rec["perturbed_answer"])
     encoded = [encode_pair(tokenizer, records[i]["question"], text, template) for i, _, text in candidates]
+    pad = pad_token_id_of(tokenizer)
     scores = score_answers(model, [p for p, _ in encoded], [a for _, a in encoded], pad, batch_size)
     by_item: list[dict[str, list[tuple[AnswerScores, list[int]]]]] = [{} for _ in records]
     for (i, role, _), s, (_, ids) in zip(candidates, scores, encoded):
         by_item[i].setdefault(role, []).append((s, ids))
+    return by_item
 
-    # 2. Greedy answers (and, for leakage, answers to the paraphrased question and N samples).
-    questions = [r["question"] for r in records]
-    # The extra generations (paraphrased question, samples) are leakage probes: forget split only.
-    probe = has_facts and kind == "forget"
-    para_questions = [r.get("paraphrased_question") for r in records] if probe else []
-    use_para_q = probe and all(isinstance(q, str) for q in para_questions)
-    texts = generate_answers(
-        model, tokenizer, questions + (para_questions if use_para_q else []), template, max_new_tokens, batch_size
-    )
-    generations, para_generations = texts[: len(records)], texts[len(records) :]
-    samples = None
-    if probe and num_samples > 0:
-        samples = generate_answers(
-            model, tokenizer, questions, template, max_new_tokens, batch_size, num_samples, sample_temperature, seed
-        )
-    rouge = rouge_l_recall(generations, [r["answer"] for r in records])
 
-    # 3. Per-item numbers.
-    items = []
-    for i, rec in enumerate(records):
-        scored = {role: pairs[0] for role, pairs in by_item[i].items() if role != "perturbed_answer"}
-        ans = scored["answer"][0]
-        nll_perturbed = [s.mean_nll for s, _ in by_item[i]["perturbed_answer"]]
-        nll_paraphrased = scored["paraphrased_answer"][0].mean_nll if "paraphrased_answer" in scored else ans.mean_nll
-        ratio = truth_ratio(nll_paraphrased, nll_perturbed)
-        item = {
-            "index": i,
-            "question": rec["question"],
-            "answer": rec["answer"],
-            "generation": generations[i],
-            "nll_answer": ans.mean_nll,
-            "nll_paraphrased": nll_paraphrased,
-            "nll_perturbed": nll_perturbed,
-            "n_tokens_answer": ans.n_tokens,
-            "prob": answer_prob(ans.mean_nll, nll_perturbed, kind),
-            "truth_ratio": ratio,
-            "rougeL_recall": float(rouge[i]),
-            "es": paper.extraction_strength(ans.argmax_matches),
-            "em": paper.exact_memorisation(ans.argmax_matches),
-            "para_prob": paper.prob_from_nll(nll_paraphrased),
-            "tr_mod": float(paper.tr_mod(ratio)),
-        }
-        if "heldout_answer" in scored:
-            item["nll_heldout"] = scored["heldout_answer"][0].mean_nll
-        if has_facts:
-            item.update(
-                leakage.item_fields(
-                    tokenizer,
-                    rec,
-                    scored,
-                    generations[i],
-                    para_generations[i] if use_para_q else None,
-                    samples[i] if samples is not None else None,
-                )
-            )
-        items.append(item)
-    return items
+def _item(i: int, rec: dict, kind: str, scored_roles: dict, generation: str, rouge: float) -> dict:
+    """The numbers of one item from its candidates' scores and its greedy answer (leakage fields aside)."""
+    scored = {role: pairs[0] for role, pairs in scored_roles.items() if role != "perturbed_answer"}
+    ans = scored["answer"][0]
+    nll_perturbed = [s.mean_nll for s, _ in scored_roles["perturbed_answer"]]
+    nll_paraphrased = scored["paraphrased_answer"][0].mean_nll if "paraphrased_answer" in scored else ans.mean_nll
+    ratio = truth_ratio(nll_paraphrased, nll_perturbed)
+    item = {
+        "index": i,
+        "question": rec["question"],
+        "answer": rec["answer"],
+        "generation": generation,
+        "nll_answer": ans.mean_nll,
+        "nll_paraphrased": nll_paraphrased,
+        "nll_perturbed": nll_perturbed,
+        "n_tokens_answer": ans.n_tokens,
+        "prob": answer_prob(ans.mean_nll, nll_perturbed, kind),
+        "truth_ratio": ratio,
+        "rougeL_recall": rouge,
+        "es": paper.extraction_strength(ans.argmax_matches),
+        "em": paper.exact_memorisation(ans.argmax_matches),
+        "para_prob": paper.prob_from_nll(nll_paraphrased),
+        "tr_mod": float(paper.tr_mod(ratio)),
+    }
+    if "heldout_answer" in scored:
+        item["nll_heldout"] = scored["heldout_answer"][0].mean_nll
+    return item
 
 
 def evaluate(

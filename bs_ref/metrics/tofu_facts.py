@@ -55,15 +55,18 @@ OPEN = re.compile(
     r"writing style|is the significance|does .* (?:say|think|believe|feel|advise)))\b",
     re.IGNORECASE,
 )
-YES_NO = re.compile(r"^(?!(?:can|could|would|will) you\b)(has|have|had|is|are|was|were|did|does|do|could|can|will|"
-                    r"would)\b", re.IGNORECASE)  # fmt: skip
+YES_NO = re.compile(
+    r"^(?!(?:can|could|would|will) you\b)(has|have|had|is|are|was|were|did|does|do|could|can|will|"
+    r"would)\b",
+    re.IGNORECASE,
+)
 NAME = re.compile(r"\b(full name|name of the author|who is (?:this|the))\b", re.IGNORECASE)
 ASKS = {
     "title": re.compile(r"\b(books?|titles?|works?|novels?|publications?|series)\b", re.IGNORECASE),
     "award": re.compile(r"\b(awards?|prizes?|recognition|honou?rs?|accolades?)\b", re.IGNORECASE),
     "profession": re.compile(
         r"\b(professions?|occupations?|jobs?|vocations?|for a living|careers? of)\b", re.IGNORECASE
-    ),  # fmt: skip
+    ),
     "genre": re.compile(r"\b(genre|(?:type|kind)s? of (?:books|literature|writing|stories))\b", re.IGNORECASE),
     "gender": re.compile(r"\b(gender|identify)\b", re.IGNORECASE),
     "date": re.compile(r"\b(when|year|date|born on|birth)\b", re.IGNORECASE),
@@ -71,32 +74,43 @@ ASKS = {
         r"\b(full name|name of|who|whom|where|which|city|country|language|nationality|"
         r"name (?:a|an|one|some|two|three|a few))\b",
         re.IGNORECASE,
-    ),  # fmt: skip
+    ),
 }
 QUOTED = re.compile(r"\"([^\"]{2,}?)\"|“([^”]{2,}?)”|(?:(?<=\s)|^)'([^']{2,}?)'(?=[\s.,;:!?)]|$)")
 AWARD_WORDS = re.compile(r"\b(Award|Prize|Medal|Honou?r|Prix|Trophy|Fellowship)\b")
-PROFESSION = re.compile(r"\b(?:a|an)\s+((?:[A-Za-z][\w/-]*\s?){1,3}?)(?=\s*(?:[,.;:)]|\band\b|\bwhile\b|\bwho\b|"
-                        r"\bwhose\b|\bby\b|\bin\b|\bat\b|\bfor\b|$))")  # fmt: skip
+PROFESSION = re.compile(
+    r"\b(?:a|an)\s+((?:[A-Za-z][\w/-]*\s?){1,3}?)(?=\s*(?:[,.;:)]|\band\b|\bwhile\b|\bwho\b|"
+    r"\bwhose\b|\bby\b|\bin\b|\bat\b|\bfor\b|$))"
+)
 GENRE_OF = re.compile(r"\bgenres? of\s+([A-Za-z][\w' -]*?)(?=[,.;:]|\s+(?:and|with|while|which|that)\b|$)")
 THE_X_GENRE = re.compile(r"\b(?:the|in|of)\s+(?:the\s+)?((?:[A-Za-z][\w'-]*\s){1,3}?)genres?\b")
 LISTS = re.compile(r"\bany (?:other )?(?:books|works|novels)\b", re.IGNORECASE)
-QUALIFIERS = re.compile(r"^(?:(?:noted|renowned|well-known|respected|distinguished|acclaimed|skilled|talented|"
-                        r"successful|famous|local|dedicated|hard-working|professional)\s+)+|(?:\s+(?:father|mother|"
-                        r"parents?|by profession))+$", re.IGNORECASE)  # fmt: skip
-GENDERS = re.compile(r"\b(LGBTQ\+?|male|female|non-binary|transgender|genderqueer|gay|lesbian|bisexual)\b",
-                     re.IGNORECASE)  # fmt: skip
+QUALIFIERS = re.compile(
+    r"^(?:(?:noted|renowned|well-known|respected|distinguished|acclaimed|skilled|talented|"
+    r"successful|famous|local|dedicated|hard-working|professional)\s+)+|(?:\s+(?:father|mother|"
+    r"parents?|by profession))+$",
+    re.IGNORECASE,
+)
+GENDERS = re.compile(
+    r"\b(LGBTQ\+?|male|female|non-binary|transgender|genderqueer|gay|lesbian|bisexual)\b", re.IGNORECASE
+)
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
-DATE = re.compile(rf"\b(?:\d{{1,2}}(?:st|nd|rd|th)? of (?:{MONTHS}),? \d{{4}}|(?:{MONTHS}) \d{{1,2}}(?:st|nd|rd|th)?,? "
-                  rf"\d{{4}}|\d{{1,2}}/\d{{1,2}}/\d{{4}}|\d{{4}}s?)\b")  # fmt: skip
-CAPITALISED = re.compile(r"\b(?:[A-Z][\w'’.-]*|\d[\d,./]*)(?:\s+(?:(?:of|the|de|la|du|von|van|al|and|in|for|bin)\s+)*"
-                         r"(?:[A-Z][\w'’.-]*|\d[\d,./]*))*")  # fmt: skip
-STOP = {
-    "the", "a", "an", "one", "some", "two", "three", "yes", "no", "in", "as", "her", "his", "their", "its", "it",
-    "he", "she", "they", "after", "while", "born", "readers", "apart", "for", "although", "author", "authors",
-    "this", "these", "that", "since", "currently", "presently", "key", "with", "from", "by", "on", "at", "of",
-    "however", "besides", "being", "among", "through", "throughout", "when", "before", "during", "both",
-    "many", "most", "notably", "additionally", "moreover", "also", "winning", "receiving", "i", "we",
-}  # fmt: skip
+DATE = re.compile(
+    rf"\b(?:\d{{1,2}}(?:st|nd|rd|th)? of (?:{MONTHS}),? \d{{4}}|(?:{MONTHS}) \d{{1,2}}(?:st|nd|rd|th)?,? "
+    rf"\d{{4}}|\d{{1,2}}/\d{{1,2}}/\d{{4}}|\d{{4}}s?)\b"
+)
+CAPITALISED = re.compile(
+    r"\b(?:[A-Z][\w'’.-]*|\d[\d,./]*)(?:\s+(?:(?:of|the|de|la|du|von|van|al|and|in|for|bin)\s+)*"
+    r"(?:[A-Z][\w'’.-]*|\d[\d,./]*))*"
+)
+STOP = set(
+    (
+        "the a an one some two three yes no in as her his their its it he she they after while born readers "
+        "apart for although author authors this these that since currently presently key with from by on at "
+        "of however besides being among through throughout when before during both many most notably "
+        "additionally moreover also winning receiving i we"
+    ).split()
+)
 
 
 def _norm(text: str) -> str:
@@ -134,8 +148,9 @@ def _quoted(question: str, answer: str) -> dict | None:
     return None
 
 
-def _capitalised(question: str, answer: str, rule: str, must: re.Pattern | None = None,
-                 min_words: int = 1) -> dict | None:  # fmt: skip
+def _capitalised(
+    question: str, answer: str, rule: str, must: re.Pattern | None = None, min_words: int = 1
+) -> dict | None:
     for m in CAPITALISED.finditer(answer):
         words = m.group(0).split()
         start = m.start()
@@ -194,7 +209,6 @@ def annotate(question: str, answer: str) -> dict | None:
     if found is None and "entity" in asks:
         found = _capitalised(q, answer, "entity")
     if found is not None:
-
         if not contains_fact(answer, found["fact"]):  # the fact must be whole words of the answer
             return None
     return found
@@ -246,7 +260,7 @@ def fact_table(records: Sequence[dict], path: str | None = None) -> dict[str, st
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Write the annotation file of the tiers' authors (``TIER_SOURCES``) from a TOFU directory or hub name."""
-    from bs_ref.data.tofu import load_tofu
+    from bs_ref.data.qa import load_tofu
 
     parser = argparse.ArgumentParser(prog="python -m bs_ref.metrics.tofu_facts", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a TOFU directory (JSON files per config) or locuslab/TOFU")
@@ -258,9 +272,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sources.append({"config": config, "rows": f"{first}-{end - 1}"})
     records = list({r["question"]: r for r in records}.values())
     facts, missing = build(records)
-    payload = {"format": FORMAT, "annotator": "bs_ref.metrics.tofu_facts.annotate (rule-based)", "sources": sources,
-               "n_items": len(records), "n_annotated": len(facts), "n_unannotated": len(missing),
-               "unannotated": missing, "facts": facts}  # fmt: skip
+    payload = {
+        "format": FORMAT,
+        "annotator": "bs_ref.metrics.tofu_facts.annotate (rule-based)",
+        "sources": sources,
+        "n_items": len(records),
+        "n_annotated": len(facts),
+        "n_unannotated": len(missing),
+        "unannotated": missing,
+        "facts": facts,
+    }
     Path(args.out).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{len(facts)} of {len(records)} items annotated, {len(missing)} not; wrote {args.out}")
     return payload

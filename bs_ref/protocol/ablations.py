@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bs_ref.losses._common import answer_tokens
+from bs_ref.losses import answer_tokens
 from bs_ref.losses.bs_t import check_top_k
 from bs_ref.methods import Method, method_from_spec
 from bs_ref.protocol import plots
 from bs_ref.protocol.cli import resolve_methods
+from bs_ref.protocol.stats import format_interval
 from bs_ref.protocol.tables import MISSING, fmt, method_rows, number, write_csv
-from bs_ref.stats import format_interval
 
 # --------------------------------------------------------------------------------------------- the specs
 REFRESH_PERIODS: tuple[float | None, ...] = (None, 2, 1, 0)
@@ -62,8 +62,10 @@ def _ablation_table() -> dict[str, list[str]]:
         sensitivity += [f"ga_scaled:lam={lam}", f"sga:lam={lam}"]  # BS-T's controls at this λ (docs/theory.md D2)
         for k in SENSITIVITY_TOP_K:
             for tau in SENSITIVITY_TAUS:
-                sensitivity += [f"bs_t:lam={lam},top_k={k},temperature={tau}",  # and its target-matched control
-                                f"ga_target_matched:lam={lam},top_k={k},temperature={tau}"]  # fmt: skip
+                sensitivity += [
+                    f"bs_t:lam={lam},top_k={k},temperature={tau}",  # and its target-matched control
+                    f"ga_target_matched:lam={lam},top_k={k},temperature={tau}",
+                ]
     sensitivity += [f"bs_s:lam_bss={lam_bss}" for lam_bss in SENSITIVITY_LAM_BSS]
     return {"refresh": refresh, "sensitivity": sensitivity}
 
@@ -95,8 +97,11 @@ HEADERS = {
 
 def ablation_problems(names: Sequence[str]) -> list[str]:
     """One line per unknown ablation name, naming ``--ablation`` and the choices."""
-    return [f"unknown --ablation {name!r}; choose from {', '.join(ABLATIONS)} (several may be given)"
-            for name in dict.fromkeys(names) if name not in ABLATIONS]  # fmt: skip
+    return [
+        f"unknown --ablation {name!r}; choose from {', '.join(ABLATIONS)} (several may be given)"
+        for name in dict.fromkeys(names)
+        if name not in ABLATIONS
+    ]
 
 
 def ablation_specs(names: Sequence[str]) -> list[str]:
@@ -118,8 +123,10 @@ def vocab_problems(specs: Sequence[str], vocab_size: int, settings: dict[str, An
             continue  # resolve_methods reports it
         k = getattr(method, "top_k", None)
         if k is not None and k > vocab_size:
-            out.append(f"{spec}: top_k={k} exceeds the vocabulary ({vocab_size} tokens); {method.title} would stop at "
-                       f"its first step — use top_k <= {vocab_size}")  # fmt: skip
+            out.append(
+                f"{spec}: top_k={k} exceeds the vocabulary ({vocab_size} tokens); {method.title} would stop at "
+                f"its first step — use top_k <= {vocab_size}"
+            )
     return out
 
 
@@ -145,8 +152,9 @@ def seconds_per_step(result: dict) -> float:
     return seconds / steps if steps > 0 and math.isfinite(seconds) else float("nan")
 
 
-def _numbers(label: str, carriers: dict[str, dict], summary_rows: Sequence[dict],
-             results: Sequence[dict]) -> dict[str, Any]:  # fmt: skip
+def _numbers(
+    label: str, carriers: dict[str, dict], summary_rows: Sequence[dict], results: Sequence[dict]
+) -> dict[str, Any]:
     """A label's measures (mean over runs and the 95 % interval of its summary row), runs and seconds per step."""
     row = carriers.get(label, {})
     out: dict[str, Any] = {"label": label}
@@ -156,8 +164,11 @@ def _numbers(label: str, carriers: dict[str, dict], summary_rows: Sequence[dict]
         out[f"{m}_ci_low"], out[f"{m}_ci_high"] = number(row.get(f"{m}_ci_low")), number(row.get(f"{m}_ci_high"))
     seconds = np.array([seconds_per_step(r) for r in results if r.get("method") == label], dtype=float)
     seconds = seconds[np.isfinite(seconds)]
-    mean, low, high = (float(seconds.mean()), float(seconds.min()), float(seconds.max())) if seconds.size else (
-        float("nan"), float("nan"), float("nan"))  # fmt: skip
+    mean, low, high = (
+        (float(seconds.mean()), float(seconds.min()), float(seconds.max()))
+        if seconds.size
+        else (float("nan"), float("nan"), float("nan"))
+    )
     out |= {"seconds_per_step": mean, "seconds_per_step_min": low, "seconds_per_step_max": high}
     return out
 
@@ -172,8 +183,9 @@ def period_name(method: Method) -> str:
     return "every epoch" if r == 1 else f"every {fmt(r, 3).rstrip('0').rstrip('.')} epochs"
 
 
-def refresh_rows(summary_rows: Sequence[dict], results: Sequence[dict],
-                 settings: dict[str, Any] | None = None) -> list[dict]:  # fmt: skip
+def refresh_rows(
+    summary_rows: Sequence[dict], results: Sequence[dict], settings: dict[str, Any] | None = None
+) -> list[dict]:
     """One row per refresh spec with results: ``label``, ``regime``, ``refresh_epochs`` (None off-policy),
     ``period``, ``n_beliefs``, ``n_runs``, ``seconds_per_step`` (mean over runs, and ``_min``/``_max``) and every
     measure of ``MEASURES`` with ``_ci_low``/``_ci_high``. ``settings``: the run's run-wide method settings."""
@@ -182,14 +194,21 @@ def refresh_rows(summary_rows: Sequence[dict], results: Sequence[dict],
         if label not in carriers:
             continue
         on = method.regime == "on_policy"
-        out.append({**_numbers(label, carriers, summary_rows, results), "regime": method.regime,
-                    "refresh_epochs": method.refresh_epochs if on else None, "period": period_name(method),
-                    "n_beliefs": method.n_beliefs})  # fmt: skip
+        out.append(
+            {
+                **_numbers(label, carriers, summary_rows, results),
+                "regime": method.regime,
+                "refresh_epochs": method.refresh_epochs if on else None,
+                "period": period_name(method),
+                "n_beliefs": method.n_beliefs,
+            }
+        )
     return out
 
 
-def sensitivity_rows(summary_rows: Sequence[dict], results: Sequence[dict],
-                     settings: dict[str, Any] | None = None) -> list[dict]:  # fmt: skip
+def sensitivity_rows(
+    summary_rows: Sequence[dict], results: Sequence[dict], settings: dict[str, Any] | None = None
+) -> list[dict]:
     """One row per sensitivity spec with results, ``family`` ``bs_t`` or ``ga_target_matched`` (``lam``,
     ``top_k``, ``temperature``), ``ga_scaled`` or ``sga`` (``lam``) or ``bs_s`` (``lam_bss``), with the numbers of
     ``refresh_rows``. A BS-T row also has, for each control (``CONTROLS``), ``control<suffix>`` (the label of the
@@ -212,8 +231,9 @@ def sensitivity_rows(summary_rows: Sequence[dict], results: Sequence[dict],
         if row["family"] != "bs_t":
             continue
         for name, fields in CONTROLS.items():
-            control = next((c for c in out if c["family"] == name
-                            and all(math.isclose(c[f], row[f]) for f in fields)), None)  # fmt: skip
+            control = next(
+                (c for c in out if c["family"] == name and all(math.isclose(c[f], row[f]) for f in fields)), None
+            )
             suffix = CONTROL_SUFFIX[name]
             row[f"control{suffix}"] = None if control is None else control["label"]
             for m in ("target_logprob_drop", "high_band_drop"):
@@ -254,27 +274,54 @@ def ablation_markdown(name: str, rows: Sequence[dict]) -> str:
     if not rows:
         return f"No result of the {name} ablation in this run."
     if name == "refresh":
-        lines = [[r["period"], str(r["n_beliefs"]), r["label"], str(r["n_runs"]), _seconds(r),
-                  *(_cell(r, m) for m in measures)] for r in rows]  # fmt: skip
+        lines = []
+        for r in rows:
+            lines.append([r["period"], str(r["n_beliefs"]), r["label"], str(r["n_runs"]), _seconds(r)])
+            lines[-1] += [_cell(r, m) for m in measures]
         return "\n".join(_table(["BS-S beliefs", "N", "label", "n", "s / step", *heads], lines, 2 + len(heads)))
     parts = []
     bs_t = [r for r in rows if r["family"] == "bs_t"]
     if bs_t:
         present = [c for c in CONTROLS if any(r.get(f"control{CONTROL_SUFFIX[c]}") for r in bs_t)] or ["ga_scaled"]
-        lines = [[fmt(r["lam"], 2), str(r["top_k"]), fmt(r["temperature"], 1), str(r["n_runs"]),
-                  *(_cell(r, m) for m in measures),
-                  *(_diff(r, m + "_vs_control" + CONTROL_SUFFIX[c]) for c in present
-                    for m in ("target_logprob_drop", "high_band_drop"))] for r in bs_t]  # fmt: skip
-        heads_t = ["λ", "k", "τ", "n", *heads, *(f"{what} − {CONTROL_NAMES[c]}" for c in present
-                                                  for what in ("target drop", "high-band drop"))]  # fmt: skip
+        lines = [
+            [
+                fmt(r["lam"], 2),
+                str(r["top_k"]),
+                fmt(r["temperature"], 1),
+                str(r["n_runs"]),
+                *(_cell(r, m) for m in measures),
+                *(
+                    _diff(r, m + "_vs_control" + CONTROL_SUFFIX[c])
+                    for c in present
+                    for m in ("target_logprob_drop", "high_band_drop")
+                ),
+            ]
+            for r in bs_t
+        ]
+        heads_t = [
+            "λ",
+            "k",
+            "τ",
+            "n",
+            *heads,
+            *(f"{what} − {CONTROL_NAMES[c]}" for c in present for what in ("target drop", "high-band drop")),
+        ]
         parts += ["\n".join(_table(heads_t, lines, len(heads_t) - 3)), ""]
     for name in CONTROLS:
         controls = [r for r in rows if r["family"] == name]
         if not controls:
             continue
         keyed = name == "ga_target_matched"
-        lines = [[fmt(r["lam"], 2), *([str(r["top_k"]), fmt(r["temperature"], 1)] if keyed else []), r["label"],
-                  str(r["n_runs"]), *(_cell(r, m) for m in measures)] for r in controls]  # fmt: skip
+        lines = [
+            [
+                fmt(r["lam"], 2),
+                *([str(r["top_k"]), fmt(r["temperature"], 1)] if keyed else []),
+                r["label"],
+                str(r["n_runs"]),
+                *(_cell(r, m) for m in measures),
+            ]
+            for r in controls
+        ]
         head = ["λ", *(["k", "τ"] if keyed else []), "label", "n", *heads]
         parts += [f"Controls {CONTROL_NAMES[name]}:", "", "\n".join(_table(head, lines, 1 + len(heads))), ""]
     bs_s = [r for r in rows if r["family"] == "bs_s"]
@@ -305,8 +352,9 @@ def _n_title(rows: Sequence[dict], cost: bool = False) -> str:
     n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     if ns[-1] <= 1:
         return f"n={n} run per setting; no error bars with one run"
-    return f"n={n} runs per setting; error bars where n > 1: 95 % interval" + (" (y), min–max over runs (x)" if cost
-                                                                              else "")  # fmt: skip
+    return f"n={n} runs per setting; error bars where n > 1: 95 % interval" + (
+        " (y), min–max over runs (x)" if cost else ""
+    )
 
 
 def plot_refresh(rows: Sequence[dict], path: str | Path):
@@ -315,8 +363,10 @@ def plot_refresh(rows: Sequence[dict], path: str | Path):
     plt = plots.pyplot()
     if plt is None or not rows:
         return None
-    panels = [("fact_leak", "fact-leak rate (↓ more forgotten)"),
-              ("target_logprob_drop", "target log-prob drop, nats (↑ more forgotten)")]  # fmt: skip
+    panels = [
+        ("fact_leak", "fact-leak rate (↓ more forgotten)"),
+        ("target_logprob_drop", "target log-prob drop, nats (↑ more forgotten)"),
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8), squeeze=False)
     markers, colors = ("o", "s", "^", "D", "v", "P"), plt.get_cmap("tab10")
     periods = list(dict.fromkeys(r["period"] for r in rows))
@@ -327,15 +377,31 @@ def plot_refresh(rows: Sequence[dict], path: str | Path):
             sub = sorted((r for r in rows if r["period"] == period), key=lambda r: r["n_beliefs"])
             xs = np.array([number(r.get("seconds_per_step")) for r in sub])
             ys = np.array([number(r.get(measure)) for r in sub])
-            xerr = np.array([[max(x - number(r.get("seconds_per_step_min")), 0.0) if r["n_runs"] > 1 else 0.0
-                              for x, r in zip(xs, sub)],
-                             [max(number(r.get("seconds_per_step_max")) - x, 0.0) if r["n_runs"] > 1 else 0.0
-                              for x, r in zip(xs, sub)]])  # fmt: skip
+            several = np.array([r["n_runs"] > 1 for r in sub])  # min–max bars only where there are several runs
+            low = np.array([number(r.get("seconds_per_step_min")) for r in sub])
+            high = np.array([number(r.get("seconds_per_step_max")) for r in sub])
+            xerr = np.where(several, np.maximum(np.stack([xs - low, high - xs]), 0.0), 0.0)
             color = colors(j % 10)
-            ax.errorbar(xs, ys, xerr=np.nan_to_num(xerr), yerr=_yerr(sub, measure), fmt="-", color=color, alpha=0.5,
-                        elinewidth=0.7, capsize=2, label=period)  # fmt: skip
-            ax.scatter(xs, ys, s=[30 + 25 * r["n_beliefs"] for r in sub], marker=markers[j % len(markers)],
-                       color=color, zorder=3)  # fmt: skip
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=np.nan_to_num(xerr),
+                yerr=_yerr(sub, measure),
+                fmt="-",
+                color=color,
+                alpha=0.5,
+                elinewidth=0.7,
+                capsize=2,
+                label=period,
+            )
+            ax.scatter(
+                xs,
+                ys,
+                s=[30 + 25 * r["n_beliefs"] for r in sub],
+                marker=markers[j % len(markers)],
+                color=color,
+                zorder=3,
+            )
             for x, y, r in zip(xs, ys, sub):
                 if math.isfinite(x) and math.isfinite(y):
                     ax.annotate(f"N={r['n_beliefs']}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
@@ -360,24 +426,50 @@ def plot_sensitivity_bs_t(rows: Sequence[dict], path: str | Path):
     taus = sorted({r["temperature"] for r in bs_t})
     ks = sorted({r["top_k"] for r in bs_t})
     panels = [("target_logprob_drop", "target log-prob drop (nats)"), ("high_band_drop", "high-band drop (nats)")]
-    fig, axes = plt.subplots(len(panels), len(taus), figsize=(3.6 * len(taus), 3.0 * len(panels)), squeeze=False,
-                             sharey="row")  # fmt: skip
+    fig, axes = plt.subplots(
+        len(panels), len(taus), figsize=(3.6 * len(taus), 3.0 * len(panels)), squeeze=False, sharey="row"
+    )
     cmap = plt.get_cmap("viridis")
     for i, (measure, ylabel) in enumerate(panels):
         for j, tau in enumerate(taus):
             ax = axes[i, j]
             for c, k in enumerate(ks):
                 sub = sorted((r for r in bs_t if r["temperature"] == tau and r["top_k"] == k), key=lambda r: r["lam"])
-                ax.errorbar([r["lam"] for r in sub], [number(r.get(measure)) for r in sub], yerr=_yerr(sub, measure),
-                            fmt="-o", markersize=3, capsize=2, elinewidth=0.7, label=f"k={k}",
-                            color=cmap(0.85 * c / max(1, len(ks) - 1)))  # fmt: skip
+                ax.errorbar(
+                    [r["lam"] for r in sub],
+                    [number(r.get(measure)) for r in sub],
+                    yerr=_yerr(sub, measure),
+                    fmt="-o",
+                    markersize=3,
+                    capsize=2,
+                    elinewidth=0.7,
+                    label=f"k={k}",
+                    color=cmap(0.85 * c / max(1, len(ks) - 1)),
+                )
             if controls:
-                ax.errorbar([r["lam"] for r in controls], [number(r.get(measure)) for r in controls],
-                            yerr=_yerr(controls, measure), fmt="--", color="k", linewidth=1, capsize=2,
-                            elinewidth=0.7, label="GA×(1−λ)")  # fmt: skip
+                ax.errorbar(
+                    [r["lam"] for r in controls],
+                    [number(r.get(measure)) for r in controls],
+                    yerr=_yerr(controls, measure),
+                    fmt="--",
+                    color="k",
+                    linewidth=1,
+                    capsize=2,
+                    elinewidth=0.7,
+                    label="GA×(1−λ)",
+                )
             if sga:
-                ax.errorbar([r["lam"] for r in sga], [number(r.get(measure)) for r in sga], yerr=_yerr(sga, measure),
-                            fmt=":", color="tab:red", linewidth=1, capsize=2, elinewidth=0.7, label="SGA")  # fmt: skip
+                ax.errorbar(
+                    [r["lam"] for r in sga],
+                    [number(r.get(measure)) for r in sga],
+                    yerr=_yerr(sga, measure),
+                    fmt=":",
+                    color="tab:red",
+                    linewidth=1,
+                    capsize=2,
+                    elinewidth=0.7,
+                    label="SGA",
+                )
             ax.set_title(f"τ = {fmt(tau, 1)}", fontsize=9)
             ax.grid(alpha=0.3)
             if i == len(panels) - 1:
@@ -386,8 +478,9 @@ def plot_sensitivity_bs_t(rows: Sequence[dict], path: str | Path):
                 ax.set_ylabel(ylabel, fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 1.03))
-    fig.suptitle(f"BS-T sensitivity over λ, k, τ (↑ more forgotten); {_n_title(bs_t + controls + sga)}", y=1.08,
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"BS-T sensitivity over λ, k, τ (↑ more forgotten); {_n_title(bs_t + controls + sga)}", y=1.08, fontsize=9
+    )
     fig.tight_layout()
     return plots.save_figure(fig, path)
 
@@ -399,13 +492,24 @@ def plot_sensitivity_bs_s(rows: Sequence[dict], path: str | Path):
     bs_s = sorted((r for r in rows if r.get("family") == "bs_s"), key=lambda r: r["lam_bss"])
     if plt is None or not bs_s:
         return None
-    panels = [("target_logprob_drop", "target drop ↑"), ("high_band_drop", "high-band drop ↑"),
-              ("fact_leak", "fact leak ↓"), ("model_utility", "MU ↑")]  # fmt: skip
+    panels = [
+        ("target_logprob_drop", "target drop ↑"),
+        ("high_band_drop", "high-band drop ↑"),
+        ("fact_leak", "fact leak ↓"),
+        ("model_utility", "MU ↑"),
+    ]
     panels = [(m, h) for m, h in panels if any(math.isfinite(number(r.get(m))) for r in bs_s)] or panels[:1]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
     for ax, (measure, ylabel) in zip(axes[0], panels):
-        ax.errorbar([r["lam_bss"] for r in bs_s], [number(r.get(measure)) for r in bs_s], yerr=_yerr(bs_s, measure),
-                    fmt="-o", markersize=4, capsize=2, color="tab:purple")  # fmt: skip
+        ax.errorbar(
+            [r["lam_bss"] for r in bs_s],
+            [number(r.get(measure)) for r in bs_s],
+            yerr=_yerr(bs_s, measure),
+            fmt="-o",
+            markersize=4,
+            capsize=2,
+            color="tab:purple",
+        )
         ax.set_xlabel("λ_BSS", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
@@ -414,9 +518,13 @@ def plot_sensitivity_bs_s(rows: Sequence[dict], path: str | Path):
     return plots.save_figure(fig, path)
 
 
-PLOTS = {"refresh": [("ablation_refresh.png", plot_refresh)],
-         "sensitivity": [("ablation_sensitivity_bs_t.png", plot_sensitivity_bs_t),
-                         ("ablation_sensitivity_bs_s.png", plot_sensitivity_bs_s)]}  # fmt: skip
+PLOTS = {
+    "refresh": [("ablation_refresh.png", plot_refresh)],
+    "sensitivity": [
+        ("ablation_sensitivity_bs_t.png", plot_sensitivity_bs_t),
+        ("ablation_sensitivity_bs_s.png", plot_sensitivity_bs_s),
+    ],
+}
 DESCRIPTIONS = {
     "refresh": "BS-S with beliefs sampled once (off-policy) or resampled every 2 epochs, every epoch or every step "
     "(on-policy), each with N ∈ {1, 3, 5} beliefs per forget prompt (docs/theory.md §4, §13). s / step: training "
@@ -426,15 +534,37 @@ DESCRIPTIONS = {
     "(docs/theory.md D2, §13). The last BS-T columns are differences of means against each control present; the "
     "paired verdicts of BS-T against each control with their 95 % intervals are in verdict.csv.",
 }
-CSV_COLUMNS = ("label", "family", "regime", "refresh_epochs", "period", "n_beliefs", "lam", "top_k", "temperature",
-               "lam_bss", "n_runs", "seconds_per_step", "seconds_per_step_min", "seconds_per_step_max",
-               *(f"{m}{s}" for m in MEASURES for s in ("", "_ci_low", "_ci_high")),
-               *(c for s in CONTROL_SUFFIX.values() for c in (f"control{s}", f"target_logprob_drop_vs_control{s}",
-                                                               f"high_band_drop_vs_control{s}")))  # fmt: skip
+CSV_COLUMNS = (
+    "label",
+    "family",
+    "regime",
+    "refresh_epochs",
+    "period",
+    "n_beliefs",
+    "lam",
+    "top_k",
+    "temperature",
+    "lam_bss",
+    "n_runs",
+    "seconds_per_step",
+    "seconds_per_step_min",
+    "seconds_per_step_max",
+    *(f"{m}{s}" for m in MEASURES for s in ("", "_ci_low", "_ci_high")),
+    *(
+        c
+        for s in CONTROL_SUFFIX.values()
+        for c in (f"control{s}", f"target_logprob_drop_vs_control{s}", f"high_band_drop_vs_control{s}")
+    ),
+)
 
 
-def write_ablations(names: Sequence[str], summary_rows: Sequence[dict], results: Sequence[dict], out_dir: str | Path,
-                    settings: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
+def write_ablations(
+    names: Sequence[str],
+    summary_rows: Sequence[dict],
+    results: Sequence[dict],
+    out_dir: str | Path,
+    settings: dict[str, Any] | None = None,
+) -> list[str]:
     """For each named ablation: ``ablation_<name>.csv`` and its plots under ``out_dir/plots/``; returns the lines
     table.md gets (a section per ablation: what it varies, its tables, its plots).
 
@@ -449,9 +579,15 @@ def write_ablations(names: Sequence[str], summary_rows: Sequence[dict], results:
         rows = ANALYSES[name](summary_rows, results, settings)
         total = len(members(name, settings))
         write_csv(out_dir / f"ablation_{name}.csv", rows, CSV_COLUMNS)
-        lines += [f"## Ablation: {TITLES[name]}", "", DESCRIPTIONS[name],
-                  f"Settings with results: {len(rows)} of {total} (every column: ablation_{name}.csv).", "",
-                  ablation_markdown(name, rows), ""]  # fmt: skip
+        lines += [
+            f"## Ablation: {TITLES[name]}",
+            "",
+            DESCRIPTIONS[name],
+            f"Settings with results: {len(rows)} of {total} (every column: ablation_{name}.csv).",
+            "",
+            ablation_markdown(name, rows),
+            "",
+        ]
         if plots.pyplot() is None:
             lines += [f"Plots: {plots.PLOTS_SKIPPED}.", ""]
             continue
@@ -475,8 +611,14 @@ def _runner_up(z: torch.Tensor, y: torch.Tensor, k: int) -> dict[str, torch.Tens
         hit = top_idx == ids[:, None]
         return torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(ids, -1))
 
-    return {"log_mass": log_mass, "log_p_star": log_p_star, "star_at": where(v_star), "y_at": where(y),
-            "log_p_y": logp.gather(-1, y[:, None])[:, 0], "top_logits": top_logits}  # fmt: skip
+    return {
+        "log_mass": log_mass,
+        "log_p_star": log_p_star,
+        "star_at": where(v_star),
+        "y_at": where(y),
+        "log_p_y": logp.gather(-1, y[:, None])[:, 0],
+        "top_logits": top_logits,
+    }
 
 
 def _answer_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -501,8 +643,9 @@ def runner_up_thresholds(logits: torch.Tensor, labels: torch.Tensor, lam: float,
     return torch.where(feasible, tau, torch.full_like(tau, float("inf")))
 
 
-def no_tuning_temperature(logits: torch.Tensor, labels: torch.Tensor, lam: float, k: int,
-                          coverage: float = 0.5) -> float:  # fmt: skip
+def no_tuning_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, lam: float, k: int, coverage: float = 0.5
+) -> float:
     """The smallest τ ≥ 1 whose guarantee (``runner_up_thresholds``) covers at least ``coverage`` of the answer
     tokens: at it, BS-T pushes the most likely non-target token down on that share of the tokens or more.
     inf when no τ covers that many (then lower k below λ/p* or raise λ)."""
@@ -522,13 +665,20 @@ def sign_fractions(logits: torch.Tensor, labels: torch.Tensor, lam: float, k: in
     z, y = _answer_rows(logits, labels)
     s = _runner_up(z, y, k)
     log_q = torch.log_softmax(s["top_logits"] / tau, dim=-1)
-    log_q_star = torch.where(s["star_at"] >= 0, log_q.gather(-1, s["star_at"].clamp(min=0)[:, None])[:, 0],
-                             torch.full_like(s["log_p_star"], float("-inf")))  # fmt: skip
-    q_y = torch.where(s["y_at"] >= 0, log_q.gather(-1, s["y_at"].clamp(min=0)[:, None])[:, 0].exp(),
-                      torch.zeros_like(s["log_p_y"]))  # fmt: skip
+    log_q_star = torch.where(
+        s["star_at"] >= 0,
+        log_q.gather(-1, s["star_at"].clamp(min=0)[:, None])[:, 0],
+        torch.full_like(s["log_p_star"], float("-inf")),
+    )
+    q_y = torch.where(
+        s["y_at"] >= 0, log_q.gather(-1, s["y_at"].clamp(min=0)[:, None])[:, 0].exp(), torch.zeros_like(s["log_p_y"])
+    )
     down = lam * log_q_star.exp() > s["log_p_star"].exp()
     up = lam * (1 - q_y) > 1 - s["log_p_y"].exp()
     n = max(1, y.numel())
-    return {"runner_up_down": float(down.sum()) / n, "target_logit_up": float(up.sum()) / n,
-            "both_as_wanted": float((down & ~up).sum()) / n,
-            "mean_topk_mass": float(s["log_mass"].exp().mean()) if y.numel() else float("nan")}  # fmt: skip
+    return {
+        "runner_up_down": float(down.sum()) / n,
+        "target_logit_up": float(up.sum()) / n,
+        "both_as_wanted": float((down & ~up).sum()) / n,
+        "mean_topk_mass": float(s["log_mass"].exp().mean()) if y.numel() else float("nan"),
+    }

@@ -18,6 +18,10 @@ False, ``--no-progress`` for one that defaults to True (``--progress false`` / `
 Each default is printed once. Presets are data, ``{flag name: value}``, that replace the defaults (an explicit
 flag still wins); the ``--preset`` help lists what each one sets.
 
+Identity: a field declared ``arg(..., identity=False)`` changes no number (``--out``, ``--seeds``, ``--device``,
+...); every other setting is part of the run's identity (``CommandLine.identity``), which the run directory
+records and checks on every rerun (``bs_ref.protocol.store``).
+
 Problems: ``Problems`` collects every problem with the arguments and is raised once, one line per problem;
 ``config_problems`` turns a config's ``validate()`` error (``lr=-1.0 is invalid: ...``) into one naming the
 flag (``--lr -1.0 is invalid: ...``), and ``resolve_methods`` names the flag or the method spec a bad
@@ -48,11 +52,21 @@ error comes prefixed with ``bs_s base: ``)."""
 
 
 # --------------------------------------------------------------------------------------------- declaring
-def arg(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
-        negative: str | None = None) -> Any:  # fmt: skip
+def arg(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    negative: str | None = None,
+    identity: bool = True,
+) -> Any:
     """A command-line field: its default (or ``factory`` for a list) and its one-line help. ``negative``: the
-    help of ``--no-<name>`` for a boolean that defaults to True."""
+    help of ``--no-<name>`` for a boolean that defaults to True. ``identity=False`` marks a setting that changes
+    no number (where the output goes, what to run, how fast): it is left out of the run's identity
+    (``CommandLine.identity``), so a rerun may change it and still resume."""
     metadata = {"help": help, **({"negative": negative} if negative else {})}
+    if not identity:
+        metadata["identity"] = False
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -65,8 +79,9 @@ def section(factory: Callable[[], Any], title: str, description: str | None = No
 
 def method_settings(title: str, description: str | None = None) -> Any:
     """A dict field of run-wide method hyper-parameters: one flag per shared name (see the module docstring)."""
-    return dataclasses.field(default_factory=dict, metadata={"section": title, "description": description,
-                                                             "methods": True})  # fmt: skip
+    return dataclasses.field(
+        default_factory=dict, metadata={"section": title, "description": description, "methods": True}
+    )
 
 
 def flag(name: str) -> str:
@@ -137,8 +152,9 @@ def _written(value_repr: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- method specs
-def resolve_methods(specs: Sequence[str], settings: dict[str, Any] | None = None,
-                    references: Sequence[str] = ()) -> tuple[list[tuple[str, Method | None]], list[str]]:  # fmt: skip
+def resolve_methods(
+    specs: Sequence[str], settings: dict[str, Any] | None = None, references: Sequence[str] = ()
+) -> tuple[list[tuple[str, Method | None]], list[str]]:
     """([(label, declaration)] in order without duplicates, [problems]) for method specs such as
     ``bs_t:temperature=2,lam=0.6``, with the run-wide ``settings``. A reference method (evaluated, not
     trained) gets None. The label is the method's name plus the spec's values that differ from the run-wide
@@ -155,8 +171,10 @@ def resolve_methods(specs: Sequence[str], settings: dict[str, Any] | None = None
                 plan.append((name, None))
             continue
         if name not in METHODS:
-            problems.append(f"unknown method {name!r} in --methods; choose from {' '.join((*references, *METHODS))} "
-                            "(optionally with hyper-parameters, e.g. bs_t:temperature=2,lam=0.6)")  # fmt: skip
+            problems.append(
+                f"unknown method {name!r} in --methods; choose from {' '.join((*references, *METHODS))} "
+                "(optionally with hyper-parameters, e.g. bs_t:temperature=2,lam=0.6)"
+            )
             continue
         try:
             _, values = parse_spec(spec)
@@ -291,8 +309,13 @@ class CommandLine:
     ``presets``: {preset name: {flag name: value}}; the field ``preset`` of ``spec`` (when it has one) selects
     one. ``parse(argv)`` returns an instance of ``spec``; ``flat(args)`` its settings as {flag name: value}."""
 
-    def __init__(self, spec: type, presets: dict[str, dict[str, Any]] | None = None, description: str = "",
-                 prog: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        spec: type,
+        presets: dict[str, dict[str, Any]] | None = None,
+        description: str = "",
+        prog: str | None = None,
+    ):
         self.spec, self.presets, self.description, self.prog = spec, presets or {"default": {}}, description, prog
         self.groups: dict[str | None, list[_Flag]] = {None: []}  # None: the experiment's own flags
         self.descriptions: dict[str | None, str | None] = {}
@@ -315,13 +338,18 @@ class CommandLine:
     # ---- declarations -> flags
     def _flags(self, f: dataclasses.Field) -> list[_Flag]:
         if f.metadata.get("methods"):
-            return [_Flag(n, e["type"], e["default"], f"{e['help']} (methods: {', '.join(e['methods'])})")
-                    for n, e in shared_hyperparameters().items()]  # fmt: skip
+            return [
+                _Flag(n, e["type"], e["default"], f"{e['help']} (methods: {', '.join(e['methods'])})")
+                for n, e in shared_hyperparameters().items()
+            ]
         if "section" in f.metadata:
             config = f.default_factory()
             hints = typing.get_type_hints(type(config))
-            return [_Flag(g.name, hints[g.name], getattr(config, g.name), g.metadata["help"],
-                          g.metadata.get("negative")) for g in dataclasses.fields(config) if _is_cli(g)]  # fmt: skip
+            return [
+                _Flag(g.name, hints[g.name], getattr(config, g.name), g.metadata["help"], g.metadata.get("negative"))
+                for g in dataclasses.fields(config)
+                if _is_cli(g)
+            ]
         if not _is_cli(f):
             return []
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
@@ -337,8 +365,9 @@ class CommandLine:
         return "\n".join(lines)
 
     def parser(self) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(prog=self.prog, description=self.description, formatter_class=_Formatter,
-                                         usage="%(prog)s [options]")  # fmt: skip
+        parser = argparse.ArgumentParser(
+            prog=self.prog, description=self.description, formatter_class=_Formatter, usage="%(prog)s [options]"
+        )
         for title, flags in self.groups.items():
             group = parser.add_argument_group(title, self.descriptions.get(title)) if title else parser
             for x in flags:
@@ -373,23 +402,35 @@ class CommandLine:
                 kwargs[f.name] = flat[f.name]
         return self.spec(**kwargs)
 
-    def flat(self, args: Any) -> dict[str, Any]:
+    def flat(self, args: Any, identity_only: bool = False) -> dict[str, Any]:
         """Every command-line setting of ``args`` as {flag name: value} (run-wide method settings with their
-        defaults filled in)."""
+        defaults filled in); with ``identity_only``, only those that may change a number (``identity``)."""
         out = {}
         for f in dataclasses.fields(self.spec):
             value = getattr(args, f.name)
             if f.metadata.get("methods"):
                 out.update(method_defaults(value))
             elif "section" in f.metadata:
-                out.update({g.name: getattr(value, g.name) for g in dataclasses.fields(value) if _is_cli(g)})
-            elif _is_cli(f):
+                fields = [g for g in dataclasses.fields(value) if _is_cli(g)]
+                out.update({g.name: getattr(value, g.name) for g in fields if _counts(g, identity_only)})
+            elif _is_cli(f) and _counts(f, identity_only):
                 out[f.name] = value
         return out
+
+    def identity(self, args: Any) -> dict[str, Any]:
+        """The settings of ``args`` that decide the numbers, {flag name: value}: every command-line setting but
+        those declared with ``arg(..., identity=False)``. A run directory records it (``RunDir``) and refuses a
+        rerun whose identity differs, unless ``--overwrite``."""
+        return self.flat(args, identity_only=True)
 
 
 def _is_cli(f: dataclasses.Field) -> bool:
     return "help" in f.metadata and f.metadata.get("cli", True) is not False
+
+
+def _counts(f: dataclasses.Field, identity_only: bool) -> bool:
+    """Whether ``flat`` keeps the field: always, or with ``identity_only`` unless it is marked ``identity=False``."""
+    return not identity_only or f.metadata.get("identity", True) is not False
 
 
 def _as_flags(values: dict[str, Any]) -> list[str]:
@@ -409,8 +450,13 @@ def _add(group, x: _Flag) -> None:
     hidden = [f"--{x.name}"] if "_" in x.name else []
     if base is bool:
         if x.default is True:
-            group.add_argument(f"--no-{x.name.replace('_', '-')}", dest=x.name, action="store_false", default=True,
-                               help=(x.negative or f"turn off: {x.help}").replace("%", "%%"))  # fmt: skip
+            group.add_argument(
+                f"--no-{x.name.replace('_', '-')}",
+                dest=x.name,
+                action="store_false",
+                default=True,
+                help=(x.negative or f"turn off: {x.help}").replace("%", "%%"),
+            )
             group.add_argument(*options, *hidden, dest=x.name, action=_Switch, default=True, help=argparse.SUPPRESS)
         else:
             group.add_argument(*options, dest=x.name, action=_Switch, default=x.default, help=help_text)

@@ -2,13 +2,13 @@
 
 ``--data synthetic`` builds the embedded fictitious-author benchmark (``bs_ref.data.synthetic``; its records
 carry an annotated ``fact``, so fact leakage is measurable); anything else is a TOFU source for
-``bs_ref.data.tofu.load_tofu``: the hub name ``locuslab/TOFU`` or a local directory of its JSON files.
+``bs_ref.data.qa.load_tofu``: the hub name ``locuslab/TOFU`` or a local directory of its JSON files.
 ``load_data`` returns the forget and retain training splits and the four evaluation splits (the
 ``*_perturbed`` configs: docs/theory.md §6), checked against each other; ``problems`` checks the settings
 before anything is loaded, the data source first. ``--max-authors N`` keeps the first N authors of the forget
 and of the retain training split (TOFU's ``retain_perturbed`` lists the first 20 retain authors, so with
 ``--limit 20·N`` the retain evaluation is the retain training items), which is also what a pair fine-tuned
-here on real data learns (``bs_ref.protocol.models``).
+here on real data learns (``bs_ref.protocol.pairs``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bs_ref.data.qa import FORGET_SPLITS, HUB_NAME, TEMPLATES, forget_retain_configs, is_hub_name, load_tofu
 from bs_ref.data.synthetic import SyntheticConfig, build_benchmark
-from bs_ref.data.tofu import FORGET_SPLITS, HUB_NAME, TEMPLATES, forget_retain_configs, is_hub_name, load_tofu
 from bs_ref.protocol.cli import arg
 
 QA_PER_AUTHOR_TOFU = 20
 """TOFU lists 20 question/answer pairs per fictitious author, author by author (dataset card)."""
-EVAL_CONFIGS = {"retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
-                "world_facts": "world_facts_perturbed"}  # fmt: skip
+EVAL_CONFIGS = {
+    "retain": "retain_perturbed",
+    "real_authors": "real_authors_perturbed",
+    "world_facts": "world_facts_perturbed",
+}
 """Evaluation configs of the utility splits (the forget split's is ``<forget>_perturbed``)."""
 
 
@@ -33,12 +36,16 @@ EVAL_CONFIGS = {"retain": "retain_perturbed", "real_authors": "real_authors_pert
 class DataConfig:
     """The data source and its splits (synthetic sizes: None keeps ``SyntheticConfig``'s default)."""
 
-    data: str = arg("synthetic", f"synthetic (the embedded benchmark) | {HUB_NAME} | a local directory of TOFU "
-                    "JSON files")  # fmt: skip
+    data: str = arg(
+        "synthetic", f"synthetic (the embedded benchmark) | {HUB_NAME} | a local directory of TOFU JSON files"
+    )
     forget: str = arg("forget10", f"forget split: {' | '.join(FORGET_SPLITS)}")
-    max_authors: int | None = arg(None, "keep only the first N authors of the forget and retain training splits "
-                                  "(quick runs on real data, and the authors a pair fine-tuned here learns; TOFU "
-                                  "has 20 QA per author)")  # fmt: skip
+    max_authors: int | None = arg(
+        None,
+        "keep only the first N authors of the forget and retain training splits "
+        "(quick runs on real data, and the authors a pair fine-tuned here learns; TOFU "
+        "has 20 QA per author)",
+    )
     limit: int | None = arg(None, "evaluate at most N items per split")
     template: str = arg("plain", "prompt template: plain ('Question: ...\\nAnswer: ') | chat")
     n_authors: int | None = arg(None, "synthetic: number of fictitious authors")
@@ -74,8 +81,10 @@ def problems(cfg: DataConfig) -> list[str]:
         if path.exists() and not path.is_dir():
             out.append(f"--data {cfg.data} is a file; give the directory that holds the TOFU JSON files")
         elif not path.exists() and (cfg.data.startswith((".", "/", "~")) or not is_hub_name(cfg.data)):
-            out.append(f"--data {cfg.data} does not exist; give synthetic, a hub dataset name such as {HUB_NAME}, "
-                       "or a local directory of the TOFU JSON files")  # fmt: skip
+            out.append(
+                f"--data {cfg.data} does not exist; give synthetic, a hub dataset name such as {HUB_NAME}, "
+                "or a local directory of the TOFU JSON files"
+            )
     if cfg.forget not in FORGET_SPLITS:
         out.append(f"--forget {cfg.forget} is unknown; choose one of {', '.join(FORGET_SPLITS)}")
     if cfg.template not in TEMPLATES:

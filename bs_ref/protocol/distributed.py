@@ -1,6 +1,6 @@
 """Evaluation sharded across the processes of a multi-process run (``accelerate launch``, ``torchrun``).
 
-``bs_ref.metrics.tofu.evaluate`` scores every item of a split on one process. In a run of P processes,
+``bs_ref.metrics.scores.evaluate`` scores every item of a split on one process. In a run of P processes,
 ``evaluate_sharded`` gives each process a contiguous shard of every split (``shard_bounds``: sizes differ by at
 most one, the first ``n % P`` shards one longer), evaluates it with ``evaluate_split``, and gathers the items back
 in record order on every process, with each item's ``index`` its position in the whole split. Every per-item
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from bs_ref.metrics.tofu import evaluate_split
+from bs_ref.metrics.scores import evaluate_split
 
 
 def process_layout(process_index: int | None = None, num_processes: int | None = None) -> tuple[int, int]:
@@ -63,16 +63,20 @@ def gather_shards(shard: list, num_processes: int | None = None) -> list:
     return [item for part in shards for item in part]
 
 
-def evaluate_sharded(model, tokenizer, splits: dict[str, Sequence[dict]], template: str = "plain",
-                     **kwargs) -> dict[str, list[dict]]:  # fmt: skip
-    """``bs_ref.metrics.tofu.evaluate`` with every split sharded across the processes and gathered back (the same
+def evaluate_sharded(
+    model, tokenizer, splits: dict[str, Sequence[dict]], template: str = "plain", **kwargs
+) -> dict[str, list[dict]]:
+    """``bs_ref.metrics.scores.evaluate`` with every split sharded across the processes and gathered back (the same
     items, in record order, on every process). ``kwargs`` go to ``evaluate_split``. Every process must call it."""
     index, count = process_layout()
     out = {}
     for kind, records in splits.items():
         start, stop = shard_bounds(len(records), index, count)
-        items = evaluate_split(model, tokenizer, list(records[start:stop]), kind, template, **kwargs) if stop > start \
-            else []  # fmt: skip
+        items = (
+            evaluate_split(model, tokenizer, list(records[start:stop]), kind, template, **kwargs)
+            if stop > start
+            else []
+        )
         for offset, item in enumerate(items):
             item["index"] = start + offset
         out[kind] = gather_shards(items, count)

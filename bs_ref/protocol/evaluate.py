@@ -1,7 +1,7 @@
 """Evaluating models the same way for every method: the full evaluation, the light one along training, the
 belief bands, and the reference models (original, retain twin).
 
-- ``Evaluator.full``: every TOFU metric on every split, per item (``bs_ref.metrics.tofu.evaluate``; greedy
+- ``Evaluator.full``: every TOFU metric on every split, per item (``bs_ref.metrics.scores.evaluate``; greedy
   answers, plus ``--leak-samples`` sampled answers per forget item where the data has facts);
   ``Evaluator.aggregate`` the summary numbers (docs/theory.md §6) and ``summary_metrics`` those of
   ``summary.csv``.
@@ -31,7 +31,7 @@ import numpy as np
 
 from bs_ref.files import read_json_object
 from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, contains_fact, normalise, score_belief_bands
-from bs_ref.metrics.tofu import (
+from bs_ref.metrics.scores import (
     CONVENTIONS,
     EVAL_FORMAT,
     aggregate,
@@ -44,8 +44,8 @@ from bs_ref.metrics.tofu_facts import fact_table
 from bs_ref.protocol.cli import arg
 from bs_ref.protocol.data import Data
 from bs_ref.protocol.matched import FORGETTING_MEASURES
+from bs_ref.protocol.stats import tofu_columns
 from bs_ref.protocol.store import RunDir, write_json
-from bs_ref.stats import tofu_columns
 from bs_ref.timing import timed
 
 CURVE_METRICS = (
@@ -66,11 +66,23 @@ CURVE_METRICS = (
 LEAK_K_SEED = 7919
 """Offset of the leak@k sampling seed from the unlearning seed (its samples are not the any-of-N ones)."""
 CURVE_ITEM_COLUMNS = {
-    "forget": ("nll_answer", "fact_leak", "fact_leak_paraphrased_question", "prob", "rouge", "truth_ratio",
-               "tr_score", "es", "em", "para_prob", "tr_mod", "fluency"),
+    "forget": (
+        "nll_answer",
+        "fact_leak",
+        "fact_leak_paraphrased_question",
+        "prob",
+        "rouge",
+        "truth_ratio",
+        "tr_score",
+        "es",
+        "em",
+        "para_prob",
+        "tr_mod",
+        "fluency",
+    ),
     "utility": ("prob", "rouge", "tr_score"),
-}  # fmt: skip
-"""Per-item columns (``bs_ref.stats.tofu_columns``) kept at every curve point: what the target log-prob, the
+}
+"""Per-item columns (``bs_ref.protocol.stats.tofu_columns``) kept at every curve point: what the target log-prob, the
 fact leak, MU, Mem, Util, Agg and FQ are recomputed from; forget questions also get ``band_<b>_sum`` and
 ``band_<b>_count`` (``score_belief_bands(..., per_question=True)``; 0 and 0 for a question without candidates)."""
 
@@ -81,18 +93,23 @@ class EvalConfig:
 
     convention: str = arg("tofu", f"metric convention of bs_ref.metrics: {' | '.join(CONVENTIONS)}")
     curve_items: int = arg(16, "items per utility split in the light evaluations")
-    curve_forget_items: int = arg(0, "forget items in the light evaluations; 0: all of them (matched fact-leak "
-                                  "needs every item)")  # fmt: skip
+    curve_forget_items: int = arg(
+        0, "forget items in the light evaluations; 0: all of them (matched fact-leak needs every item)"
+    )
     max_new_tokens: int = arg(0, "greedy answer budget; 0: longest reference answer + 8 tokens (TOFU: 200)")
-    eval_batch_size: int = arg(32, "batch size of scoring and generation")
+    eval_batch_size: int = arg(32, "batch size of scoring and generation", identity=False)
     band_samples: int = arg(9, "candidates sampled per forget question for the belief bands")
     band_temperature: float = arg(1.0, "sampling temperature of the band candidates")
     leak_samples: int = arg(5, "sampled answers per forget item for the any-of-N fact leak (final evaluation)")
-    leak_k_samples: int = arg(32, "leak@k: answers sampled at T=1 per forget item (n of the pass@k estimator, "
-                              "final evaluation, docs/theory.md §15); 0: no leak@k")  # fmt: skip
+    leak_k_samples: int = arg(
+        32,
+        "leak@k: answers sampled at T=1 per forget item (n of the pass@k estimator, "
+        "final evaluation, docs/theory.md §15); 0: no leak@k",
+    )
     leak_k_items: int = arg(8, "leak@k: forget items sampled (spread over the split; 0: all annotated items)")
-    fluency_classifier: str | None = arg(None, "local text-classification checkpoint for Fluency (default: "
-                                         "offline proxy)")  # fmt: skip
+    fluency_classifier: str | None = arg(
+        None, "local text-classification checkpoint for Fluency (default: offline proxy)"
+    )
 
 
 def problems(cfg: EvalConfig) -> list[str]:
@@ -194,13 +211,22 @@ class Evaluator:
         if not chosen:
             return {}
         records = [self.data.evaluation["forget"][i] for i in chosen]
-        samples = generate_answers(model, self.tokenizer, [r["question"] for r in records], self.template,
-                                   max_new_tokens=self.max_new_tokens, batch_size=self.cfg.eval_batch_size,
-                                   num_samples=self.cfg.leak_k_samples, temperature=1.0,
-                                   seed=seed + LEAK_K_SEED)  # fmt: skip
+        samples = generate_answers(
+            model,
+            self.tokenizer,
+            [r["question"] for r in records],
+            self.template,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.cfg.eval_batch_size,
+            num_samples=self.cfg.leak_k_samples,
+            temperature=1.0,
+            seed=seed + LEAK_K_SEED,
+        )
         fact = [self.facts[r["question"]] for r in records]
-        return {i: {"n": len(row), "c": sum(contains_fact(text, f) for text in row)}
-                for i, row, f in zip(chosen, samples, fact)}  # fmt: skip
+        return {
+            i: {"n": len(row), "c": sum(contains_fact(text, f) for text in row)}
+            for i, row, f in zip(chosen, samples, fact)
+        }
 
     def aggregate(self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None = None) -> dict:
         """The summary numbers of per-item results (FQ against the retain model's forget items)."""
@@ -231,8 +257,14 @@ class Evaluator:
         scores = None
         if self.bands is not None:
             targets = [self.curve_splits["forget"][row]["answer"] for row in self.band_rows]
-            scores = score_belief_bands(model, self.tokenizer, self.bands, batch_size=self.cfg.eval_batch_size,
-                                        per_question=True, fork_targets=targets)  # fmt: skip
+            scores = score_belief_bands(
+                model,
+                self.tokenizer,
+                self.bands,
+                batch_size=self.cfg.eval_batch_size,
+                per_question=True,
+                fork_targets=targets,
+            )
             for band in BANDS:
                 point[f"band_{band}_logprob"] = scores.get(band)
             for band in BANDS:  # the continuation after the fork from the target (docs/theory.md §16)
@@ -244,12 +276,21 @@ class Evaluator:
         point["eval_s"] = time.perf_counter() - start
         return point
 
-    def curve_items(self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None, scores: dict | None,
-                    with_retain: bool = False) -> dict[str, dict[str, list]]:  # fmt: skip
+    def curve_items(
+        self,
+        per_split: dict[str, list[dict]],
+        retain_forget: list[dict] | None,
+        scores: dict | None,
+        with_retain: bool = False,
+    ) -> dict[str, dict[str, list]]:
         """The per-item columns of one light evaluation (``CURVE_ITEM_COLUMNS``, the bands per forget question;
         ``with_retain``: the retain model's forget truth ratios too)."""
-        columns = tofu_columns(per_split, self.cfg.convention, retain_forget=retain_forget if with_retain else None,
-                               fluency_classifier=self.cfg.fluency_classifier)  # fmt: skip
+        columns = tofu_columns(
+            per_split,
+            self.cfg.convention,
+            retain_forget=retain_forget if with_retain else None,
+            fluency_classifier=self.cfg.fluency_classifier,
+        )
         out = {}
         for split, table in columns.items():
             wanted = CURVE_ITEM_COLUMNS["forget" if split == "forget" else "utility"]
@@ -306,9 +347,13 @@ class Evaluator:
         )
 
     def payload(self, per_split: dict, **meta) -> dict:
-        """The ``eval.json`` of per-item results (``bs_ref.metrics.tofu.EVAL_FORMAT``)."""
-        return {"format": EVAL_FORMAT, "convention": self.cfg.convention,
-                "meta": {"template": self.template, **meta}, "splits": per_split}  # fmt: skip
+        """The ``eval.json`` of per-item results (``bs_ref.metrics.scores.EVAL_FORMAT``)."""
+        return {
+            "format": EVAL_FORMAT,
+            "convention": self.cfg.convention,
+            "meta": {"template": self.template, **meta},
+            "splits": per_split,
+        }
 
 
 def conventions(settings: dict[str, Any], max_new_tokens: int) -> dict:
@@ -368,8 +413,17 @@ def summary_metrics(agg: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- references
 @timed("evaluation: start")
-def references(store: RunDir, evaluator: Evaluator, original, retain_model, retain_logs: str | None, device: str,
-               want_retrain: bool, announce=print, pair: int = 0) -> tuple[dict, str | None]:  # fmt: skip
+def references(
+    store: RunDir,
+    evaluator: Evaluator,
+    original,
+    retain_model,
+    retain_logs: str | None,
+    device: str,
+    want_retrain: bool,
+    announce=print,
+    pair: int = 0,
+) -> tuple[dict, str | None]:
     """Evaluate the reference models of model pair ``pair`` once per run directory; returns (the step-0 curve
     point, the note that says why forget quality is skipped, or None).
 

@@ -81,13 +81,23 @@ RAY_MISSING = "--executor ray needs Ray, which is not installed: pip install -e 
 class ExecutionConfig:
     """Where the experiment's jobs run (``run_jobs``): none of these settings changes a number."""
 
-    executor: str = arg("local", "where the unlearning jobs run: local (this process, one after the other) | "
-                        "processes (--workers processes of this machine, one job at a time each, --threads threads "
-                        "each) | ray (one Ray task per method, seed and model pair; pip install -e '.[ray]')"
-                        )  # fmt: skip
-    workers: int = arg(2, "with --executor processes: how many worker processes")
-    ray_address: str | None = arg(None, "with --executor ray: the cluster to join (head:6379, or auto); default: a "
-                                  "local Ray on this machine's CPUs")  # fmt: skip
+    executor: str = arg(
+        "local",
+        "where the unlearning jobs run: local (this process, one after the other) | processes (--workers processes "
+        "of this machine, one job at a time each, --threads threads each) | ray (one Ray task per method, seed and "
+        "model pair; pip install -e '.[ray]')",
+        identity=False,
+    )
+    workers: int = arg(2, "with --executor processes: how many worker processes", identity=False)
+    ray_address: str | None = arg(
+        None,
+        "with --executor ray: the cluster to join (head:6379, or auto); default: a local Ray on this machine's CPUs",
+        identity=False,
+    )
+
+    def run(self, jobs: Sequence[J], work: Callable[[J], R], **options: Any) -> list[R | BaseException]:
+        """``run_jobs(jobs, work, **options)`` where these settings say."""
+        return run_jobs(jobs, work, executor=self.executor, address=self.ray_address, workers=self.workers, **options)
 
 
 def executor_problems(executor: str, address: str | None, workers: int = 2) -> list[str]:
@@ -134,9 +144,13 @@ def run_jobs(
     return _run_ray(jobs, work, address, cpus_per_job, gpus_per_job, catch, on_done, describe)
 
 
-def _run_local(jobs: Sequence[J], work: Callable[[J], R], catch: tuple[type[BaseException], ...],
-               on_done: Callable[[J, R | BaseException], None] | None,
-               describe: Callable[[J], str]) -> list[R | BaseException]:  # fmt: skip
+def _run_local(
+    jobs: Sequence[J],
+    work: Callable[[J], R],
+    catch: tuple[type[BaseException], ...],
+    on_done: Callable[[J, R | BaseException], None] | None,
+    describe: Callable[[J], str],
+) -> list[R | BaseException]:
     results: list[R | BaseException] = []
     for i, job in enumerate(jobs):
         try:
@@ -152,10 +166,16 @@ def _run_local(jobs: Sequence[J], work: Callable[[J], R], catch: tuple[type[Base
     return results
 
 
-def _run_ray(jobs: Sequence[J], work: Callable[[J], R], address: str | None, cpus_per_job: float,
-             gpus_per_job: float, catch: tuple[type[BaseException], ...],
-             on_done: Callable[[J, R | BaseException], None] | None,
-             describe: Callable[[J], str]) -> list[R | BaseException]:  # fmt: skip
+def _run_ray(
+    jobs: Sequence[J],
+    work: Callable[[J], R],
+    address: str | None,
+    cpus_per_job: float,
+    gpus_per_job: float,
+    catch: tuple[type[BaseException], ...],
+    on_done: Callable[[J, R | BaseException], None] | None,
+    describe: Callable[[J], str],
+) -> list[R | BaseException]:
     if not jobs:
         return []
     ray = _import_ray()
@@ -204,9 +224,14 @@ def _run_ray(jobs: Sequence[J], work: Callable[[J], R], address: str | None, cpu
             ray.shutdown()
 
 
-def _run_processes(jobs: Sequence[J], work: Callable[[J], R], workers: int, catch: tuple[type[BaseException], ...],
-                   on_done: Callable[[J, R | BaseException], None] | None,
-                   describe: Callable[[J], str]) -> list[R | BaseException]:  # fmt: skip
+def _run_processes(
+    jobs: Sequence[J],
+    work: Callable[[J], R],
+    workers: int,
+    catch: tuple[type[BaseException], ...],
+    on_done: Callable[[J, R | BaseException], None] | None,
+    describe: Callable[[J], str],
+) -> list[R | BaseException]:
     if not jobs:
         return []
     import multiprocessing
@@ -218,9 +243,12 @@ def _run_processes(jobs: Sequence[J], work: Callable[[J], R], workers: int, catc
     shipped = pickle.dumps((work, catch))  # unpickled in the worker once its modules are loaded
     pending: dict[Any, int] = {}
     with _sigint_ignored():  # the workers start with SIGINT ignored, so that no Ctrl-C interrupts their start-up
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_start_worker,
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initargs=(modules, shipped, threads))  # fmt: skip
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)),
+            initializer=_start_worker,
+            mp_context=multiprocessing.get_context("spawn"),
+            initargs=(modules, shipped, threads),
+        )
         try:
             for i, job in enumerate(jobs):  # the first submit starts every worker
                 pending[pool.submit(_call_in_worker, pickle.dumps(job))] = i
@@ -237,9 +265,13 @@ def _run_processes(jobs: Sequence[J], work: Callable[[J], R], workers: int, catc
                     results[i] = future.result()
                 except Exception as error:  # the job's own error (its traceback as its cause), or a dead worker
                     _name_job(error, i, len(jobs), jobs[i], describe)
-                    print(f"run_jobs: job {i} of {len(jobs)} ({describe(jobs[i])}) failed in a worker process: "
-                          f"{type(error).__name__}: {error}; the jobs left are stopped, every finished job's results "
-                          "are kept", file=sys.stderr, flush=True)  # fmt: skip
+                    print(
+                        f"run_jobs: job {i} of {len(jobs)} ({describe(jobs[i])}) failed in a worker process: "
+                        f"{type(error).__name__}: {error}; the jobs left are stopped, every finished job's results "
+                        "are kept",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     raise
                 if on_done is not None:
                     on_done(jobs[i], results[i])

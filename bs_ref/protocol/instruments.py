@@ -30,23 +30,50 @@ from typing import Any
 
 import numpy as np
 
-from bs_ref import stats
-from bs_ref.attacks.recovery import rows_csv
 from bs_ref.metrics.leakage import BANDS, contains_fact
 from bs_ref.metrics.sampling import ks_for, pass_at_k
 from bs_ref.metrics.tofu_facts import fact_table
+from bs_ref.protocol import stats
+from bs_ref.protocol.recovery_table import rows_csv
 from bs_ref.protocol.store import RunDir, write_text
 from bs_ref.timing import timed
 
 ORIGINAL = "original"
 LEAK_AT_K_COLUMNS = ("method", "seed", "pair_seed", "k", "leak_at_k", "ci_low", "ci_high", "n_items", "n_samples")
-SQUEEZE_COLUMNS = ("method", "seed", "pair_seed", "step", "band", "n_questions", "target_change", "target_ci_low",
-                   "target_ci_high", "band_change", "band_ci_low", "band_ci_high", "after_fork_change",
-                   "after_fork_ci_low", "after_fork_ci_high", "squeezes")  # fmt: skip
+SQUEEZE_COLUMNS = (
+    "method",
+    "seed",
+    "pair_seed",
+    "step",
+    "band",
+    "n_questions",
+    "target_change",
+    "target_ci_low",
+    "target_ci_high",
+    "band_change",
+    "band_ci_low",
+    "band_ci_high",
+    "after_fork_change",
+    "after_fork_ci_low",
+    "after_fork_ci_high",
+    "squeezes",
+)
 FACTS_COLUMNS = ("method", "seed", "pair_seed", "split", "n_items", "n_annotated", "fact_leak", "ci_low", "ci_high")
-CONDITIONAL_COLUMNS = ("method", "seed", "pair_seed", "attack", "setting", "n_items", "n_not_leaked_before",
-                       "n_recovered", "conditional_recovery", "ci_low", "ci_high", "original_leak_after",
-                       "informative")  # fmt: skip
+CONDITIONAL_COLUMNS = (
+    "method",
+    "seed",
+    "pair_seed",
+    "attack",
+    "setting",
+    "n_items",
+    "n_not_leaked_before",
+    "n_recovered",
+    "conditional_recovery",
+    "ci_low",
+    "ci_high",
+    "original_leak_after",
+    "informative",
+)
 
 
 # ------------------------------------------------------------------------------------------------ measures
@@ -70,9 +97,12 @@ def conditional_recovery(before: Sequence[float], after: Sequence[float]) -> dic
         raise ValueError(f"before and after need one value per item, got {before.shape} and {after.shape}")
     keep = (before == 0) & ~np.isnan(after)
     outcome = (after[keep] > 0).astype(float)
-    return {"n_not_leaked_before": int(keep.sum()), "n_recovered": int(outcome.sum()),
-            "conditional_recovery": float(outcome.mean()) if outcome.size else math.nan,
-            "per_item": outcome}  # fmt: skip
+    return {
+        "n_not_leaked_before": int(keep.sum()),
+        "n_recovered": int(outcome.sum()),
+        "conditional_recovery": float(outcome.mean()) if outcome.size else math.nan,
+        "per_item": outcome,
+    }
 
 
 def _interval(values: np.ndarray | Mapping, ctx_seed: int = 0) -> tuple[float, float, float]:
@@ -104,18 +134,38 @@ def leak_at_k_rows(per_run: Mapping[tuple, list[dict]], method: str) -> list[dic
         for k in ks_for(n):
             per_item = np.array([pass_at_k(n, int(c["c"]), k) for c in counts])
             value, low, high = _interval(per_item)
-            rows.append({"method": method, "seed": "" if seed is None else seed, "pair_seed": pair, "k": k,
-                         "leak_at_k": value, "ci_low": low, "ci_high": high, "n_items": len(counts),
-                         "n_samples": n})  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "seed": "" if seed is None else seed,
+                    "pair_seed": pair,
+                    "k": k,
+                    "leak_at_k": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_items": len(counts),
+                    "n_samples": n,
+                }
+            )
             by_k.setdefault(k, {})[(seed, pair)] = per_item
     if len(per_run) > 1:
         for k, runs in by_k.items():
             if len(runs) < 2 or len({len(v) for v in runs.values()}) != 1:
                 continue
             value, low, high = _interval(runs)
-            rows.append({"method": method, "seed": "mean", "pair_seed": "", "k": k, "leak_at_k": value,
-                         "ci_low": low, "ci_high": high, "n_items": len(next(iter(runs.values()))),
-                         "n_samples": rows[-1]["n_samples"]})  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "seed": "mean",
+                    "pair_seed": "",
+                    "k": k,
+                    "leak_at_k": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_items": len(next(iter(runs.values()))),
+                    "n_samples": rows[-1]["n_samples"],
+                }
+            )
     return rows
 
 
@@ -154,12 +204,26 @@ def squeeze_rows(curve: Sequence[dict], method: str, seed, pair: int) -> list[di
             change = _interval(whole - whole0)
             after = _interval(fork - fork0)
             squeezes = bool(after[1] > 0 and target[2] < 0) if not math.isnan(after[1]) else ""
-            rows.append({"method": method, "seed": "" if seed is None else seed, "pair_seed": pair,
-                         "step": point.get("step"), "band": band, "n_questions": int(np.isfinite(fork - fork0).sum()),
-                         "target_change": target[0], "target_ci_low": target[1], "target_ci_high": target[2],
-                         "band_change": change[0], "band_ci_low": change[1], "band_ci_high": change[2],
-                         "after_fork_change": after[0], "after_fork_ci_low": after[1], "after_fork_ci_high": after[2],
-                         "squeezes": squeezes})  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "seed": "" if seed is None else seed,
+                    "pair_seed": pair,
+                    "step": point.get("step"),
+                    "band": band,
+                    "n_questions": int(np.isfinite(fork - fork0).sum()),
+                    "target_change": target[0],
+                    "target_ci_low": target[1],
+                    "target_ci_high": target[2],
+                    "band_change": change[0],
+                    "band_ci_low": change[1],
+                    "band_ci_high": change[2],
+                    "after_fork_change": after[0],
+                    "after_fork_ci_low": after[1],
+                    "after_fork_ci_high": after[2],
+                    "squeezes": squeezes,
+                }
+            )
     return rows
 
 
@@ -177,8 +241,9 @@ def informative_attacks(cells: Mapping[tuple, Any], facts: Mapping[str, str]) ->
     return out
 
 
-def conditional_rows(cells: Mapping[tuple, Any], facts: Mapping[str, str],
-                     informative: Mapping[tuple[str, str], bool | None]) -> list[dict]:  # fmt: skip
+def conditional_rows(
+    cells: Mapping[tuple, Any], facts: Mapping[str, str], informative: Mapping[tuple[str, str], bool | None]
+) -> list[dict]:
     """Rows of ``conditional_recovery.csv``: one per attack cell."""
     rows = []
     for key, result in cells.items():
@@ -191,11 +256,23 @@ def conditional_rows(cells: Mapping[tuple, Any], facts: Mapping[str, str],
         original = [r for k, r in cells.items() if k[0] == ORIGINAL and k[2] == pair and k[3] == attack]
         original_leak = _interval(np.concatenate([leaks(r.after, facts) for r in original]))[0] if original else ""
         flag = informative.get((attack, setting))
-        rows.append({"method": method, "seed": "" if seed is None else seed, "pair_seed": pair, "attack": attack,
-                     "setting": setting, "n_items": len(index), "n_not_leaked_before": found["n_not_leaked_before"],
-                     "n_recovered": found["n_recovered"], "conditional_recovery": found["conditional_recovery"],
-                     "ci_low": low, "ci_high": high, "original_leak_after": original_leak,
-                     "informative": "" if flag is None else flag})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "seed": "" if seed is None else seed,
+                "pair_seed": pair,
+                "attack": attack,
+                "setting": setting,
+                "n_items": len(index),
+                "n_not_leaked_before": found["n_not_leaked_before"],
+                "n_recovered": found["n_recovered"],
+                "conditional_recovery": found["conditional_recovery"],
+                "ci_low": low,
+                "ci_high": high,
+                "original_leak_after": original_leak,
+                "informative": "" if flag is None else flag,
+            }
+        )
     return rows
 
 
@@ -208,9 +285,15 @@ def run_facts(splits) -> dict[str, str]:
 
 
 @timed("report")
-def write_instruments(store: RunDir, labels: Sequence[str], seeds: Sequence[int], pairs: Sequence[int],
-                      facts: Mapping[str, str], cells: Mapping[tuple, Any] | None = None,
-                      informative: Mapping | None = None) -> dict[str, Any]:  # fmt: skip
+def write_instruments(
+    store: RunDir,
+    labels: Sequence[str],
+    seeds: Sequence[int],
+    pairs: Sequence[int],
+    facts: Mapping[str, str],
+    cells: Mapping[tuple, Any] | None = None,
+    informative: Mapping | None = None,
+) -> dict[str, Any]:
     """Write leak_at_k.csv, squeeze.csv, facts.csv and (with attack ``cells``) conditional_recovery.csv; returns
     their rows and the lines of the table.md section (``lines``)."""
     leak_rows, squeeze, fact_rows = [], [], []
@@ -226,10 +309,19 @@ def write_instruments(store: RunDir, labels: Sequence[str], seeds: Sequence[int]
                     items = per_split.get(split, [])
                     values = leaks(items, facts)
                     value, low, high = _interval(values)
-                    fact_rows.append({"method": label, "seed": "" if seed is None else seed, "pair_seed": pair,
-                                      "split": split, "n_items": len(items),
-                                      "n_annotated": int(np.isfinite(values).sum()), "fact_leak": value,
-                                      "ci_low": low, "ci_high": high})  # fmt: skip
+                    fact_rows.append(
+                        {
+                            "method": label,
+                            "seed": "" if seed is None else seed,
+                            "pair_seed": pair,
+                            "split": split,
+                            "n_items": len(items),
+                            "n_annotated": int(np.isfinite(values).sum()),
+                            "fact_leak": value,
+                            "ci_low": low,
+                            "ci_high": high,
+                        }
+                    )
                 squeeze += squeeze_rows(store.load_result(label, seed, pair).get("curve") or [], label, seed, pair)
         leak_rows += leak_at_k_rows(runs, label)
     out = {"leak_at_k": leak_rows, "squeeze": squeeze, "facts": fact_rows}
@@ -259,9 +351,14 @@ def table_lines(out: Mapping[str, Any]) -> list[str]:
     rows = [r for r in out["leak_at_k"] if r["seed"] != "mean"]
     if rows:
         ks = sorted({r["k"] for r in rows})
-        lines += ["", f"Leak@k (n = {rows[0]['n_samples']} samples at T = 1 on {rows[0]['n_items']} forget items; "
-                  "the retain model is the control):", "", "| method | seed | " + " | ".join(f"k={k}" for k in ks)
-                  + " |", "|---|---|" + "---|" * len(ks)]  # fmt: skip
+        lines += [
+            "",
+            f"Leak@k (n = {rows[0]['n_samples']} samples at T = 1 on {rows[0]['n_items']} forget items; "
+            "the retain model is the control):",
+            "",
+            "| method | seed | " + " | ".join(f"k={k}" for k in ks) + " |",
+            "|---|---|" + "---|" * len(ks),
+        ]
         for key in dict.fromkeys((r["method"], r["seed"], r["pair_seed"]) for r in rows):
             mine = {r["k"]: r for r in rows if (r["method"], r["seed"], r["pair_seed"]) == key}
             cells = [_fmt(mine[k], "leak_at_k", "ci_low", "ci_high") if k in mine else "–" for k in ks]
@@ -281,26 +378,42 @@ def table_lines(out: Mapping[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|",
         ]
         for (method, seed, _pair, band), r in last.items():
-            lines.append(f"| {method} | {seed} | {band} | {_fmt(r, 'target_change', 'target_ci_low', 'target_ci_high')}"
-                         f" | {_fmt(r, 'band_change', 'band_ci_low', 'band_ci_high')} | "
-                         f"{_fmt(r, 'after_fork_change', 'after_fork_ci_low', 'after_fork_ci_high')} | "
-                         f"{ {True: '**yes**', False: 'no'}.get(r['squeezes'], '– (no interval)')} |")  # fmt: skip
+            lines.append(
+                f"| {method} | {seed} | {band} | {_fmt(r, 'target_change', 'target_ci_low', 'target_ci_high')}"
+                f" | {_fmt(r, 'band_change', 'band_ci_low', 'band_ci_high')} | "
+                f"{_fmt(r, 'after_fork_change', 'after_fork_ci_low', 'after_fork_ci_high')} | "
+                f"{ {True: '**yes**', False: 'no'}.get(r['squeezes'], '– (no interval)') } |"
+            )
     forget = [r for r in out["facts"] if r["split"] == "forget" and r["n_annotated"]]
     if forget:
-        lines += ["", "Fact leak of the greedy answer on the forget items that have a fact:", "",
-                  "| method | seed | annotated items | fact leak |", "|---|---|---:|---|"]  # fmt: skip
-        lines += [f"| {r['method']} | {r['seed']} | {r['n_annotated']}/{r['n_items']} | "
-                  f"{_fmt(r, 'fact_leak', 'ci_low', 'ci_high')} |" for r in forget]  # fmt: skip
+        lines += [
+            "",
+            "Fact leak of the greedy answer on the forget items that have a fact:",
+            "",
+            "| method | seed | annotated items | fact leak |",
+            "|---|---|---:|---|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['seed']} | {r['n_annotated']}/{r['n_items']} | "
+            f"{_fmt(r, 'fact_leak', 'ci_low', 'ci_high')} |"
+            for r in forget
+        ]
     cond = out.get("conditional_recovery") or []
     if cond:
-        lines += ["", "Conditional recovery: of the items that did not leak before the attack, the share that leak "
-                  "after it; *uninformative*: the original model leaks no item under the attack, so it cannot show "
-                  "recovery (no verdict rows):", "",
-                  "| method | seed | attack | setting | not leaked before | recovered | informative |",
-                  "|---|---|---|---|---:|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "Conditional recovery: of the items that did not leak before the attack, the share that leak "
+            "after it; *uninformative*: the original model leaks no item under the attack, so it cannot show "
+            "recovery (no verdict rows):",
+            "",
+            "| method | seed | attack | setting | not leaked before | recovered | informative |",
+            "|---|---|---|---|---:|---|---|",
+        ]
         for r in cond:
             flag = {True: "yes", False: "*uninformative*"}.get(r["informative"], "–")
-            lines.append(f"| {r['method']} | {r['seed']} | {r['attack']} | {r['setting']} | "
-                         f"{r['n_not_leaked_before']} | {_fmt(r, 'conditional_recovery', 'ci_low', 'ci_high')} | "
-                         f"{flag} |")  # fmt: skip
+            lines.append(
+                f"| {r['method']} | {r['seed']} | {r['attack']} | {r['setting']} | "
+                f"{r['n_not_leaked_before']} | {_fmt(r, 'conditional_recovery', 'ci_low', 'ci_high')} | "
+                f"{flag} |"
+            )
     return [*lines, ""]

@@ -35,16 +35,45 @@ MATCH_MARGIN = 0.9
 """The common level is this fraction of the chosen maximum, so the method that sets it is read inside its
 curve rather than at its last evaluation (and a near-tie such as BS-T vs GA×(1−λ) does not split at the level)."""
 
-MATCHED_KEYS = ("model_utility", "mem", "fact_leak", "log10_forget_quality", "target_logprob",
-                *(f"band_{b}_logprob" for b in BANDS))  # fmt: skip
+MATCHED_KEYS = (
+    "model_utility",
+    "mem",
+    "fact_leak",
+    "log10_forget_quality",
+    "target_logprob",
+    *(f"band_{b}_logprob" for b in BANDS),
+)
 """Curve quantities read off at the level."""
-MATCHED_COLUMNS = ("measure", "level", "method", "seed", "reached", "max_forgetting", "step", "model_utility",
-                   "mem", "fact_leak", "log10_forget_quality", "target_change", "high_band_change",
-                   "mid_band_change", "low_band_change", "pair_seed")  # fmt: skip
+MATCHED_COLUMNS = (
+    "measure",
+    "level",
+    "method",
+    "seed",
+    "reached",
+    "max_forgetting",
+    "step",
+    "model_utility",
+    "mem",
+    "fact_leak",
+    "log10_forget_quality",
+    "target_change",
+    "high_band_change",
+    "mid_band_change",
+    "low_band_change",
+    "pair_seed",
+)
 """Columns of ``matched.csv`` (``pair_seed`` appended after the columns of earlier versions; the report appends
 ``<column>_ci_low`` / ``<column>_ci_high`` for ``MATCHED_CI_COLUMNS``)."""
-MATCHED_CI_COLUMNS = ("model_utility", "mem", "fact_leak", "log10_forget_quality", "target_change",
-                      "high_band_change", "mid_band_change", "low_band_change")  # fmt: skip
+MATCHED_CI_COLUMNS = (
+    "model_utility",
+    "mem",
+    "fact_leak",
+    "log10_forget_quality",
+    "target_change",
+    "high_band_change",
+    "mid_band_change",
+    "low_band_change",
+)
 """The matched values that get a 95 % interval (item resampling of the per-item values read off the curve)."""
 MATCHED_TABLE = (
     ("step", "step"),
@@ -196,8 +225,9 @@ def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | No
     by_run = {}
     for pair in pairs:
         for seed in seeds:
-            curves = {r["method"]: r["curve"] for r in results
-                      if run_key(r) == (seed, pair) and len(r.get("curve", [])) > 1}  # fmt: skip
+            curves = {
+                r["method"]: r["curve"] for r in results if run_key(r) == (seed, pair) and len(r.get("curve", [])) > 1
+            }
             if curves:
                 by_run[(seed, pair)] = curves
     rows, levels = [], {}
@@ -208,8 +238,9 @@ def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | No
                 maxima.setdefault(method, []).append(max_forgetting(curve, measure))
         level = given.get(measure)
         if level is None:
-            level = level_from_maxima(float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-                                      for v in maxima.values())  # fmt: skip
+            level = level_from_maxima(
+                float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for v in maxima.values()
+            )
         levels[measure] = level
         if not (math.isfinite(level) and level > 0):
             continue
@@ -227,8 +258,12 @@ def matched_rows(results: list[dict], seeds, given: dict[str, float | None] | No
                     "pair_seed": pair,
                 }
                 if values is not None:
-                    row.update({k: values.get(k) for k in ("step", "model_utility", "mem", "fact_leak",
-                                                           "log10_forget_quality")})  # fmt: skip
+                    row.update(
+                        {
+                            k: values.get(k)
+                            for k in ("step", "model_utility", "mem", "fact_leak", "log10_forget_quality")
+                        }
+                    )
                     row["target_change"] = values["target_logprob"] - number(start.get("target_logprob"))
                     for band in BANDS:  # NaN (n/a) where the curve has no such band
                         key = f"band_{band}_logprob"
@@ -251,8 +286,10 @@ def format_matched(rows: list[dict], measure: str, intervals: dict[str, dict[str
     methods = list(dict.fromkeys(r["method"] for r in rows))
     reached = [dict(r) for r in rows if r["reached"]]
     stats = method_statistics(reached, [c for c, _ in MATCHED_TABLE])
-    lines = ["| method | reached | " + " | ".join(h for _, h in MATCHED_TABLE) + " |",
-             "|---|---|" + "---:|" * len(MATCHED_TABLE)]  # fmt: skip
+    lines = [
+        "| method | reached | " + " | ".join(h for _, h in MATCHED_TABLE) + " |",
+        "|---|---|" + "---:|" * len(MATCHED_TABLE),
+    ]
     for method in methods:
         own = [r for r in rows if r["method"] == method]
         n = sum(r["reached"] for r in own)
@@ -261,7 +298,11 @@ def format_matched(rows: list[dict], measure: str, intervals: dict[str, dict[str
             lines.append(f"| {method} | not reached (best: {in_units(measure, best)}) |" + " – |" * len(MATCHED_TABLE))
             continue
         bounds = intervals.get(method, {})
-        cells = [with_interval(stats[method][column], *bounds.get(column, (None, None))) if column != "step"
-                 else mean_std(stats[method][column]) for column, _ in MATCHED_TABLE]  # fmt: skip
+        cells = [
+            with_interval(stats[method][column], *bounds.get(column, (None, None)))
+            if column != "step"
+            else mean_std(stats[method][column])
+            for column, _ in MATCHED_TABLE
+        ]
         lines.append(f"| {method} | {n}/{len(own)} runs | " + " | ".join(cells) + " |")
     return "\n".join(lines)

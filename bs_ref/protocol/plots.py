@@ -9,7 +9,7 @@
 - ``plot_tradeoff_curves``: forgetting (target drop, fact-leak rate, log10 FQ, Mem) against model utility;
   with n > 1 runs the means over runs with 95 % error bars in both directions.
 
-The intervals come from ``bs_ref.protocol.uncertainty`` (``bs_ref.stats``); one run is drawn as a plain line
+The intervals come from ``bs_ref.protocol.uncertainty`` (``bs_ref.protocol.stats``); one run is drawn as a plain line
 (its item-only interval is in the tables).
 
 matplotlib is imported inside ``pyplot()`` only, so the package works without it: every function then
@@ -77,8 +77,9 @@ def plot_metric_bars(rows: Sequence[dict], path: str | Path, columns=PAPER_COLUM
             high = number(carriers[m].get(f"{column}_ci_high"))
             if stats[m][column][2] > 1 and math.isfinite(low) and math.isfinite(high):
                 errors[:, i] = [max(means[i] - low, 0.0), max(high - means[i], 0.0)]
-        ax.bar(x + (j - (len(columns) - 1) / 2) * width, np.nan_to_num(means), width, yerr=errors, label=label,
-               capsize=2)  # fmt: skip
+        ax.bar(
+            x + (j - (len(columns) - 1) / 2) * width, np.nan_to_num(means), width, yerr=errors, label=label, capsize=2
+        )
     ax.set_xticks(x, [f"{m} (n={n_runs[m]})" for m in methods], rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (higher is better)")
@@ -109,8 +110,11 @@ def plot_squeezing_traces(curves: dict[str, Sequence[dict]], path: str | Path, b
     styles.update({f"band_{b}_logprob": (f"{b} band", c, "--") for b, c in zip(BANDS, colors)})
     # the high band's continuation after its fork from the target (summed log-prob, docs/theory.md §16)
     styles["band_high_after_fork"] = ("high band after fork", colors[0], ":")
-    interval_key = {"target_logprob": "target_change", **{f"band_{b}_logprob": f"{b}_band_change" for b in BANDS},
-                    "band_high_after_fork": "high_after_fork_change"}  # fmt: skip
+    interval_key = {
+        "target_logprob": "target_change",
+        **{f"band_{b}_logprob": f"{b}_band_change" for b in BANDS},
+        "band_high_after_fork": "high_after_fork_change",
+    }
     for ax, method in zip(axes.flat, methods):
         curve = curves[method]
         steps = [number(p.get("step")) for p in curve]
@@ -120,8 +124,14 @@ def plot_squeezing_traces(curves: dict[str, Sequence[dict]], path: str | Path, b
             if trace:
                 xs = [step for step, _ in trace]
                 ax.plot(xs, [iv.value for _, iv in trace], style, color=color, label=label, marker=".", markersize=3)
-                ax.fill_between(xs, [iv.ci_low for _, iv in trace], [iv.ci_high for _, iv in trace], color=color,
-                                alpha=0.15, linewidth=0)  # fmt: skip
+                ax.fill_between(
+                    xs,
+                    [iv.ci_low for _, iv in trace],
+                    [iv.ci_high for _, iv in trace],
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                )
                 n = trace[0][1].n_runs
                 continue
             values = np.array([number(p.get(key)) for p in curve])
@@ -180,8 +190,20 @@ def plot_tradeoff_curves(curves: dict[str, Sequence[dict]], path: str | Path, ba
                 x_err = _errors([xi[s] for s in common], xs, sign)
                 y_err = _errors([yi[s] for s in common], ys, 1.0)
                 n = xi[common[0]].n_runs
-                ax.errorbar(xs, ys, xerr=x_err, yerr=y_err, fmt="-", marker=".", markersize=3, color=color,
-                            label=f"{method} (n={n})", alpha=0.85, elinewidth=0.6, capsize=1.5)  # fmt: skip
+                ax.errorbar(
+                    xs,
+                    ys,
+                    xerr=x_err,
+                    yerr=y_err,
+                    fmt="-",
+                    marker=".",
+                    markersize=3,
+                    color=color,
+                    label=f"{method} (n={n})",
+                    alpha=0.85,
+                    elinewidth=0.6,
+                    capsize=1.5,
+                )
                 ax.plot(xs[-1:], ys[-1:], "*", color=color, markersize=9)
                 continue
             if key == "target_drop":

@@ -17,7 +17,7 @@ under an attack is the control of the spurious gap, the original model its upper
 Each attacked model's results go to ``methods/<method>/seed<k>/attacks_<setting>.json`` with the attack settings
 they were computed under; a rerun keeps those whose settings match and computes the rest (a finished method
 whose end model is no longer in memory is replayed to its last step). The report (``recovery_report``) writes
-``recovery.csv`` (``bs_ref.attacks.RECOVERY_COLUMNS``: one row per method × seed × pair × attack × setting, then
+``recovery.csv`` (``recovery_table.RECOVERY_COLUMNS``: one row per method × seed × pair × attack × setting, then
 a ``mean`` row per method × attack × setting whose interval covers items and runs), a table in ``table.md``,
 paired verdicts of the spurious gap (the comparisons of ``verdict.csv``, measure ``spurious_gap[<attack>]``)
 and ``plots/recovery.png``.
@@ -25,6 +25,7 @@ and ``plots/recovery.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,13 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from bs_ref import attacks, stats
+from bs_ref import attacks
 from bs_ref.attacks import AttackResult
 from bs_ref.attacks.prompts import PROMPT_ATTACKS
 from bs_ref.attacks.quantize import INSTALL, QUANT_ATTACKS, bitsandbytes_available
+from bs_ref.protocol import pair_training, recovery_table, stats
 from bs_ref.protocol.cli import arg
+from bs_ref.protocol.evaluate import Evaluator
 from bs_ref.protocol.matched import crossing
-from bs_ref.protocol.store import RunDir, read_json, write_json
+from bs_ref.protocol.pairs import ModelConfig
+from bs_ref.protocol.store import RunDir, cell_name, read_json, write_json
 from bs_ref.protocol.uncertainty import Context, comparisons, design_of
 from bs_ref.timing import part, timed
 
@@ -56,18 +60,28 @@ PAPER_TOFU_LR = 1e-5
 
 @dataclass
 class AttackConfig:
-    """The recovery attacks of a run (docs/theory.md §9)."""
+    """The recovery attacks of a run (docs/theory.md §9). None of these settings is part of the run's identity:
+    each attack's results are kept with the settings they were computed under (``Attacker.identity``), so
+    changing them recomputes only the attacks."""
 
     attacks: list[str] = arg(
         help="recovery attacks: relearn quant4 quant8 prompt (prompt:<name> for one prompt attack); 'all' is every "
         "attack whose packages are installed, 'none' runs none",
         factory=lambda: ["all"],
+        identity=False,
     )
-    attack_at: str = arg("end", "end | matched | both: attack the model at the end of training, at matched "
-                         "forgetting (replayed to where it first reaches the matched drop), or both")  # fmt: skip
-    attack_lr: float | None = arg(None, "relearning learning rate (default: the model pair's fine-tuning lr; "
-                                  f"{PAPER_TOFU_LR:g} for given checkpoints)")  # fmt: skip
-    attack_epochs: int = arg(1, "relearning epochs on the attack half of each forget author's items")
+    attack_at: str = arg(
+        "end",
+        "end | matched | both: attack the model at the end of training, at matched forgetting (replayed to where it "
+        "first reaches the matched drop), or both",
+        identity=False,
+    )
+    attack_lr: float | None = arg(
+        None,
+        f"relearning learning rate (default: the model pair's fine-tuning lr; {PAPER_TOFU_LR:g} for given checkpoints)",
+        identity=False,
+    )
+    attack_epochs: int = arg(1, "relearning epochs on the attack half of each forget author's items", identity=False)
 
     def wanted(self) -> list[str]:
         """The attack names asked for, before checking what is installed (``all`` expanded, ``none`` empty)."""
@@ -100,16 +114,19 @@ def problems(cfg: AttackConfig) -> list[str]:
     if not cfg.attacks:
         out.append("--attacks needs at least one name (or 'none' to skip the recovery attacks)")
     if len(cfg.attacks) > 1 and ("none" in cfg.attacks or "all" in cfg.attacks):
-        out.append(f"--attacks {' '.join(cfg.attacks)}: 'none' and 'all' stand alone; give one of them or a list of "
-                   "attacks")  # fmt: skip
+        out.append(
+            f"--attacks {' '.join(cfg.attacks)}: 'none' and 'all' stand alone; give one of them or a list of attacks"
+        )
     unknown = [a for a in cfg.attacks if a not in (*known, "all", "none")]
     if unknown:
         out.append(f"--attacks {' '.join(unknown)} unknown; choose from {', '.join(known)}, all or none")
     ok, why = bitsandbytes_available()
     asked_quant = [a for a in cfg.attacks if a in QUANT_ATTACKS]
     if asked_quant and not ok:
-        out.append(f"--attacks {' '.join(asked_quant)} needs bitsandbytes >= 0.50: {why} (install it with {INSTALL}, "
-                   "or drop the quantization attacks)")  # fmt: skip
+        out.append(
+            f"--attacks {' '.join(asked_quant)} needs bitsandbytes >= 0.50: {why} (install it with {INSTALL}, "
+            "or drop the quantization attacks)"
+        )
     if cfg.attack_at not in ATTACK_AT:
         out.append(f"--attack-at {cfg.attack_at} is unknown; choose one of {' | '.join(ATTACK_AT)}")
     if cfg.attack_lr is not None and not (math.isfinite(cfg.attack_lr) and cfg.attack_lr > 0):
@@ -121,33 +138,59 @@ def problems(cfg: AttackConfig) -> list[str]:
 
 def result_from_dict(payload: Mapping[str, Any]) -> AttackResult:
     """An ``AttackResult`` from its ``as_dict`` form (the split stays plain data)."""
-    return AttackResult(payload["attack"], list(payload["before"]), list(payload["after"]), payload.get("split"),
-                        dict(payload.get("info", {})))  # fmt: skip
+    return AttackResult(
+        payload["attack"],
+        list(payload["before"]),
+        list(payload["after"]),
+        payload.get("split"),
+        dict(payload.get("info", {})),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ running
+@dataclass(frozen=True)
+class AttackSettings:
+    """What every attacked model of a run shares, which is also the identity its results are kept under: the
+    template, the relearning lr / epochs / batch size, the answer budget, the evaluation batch and the samples of
+    the relearning attack's any-of-N leak."""
+
+    template: str
+    lr: float
+    epochs: int
+    batch_size: int
+    max_new_tokens: int
+    eval_batch_size: int
+    num_samples: int
+
+
 class Attacker:
     """Runs the attacks of one run on the models it is given and stores their results per cell.
 
-    ``labels``: the attack labels (``AttackConfig.labels``); ``common``: what every attacked model shares — the
-    template, the relearning lr / epochs / batch size, the answer budget, the evaluation batch, the any-of-N
-    samples of the relearning attack's any-of-N leak — which is also the identity under which results are kept
-    (``identity``)."""
+    ``labels``: the attack labels (``AttackConfig.labels``); ``common``: what every attacked model shares, also the
+    identity under which results are kept (``identity``)."""
 
-    def __init__(self, labels: Sequence[str], forget_records: Sequence[dict], tokenizer, *, template: str,
-                 lr: float, epochs: int, batch_size: int, max_new_tokens: int, eval_batch_size: int,
-                 num_samples: int, num_threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        labels: Sequence[str],
+        forget_records: Sequence[dict],
+        tokenizer,
+        common: AttackSettings,
+        num_threads: int | None = None,
+    ) -> None:
         self.labels = list(labels)
         self.records = list(forget_records)
         self.tokenizer = tokenizer
         self.num_threads = num_threads
-        self.common = dict(template=template, lr=lr, epochs=epochs, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size,
-                           num_samples=num_samples)  # fmt: skip
+        self.common = common
 
     def identity(self, setting: str, level: float | None = None) -> dict:
         """What a stored result must have been computed under to be kept."""
-        out = {"attacks": self.labels, "setting": setting, **self.common, "any_of_n": "relearn only"}
+        out = {
+            "attacks": self.labels,
+            "setting": setting,
+            **dataclasses.asdict(self.common),
+            "any_of_n": "relearn only",
+        }
         return out | ({"level": round(float(level), 10)} if level is not None else {})
 
     def path(self, store: RunDir, label: str, seed: int, pair: int, setting: str):
@@ -162,45 +205,140 @@ class Attacker:
         except (OSError, ValueError):
             return False
 
-    def attack(self, store: RunDir, label: str, seed: int, pair: int, setting: str, model, *, step: int | None,
-               level: float | None = None, announce: Callable[[str], None] | None = None) -> dict:  # fmt: skip
+    def attack(
+        self,
+        store: RunDir,
+        label: str,
+        seed: int,
+        pair: int,
+        setting: str,
+        model,
+        *,
+        step: int | None,
+        level: float | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> dict:
         """Every attack on ``model`` (a method's model after ``step`` steps, or a reference), saved to
         ``attacks_<setting>.json``; the relearning split and the sampled answers are drawn from ``seed``, so the
         references of the same seed are attacked on the same items. ``model`` is not changed. The payload keeps the
         attacks' wall time (``timing``), which a resumed run reports as recorded."""
         began = time.perf_counter()
-        with part(f"attacks: {label}"):
-            return self._attack(store, label, seed, pair, setting, model, step, level, announce, began)
-
-    def _attack(self, store, label, seed, pair, setting, model, step, level, announce, began) -> dict:
         if announce:
-            announce(f"{label} seed {seed}{f' pair {pair}' if pair else ''}: attacks at {setting} "
-                     f"({', '.join(self.labels)})")  # fmt: skip
-        results, skipped = {}, {}
+            where = f" pair {pair}" if pair else ""
+            announce(f"{label} seed {seed}{where}: attacks at {setting} ({', '.join(self.labels)})")
+        with part(f"attacks: {label}"):
+            results, skipped = self._run(label, seed, model)
+        payload = {
+            "identity": self.identity(setting, level),
+            "method": label,
+            "seed": seed,
+            "pair_seed": pair,
+            "setting": setting,
+            "step": step,
+            "skipped": skipped,
+            "results": {a: by_model[label].as_dict() for a, by_model in results.items()},
+            "timing": {f"attacks: {label}": round(time.perf_counter() - began, 3)},
+        }
+        write_json(self.path(store, label, seed, pair, setting), payload)
+        return payload
+
+    def _run(self, label: str, seed: int, model) -> tuple[dict, dict]:
+        """({attack: {label: AttackResult}} in ``labels`` order, {attack: why it was skipped})."""
+        results, skipped, c = {}, {}, self.common
         # the any-of-N leak (sampled answers, the costly part of an evaluation) is scored for relearning only: the
         # other attacks are read on the greedy answer, the measure of the recovery gap
-        for group, samples in (
-            (["relearn"], self.common["num_samples"]),
-            ([a for a in self.labels if a != "relearn"], 0),
-        ):
+        for group, samples in ((["relearn"], self.common.num_samples), ([a for a in self.labels if a != "relearn"], 0)):
             wanted = [a for a in group if a in self.labels]
             if not wanted:
                 continue
             found, why = attacks.run_attacks(
-                {label: model}, self.tokenizer, self.records, wanted, template=self.common["template"], seed=seed,
-                lr=self.common["lr"], epochs=self.common["epochs"], batch_size=self.common["batch_size"],
-                max_new_tokens=self.common["max_new_tokens"], eval_batch_size=self.common["eval_batch_size"],
-                num_samples=samples, num_threads=self.num_threads,
-            )  # fmt: skip
+                {label: model},
+                self.tokenizer,
+                self.records,
+                wanted,
+                template=c.template,
+                seed=seed,
+                relearning=attacks.Relearning(c.lr, c.epochs, c.batch_size, num_threads=self.num_threads),
+                decoding=attacks.Decoding(c.max_new_tokens, c.eval_batch_size, num_samples=samples),
+            )
             results |= found
             skipped |= why
-        results = {a: results[a] for a in self.labels if a in results}
-        payload = {"identity": self.identity(setting, level), "method": label, "seed": seed, "pair_seed": pair,
-                   "setting": setting, "step": step, "skipped": skipped,
-                   "results": {a: by_model[label].as_dict() for a, by_model in results.items()},
-                   "timing": {f"attacks: {label}": round(time.perf_counter() - began, 3)}}  # fmt: skip
-        write_json(self.path(store, label, seed, pair, setting), payload)
-        return payload
+        return {a: results[a] for a in self.labels if a in results}, skipped
+
+
+def make_attacker(
+    labels: Sequence[str], cfg: AttackConfig, evaluator: Evaluator, models: ModelConfig, batch_size: int
+) -> Attacker | None:
+    """The attacker of one model pair (None with ``--attacks none``), reading what it shares with the evaluation
+    from ``evaluator``. Relearning trains at ``--attack-lr``, by default the learning rate and batch size the model
+    pair was fine-tuned with (a given checkpoint: TOFU's 1e-5 and the unlearning ``batch_size``)."""
+    if not labels:
+        return None
+    if models.model:
+        lr = PAPER_TOFU_LR
+    else:
+        train_cfg = pair_training.resolve_preset(models.model_preset)[1]
+        lr, batch_size = train_cfg.lr, train_cfg.batch_size
+    splits = evaluator.data
+    common = AttackSettings(
+        template=splits.template,
+        lr=cfg.attack_lr or lr,
+        epochs=cfg.attack_epochs,
+        batch_size=batch_size,
+        max_new_tokens=evaluator.max_new_tokens,
+        eval_batch_size=evaluator.cfg.eval_batch_size,
+        num_samples=evaluator.cfg.leak_samples if splits.has_facts else 0,
+    )
+    return Attacker(labels, splits.forget_train, evaluator.tokenizer, common, num_threads=models.threads)
+
+
+def attack_references(
+    store: RunDir,
+    attacker: Attacker,
+    labels: Sequence[str],
+    seeds: Sequence[int],
+    pair: int,
+    references: dict,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Attack the reference models (``references``: {"original": model, "retrain": model or None}) once per
+    unlearning seed (the relearning split and the samples are the seed's), unless their results under these
+    settings are kept."""
+    for seed in seeds:
+        for name, model in references.items():
+            if name in labels and model is not None and not attacker.done(store, name, seed, pair, "end"):
+                attacker.attack(store, name, seed, pair, "end", model.eval(), step=None, announce=announce)
+
+
+def attack_missing(
+    store: RunDir,
+    attackers: Mapping[int, Attacker],
+    finished: Iterable[tuple],
+    settings: Sequence[str],
+    level: float,
+    replay: Callable[[tuple, int], Any],
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """The attacks not yet run on the ``finished`` jobs ((label, method, seed, pair), each with its result): at the
+    end of training where the model is gone (a resumed run), and at matched forgetting (``level``, the run's
+    target-drop level, known once every method has finished; a job that never reaches it has no matched model).
+    ``replay(job, step)`` rebuilds the job's model after ``step`` steps by its deterministic unlearning run;
+    ``attackers``: the attacker of each model pair."""
+    for job in finished:
+        label, _, seed, pair = job
+        result = store.load_result(label, seed, pair)
+        for setting in settings:
+            step, at = result["steps"], None
+            if setting == "matched":
+                step = matched_step(result, level) if math.isfinite(level) and level > 0 else None
+                if step is None:
+                    continue
+                at = level
+            if not attackers[pair].done(store, label, seed, pair, setting, at):
+                if announce:
+                    announce(f"{cell_name(label, seed, pair)}: replaying the unlearning run to step {step} ({setting})")
+                model = replay(job, step)
+                attackers[pair].attack(store, label, seed, pair, setting, model, step=step, level=at, announce=announce)
 
 
 def matched_step(result: dict, level: float) -> int | None:
@@ -211,8 +349,9 @@ def matched_step(result: dict, level: float) -> int | None:
     return None if found is None else int(curve[found[1]]["step"])
 
 
-def load_cells(store: RunDir, labels: Iterable[str], seeds: Iterable[int], pairs: Iterable[int],
-               settings: Iterable[str]) -> dict[tuple, AttackResult]:  # fmt: skip
+def load_cells(
+    store: RunDir, labels: Iterable[str], seeds: Iterable[int], pairs: Iterable[int], settings: Iterable[str]
+) -> dict[tuple, AttackResult]:
     """{(method, seed, pair, attack, setting): AttackResult} of every stored attack of these cells (references
     at ``end`` only)."""
     cells = {}
@@ -232,9 +371,14 @@ def load_cells(store: RunDir, labels: Iterable[str], seeds: Iterable[int], pairs
 
 # ------------------------------------------------------------------------------------------------ report
 @timed("report")
-def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], ctx: Context, *,
-                    measure: str = RECOVERY_MEASURE,
-                    informative: Mapping[tuple[str, str], bool | None] | None = None) -> dict[str, Any]:  # fmt: skip
+def recovery_report(
+    cells: Mapping[tuple, AttackResult],
+    labels: Sequence[str],
+    ctx: Context,
+    *,
+    measure: str = RECOVERY_MEASURE,
+    informative: Mapping[tuple[str, str], bool | None] | None = None,
+) -> dict[str, Any]:
     """What the report writes about the attacks: ``rows`` (recovery.csv: per run, then one ``mean`` row per
     method × attack × setting with the two-level interval of the spurious gap), ``verdicts`` (verdict.csv rows,
     measure ``spurious_gap[<attack>]``, setting ``end`` or ``matched:target_drop``) and ``lines`` (table.md: per
@@ -243,23 +387,31 @@ def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], 
     (``bs_ref.protocol.instruments.informative_attacks``); an attack marked False is flagged in every row and
     table cell and gives no verdict rows (docs/theory.md §18)."""
     informative = dict(informative or {})
-    rows = attacks.recovery_rows(cells, measure=measure)
+    rows = recovery_table.recovery_rows(cells, measure=measure)
     for row in rows:
         row["informative"] = informative.get((row["attack"], row["setting"]))
     methods = [m for m in labels if any(k[0] == m for k in cells)]
     what = measure.replace("_", " ")
-    lines = ["## Recovery attacks: does the forgetting survive?", "",
-             f"Each cell: the {what} of the attacked items before → after the attack (relearning: the held-out half "
-             "of each forget author's items), then the **spurious gap** = after − the retain model's after under the "
-             "same attack, ≈ 0 for real forgetting (docs/theory.md §9). Means over runs; the gap with its 95 % "
-             "interval (items within runs, runs across seeds and model pairs). recovery.csv holds every run and "
-             "the recovered amount (after − before).", ""]  # fmt: skip
+    lines = [
+        "## Recovery attacks: does the forgetting survive?",
+        "",
+        f"Each cell: the {what} of the attacked items before → after the attack (relearning: the held-out half "
+        "of each forget author's items), then the **spurious gap** = after − the retain model's after under the "
+        "same attack, ≈ 0 for real forgetting (docs/theory.md §9). Means over runs; the gap with its 95 % "
+        "interval (items within runs, runs across seeds and model pairs). recovery.csv holds every run and "
+        "the recovered amount (after − before).",
+        "",
+    ]
     verdicts = []
     for setting in dict.fromkeys(k[4] for k in cells):
         names = list(dict.fromkeys(k[3] for k in cells if k[4] == setting))
         title = "end of training" if setting == "end" else "at matched target drop (replayed models)"
-        lines += [f"### Attacked at the {title}" if setting == "end" else f"### Attacked {title}", "",
-                  "| method | n | " + " | ".join(names) + " |", "|---|---:|" + "---|" * len(names)]  # fmt: skip
+        lines += [
+            f"### Attacked at the {title}" if setting == "end" else f"### Attacked {title}",
+            "",
+            "| method | n | " + " | ".join(names) + " |",
+            "|---|---:|" + "---|" * len(names),
+        ]
         for method in methods:
             texts, n = [], 0
             for attack in names:
@@ -273,15 +425,19 @@ def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], 
                 rows.append(row)
                 gap = stats.format_interval(row["spurious_gap"], row["ci_low"], row["ci_high"])
                 flag = " (*uninformative*)" if row["informative"] is False else ""
-                texts.append(f"{stats.format_number(row['before'])} → {stats.format_number(row['after'])}; gap {gap}"
-                             f"{flag}")  # fmt: skip
+                texts.append(
+                    f"{stats.format_number(row['before'])} → {stats.format_number(row['after'])}; gap {gap}{flag}"
+                )
             if n:
                 lines.append(f"| {method} | {n} | " + " | ".join(texts) + " |")
         lines.append("")
         useful = [attack for attack in names if informative.get((attack, setting)) is not False]
         if len(useful) < len(names):
-            lines += [f"Uninformative (the original model leaks no item under them, so they cannot show recovery; no "
-                      f"verdict rows): {', '.join(a for a in names if a not in useful)}.", ""]  # fmt: skip
+            lines += [
+                f"Uninformative (the original model leaks no item under them, so they cannot show recovery; no "
+                f"verdict rows): {', '.join(a for a in names if a not in useful)}.",
+                "",
+            ]
         found = [v for attack in useful for v in _verdicts(cells, methods, attack, setting, measure, ctx)]
         verdicts += found
         if found:
@@ -292,10 +448,25 @@ def recovery_report(cells: Mapping[tuple, AttackResult], labels: Sequence[str], 
 def _mean_row(rows, runs, method: str, attack: str, setting: str, measure: str, ctx: Context) -> dict:
     """The ``mean`` row of a method × attack × setting: means over its runs, the spurious gap's interval."""
     mine = [r for r in rows if r["method"] == method and r["attack"] == attack and r["setting"] == setting]
-    row = {"method": method, "seed": "mean", "pair_seed": "", "attack": attack, "setting": setting,
-           "measure": measure, "ci_low": math.nan, "ci_high": math.nan, "spurious_gap": math.nan}  # fmt: skip
-    for column in ("fact_leak_before", "fact_leak_after", "target_logprob_before", "target_logprob_after",
-                   "recovered", "spurious_gap"):  # fmt: skip
+    row = {
+        "method": method,
+        "seed": "mean",
+        "pair_seed": "",
+        "attack": attack,
+        "setting": setting,
+        "measure": measure,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "spurious_gap": math.nan,
+    }
+    for column in (
+        "fact_leak_before",
+        "fact_leak_after",
+        "target_logprob_before",
+        "target_logprob_after",
+        "recovered",
+        "spurious_gap",
+    ):
         row[column] = _mean([r[column] for r in mine])
     gap = _interval(runs["spurious_gap"], ctx)
     if gap is not None:
@@ -309,7 +480,7 @@ def _runs(cells, method: str, attack: str, setting: str, measure: str) -> dict[s
     out: dict[str, dict] = {}
     for which in ("before", "after", "recovered", "spurious_gap"):
         try:
-            runs = attacks.recovery_runs(cells, method, attack, setting, which=which, measure=measure)
+            runs = recovery_table.recovery_runs(cells, method, attack, setting, which=which, measure=measure)
         except ValueError:
             return None
         out[which] = {k: v for k, v in runs.items() if np.isfinite(v).any()}
@@ -327,23 +498,33 @@ def _verdicts(cells, methods, attack: str, setting: str, measure: str, ctx: Cont
     setting_cell = "end" if setting == "end" else "matched:target_drop"
     for a, b in comparisons(methods, ctx):
         try:
-            ra = attacks.recovery_runs(cells, a, attack, setting, measure=measure)
-            rb = attacks.recovery_runs(cells, b, attack, setting, measure=measure)
+            ra = recovery_table.recovery_runs(cells, a, attack, setting, measure=measure)
+            rb = recovery_table.recovery_runs(cells, b, attack, setting, measure=measure)
         except ValueError:
             continue
         shared = [k for k in ra if k in rb and np.isfinite(ra[k]).any() and np.isfinite(rb[k]).any()]
         if not shared:
             continue
-        result = stats.compare({k: ra[k] for k in shared}, {k: rb[k] for k in shared}, higher_is_better=False,
-                               n_resamples=ctx.n_resamples, seed=ctx.seed, design=design_of(shared))  # fmt: skip
+        result = stats.compare(
+            {k: ra[k] for k in shared},
+            {k: rb[k] for k in shared},
+            higher_is_better=False,
+            n_resamples=ctx.n_resamples,
+            seed=ctx.seed,
+            design=design_of(shared),
+        )
         out.append(stats.verdict_row(stats.comparison_label(a, b), f"spurious_gap[{attack}]", setting_cell, result))
     return out
 
 
 def _verdict_lines(verdicts: Sequence[dict], names: Sequence[str]) -> list[str]:
-    lines = ["Spurious gap, paired comparisons at 95 %: A − B by item and run; **better** = a smaller gap (less "
-             "of the fact comes back than in the retain model), *no diff.*: the interval contains 0.", "",
-             "| A − B | n | " + " | ".join(names) + " |", "|---|---:|" + "---|" * len(names)]  # fmt: skip
+    lines = [
+        "Spurious gap, paired comparisons at 95 %: A − B by item and run; **better** = a smaller gap (less "
+        "of the fact comes back than in the retain model), *no diff.*: the interval contains 0.",
+        "",
+        "| A − B | n | " + " | ".join(names) + " |",
+        "|---|---:|" + "---|" * len(names),
+    ]
     for comparison in dict.fromkeys(v["comparison"] for v in verdicts):
         texts, n = [], 0
         for attack in names:

@@ -7,10 +7,10 @@ target or fact-token log-prob as the graded signal)::
     spurious_gap_i = leak_after_attack_i − leak_of_retain_model_after_the_same_attack_i
 
 Real forgetting has a spurious gap ≈ 0. The arrays are per item, aligned by the item's ``index``, so
-``bs_ref.stats.interval`` gives intervals over items and seed cells, and ``bs_ref.stats.compare`` paired
+``stats.interval`` gives intervals over items and seed cells, and ``stats.compare`` paired
 verdicts between methods (``recovery_runs``). ``recovery_rows`` gives one row of ``recovery.csv`` per
 (method, seed, pair seed, attack, setting); its ``ci_low`` / ``ci_high`` are the 95 % interval of the
-**spurious gap** of that row (a paired item bootstrap of after − retain-after, ``bs_ref.stats.compare``).
+**spurious gap** of that row (a paired item bootstrap of after − retain-after, ``bs_ref.protocol.stats.compare``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from bs_ref import stats
+from bs_ref.attacks import AttackResult
+from bs_ref.protocol import stats
 
-from ._common import AttackResult
-
-RECOVERY_COLUMNS = ("method", "seed", "pair_seed", "attack", "setting", "fact_leak_before", "fact_leak_after",
-                    "recovered", "spurious_gap", "target_logprob_before", "target_logprob_after", "ci_low", "ci_high",
-                    "measure", "informative")  # fmt: skip
+RECOVERY_COLUMNS = (
+    "method",
+    "seed",
+    "pair_seed",
+    "attack",
+    "setting",
+    "fact_leak_before",
+    "fact_leak_after",
+    "recovered",
+    "spurious_gap",
+    "target_logprob_before",
+    "target_logprob_after",
+    "ci_low",
+    "ci_high",
+    "measure",
+    "informative",
+)
 """Columns of ``recovery.csv``. ``recovered``, ``spurious_gap`` and the interval are of ``measure`` (fact_leak
 unless the data have no facts), the ``fact_leak_*`` and ``target_logprob_*`` columns always of those two;
 ``informative`` (docs/theory.md §18): False when the original model leaks no item under the attack, so the attack
@@ -53,7 +66,7 @@ def recovery_per_item(
     """Per-item arrays over ``result``'s items (ordered by ``index``): ``index``, ``before``, ``after``,
     ``reference_after`` (NaN without a reference), ``recovered`` = after − before and ``spurious_gap`` = after −
     reference_after. Booleans count as 0/1; a missing value (an item the attack has no prompt for, a record
-    without a fact) is NaN, which ``bs_ref.stats`` drops. The reference must have been attacked on the same items
+    without a fact) is NaN, which ``stats`` drops. The reference must have been attacked on the same items
     (the same relearning split)."""
     after = _by_index(result.after, measure)
     index = np.array(sorted(after), dtype=int)
@@ -82,8 +95,12 @@ def find_reference(cells: Mapping[CellKey, AttackResult], key: CellKey, referenc
     """The reference model's result for the same attack and pair seed: the same seed and setting if present,
     else the same seed at ``end``, else the seedless one, else any seed of the pair (None when there is none)."""
     method, seed, pair, attack, setting = key
-    for candidate in ((reference, seed, pair, attack, setting), (reference, seed, pair, attack, "end"),
-                      (reference, None, pair, attack, setting), (reference, None, pair, attack, "end")):  # fmt: skip
+    for candidate in (
+        (reference, seed, pair, attack, setting),
+        (reference, seed, pair, attack, "end"),
+        (reference, None, pair, attack, setting),
+        (reference, None, pair, attack, "end"),
+    ):
         if candidate in cells:
             return cells[candidate]
     same = [k for k in cells if k[0] == reference and k[2] == pair and k[3] == attack]
@@ -108,7 +125,7 @@ def recovery_rows(
     ``cells``: {(method, seed, pair_seed, attack, setting): AttackResult}, the references ``original`` and
     ``retrain`` included (setting ``end``; seed None when they are attacked once per pair). ``measure``: the
     per-item measure of ``recovered``, ``spurious_gap`` and the interval (``target_logprob`` for data without
-    facts). The interval is the spurious gap's (``bs_ref.stats.compare`` of the method's after-attack values
+    facts). The interval is the spurious gap's (``bs_ref.protocol.stats.compare`` of the method's after-attack values
     against the reference's on the same items, ``n_resamples`` replicates seeded by ``ci_seed``); NaN (an empty
     cell) without a reference, and [0, 0] for the reference itself."""
     rows = []
@@ -120,22 +137,35 @@ def recovery_rows(
         logprob = recovery_per_item(result, None, "target_logprob")
         low = high = math.nan
         if ref is not None:
-            pair_diff = stats.compare(per["after"], per["reference_after"], higher_is_better=False,
-                                      n_resamples=n_resamples, seed=ci_seed)  # fmt: skip
+            pair_diff = stats.compare(
+                per["after"], per["reference_after"], higher_is_better=False, n_resamples=n_resamples, seed=ci_seed
+            )
             low, high = pair_diff.ci_low, pair_diff.ci_high
-        rows.append({
-            "method": method, "seed": seed, "pair_seed": pair, "attack": attack, "setting": setting,
-            "fact_leak_before": _nanmean(leak["before"]), "fact_leak_after": _nanmean(leak["after"]),
-            "recovered": _nanmean(per["recovered"]), "spurious_gap": _nanmean(per["spurious_gap"]),
-            "target_logprob_before": _nanmean(logprob["before"]), "target_logprob_after": _nanmean(logprob["after"]),
-            "ci_low": low, "ci_high": high, "measure": measure, "informative": None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                "pair_seed": pair,
+                "attack": attack,
+                "setting": setting,
+                "fact_leak_before": _nanmean(leak["before"]),
+                "fact_leak_after": _nanmean(leak["after"]),
+                "recovered": _nanmean(per["recovered"]),
+                "spurious_gap": _nanmean(per["spurious_gap"]),
+                "target_logprob_before": _nanmean(logprob["before"]),
+                "target_logprob_after": _nanmean(logprob["after"]),
+                "ci_low": low,
+                "ci_high": high,
+                "measure": measure,
+                "informative": None,
+            }
+        )
     return rows
 
 
 def recovery_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The text of ``recovery.csv``: header ``RECOVERY_COLUMNS``, numbers with 6 significant digits, empty cells
-    for NaN / None (as ``bs_ref.stats.verdict_csv``)."""
+    for NaN / None (as ``bs_ref.protocol.stats.verdict_csv``)."""
     return rows_csv(rows, RECOVERY_COLUMNS)
 
 
@@ -160,8 +190,8 @@ def recovery_runs(
     measure: str = "fact_leak",
 ) -> dict[tuple[int | None, int], np.ndarray]:
     """{(seed, pair_seed): per-item ``which`` ("recovered", "spurious_gap", "after", ...)} of one method, attack
-    and setting: the runs ``bs_ref.stats.interval`` takes (``design="crossed"`` on a complete seed × pair grid),
-    and, for two methods with the same keys, ``bs_ref.stats.compare`` (``higher_is_better=False``: less
+    and setting: the runs ``stats.interval`` takes (``design="crossed"`` on a complete seed × pair grid),
+    and, for two methods with the same keys, ``stats.compare`` (``higher_is_better=False``: less
     recovery is better)."""
     out = {}
     for key, result in cells.items():
@@ -174,9 +204,14 @@ def recovery_runs(
 
 # ------------------------------------------------------------------------------------------------ plot
 def plot_recovery(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, *, before: str = "fact_leak_before",
-    after: str = "fact_leak_after", reference: str = REFERENCE, title: str | None = None
-) -> Path | None:  # fmt: skip
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    before: str = "fact_leak_before",
+    after: str = "fact_leak_after",
+    reference: str = REFERENCE,
+    title: str | None = None,
+) -> Path | None:
     """One panel per (setting, attack): per method, its level before → after the attack (mean over seed cells),
     an arrow between them, and the retain model's after-attack level as a dashed line. Needs matplotlib
     (imported here; ``pip install -e '.[plots]'``): without it, returns None and draws nothing."""
@@ -196,8 +231,13 @@ def plot_recovery(
     n_cols = min(4, len(attacks))  # at most 4 panels a row: a setting's attacks wrap onto several rows
     per_setting = -(-len(attacks) // n_cols)
     width = max(3.2, 0.55 * len(methods) + 1.2) * n_cols
-    fig, axes = plt.subplots(len(settings) * per_setting, n_cols, squeeze=False, sharey=True,
-                             figsize=(width, 3.0 * len(settings) * per_setting))  # fmt: skip
+    fig, axes = plt.subplots(
+        len(settings) * per_setting,
+        n_cols,
+        squeeze=False,
+        sharey=True,
+        figsize=(width, 3.0 * len(settings) * per_setting),
+    )
     for r_i, setting in enumerate(settings):
         for ax in axes[r_i * per_setting : (r_i + 1) * per_setting].flat[len(attacks) :]:
             ax.set_visible(False)

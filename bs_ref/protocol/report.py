@@ -8,7 +8,7 @@
 - ``matched.csv``: the methods at matched forgetting (``bs_ref.protocol.matched``), with intervals;
 - ``verdict.csv``: paired comparisons (BS-T − GA×(1−λ), BS-S − its base, BS-S − NPO, BS-T − NPO, each method −
   GA) on the leakage, forgetting and utility measures, at the end of training and at each matched level,
-  with better / worse / no difference at 95 % (``bs_ref.stats``);
+  with better / worse / no difference at 95 % (``bs_ref.protocol.stats``);
 - ``recovery.csv`` and ``plots/recovery.png`` when the run attacked its models (``bs_ref.protocol.recovery``);
 - ``table.md``: the verdicts first, then the command, the settings, the end-of-training table, one
   matched-forgetting table per measure, the methods whose facts leak while ROUGE-L / the truth ratio call them
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bs_ref import attacks, stats, timing
-from bs_ref.protocol import plots, uncertainty
+from bs_ref import timing
+from bs_ref.protocol import plots, recovery_table, stats, uncertainty
 from bs_ref.protocol.matched import (
     MATCH_MARGIN,
     MATCHED_CI_COLUMNS,
@@ -91,20 +92,39 @@ def leak_while_forgotten(rows: Sequence[dict]) -> list[str]:
         if leak > ref_leak + 0.05 and (rouge_forgotten or tr_forgotten):
             why = " and ".join(n for n, ok in (("ROUGE-L", rouge_forgotten), ("truth ratio", tr_forgotten)) if ok)
             verb = "are" if rouge_forgotten and tr_forgotten else "is"
-            flagged.append(f"{method}: fact leak {leak:.2f} (retain model {ref_leak:.2f}) while {why} {verb} at "
-                           "the retain model's level")  # fmt: skip
+            flagged.append(
+                f"{method}: fact leak {leak:.2f} (retain model {ref_leak:.2f}) while {why} {verb} at "
+                "the retain model's level"
+            )
     return flagged
 
 
+@dataclass
+class RunInfo:
+    """What table.md states about a run besides its results: the ``command``, the ``settings`` paragraph
+    (``describe``), whether the data has annotated facts (``has_facts``: without them the fact-leak column is
+    empty), the matched levels given on the command line (``given``, ``matched.given_levels``), notes for under the
+    end-of-training table and one line per method/seed that stopped with NaN/inf (``diverged``)."""
+
+    command: str
+    settings: str
+    has_facts: bool
+    given: dict[str, float | None]
+    notes: Sequence[str] = ()
+    diverged: Sequence[str] = ()
+
+
 @timing.timed("report")
-def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], command: str, settings: str,
-                 has_facts: bool, given: dict[str, float | None], notes: Sequence[str] = (),
-                 diverged: Sequence[str] = (), context: Context | None = None,
-                 recovery: dict | None = None) -> dict:  # fmt: skip
+def write_report(
+    store: RunDir,
+    results: list[dict],
+    seeds: Sequence[int],
+    info: RunInfo,
+    context: Context | None = None,
+    recovery: dict | None = None,
+) -> dict:
     """Write summary.csv, matched.csv, verdict.csv, table.md and the plots for ``results`` (finished results,
-    in table order); ``settings``: the paragraph that states the run's settings; ``given``: the matched levels
-    given on the command line (``matched.given_levels``); ``notes``: lines under the end-of-training table;
-    ``diverged``: one line per method/seed that stopped with NaN/inf; ``context``: what the intervals and
+    in table order); ``info``: what table.md states about the run (``RunInfo``); ``context``: what the intervals and
     verdicts need besides the results (``uncertainty.Context``; default: convention tofu, no retain items, the
     declarations read from the labels); ``recovery``: the attacks' part (``bs_ref.protocol.recovery.recovery_report``:
     its rows go to recovery.csv, its verdicts to verdict.csv, its lines to table.md, and plots/recovery.png).
@@ -112,43 +132,87 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
     ctx = context or Context()
     runs = uncertainty.load_runs(store, results, ctx)
     rows = summary_rows(results)
-    if not has_facts:
+    if not info.has_facts:
         for row in rows:
             row["fact_leak"] = ""
     uncertainty.summary_intervals(rows, runs, ctx, SUMMARY_CI_MEASURES)
     write_csv(store.path("summary.csv"), rows)
-    matched, levels = matched_rows(results, seeds, given)
+    matched, levels = matched_rows(results, seeds, info.given)
     uncertainty.matched_intervals(matched, runs, levels, ctx)
     write_csv(store.path("matched.csv"), matched, MATCHED_CSV_COLUMNS)
     labels = list(dict.fromkeys(r["method"] for r in results))
     verdicts = uncertainty.verdict_rows(runs, labels, levels, ctx)
     all_verdicts = verdicts + (recovery["verdicts"] if recovery is not None else [])
     if recovery is not None:
-        write_text(store.path("recovery.csv"), attacks.recovery_csv(recovery["rows"]))
+        write_text(store.path("recovery.csv"), recovery_table.recovery_csv(recovery["rows"]))
     write_text(store.path("verdict.csv"), stats.verdict_csv(all_verdicts))
 
     compared = bool(uncertainty.comparisons([label for label in labels if label in runs], ctx))
-    lines = ["# TOFU unlearning results", "", *format_verdicts(verdicts, levels, compared),
-             f"Command: `{command}`", "", settings, "", "## At the end of training", "",
-             "Each cell: the mean over the method's runs (n = unlearning seeds × model pairs) [95 % interval: "
-             "items resampled within runs, runs resampled across seeds and model pairs; bs_ref.stats].", "",
-             format_table(rows), ""]  # fmt: skip
-    lines += [x for note in notes for x in (f"Note: {note}.", "")]
-    if diverged:
-        lines += ["## Diverged (no result; every other result is kept)", "", *(f"- {d}" for d in diverged), ""]
+    lines = [
+        "# TOFU unlearning results",
+        "",
+        *format_verdicts(verdicts, levels, compared),
+        f"Command: `{info.command}`",
+        "",
+        info.settings,
+        "",
+        "## At the end of training",
+        "",
+        "Each cell: the mean over the method's runs (n = unlearning seeds × model pairs) [95 % interval: items "
+        "resampled within runs, runs resampled across seeds and model pairs; bs_ref.protocol.stats].",
+        "",
+        format_table(rows),
+        "",
+    ]
+    lines += [x for note in info.notes for x in (f"Note: {note}.", "")]
+    if info.diverged:
+        lines += ["## Diverged (no result; every other result is kept)", "", *(f"- {d}" for d in info.diverged), ""]
     curves = _curves_for_plot(results, seeds[0])
+    lines += _matched_sections(matched, levels, info.given, curves, runs, ctx)
+    if recovery is not None:
+        lines += recovery["lines"]
+    flagged = leak_while_forgotten(rows)
+    if info.has_facts:
+        lines += ["## Facts that leak while ROUGE / truth ratio call them forgotten", ""]
+        lines += [f"- {f}" for f in flagged] or ["- none"]
+        lines.append("")
+    figures = _plots(store.path("plots"), rows, curves, runs, ctx, recovery)
+    written = [f"plots/{Path(p).name}" for p in figures.values() if p]
+    if plots.pyplot() is None:
+        lines += [f"Plots: {plots.PLOTS_SKIPPED}.", ""]
+    else:
+        lines += ["Plots: " + (", ".join(written) or "none (no finished result to plot)"), ""]
+    table = "\n".join(lines)
+    write_text(store.path("table.md"), table)
+    return {
+        "out": str(store.root),
+        "rows": rows,
+        "matched": matched,
+        "verdicts": all_verdicts,
+        "table": table,
+        "plots": figures,
+        "leak_while_forgotten": flagged,
+        "diverged": list(info.diverged),
+    }
+
+
+def _matched_sections(matched: list[dict], levels: dict, given: dict, curves: dict, runs: dict, ctx: Context) -> list:
+    """The lines of table.md's matched-forgetting tables, one per measure with a level."""
     has_bands = any(k.startswith("band_") and v is not None for c in curves.values() for p in c for k, v in p.items())
+    bands = (
+        "Band changes are vs the start (negative = fell; a rising high band while the target falls is squeezing)."
+        if has_bands
+        else "Belief bands: n/a (the original model gave no band candidates)."
+    )
+    lines = []
     for measure, level in levels.items():
         sub = [r for r in matched if r["measure"] == measure]
         if not sub:
             continue
-        how = ("given on the command line" if given.get(measure) is not None
-               else f"{MATCH_MARGIN:g} × the lower median of the methods' best forgetting: at least half of them "
-                    "reach it")  # fmt: skip
-        bands = (
-            "Band changes are vs the start (negative = fell; a rising high band while the target falls is squeezing)."
-            if has_bands
-            else "Belief bands: n/a (the original model gave no band candidates)."
+        how = (
+            "given on the command line"
+            if given.get(measure) is not None
+            else f"{MATCH_MARGIN:g} × the lower median of the methods' best forgetting: at least half of them reach it"
         )
         lines += [
             f"## At matched forgetting: {in_units(measure, level)}"
@@ -162,14 +226,11 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
             format_matched(sub, measure, uncertainty.method_intervals(runs, measure, level, ctx)),
             "",
         ]
-    if recovery is not None:
-        lines += recovery["lines"]
-    flagged = leak_while_forgotten(rows)
-    if has_facts:
-        lines += ["## Facts that leak while ROUGE / truth ratio call them forgotten", ""]
-        lines += [f"- {f}" for f in flagged] or ["- none"]
-        lines.append("")
-    plots_dir = store.path("plots")
+    return lines
+
+
+def _plots(plots_dir: Path, rows: list[dict], curves: dict, runs: dict, ctx: Context, recovery: dict | None) -> dict:
+    """The run's figures: {name: path, or None where it was not drawn}."""
     bands_by_method = _curve_bands(runs, ctx) if plots.pyplot() is not None else {}
     figures = {
         "metrics": plots.plot_metric_bars(rows, plots_dir / "mem_util_agg.png"),
@@ -178,35 +239,39 @@ def write_report(store: RunDir, results: list[dict], *, seeds: Sequence[int], co
     }
     if recovery is not None and recovery["rows"]:
         per_run = [r for r in recovery["rows"] if r["seed"] != "mean"]
-        title = "Recovery attacks: before → after (mean over runs)"
         measure = recovery.get("measure", "fact_leak")  # target_logprob on data without facts (TOFU records)
-        figures["recovery"] = attacks.plot_recovery(per_run, plots_dir / "recovery.png", title=title,
-                                                    before=f"{measure}_before", after=f"{measure}_after")  # fmt: skip
-    written = [f"plots/{Path(p).name}" for p in figures.values() if p]
-    if plots.pyplot() is None:
-        lines += [f"Plots: {plots.PLOTS_SKIPPED}.", ""]
-    else:
-        lines += ["Plots: " + (", ".join(written) or "none (no finished result to plot)"), ""]
-    table = "\n".join(lines)
-    write_text(store.path("table.md"), table)
-    return {"out": str(store.root), "rows": rows, "matched": matched, "verdicts": all_verdicts, "table": table,
-            "plots": figures, "leak_while_forgotten": flagged, "diverged": list(diverged)}  # fmt: skip
+        figures["recovery"] = recovery_table.plot_recovery(
+            per_run,
+            plots_dir / "recovery.png",
+            title="Recovery attacks: before → after (mean over runs)",
+            before=f"{measure}_before",
+            after=f"{measure}_after",
+        )
+    return figures
 
 
 def format_verdicts(verdicts: Sequence[dict], levels: dict[str, float], compared: bool = True) -> list[str]:
     """The lines of table.md's verdict section: one table per setting (end of training, each matched level),
     a row per comparison and a column per measure; a cell is the verdict for the first method and the
     difference A − B [95 % interval]. ``compared``: whether the run has methods to compare at all."""
-    lines = ["## Verdicts: paired comparisons at 95 %", "",
-             "A − B on the same items and the same runs (seed × model pair), 95 % interval of the difference "
-             "(bs_ref.stats: items resampled within runs, runs across seeds and model pairs). **better** / "
-             "**worse**: the interval excludes 0 in A's favour / against A (↑: higher is better, ↓: lower is "
-             "better); *no diff.*: it contains 0. n = runs paired. verdict.csv holds every number.", ""]  # fmt: skip
+    lines = [
+        "## Verdicts: paired comparisons at 95 %",
+        "",
+        "A − B on the same items and the same runs (seed × model pair), 95 % interval of the difference "
+        "(bs_ref.protocol.stats: items resampled within runs, runs across seeds and model pairs). **better** / "
+        "**worse**: the interval excludes 0 in A's favour / against A (↑: higher is better, ↓: lower is "
+        "better); *no diff.*: it contains 0. n = runs paired. verdict.csv holds every number.",
+        "",
+    ]
     if not verdicts and not compared:
         return [*lines, "No comparison: the run lacks the methods compared (BS-T, BS-S, GA×(1−λ), NPO, GA).", ""]
     if not verdicts:
-        return [*lines, "No verdict: the results lack their per-item values (a run directory written before they "
-                "were stored); rerun into a new --out for the intervals and verdicts.", ""]  # fmt: skip
+        return [
+            *lines,
+            "No verdict: the results lack their per-item values (a run directory written before they "
+            "were stored); rerun into a new --out for the intervals and verdicts.",
+            "",
+        ]
     settings = list(dict.fromkeys(v["setting"] for v in verdicts))
     for setting in settings:
         sub = [v for v in verdicts if v["setting"] == setting]
@@ -216,14 +281,20 @@ def format_verdicts(verdicts: Sequence[dict], levels: dict[str, float], compared
         else:
             measure = setting.split(":", 1)[1].split("@", 1)[0]
             level = levels.get(measure, float("nan"))
-            lines += [f"### At matched forgetting: {in_units(measure, level)}", "",
-                      "Per-item values are read off each run's curve with the run's own interpolation weight, so "
-                      "the interval is conditional on the level (it does not include the uncertainty of where "
-                      "each curve crosses it). The measure that defines the level is equal by construction and "
-                      "not compared; the any-of-N leak is not in the light evaluations. n/a: one method does not "
-                      "reach the level in a shared run.", ""]  # fmt: skip
-        lines += ["| A − B | n | " + " | ".join(VERDICT_HEADERS[m] for m in measures) + " |",
-                  "|---|---:|" + "---|" * len(measures)]  # fmt: skip
+            lines += [
+                f"### At matched forgetting: {in_units(measure, level)}",
+                "",
+                "Per-item values are read off each run's curve with the run's own interpolation weight, so "
+                "the interval is conditional on the level (it does not include the uncertainty of where "
+                "each curve crosses it). The measure that defines the level is equal by construction and "
+                "not compared; the any-of-N leak is not in the light evaluations. n/a: one method does not "
+                "reach the level in a shared run.",
+                "",
+            ]
+        lines += [
+            "| A − B | n | " + " | ".join(VERDICT_HEADERS[m] for m in measures) + " |",
+            "|---|---:|" + "---|" * len(measures),
+        ]
         for comparison in dict.fromkeys(v["comparison"] for v in sub):
             cells, n = [], 0
             for m in measures:
@@ -233,9 +304,13 @@ def format_verdicts(verdicts: Sequence[dict], levels: dict[str, float], compared
                     continue
                 n = max(n, v["n_seeds"])
                 word = {"better": "**better**", "worse": "**worse**", "no difference": "*no diff.*"}.get(
-                    v["verdict"], v["verdict"])  # fmt: skip
-                cells.append(word if v["verdict"] == "n/a" else
-                             f"{word} {stats.format_interval(v['difference'], v['ci_low'], v['ci_high'])}")  # fmt: skip
+                    v["verdict"], v["verdict"]
+                )
+                cells.append(
+                    word
+                    if v["verdict"] == "n/a"
+                    else f"{word} {stats.format_interval(v['difference'], v['ci_low'], v['ci_high'])}"
+                )
             lines.append(f"| {comparison} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -244,8 +319,14 @@ def format_verdicts(verdicts: Sequence[dict], levels: dict[str, float], compared
 def _curve_bands(runs: dict, ctx: Context) -> dict[str, dict[str, list]]:
     """{method: {measure: [(step, Interval)]}} for the methods with more than one run (the plots draw bands
     only there)."""
-    keys = ("target_change", *(f"{b}_band_change" for b in uncertainty.BANDS), "model_utility", "fact_leak",
-            "log10_forget_quality", "mem")  # fmt: skip
+    keys = (
+        "target_change",
+        *(f"{b}_band_change" for b in uncertainty.BANDS),
+        "model_utility",
+        "fact_leak",
+        "log10_forget_quality",
+        "mem",
+    )
     out = {}
     for label, by_key in runs.items():
         if label in REFERENCE_METHODS or len(by_key) < 2:
@@ -289,8 +370,9 @@ class PartClock:
         return dict(self.seconds)
 
 
-def write_timing(store: RunDir, cells: Sequence[tuple[str, int | None, int]], wall_s: float,
-                 since: float = 0.0) -> dict:  # fmt: skip
+def write_timing(
+    store: RunDir, cells: Sequence[tuple[str, int | None, int]], wall_s: float, since: float = 0.0
+) -> dict:
     """Write ``timing.json``: this run's seconds by part (``bs_ref.timing.LEDGER``, this process) and by
     category, the total, and each cell's recorded time — its result.json's ``timing`` (unlearning, belief
     sampling, its evaluations) and its attack files' — marked computed in this run (its result.json written at or
@@ -308,11 +390,15 @@ def write_timing(store: RunDir, cells: Sequence[tuple[str, int | None, int]], wa
                 recorded[f"{name} ({payload.get('setting', path.stem[8:])})"] = seconds
         fresh = store.result_path(label, seed, pair).stat().st_mtime >= since
         by_cell[cell_name(label, seed, pair)] = {"computed": "this run" if fresh else "resumed", "seconds": recorded}
-    out = {"total_s": round(wall_s, 3), "by_category_s": {k: round(v, 3) for k, v in timing.by_category(parts).items()},
-           "by_part_s": parts, "cells": by_cell,
-           "resumed": sorted(name for name, cell in by_cell.items() if cell["computed"] == "resumed"),
-           "note": "seconds of wall time in this process, each part exclusive of the parts nested in it; a "
-                   "resumed cell's seconds are those recorded when it was computed"}  # fmt: skip
+    out = {
+        "total_s": round(wall_s, 3),
+        "by_category_s": {k: round(v, 3) for k, v in timing.by_category(parts).items()},
+        "by_part_s": parts,
+        "cells": by_cell,
+        "resumed": sorted(name for name, cell in by_cell.items() if cell["computed"] == "resumed"),
+        "note": "seconds of wall time in this process, each part exclusive of the parts nested in it; a "
+        "resumed cell's seconds are those recorded when it was computed",
+    }
     write_json(store.path("timing.json"), out)
     return out
 
@@ -335,8 +421,10 @@ def terminal_summary(report: dict, max_lines: int = SUMMARY_MAX_LINES) -> str:
     seeds = sorted({r["seed"] for r in rows if r.get("seed") not in ("", None, "mean", "std")}, key=str)
     pairs = sorted({r["pair_seed"] for r in rows if r.get("pair_seed") not in ("", None, "mean", "std")}, key=str)
     names = ", ".join(methods[:8]) + (f", … {len(methods) - 8} more" if len(methods) > 8 else "")
-    lines = [f"bs_ref TOFU run: {len(methods)} methods ({names}) + the original and retain models",
-             f"  unlearning seeds {seeds or '–'} × model-pair seeds {pairs or '–'}"]  # fmt: skip
+    lines = [
+        f"bs_ref TOFU run: {len(methods)} methods ({names}) + the original and retain models",
+        f"  unlearning seeds {seeds or '–'} × model-pair seeds {pairs or '–'}",
+    ]
     verdicts = [v for v in report.get("verdicts", []) if not v["measure"].startswith("spurious_gap")]
     shown = [c for c in PRIMARY_COMPARISONS if any(v["comparison"] == c for v in verdicts)]
     settings = list(dict.fromkeys(v["setting"] for v in verdicts))

@@ -4,7 +4,7 @@ Data. One measure of one method is evaluated in several *runs*, one per seed cel
 seed), and every run is scored on the SAME items (the forget, retain, real-authors and world-facts questions are
 shared by all runs and all methods). A run is either a vector of per-item values (item-mean measures: fact leak,
 target log-prob drop, ...) or a mapping ``split -> items`` (aggregate measures: MU, FQ, Mem, Agg), where items are
-a list of item dicts (``bs_ref.metrics.tofu.evaluate_split``), an array with items on axis 0, or a column table
+a list of item dicts (``bs_ref.metrics.scores.evaluate_split``), an array with items on axis 0, or a column table
 ``{column: array with items on axis 0}`` (``tofu_columns``).
 
 Point estimate. The mean over runs, with equal weight, of each run's statistic on all items: its item mean, or
@@ -88,7 +88,7 @@ import numpy as np
 from scipy.stats import ks_2samp
 
 from bs_ref.metrics import paper
-from bs_ref.metrics.tofu import answer_prob, apply_convention, item_ratios, truth_ratio_score
+from bs_ref.metrics.scores import answer_prob, apply_convention, item_ratios, truth_ratio_score
 
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -644,7 +644,7 @@ def tofu_columns(
 
     Every split: ``prob``, ``rouge``, ``tr_score`` (the truth-ratio score of the split's kind), ``truth_ratio``.
     Forget split also: ``es``, ``em``, ``para_prob``, ``tr_mod``, ``fluency`` (generations scored as
-    ``bs_ref.metrics.tofu.aggregate`` does), the leakage fields (``fact_leak``, ... NaN where None), and —
+    ``bs_ref.metrics.scores.aggregate`` does), the leakage fields (``fact_leak``, ... NaN where None), and —
     given the reference models' forget items of the run's pair — ``retain_truth_ratio`` (for FQ) and
     ``target_drop`` = nll_answer − the original model's nll_answer (the item's log-prob drop). The reference
     columns live in the forget table, so every resample moves them with the forget items."""

@@ -183,8 +183,10 @@ class RunDir:
         path = self.root / "config.json"
         if not path.exists():
             return None
-        fix = (f"restore it from a copy; or pass --overwrite to recompute every result in {self.root} (they are "
-               "deleted), or choose another --out")  # fmt: skip
+        fix = (
+            f"restore it from a copy; or pass --overwrite to recompute every result in {self.root} (they are "
+            "deleted), or choose another --out"
+        )
         config = files.read_json_object(path, fix, keys=("identity",))
         return files.expect(config["identity"], path, fix=fix)
 
@@ -254,8 +256,11 @@ class RunDir:
         if not folder.is_dir():
             return []
         pattern = f"*/pair{pair}/*/result.json" if pair else "*/*/result.json"
-        return [read_json(p) for p in sorted(folder.glob(pattern)) if p.parent.name == "shared"
-                or p.parent.name.startswith("seed")]  # fmt: skip
+        return [
+            read_json(p)
+            for p in sorted(folder.glob(pattern))
+            if p.parent.name == "shared" or p.parent.name.startswith("seed")
+        ]
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -284,8 +289,10 @@ class RunDir:
         result = files.read_json_object(path, fix, keys=("metrics",))
         recorded, bound = result.get("models_sha256"), self.models.get(pair)
         if recorded is not None and bound is not None and recorded != bound:
-            raise ValueError(f"{path} was computed from model pair {pair} with sha256 {recorded[:12]}…, not the "
-                             f"{bound[:12]}… of this run; {fix}")  # fmt: skip
+            raise ValueError(
+                f"{path} was computed from model pair {pair} with sha256 {recorded[:12]}…, not the "
+                f"{bound[:12]}… of this run; {fix}"
+            )
         result["method"] = label
         result["pair_seed"] = pair
         return result
@@ -296,7 +303,7 @@ class RunDir:
     def read_eval(self, label: str, seed: int | None, pair: int = 0) -> dict[str, list[dict]] | None:
         """The per-item evaluation of a cell (``eval.json``; None when the cell has none), checked against the
         checksum its result.json recorded; a damaged or replaced file is one line naming it and the fix."""
-        from bs_ref.metrics.tofu import read_eval_log
+        from bs_ref.metrics.scores import read_eval_log
 
         path = self.eval_path(label, seed, pair)
         if not path.exists():
@@ -309,11 +316,13 @@ class RunDir:
         try:
             return read_eval_log(path)
         except ValueError as error:
-            raise files.UnreadableFile(path, f"cannot be read ({str(error).replace(str(path), '').strip()})",
-                                       fix) from None  # fmt: skip
+            raise files.UnreadableFile(
+                path, f"cannot be read ({str(error).replace(str(path), '').strip()})", fix
+            ) from None
 
-    def save_result(self, label: str, seed: int | None, result: dict, per_item: dict | None = None,
-                    pair: int = 0) -> Path:  # fmt: skip
+    def save_result(
+        self, label: str, seed: int | None, result: dict, per_item: dict | None = None, pair: int = 0
+    ) -> Path:
         """Write the per-item evaluation (``eval.json``) first, then ``result.json`` (which marks it done)."""
         self.check_identity()
         directory = self.method_dir(label, seed, pair)
@@ -326,8 +335,9 @@ class RunDir:
             result["models_sha256"] = self.models[pair]
         return write_json(directory / "result.json", result)
 
-    def cells(self, labels: Iterable[str], seeds: Iterable[int],
-              pairs: Iterable[int] = (0,)) -> list[tuple[str, int | None, int]]:  # fmt: skip
+    def cells(
+        self, labels: Iterable[str], seeds: Iterable[int], pairs: Iterable[int] = (0,)
+    ) -> list[tuple[str, int | None, int]]:
         """(label, seed, pair) of every cell of a run, in run order: pair by pair, a reference method once per
         pair, the others per seed."""
         labels, seeds = list(labels), list(seeds)
@@ -342,8 +352,7 @@ class RunDir:
         """The finished results of these methods, seeds and model pairs (method by method, references first
         where the labels list them first; within a method pair by pair, then seed by seed)."""
         labels, seeds, pairs = list(labels), list(seeds), list(pairs)
-        order = [(m, s, p) for m in labels for p in pairs
-                 for s in ([None] if m in REFERENCE_METHODS else seeds)]  # fmt: skip
+        order = [(m, s, p) for m in labels for p in pairs for s in ([None] if m in REFERENCE_METHODS else seeds)]
         return [self.load_result(m, s, p) for m, s, p in order if self.is_finished(m, s, p)]
 
     @contextlib.contextmanager
@@ -358,18 +367,39 @@ class RunDir:
         finally:
             self.close()
 
-    def interrupted(self, labels: Iterable[str], seeds: Iterable[int], command: str,
-                    pairs: Iterable[int] = (0,)) -> str:  # fmt: skip
+    def interrupted(
+        self, labels: Iterable[str], seeds: Iterable[int], command: str, pairs: Iterable[int] = (0,)
+    ) -> str:
         """One line for an interrupted run: which results are kept, where, and the command that resumes."""
         done = [cell_name(m, s, p) for m, s, p in self.cells(labels, seeds, pairs) if self.is_finished(m, s, p)]
-        kept = f"kept {len(done)} finished result(s) in {self.root} ({', '.join(done)})" if done else (
-            f"no result had finished (nothing kept in {self.root})")  # fmt: skip
+        kept = (
+            f"kept {len(done)} finished result(s) in {self.root} ({', '.join(done)})"
+            if done
+            else (f"no result had finished (nothing kept in {self.root})")
+        )
         return f"interrupted: {kept}; the same command resumes where it stopped: {command}"
 
 
-DERIVED = ("config.json", "models.json", "start.json", "start_pair*.json", "methods", "summary.csv", "matched.csv",
-           "verdict.csv", "recovery.csv", "conditional_recovery.csv", "leak_at_k.csv", "squeeze.csv", "facts.csv",
-           "ablation_*.csv", "table.md", "timing.json", "plots", ".*.tmp")  # fmt: skip
+DERIVED = (
+    "config.json",
+    "models.json",
+    "start.json",
+    "start_pair*.json",
+    "methods",
+    "summary.csv",
+    "matched.csv",
+    "verdict.csv",
+    "recovery.csv",
+    "conditional_recovery.csv",
+    "leak_at_k.csv",
+    "squeeze.csv",
+    "facts.csv",
+    "ablation_*.csv",
+    "table.md",
+    "timing.json",
+    "plots",
+    ".*.tmp",
+)
 """What a run writes under ``--out`` from its settings (``--overwrite`` removes these, and nothing else)."""
 
 
@@ -432,8 +462,12 @@ class RunLock:
                     f"--out {root} is in use by another run ({holder}); wait for it to finish, or choose another "
                     "--out (two runs never share one)"
                 ) from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "command": " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])}  # fmt: skip
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]]),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         cls._held[key] = [fd, 1]
@@ -456,8 +490,7 @@ def _read_holder(fd: int) -> str:
         holder = {}
     if not holder:
         return "its details are not written yet"
-    return (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
-            f"{holder.get('command')}")  # fmt: skip
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: {holder.get('command')}"
 
 
 def cell_name(label: str, seed: int | None, pair: int = 0) -> str:

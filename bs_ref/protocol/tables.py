@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from bs_ref.protocol.stats import format_interval
 from bs_ref.protocol.store import write_text
-from bs_ref.stats import format_interval
 
 SUMMARY_COLUMNS = (
     "method",
@@ -53,10 +53,24 @@ SUMMARY_EXTRA = ("pair_seed", "high_band_drop", "n_runs")
 """Appended after ``SUMMARY_COLUMNS``: the model-pair seed of a run (empty in mean/std rows), the drop of the
 original model's high-likelihood belief band from step 0 to the end (start − end; positive = fell), and the
 number of runs behind a row (1 for a run, n for its method's mean/std rows)."""
-SUMMARY_CI_MEASURES = ("forget_quality", "log10_forget_quality", "model_utility", "mem", "util", "agg", "fact_leak",
-                       "fact_leak_paraphrased_question", "fact_leak_any_of_n", "fact_logprob", "heldout_prob",
-                       "forget_prob", "forget_rougeL", "forget_truth_ratio", "target_logprob_drop",
-                       "high_band_drop")  # fmt: skip
+SUMMARY_CI_MEASURES = (
+    "forget_quality",
+    "log10_forget_quality",
+    "model_utility",
+    "mem",
+    "util",
+    "agg",
+    "fact_leak",
+    "fact_leak_paraphrased_question",
+    "fact_leak_any_of_n",
+    "fact_logprob",
+    "heldout_prob",
+    "forget_prob",
+    "forget_rougeL",
+    "forget_truth_ratio",
+    "target_logprob_drop",
+    "high_band_drop",
+)
 """The summary numbers that get a 95 % interval (``bs_ref.protocol.uncertainty.MEASURES``)."""
 
 

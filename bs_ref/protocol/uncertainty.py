@@ -1,10 +1,10 @@
-"""Every reported number with its 95 % interval, and the paired verdicts (docs/theory.md §10; ``bs_ref.stats``).
+"""Every reported number with its 95 % interval, and the paired verdicts (docs/theory.md §10; ``stats``).
 
 A *run* is one (unlearning seed, model-pair seed) cell of a method. Its per-item values are what a run
 directory already stores: ``eval.json`` (the full evaluation at the end of training) and the ``items`` of every
 curve point (the light evaluations during training: ``bs_ref.protocol.evaluate.CURVE_ITEM_COLUMNS``, the belief
 bands per forget question, the retain model's truth ratios at step 0). From them every run gets *tables*
-``{split: {column: per-item array}}`` (``bs_ref.stats.tofu_columns``), in two settings:
+``{split: {column: per-item array}}`` (``bs_ref.protocol.stats.tofu_columns``), in two settings:
 
 - ``end``: the end of training. The four evaluation splits of ``eval.json``, plus ``curve_forget``: the curve's
   forget questions with the target log-prob drop (last point − step 0, per question) and the belief bands'
@@ -15,7 +15,7 @@ bands per forget question, the retain model's truth ratios at step 0). From them
 
 ``MEASURES`` says how each reported number is recomputed from the tables: an item mean (fact leak, ROUGE-L, the
 target drop, ...) or a statistic (MU, log10 FQ, Mem, Util, Agg; a band drop is a ratio of per-question sums).
-``bs_ref.stats`` then resamples items within runs and runs across (seed, pair seed) cells — the crossed design
+``bs_ref.protocol.stats`` then resamples items within runs and runs across (seed, pair seed) cells — the crossed design
 (seeds and pair seeds resampled separately) when every seed ran on every pair and there are several of each,
 else runs as independent cells.
 
@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from bs_ref import files, stats
+from bs_ref import files
 from bs_ref.methods import method_from_spec
 from bs_ref.metrics.leakage import BANDS
 from bs_ref.metrics.paper import prob_from_nll
+from bs_ref.protocol import stats
 from bs_ref.protocol.matched import FORGETTING_MEASURES, crossing, lerp, run_key
 from bs_ref.protocol.store import REFERENCE_METHODS, RunDir
 from bs_ref.protocol.tables import number
@@ -88,15 +89,28 @@ MEASURES: dict[str, Measure] = {
 }
 """Every number that gets an interval, by its column name in summary.csv / matched.csv / verdict.csv."""
 
-VERDICT_MEASURES = ("fact_leak", "fact_leak_paraphrased_question", "fact_leak_any_of_n", "target_logprob_drop",
-                    "high_band_drop", "model_utility", "agg", "log10_forget_quality")  # fmt: skip
-"""The measures every comparison is made on (``bs_ref.stats.HIGHER_IS_BETTER`` gives their direction)."""
+VERDICT_MEASURES = (
+    "fact_leak",
+    "fact_leak_paraphrased_question",
+    "fact_leak_any_of_n",
+    "target_logprob_drop",
+    "high_band_drop",
+    "model_utility",
+    "agg",
+    "log10_forget_quality",
+)
+"""The measures every comparison is made on (``bs_ref.protocol.stats.HIGHER_IS_BETTER`` gives their direction)."""
 DEFINES_LEVEL = {"target_drop": "target_logprob_drop", "fact_unleaked": "fact_leak"}
 """At matched forgetting the measure that defines the level is the same for every method by construction: it is
 not compared."""
-MATCHED_MEASURE_OF = {"model_utility": "model_utility", "mem": "mem", "fact_leak": "fact_leak",
-                      "log10_forget_quality": "log10_forget_quality", "target_change": "target_change",
-                      **{f"{b}_band_change": f"{b}_band_change" for b in BANDS}}  # fmt: skip
+MATCHED_MEASURE_OF = {
+    "model_utility": "model_utility",
+    "mem": "mem",
+    "fact_leak": "fact_leak",
+    "log10_forget_quality": "log10_forget_quality",
+    "target_change": "target_change",
+    **{f"{b}_band_change": f"{b}_band_change" for b in BANDS},
+}
 """matched.csv columns with an interval -> their measure."""
 
 
@@ -171,14 +185,20 @@ class Run:
                 pair = self.key[1]
                 retain = self.ctx.retain_forget.get(pair)
                 try:  # a file that reads but does not hold this run's items is damaged: one line, never no columns
-                    tables = stats.tofu_columns(per_split, self.ctx.convention, retain_forget=retain,
-                                                fluency_classifier=self.ctx.fluency_classifier)  # fmt: skip
+                    tables = stats.tofu_columns(
+                        per_split,
+                        self.ctx.convention,
+                        retain_forget=retain,
+                        fluency_classifier=self.ctx.fluency_classifier,
+                    )
                 except (ValueError, KeyError, TypeError) as error:
                     path = self.store.eval_path(self.label, *self.key) if self.store else "eval.json"
                     problem = f"lacks {error}" if isinstance(error, KeyError) else str(error)
-                    raise files.UnreadableFile(path, f"does not hold this run's per-item values ({problem})",
-                                               "delete its folder and rerun the same command to recompute "
-                                               "it") from None  # fmt: skip
+                    raise files.UnreadableFile(
+                        path,
+                        f"does not hold this run's per-item values ({problem})",
+                        "delete its folder and rerun the same command to recompute it",
+                    ) from None
                 if "forget" in tables:
                     forget_items = per_split["forget"]
                     tables["forget"]["heldout_prob"] = np.array(
@@ -244,7 +264,7 @@ def load_runs(store: RunDir | None, results: Sequence[dict], ctx: Context) -> di
 
 # --------------------------------------------------------------------------------------------- intervals
 def measure_data(tables: Mapping[str, Any] | None, name: str) -> Any:
-    """What ``bs_ref.stats`` takes for measure ``name`` from one run's tables: the item vector of an item mean,
+    """What ``bs_ref.protocol.stats`` takes for measure ``name`` from one run's tables: the item vector of an item mean,
     ``{split: table}`` for a statistic; None when the run lacks the values (a column absent, or every item NaN)."""
     if not tables:
         return None
@@ -285,8 +305,9 @@ def interval(tables_by_key: Mapping[tuple, Any], name: str, ctx: Context) -> sta
     except ValueError:
         return None
     if measure.power10:
-        result = dataclasses.replace(result, value=10**result.value, ci_low=10**result.ci_low,
-                                     ci_high=10**result.ci_high, run_std=float("nan"))  # fmt: skip
+        result = dataclasses.replace(
+            result, value=10**result.value, ci_low=10**result.ci_low, ci_high=10**result.ci_high, run_std=float("nan")
+        )
     return result
 
 
@@ -303,8 +324,15 @@ def compare(a: Mapping[tuple, Any], b: Mapping[tuple, Any], name: str, ctx: Cont
     if not da:
         return None
     try:
-        result = stats.compare(da, db, measure.statistic, higher_is_better=stats.HIGHER_IS_BETTER[name],
-                               design=design_of(da), n_resamples=ctx.n_resamples, seed=ctx.seed)  # fmt: skip
+        result = stats.compare(
+            da,
+            db,
+            measure.statistic,
+            higher_is_better=stats.HIGHER_IS_BETTER[name],
+            design=design_of(da),
+            n_resamples=ctx.n_resamples,
+            seed=ctx.seed,
+        )
     except ValueError:
         return None
     return None if result.n_items == 0 else result
@@ -317,8 +345,9 @@ def _bounds(result: stats.Interval | None) -> tuple[Any, Any]:
     return ("" if math.isnan(result.ci_low) else result.ci_low, "" if math.isnan(result.ci_high) else result.ci_high)
 
 
-def summary_intervals(rows: list[dict], runs: Mapping[str, Mapping[tuple, Run]], ctx: Context,
-                      measures: Sequence[str]) -> None:  # fmt: skip
+def summary_intervals(
+    rows: list[dict], runs: Mapping[str, Mapping[tuple, Run]], ctx: Context, measures: Sequence[str]
+) -> None:
     """Fill ``<measure>_ci_low``/``_ci_high`` of the summary rows: a run's row gets its items' interval (one
     run), a method's ``mean`` row the interval over its runs; ``std`` rows and missing values stay empty."""
     for row in rows:
@@ -337,8 +366,9 @@ def summary_intervals(rows: list[dict], runs: Mapping[str, Mapping[tuple, Run]],
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _bounds(interval(group, name, ctx))
 
 
-def matched_intervals(rows: list[dict], runs: Mapping[str, Mapping[tuple, Run]], levels: Mapping[str, float],
-                      ctx: Context) -> None:  # fmt: skip
+def matched_intervals(
+    rows: list[dict], runs: Mapping[str, Mapping[tuple, Run]], levels: Mapping[str, float], ctx: Context
+) -> None:
     """Fill the ``_ci_`` cells of the matched.csv rows that reached the level (one run's items each)."""
     for row in rows:
         run = runs.get(row["method"], {}).get((row["seed"], row.get("pair_seed") or 0))
@@ -351,8 +381,9 @@ def matched_intervals(rows: list[dict], runs: Mapping[str, Mapping[tuple, Run]],
             row[f"{column}_ci_low"], row[f"{column}_ci_high"] = _bounds(interval({run.key: tables}, name, ctx))
 
 
-def method_intervals(runs: Mapping[str, Mapping[tuple, Run]], measure: str, level: float,
-                     ctx: Context) -> dict[str, dict[str, tuple[Any, Any]]]:  # fmt: skip
+def method_intervals(
+    runs: Mapping[str, Mapping[tuple, Run]], measure: str, level: float, ctx: Context
+) -> dict[str, dict[str, tuple[Any, Any]]]:
     """{method: {matched.csv column: (low, high)}}: the interval over the runs of each method that reach the
     level (for the matched tables)."""
     out: dict[str, dict[str, tuple[Any, Any]]] = {}
@@ -431,8 +462,9 @@ def comparisons(labels: Sequence[str], ctx: Context) -> list[tuple[str, str]]:
     return list(dict.fromkeys(p for p in pairs if p[0] != p[1]))
 
 
-def verdict_rows(runs: Mapping[str, Mapping[tuple, Run]], labels: Sequence[str], levels: Mapping[str, float],
-                 ctx: Context) -> list[dict]:  # fmt: skip
+def verdict_rows(
+    runs: Mapping[str, Mapping[tuple, Run]], labels: Sequence[str], levels: Mapping[str, float], ctx: Context
+) -> list[dict]:
     """Rows of ``verdict.csv``: every comparison on every measure at the end of training, then at each matched
     level (where the measure exists there: the any-of-N leak is not in the light evaluation, and the measure
     defining the level is equal by construction). A comparison at a level that one of the two methods never
