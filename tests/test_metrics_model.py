@@ -337,3 +337,29 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(model, tokenizer):
     after = torch.rand(1)
     b = generate(model, prompts, tokenizer.pad_token_id, [tokenizer.eos_token_id], three_samples)
     assert torch.equal(before, after) and a == b and all(len(row) == 3 for row in a)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_any_of_n_samples_are_drawn_with_the_decoding_and_the_seed_given(monkeypatch, seed):
+    """The any-of-N samples use the run's seed and the decoding's own nucleus mass. (Before this was fixed the seed
+    went into top_p: at seed 0 the N samples were N copies of the greedy answer, and every seed drew stream 0.)"""
+    from bs_ref.data.synthetic import SyntheticConfig, benchmark_texts, build_benchmark
+    from bs_ref.models import TinyLlamaConfig, build_tiny_llama, train_tokenizer
+
+    bench = build_benchmark(SyntheticConfig.smoke())
+    tok = train_tokenizer(benchmark_texts(bench), vocab_size=512)
+    lm = build_tiny_llama(len(tok), TinyLlamaConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
+    calls, real = [], tofu.generate_answers
+
+    def spy(model, tokenizer, questions, template, decoding, *rest):
+        calls.append((decoding, rest))
+        return real(model, tokenizer, questions, template, decoding, *rest)
+
+    monkeypatch.setattr(tofu, "generate_answers", spy)
+    forget = bench["forget10_perturbed"][:3]
+    tofu.evaluate_split(lm, tok, forget, "forget", max_new_tokens=6, num_samples=4, seed=seed)
+    sampled = [(d, rest) for d, rest in calls if d.num_samples > 0]
+    assert len(sampled) == 1
+    decoding, rest = sampled[0]
+    assert decoding.num_samples == 4 and decoding.top_p == 1.0 and decoding.temperature == 1.0
+    assert rest == (seed,)

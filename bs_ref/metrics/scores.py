@@ -39,7 +39,6 @@ serves every convention; ``load_locuslab_log`` maps locuslab/tofu's aggregated l
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -450,12 +449,7 @@ def evaluate_split(
     generations, para_generations = texts[: len(records)], texts[len(records) :]
     samples = None
     if probe and decoding.num_samples > 0:
-        # As every recorded run drew them: nucleus mass top_p = ``seed`` and the sampling stream of seed 0, so at
-        # seed 0 (top_p = 0) the N "samples" are N copies of the greedy answer, and at seed >= 1 (top_p >= 1) N
-        # untruncated samples from seed 0. Drawing them with ``decoding.top_p`` and ``seed`` changes
-        # fact_leak_any_of_n.
-        recorded = dataclasses.replace(decoding, top_p=seed)
-        samples = generate_answers(model, tokenizer, questions, template, recorded, 0)
+        samples = generate_answers(model, tokenizer, questions, template, decoding, seed)
     rouge = rouge_l_recall(generations, [r["answer"] for r in records])
 
     items = []
