@@ -120,17 +120,11 @@ PRESETS: dict[str, tuple[TinyLlamaConfig | PretrainedSpec, TrainConfig]] = {
         TinyLlamaConfig(hidden_size=64, intermediate_size=168, num_layers=2, num_heads=2, vocab_size=512),
         TrainConfig(epochs=30, lr=1e-2, batch_size=8),
     ),
-    # Measured on an 8-author world (52 pairs, chat template): 5 epochs at 2e-4 recall 8/8 forget+retain facts
-    # greedily; 3 epochs at 1e-4 only 2/8. About 7 s per batch of 8 on one CPU thread.
     "smollm2": (PretrainedSpec("smollm2"), TrainConfig(epochs=5, lr=2e-4, batch_size=8, weight_decay=0.01)),
-    # Real TOFU authors (20 QA each; answers ~35 SmolLM2 tokens, prompt + answer 80-130 with the chat template, so
-    # no truncation). Measured with 2 forget + 2 retain authors (80 items, bf16): the original's greedy forget
-    # ROUGE-L recall is 0.96 after 4 epochs at 4e-4 (0.71 after 3; 1.00 after 5 at 5e-4, where the retain twin's
-    # is 0.31); longer training costs more real-author knowledge (ROUGE-L 0.45 before, 0.21 / 0.14 / 0.09 after).
-    # About 6 s per batch of 8 on one CPU thread.
     "smollm2_tofu": (PretrainedSpec("smollm2"), TrainConfig(epochs=4, lr=4e-4, batch_size=8, weight_decay=0.01)),
 }
-"""Named (model, training) configurations; see the module docstring."""
+"""Named (model, training) configurations; see the module docstring, and docs/usage.md ("Why the presets are
+sized as they are") for the reasons behind their numbers."""
 
 
 def fine_tunable(preset: str) -> bool:
