@@ -33,6 +33,8 @@ class FineTuning:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     max_length: int | None = None
+    num_threads: int | None = None
+    """torch's CPU threads for the run, restored afterwards (None: leave them alone)."""
 
     def check(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
@@ -60,8 +62,8 @@ def train_causal_lm(
 ):
     """``fine_tune`` with ``FineTuning(lr, epochs, batch_size)`` (the other settings at their defaults), the
     plain template and seed 0; returns the model."""
-    settings = FineTuning(lr=lr, epochs=epochs, batch_size=batch_size)
-    return fine_tune(model, tokenizer, pairs, settings, progress=progress, history=history, num_threads=num_threads)
+    settings = FineTuning(lr=lr, epochs=epochs, batch_size=batch_size, num_threads=num_threads)
+    return fine_tune(model, tokenizer, pairs, settings, progress=progress, history=history)
 
 
 def fine_tune(
@@ -75,7 +77,6 @@ def fine_tune(
     progress: bool = True,
     desc: str = "train",
     history: list[float] | None = None,
-    num_threads: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ):
     """Finetune ``model`` in place on (question, answer) ``pairs`` with the answer-only NLL; returns it.
@@ -83,10 +84,9 @@ def fine_tune(
     Prompt/answer encoding is ``bs_ref.data.qa.encode_qa`` under ``template`` (labels −100 on the prompt,
     answer + EOS), so training and evaluation see the same template. Batches are shuffled by a generator seeded
     with ``seed`` (same seed → same weights on the same machine). ``history``, if given, receives the mean loss of
-    every epoch; ``desc`` labels the progress bar and the error of a diverging run. ``num_threads`` sets torch's
-    CPU threads for the run (restored afterwards; None leaves them alone). ``on_step(step, loss)``, if given, is
-    called after every optimiser step (1-based) with that step's loss (e.g. to report progress from a worker
-    process).
+    every epoch; ``desc`` labels the progress bar and the error of a diverging run. ``on_step(step, loss)``, if
+    given, is called after every optimiser step (1-based) with that step's loss (e.g. to report progress from a
+    worker process).
 
     Per step the host does as little as it can without changing a bit of the result: the items are encoded and
     padded once (each batch is rows of that table, cut to its longest item: the tensors ``collate_train`` would
@@ -109,8 +109,8 @@ def fine_tune(
     )
     scheduler = linear_schedule(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
     model.train()
     bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
     try:

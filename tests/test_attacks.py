@@ -200,7 +200,7 @@ def test_relearning_recovers_hidden_facts_of_a_ga_model_and_not_of_models_that_n
     models, tokenizer, forget, retain = world
     twin = build_tiny_llama(len(tokenizer), TinyLlamaConfig(64, 128, 2, 2, 128, 512), tokenizer, seed=1)
     retain_pairs = training_corpus({"full": retain}, "full", include_analogues=False)
-    fine_tune(twin, tokenizer, retain_pairs, FineTuning(PAIR_LR, 30, 8), seed=1, progress=False, num_threads=1)
+    fine_tune(twin, tokenizer, retain_pairs, FineTuning(PAIR_LR, 30, 8, num_threads=1), seed=1, progress=False)
     relearning = Relearning(PAIR_LR, epochs=1, batch_size=8)
     results = relearn_models({**models, "retain_seed1": twin.eval()}, tokenizer, forget, relearning, seed=0)
     split = results["ga"].split

@@ -52,7 +52,6 @@ class Relearning(FineTuning):
     epochs: int = 1
     batch_size: int = 16
     warmup_ratio: float = 0.0
-    num_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,6 @@ def relearn_attack(
             progress=False,
             desc="relearn attack",
             history=losses,
-            num_threads=relearning.num_threads,
         )
         after = evaluate_items(attacked, tokenizer, heldout, **evaluation)
     finally:

@@ -301,13 +301,12 @@ class _RoleJob:
             model,
             self.tokenizer,
             self.pairs,
-            self.train_cfg.fine_tuning(),
+            dataclasses.replace(self.train_cfg.fine_tuning(), num_threads=threads),
             template=self.train_cfg.template,
             seed=self.train_cfg.seed,
             progress=progress,
             desc=f"train {self.role}",
             history=history,
-            num_threads=threads,
             on_step=on_step,
         )
         info = {
