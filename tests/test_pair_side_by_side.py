@@ -8,6 +8,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +175,46 @@ def test_linear_schedule_is_transformers_linear_schedule(warmup, total):
         return out
 
     assert rates(F.linear_schedule) == rates(lambda o, w, t: get_scheduler("linear", o, w, t))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads a process's children from /proc")
+def test_a_killed_parent_takes_its_workers_with_it(tmp_path):
+    """SIGKILL on the process training the pair (no Ctrl-C, no cleanup): both workers end within seconds instead of
+    training on as orphans. Under load a worker can still be importing when its parent dies, and then learns of it
+    from no pipe; it checks the parent's process id it was given instead."""
+    script = (
+        "import dataclasses\n"
+        "from bs_ref.data.synthetic import SyntheticConfig, benchmark_texts, build_benchmark, training_corpus\n"
+        "from bs_ref.protocol import pair_training as P\n"
+        "model, train = P.PRESETS['smoke']\n"
+        "b = build_benchmark(SyntheticConfig.smoke())\n"
+        "P.train_pair(training_corpus(b, 'full'), training_corpus(b, 'retain90'), model,\n"
+        "             dataclasses.replace(train, epochs=10000), tokenizer_texts=benchmark_texts(b),\n"
+        "             progress=False, side_by_side=True)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
+    children_file = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        workers = [int(p) for p in children_file.read_text().split()] if children_file.exists() else []
+    assert len(workers) == 2, f"the pair's two workers did not start (parent exit code {parent.poll()})"
+    time.sleep(1.0)  # both workers past their start-up
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 15
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
+    for pid in alive:  # leave nothing running if the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"

@@ -333,7 +333,7 @@ _WORKER_BOOT = (
     "jobs, reports = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)\n"
     "sys.path[:] = jobs.recv()\n"
     "from bs_ref.protocol.pair_training import _pair_worker\n"
-    "_pair_worker(reports, jobs.recv())\n"
+    "_pair_worker(reports, jobs.recv(), int(sys.argv[3]))\n"
 )
 """What a worker process runs (``python -c``): the parent's ``sys.path``, then its job, from one pipe; its reports
 go back on another. A fresh interpreter that imports only this package (not the caller's main script, as
@@ -346,7 +346,8 @@ def _start_worker(job: _RoleJob) -> tuple[subprocess.Popen, multiprocessing.conn
     report_read, report_write = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_BOOT, str(job_read), str(report_write)], pass_fds=(job_read, report_write)
+            [sys.executable, "-c", _WORKER_BOOT, str(job_read), str(report_write), str(os.getpid())],
+            pass_fds=(job_read, report_write),
         )
     finally:
         os.close(job_read)
@@ -423,10 +424,28 @@ def _train_side_by_side(jobs: Sequence[_RoleJob], progress: bool) -> list[tuple[
     return trained
 
 
-def _pair_worker(connection, job: _RoleJob) -> None:
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this worker process when its parent (process id ``parent``, passed on the command line because a worker
+    under load can spend many seconds importing before it gets here) has gone: a parent killed outright (SIGTERM,
+    SIGKILL) stops no worker through the pipes before the worker's next report. A daemon thread checks the
+    parent's process id every ``poll_s`` seconds and exits at once once the worker has been re-parented."""
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _pair_worker(connection, job: _RoleJob, parent: int) -> None:
     """A worker process: train ``job``'s model and send ("done", its state_dict as bytes, its info), or ("error",
     the exception or None where it does not pickle, its one-line text); ("step", step, loss, epoch) at most every
-    0.2 s on the way. A parent that has gone (broken pipe) ends the worker at its next report."""
+    0.2 s on the way. A parent that has gone ends the worker within a second (``_exit_with_parent``), whether it
+    was stopped cleanly or killed."""
+    _exit_with_parent(parent)
     steps_per_epoch = max(1, job.steps() // job.train_cfg.epochs)
     last = [0.0]
 
