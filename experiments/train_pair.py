@@ -54,7 +54,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.preset,
         args.cache_dir,
         forget=args.forget,
-        return_info=True,
         side_by_side=False if args.sequential else None,
     )
     report = {"preset": args.preset, "benchmark": size, "wall_s": round(time.perf_counter() - start, 1)}

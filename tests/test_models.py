@@ -120,9 +120,7 @@ def test_cached_pair_is_reused_not_retrained(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "train_pair", counting_train_pair)
     args = (CORPUS, CORPUS[:3], TINY, TINY_TRAIN, tmp_path)
     said = []
-    original, retain, tokenizer, info = P.get_or_train_models(
-        *args, progress=False, return_info=True, announce=said.append
-    )
+    original, retain, tokenizer, info = P.get_or_train_models(*args, progress=False, announce=said.append)
     entry = tmp_path / "pairs" / info["key"]
     assert said[0].startswith("training the original model (6 examples) and its retain twin (3)")
     assert said[1].startswith("model pair trained in")
@@ -131,7 +129,7 @@ def test_cached_pair_is_reused_not_retrained(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "pairs").iterdir()] == [info["key"]]  # no temporary directory left
     assert info["template"] == "plain" and info["original"]["n_pairs"] == 6 and info["retain"]["n_pairs"] == 3
 
-    original2, retain2, tokenizer2 = P.get_or_train_models(*args, progress=False, announce=said.append)
+    original2, retain2, tokenizer2, _ = P.get_or_train_models(*args, progress=False, announce=said.append)
     assert len(calls) == 1  # loaded, not retrained
     assert said[2] == f"model pair loaded from the cache ({entry})"
     assert (entry / "original" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -165,7 +163,7 @@ def test_smoke_pair_recalls_its_facts(tmp_path):
     """The smoke preset on the smoke benchmark: the original recalls the forget facts, the retain twin not."""
     benchmark = build_benchmark(SyntheticConfig.smoke())
     original, retain, tokenizer, info = P.get_or_train_pair(
-        SyntheticConfig.smoke(), "smoke", tmp_path, forget="forget10", progress=False, return_info=True
+        SyntheticConfig.smoke(), "smoke", tmp_path, forget="forget10", progress=False
     )
     assert info["retain_split"] == "retain90" and (tmp_path / "pairs" / info["key"] / "info.json").is_file()
     forget = benchmark["forget10"]
@@ -190,7 +188,7 @@ def test_smollm2_preset_finetunes_a_tiny_slice(tmp_path):
     train_cfg = P.TrainConfig(epochs=1, lr=5e-5, batch_size=2, weight_decay=0.01)
     pretrained, smol_tokenizer = M.load_model("smollm2", cache_dir=tmp_path)
     original, retain, tokenizer, info = P.get_or_train_models(
-        CORPUS[:2], CORPUS[:1], "smollm2", train_cfg, tmp_path, progress=False, return_info=True
+        CORPUS[:2], CORPUS[:1], "smollm2", train_cfg, tmp_path, progress=False
     )
     assert tokenizer.get_vocab() == smol_tokenizer.get_vocab()  # the pretrained tokenizer is kept
     assert info["model_cfg"] == {"__type__": "PretrainedSpec", "name": "smollm2"}

@@ -484,11 +484,11 @@ def get_or_train_models(
     tokenizer_texts: Sequence[str] = (),
     progress: bool = True,
     extra_info: dict | None = None,
-    return_info: bool = False,
     announce: Callable[[str], None] | None = None,
     side_by_side: bool | None = None,
 ):
-    """``train_pair`` behind an on-disk cache keyed by ``pair_cache_key``; ``announce(message)`` is told
+    """``train_pair`` behind an on-disk cache keyed by ``pair_cache_key``: (original, retain twin, tokenizer, info).
+    ``announce(message)`` is told
     whether the pair is trained (and how long that took) or loaded, so a caller can say so without bars.
     ``side_by_side`` is ``train_pair``'s (where the two models train; not part of the key: the weights are the same).
 
@@ -513,7 +513,7 @@ def get_or_train_models(
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    return (original, retain, tokenizer, info) if return_info else (original, retain, tokenizer)
+    return original, retain, tokenizer, info
 
 
 @dataclass(frozen=True)
@@ -667,17 +667,16 @@ def get_or_train_pair(
     train_cfg: TrainConfig | None = None,
     forget: str = "forget10",
     progress: bool = True,
-    return_info: bool = False,
     announce: Callable[[str], None] | None = None,
     side_by_side: bool | None = None,
 ):
-    """(original, retain_twin, tokenizer) for a synthetic benchmark, trained once and cached.
+    """(original, retain_twin, tokenizer, info) for a synthetic benchmark, trained once and cached.
 
     ``benchmark_cfg`` is a ``bs_ref.data.synthetic.SyntheticConfig`` (or an already built benchmark dict).
     The original trains on ``training_corpus(benchmark, "full")``, the twin on the retain split of
     ``forget`` (``forget10`` → ``retain90``), same tokenizer, seed and config. ``model_cfg`` is a preset
-    name (``PRESETS``) or a config; ``train_cfg`` overrides the preset's training config. With
-    ``return_info`` a fourth value carries the cache path, the template and the training times/losses.
+    name (``PRESETS``) or a config; ``train_cfg`` overrides the preset's training config. The fourth value,
+    the info, carries the cache path, the template and the training times/losses.
     ``side_by_side``: see ``train_pair`` (None: two worker processes where that pays).
     """
     benchmark = benchmark_cfg if isinstance(benchmark_cfg, dict) else build_benchmark(benchmark_cfg)
@@ -696,7 +695,6 @@ def get_or_train_pair(
         tokenizer_texts=benchmark_texts(benchmark),
         progress=progress,
         extra_info=extra,
-        return_info=return_info,
         announce=announce,
         side_by_side=side_by_side,
     )
@@ -722,10 +720,9 @@ def get_or_train_tofu_pair(
     tokenizer_texts: Sequence[str] = (),
     progress: bool = True,
     extra_info: dict | None = None,
-    return_info: bool = False,
     announce: Callable[[str], None] | None = None,
 ):
-    """(original, retain_twin, tokenizer) fine-tuned on real TOFU records, trained once and cached.
+    """(original, retain_twin, tokenizer, info) fine-tuned on real TOFU records, trained once and cached.
 
     The original trains on the retain records followed by the forget records (TOFU's ``full`` split lists
     the retain authors first), the twin on the retain records only: same starting weights, tokenizer, seed,
@@ -733,7 +730,7 @@ def get_or_train_tofu_pair(
     corpora in full (so the data content and the authors kept), the model and training configs (preset,
     schedule, template, seed, precision) and the package version; a rerun with the same records loads it.
     ``model_cfg`` is a preset name or a config (a pretrained one in practice: a from-scratch model would
-    train its tokenizer on these records plus ``tokenizer_texts``). The info (with ``return_info``) records
+    train its tokenizer on these records plus ``tokenizer_texts``). The info records
     the items and the SHA-256 of each corpus besides the training times and per-epoch losses."""
     forget_pairs, retain_pairs = tofu_corpus(forget_records), tofu_corpus(retain_records)
     if not forget_pairs or not retain_pairs:
@@ -760,7 +757,6 @@ def get_or_train_tofu_pair(
         tokenizer_texts=tokenizer_texts,
         progress=progress,
         extra_info=extra,
-        return_info=return_info,
         announce=announce,
         side_by_side=False,  # SmolLM2-sized models use every core each, and two of them double the memory
     )

@@ -227,7 +227,6 @@ def load_models(
                 train_cfg=train_cfg,
                 forget=data.info["forget"],
                 progress=progress,
-                return_info=True,
                 announce=announce,
             )
         else:
@@ -275,7 +274,6 @@ def _fine_tune_tofu(
             train_cfg=train_cfg,
             progress=progress,
             extra_info=extra,
-            return_info=True,
             announce=announce,
         )
     finally:
