@@ -12,6 +12,7 @@ Run commands (from the repository root; ``--help`` lists every flag, ``--preset`
     python experiments/tofu.py --methods ga npo:beta=0.2 bs_t:tau=2,lam=0.6 --lam 0.4   # per-method values
     python experiments/tofu.py --preset smollm2                  # pretrained SmolLM2-135M-Instruct tier (CPU)
     python experiments/tofu.py --preset smollm2_tofu --data /path/to/TOFU   # SmolLM2 fine-tuned here on real TOFU
+    python experiments/tofu.py --preset tofu_fair --data /path/to/TOFU      # the fair tier: docs/theory.md §20
     python experiments/tofu.py --preset paper --data locuslab/TOFU \\
         --model open-unlearning/tofu_Llama-3.2-1B-Instruct_full \\
         --retain-model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90     # the real benchmark, on a GPU
@@ -56,7 +57,7 @@ from dataclasses import dataclass
 import torch
 
 from bs_ref import __version__, files, timing
-from bs_ref.protocol import ablations, cli, data, evaluate, matched, recovery
+from bs_ref.protocol import ablations, cli, data, evaluate, fair, matched, recovery
 from bs_ref.protocol import pairs as model_pairs
 from bs_ref.protocol.cli import arg, method_settings, section
 from bs_ref.protocol.data import DataConfig
@@ -121,6 +122,11 @@ class TofuArgs:
     match_fact_leak: float | None = arg(
         None, "matched level: fact-leak rate in [0, 1) (default: from the curves)", identity=False
     )
+    stop_at_fraction: float | None = arg(
+        None,
+        "stop each method when its forget target log-prob has gone this fraction of the way from the original "
+        "model's to the retain model's (1: the retain level), or at the budget (--max-steps); off by default",
+    )
     data: DataConfig = section(DataConfig, "data (bs_ref.protocol.data)")
     models: ModelConfig = section(ModelConfig, "models and hardware (bs_ref.protocol.pairs)")
     execution: ExecutionConfig = section(ExecutionConfig, "where the jobs run (bs_ref.protocol.executor)")
@@ -157,6 +163,13 @@ PRESETS = {
         **dict(lr=1e-4, epochs=2, batch_size=8, eval_every=10, curve_items=2, curve_forget_items=8),
         **dict(band_samples=4, eval_batch_size=40, threads=1),
     },
+    "tofu_fair": {
+        **dict(model_preset="smollm2_tofu", template="chat", max_authors=5, limit=100, precision="fp32"),
+        **dict(methods=["original", "retrain", "ga", "npo", "ga_target_matched", "bs_t", "bs_s"], seeds=[0, 1, 2]),
+        **dict(lr=1e-4, epochs=8, batch_size=8, max_steps=60, eval_every=5, stop_at_fraction=1.0),
+        **dict(curve_items=16, curve_forget_items=0, band_samples=4, leak_k_samples=16, leak_k_items=0),
+        **dict(attack_at="end", eval_batch_size=40, threads=1),
+    },
 }
 """Defaults each preset changes (flag name: value); a flag given on the command line overrides its preset. Why
 each is sized as it is: docs/usage.md, "Why the presets are sized as they are"."""
@@ -183,10 +196,12 @@ def check(args: TofuArgs) -> list[tuple[str, object]]:
     problems += model_pairs.pair_seed_problems(args.pair_seeds, args.models, args.data)
     problems += cli.config_problems(args.unlearn) + ablation_problems + method_problems
     problems += evaluate.problems(args.evaluation) + recovery.problems(args.attacks)
+    has_retain = args.data.synthetic or model_pairs.fine_tunes_here(args.models, args.data) or args.models.retain_model
+    problems += fair.problems(args.stop_at_fraction, args.unlearn, bool(has_retain or args.models.retain_logs))
     problems += executor_problems(args.execution.executor, args.execution.ray_address, args.execution.workers)
-    if args.preset == "smollm2_tofu" and args.data.synthetic:
+    if args.preset in ("smollm2_tofu", "tofu_fair") and args.data.synthetic:
         problems.append(
-            "--preset smollm2_tofu fine-tunes SmolLM2 on real TOFU text: pass --data with a TOFU directory or "
+            f"--preset {args.preset} fine-tunes SmolLM2 on real TOFU text: pass --data with a TOFU directory or "
             "locuslab/TOFU"
         )
     cli.Problems.check(problems + matched.level_problems(args.match_target_drop, args.match_fact_leak))
@@ -241,11 +256,12 @@ def run_job(run: Run, contexts: dict[int, PairContext], job: Job) -> None:
         contexts[pair] = run.pair_context(pair)
     ctx = contexts[pair]
     cfg = run.unlearn_config(label, method, seed, pair)
-    curve, ledger = [dict(ctx.start)], timing.LEDGER.totals()
+    curve, ledger, stopper = [dict(ctx.start)], timing.LEDGER.totals(), fair.Stopper(ctx.stop)
 
-    def callback(step: int, model) -> None:
+    def callback(step: int, model) -> bool:  # True: the declared level is reached (or the budget spent): stop here
         if step > 0:
             curve.append(ctx.evaluator.curve_point(step, model))
+        return step > 0 and stopper.check(curve[-1])
 
     say(f"{job_name(job)}: unlearning ({cfg.epochs} epochs, lr {cfg.lr})")
     model, accelerator = copy.deepcopy(ctx.original), run.accelerator(cfg)
@@ -260,7 +276,7 @@ def run_job(run: Run, contexts: dict[int, PairContext], job: Job) -> None:
         "target_logprob_drop": ctx.start["target_logprob"] - curve[-1]["target_logprob"]
     }
     result = dict(method=label, base_method=method.name, seed=seed, pair_seed=pair, config=cfg.as_dict())
-    result |= dict(metrics=metrics, aggregate=agg, curve=curve, steps=curve[-1]["step"])
+    result |= dict(metrics=metrics, aggregate=agg, curve=curve, steps=curve[-1]["step"]) | stopper.record()
     result |= dict(wall_s=time.perf_counter() - began, train_s=train_s, timing=timing.LEDGER.since(ledger))
     payload = ctx.evaluator.payload(per_split, method=label, seed=seed, pair_seed=pair)
     run.store.save_result(label, seed, result, payload, pair=pair)

@@ -1139,5 +1139,5 @@ def test_smollm2_tofu_preset_needs_real_data_and_fine_tunes_the_pretrained_pair(
     excerpt = Path(__file__).parent / "fixtures" / "tofu_excerpt"
     args = tofu.parse_args(["--preset", "smollm2_tofu", "--data", str(excerpt)])
     assert [label for label, _ in tofu.check(args)] == list(tofu.DEFAULT_METHODS)
-    assert (args.models.model_preset, args.data.max_authors, args.models.precision) == ("smollm2_tofu", 2, "bf16")
+    assert (args.models.model_preset, args.data.max_authors, args.models.precision) == ("smollm2_tofu", 2, "fp32")
     assert args.models.model is None and not (tmp_path / "o").exists()

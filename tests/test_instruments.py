@@ -1,11 +1,17 @@
 """The instruments of docs/theory.md §15–§18: leak@k against brute force, the after-fork band against a hand-computed
-case on the tiny model, conditional recovery and uninformative attacks on constructed cases, and the TOFU fact
-annotator on hand-checked items of the committed excerpt."""
+case on the tiny model, conditional recovery and uninformative attacks on constructed cases, the TOFU fact
+annotator on hand-checked items of the committed excerpt, and the relearning dose–response and NF4 bins of a run
+(relearn_dose.csv and nf4_bins.csv: a constructed case, then a smoke run with and without ``--relearn-steps``)."""
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import itertools
+import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +19,30 @@ import pytest
 import torch
 from _tiny import fresh
 
-from bs_ref.attacks import AttackResult
+from bs_ref.attacks import NF4_BIN_COLUMNS, AttackResult, DoseResponse
 from bs_ref.data.qa import load_tofu
 from bs_ref.generation import encode_pair
 from bs_ref.metrics.fork import after_fork_logprob, fork
 from bs_ref.metrics.leakage import BeliefBands, contains_fact, score_belief_bands
 from bs_ref.metrics.sampling import ks_for, leak_at_k_brute, pass_at_k
 from bs_ref.metrics.tofu_facts import FACTS_FILE, annotate, answer_digest, fact_table, load_annotations
+from bs_ref.protocol import plots
 from bs_ref.protocol.instruments import (
+    DOSE_COLUMNS,
+    NF4_COLUMNS,
     conditional_recovery,
     conditional_rows,
+    dose_lines,
+    dose_rows,
     informative_attacks,
     leak_at_k_rows,
+    nf4_lines,
+    nf4_rows,
     squeeze_rows,
 )
 
 EXCERPT = Path(__file__).resolve().parent / "fixtures" / "tofu_excerpt"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------ leak@k
@@ -203,3 +217,152 @@ def test_every_committed_fact_is_whole_words_of_an_annotated_answer(excerpt_reco
             answer = excerpt_records[question]["answer"]
             assert answer[slice(*entry["fact_span"])] == entry["fact"] and contains_fact(answer, entry["fact"])
     assert list(itertools.islice(load_annotations(), 1))  # the file is not empty
+
+
+# ------------------------------------------------------------------------------------------------ dose and NF4
+def _dose(before: list, after: dict[int, list], lr: float = 1e-4) -> DoseResponse:
+    return DoseResponse(tuple(after), _items(before), {k: _items(v) for k, v in after.items()}, info={"lr": lr})
+
+
+def test_dose_rows_on_a_constructed_case():
+    facts = {f"q{i}": "Paris" for i in range(4)}
+    doses = {  # (method, seed, pair, setting) -> the items' leaks before and after 0, 1 and 2 relearning steps
+        ("original", 0, 0, "end"): _dose([1, 1, 1, 1], {0: [1, 1, 1, 1], 1: [1, 1, 1, 1], 2: [0, 0, 0, 0]}),
+        ("retrain", 0, 0, "end"): _dose([0, 0, 0, 0], {0: [0, 0, 0, 0], 1: [1, 0, 0, 0], 2: [1, 0, 0, 0]}),
+        ("ga", 0, 0, "end"): _dose([1, 0, 0, 0], {0: [1, 0, 0, 0], 1: [1, 1, 0, 0], 2: [1, 1, 1, 0]}),
+    }
+    rows = dose_rows(doses, facts)
+    runs = {(r["method"], r["step"]): r for r in rows if r["seed"] != "mean"}
+    means = {(r["method"], r["step"]): r for r in rows if r["seed"] == "mean"}
+    assert set(runs) == set(means) == {(m, k) for m in ("original", "retrain", "ga") for k in (0, 1, 2)}
+    assert all(set(r) == set(DOSE_COLUMNS) for r in rows)
+    ga1, ga2 = runs[("ga", 1)], runs[("ga", 2)]
+    # step 1: items 1, 2, 3 did not leak before; item 1 leaks after -> 1/3; the retain model leaks item 0 after 1 step
+    assert (ga1["fact_leak_before"], ga1["fact_leak_after"], ga1["recovered"]) == (0.25, 0.5, 0.25)
+    assert (ga1["n_not_leaked_before"], ga1["n_recovered"]) == (3, 1)
+    assert ga1["conditional_recovery"] == pytest.approx(1 / 3)
+    assert ga1["spurious_gap"] == pytest.approx(0.5 - 0.25)  # after − the retain model's after at the same step
+    assert ga2["conditional_recovery"] == pytest.approx(2 / 3) and ga2["spurious_gap"] == pytest.approx(0.5)
+    assert ga2["conditional_ci_low"] <= ga2["conditional_recovery"] <= ga2["conditional_ci_high"]
+    for method in ("original", "retrain", "ga"):  # step 0 is the model as given
+        assert runs[(method, 0)]["fact_leak_after"] == runs[(method, 0)]["fact_leak_before"]
+        assert runs[(method, 0)]["conditional_recovery"] in (0.0,) or math.isnan(
+            runs[(method, 0)]["conditional_recovery"]
+        )
+    assert runs[("retrain", 1)]["spurious_gap"] == 0.0 and runs[("ga", 1)]["lr"] == 1e-4
+    # the original model leaks no held-out item after 2 steps: that step cannot show recovery
+    assert [runs[("ga", k)]["informative"] for k in (0, 1, 2)] == [True, True, False]
+    assert means[("ga", 1)]["conditional_recovery"] == pytest.approx(1 / 3)
+    assert means[("ga", 1)]["fact_leak_after"] == 0.5 and means[("ga", 2)]["informative"] is False
+    lines = "\n".join(dose_lines({"relearn_dose": rows, "dose_plot": None}))
+    assert "## Relearning against dose" in lines and "| ga | end | 0.250 |" in lines and "k = 2" in lines
+
+
+def test_nf4_rows_sit_beside_the_quant4_recovery():
+    table = [
+        {"layer": "l0", **dict.fromkeys(NF4_BIN_COLUMNS[1:], 0.5)},
+        {"layer": "all", **dict.fromkeys(NF4_BIN_COLUMNS[1:], 0.25)},
+    ]
+    rows = nf4_rows({("ga", 0, 0, "end"): table})
+    assert [tuple(r) for r in rows] == [("method", "seed", "pair_seed", "setting", *NF4_BIN_COLUMNS)] * 2
+    lines = nf4_lines({"nf4_bins": rows, "quant4_recovered": {("ga", 0, 0, "end"): 0.5}})
+    assert any(line.startswith("| ga | 0 | end |") and line.endswith("| 0.250 | 0.250 | 0.500 |") for line in lines)
+    assert nf4_lines({"nf4_bins": rows})[-2].endswith("– (not run) |")
+
+
+DOSE_RUN = ["--preset", "smoke", "--no-progress", "--methods", "original", "retrain", "ga", "npo"]
+
+
+@pytest.fixture(scope="module")
+def dose_runs(tmp_path_factory):
+    """The smoke preset on four models, with ``--relearn-steps 0 1 2`` and without (the default ``--attacks all``:
+    quant4 where bitsandbytes is installed; the NF4 bins either way)."""
+    spec = importlib.util.spec_from_file_location("tofu_experiment_dose", ROOT / "experiments" / "tofu.py")
+    tofu = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tofu
+    spec.loader.exec_module(tofu)
+    root = tmp_path_factory.mktemp("dose")
+    cache = os.environ.get("BS_REF_TEST_MODEL_CACHE") or str(root / "model_cache")
+    common = [*DOSE_RUN, "--cache-dir", cache]
+    with_dose, without = root / "with", root / "without"
+    tofu.main([*common, "--out", str(with_dose), "--relearn-steps", "0", "1", "2"])
+    tofu.main([*common, "--out", str(without)])
+    return with_dose, without
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_run_with_relearn_steps_writes_the_dose_response_and_the_nf4_bins(dose_runs):
+    out, _ = dose_runs
+    with open(out / "relearn_dose.csv", newline="") as handle:
+        assert tuple(csv.DictReader(handle).fieldnames) == DOSE_COLUMNS
+    rows = _csv(out / "relearn_dose.csv")
+    methods, steps = ("original", "retrain", "ga", "npo"), ("0", "1", "2")
+    runs = [r for r in rows if r["seed"] != "mean"]
+    assert sorted((r["method"], r["step"]) for r in runs) == sorted((m, k) for m in methods for k in steps)
+    assert sorted((r["method"], r["step"]) for r in rows if r["seed"] == "mean") == sorted(
+        (m, k) for m in methods for k in steps
+    )
+    recovery = {r["method"]: r for r in _csv(out / "recovery.csv") if r["attack"] == "relearn" and r["seed"] != "mean"}
+    for r in runs:
+        assert r["setting"] == "end" and float(r["lr"]) > 0
+        # the dose's held-out half is the single relearning point's (one split per seed): the same leak before
+        assert float(r["fact_leak_before"]) == pytest.approx(float(recovery[r["method"]]["fact_leak_before"]))
+        if r["step"] == "0":  # step 0 is the unattacked model
+            assert r["fact_leak_after"] == r["fact_leak_before"] and float(r["recovered"]) == 0
+        if r["method"] == "retrain":
+            assert float(r["spurious_gap"]) == 0
+    assert {r["informative"] for r in runs} <= {"True", "False"}
+    stored = json.loads((out / "methods" / "ga" / "seed0" / "attacks_end.json").read_text())
+    assert stored["identity"]["relearn_dose"]["steps"] == [0, 1, 2] and "relearn_dose" in stored
+    timing = json.loads((out / "timing.json").read_text())["by_part_s"]
+    assert {"relearn dose: ga", "relearn dose: retrain", "nf4 bins: ga"} <= set(timing)
+    # NF4 bins: every unlearned model (not the references), each Linear layer and one ``all`` row
+    bins = _csv(out / "nf4_bins.csv")
+    assert {r["method"] for r in bins} == {"ga", "npo"} and tuple(bins[0]) == NF4_COLUMNS
+    for method in ("ga", "npo"):
+        mine = [r for r in bins if r["method"] == method]
+        assert [r["layer"] for r in mine].count("all") == 1 and mine[-1]["layer"] == "all" and len(mine) > 1
+        assert int(mine[-1]["n_weights"]) == sum(int(r["n_weights"]) for r in mine[:-1])
+        assert 0 <= float(mine[-1]["share_same_code"]) <= 1 and 0 <= float(mine[-1]["share_rounded_away"]) <= 1
+    table = (out / "table.md").read_text()
+    assert "## Relearning against dose" in table and "## The unlearning update against the NF4 bin" in table
+    assert not any(v["measure"].startswith("spurious_gap[relearn@") for v in _csv(out / "verdict.csv"))
+    if plots.pyplot() is not None:
+        assert (out / "plots" / "relearn_dose.png").stat().st_size > 0
+
+
+def test_a_run_without_relearn_steps_writes_no_dose_and_the_same_other_tables(dose_runs):
+    with_dose, without = dose_runs
+    assert not (without / "relearn_dose.csv").exists() and not (without / "plots" / "relearn_dose.png").exists()
+    assert "relearn_dose" not in json.loads((without / "methods" / "ga" / "seed0" / "attacks_end.json").read_text())
+    names = sorted(p.name for p in without.glob("*.csv"))
+    assert "nf4_bins.csv" in names and "recovery.csv" in names
+    for name in names:  # the dose-response changes no other number
+        a, b = _csv(with_dose / name), _csv(without / name)
+        assert len(a) == len(b) > 0, name
+        for row_a, row_b in zip(a, b):
+            assert {k: v for k, v in row_a.items() if not k.startswith("wall_s")} == {
+                k: v for k, v in row_b.items() if not k.startswith("wall_s")
+            }, name
+
+
+def test_dose_flags_default_to_a_tenth_of_the_relearning_lr_and_fail_with_one_clear_message():
+    from bs_ref.protocol.recovery import AttackConfig, problems
+
+    assert AttackConfig().dose(1e-3, 8) is None and AttackConfig().nf4_bins()  # off by default; NF4 with quant4
+    dose = AttackConfig(relearn_steps=[4, 0, 1]).dose(1e-3, 8, num_threads=1)
+    assert dose.lr == pytest.approx(1e-4) and dose.schedule == (0, 1, 4) and dose.batch_size == 8
+    assert AttackConfig(relearn_steps=[2], relearn_lr=5e-5).dose(1e-3, 8).lr == 5e-5
+    assert not AttackConfig(["relearn", "prompt"]).nf4_bins()
+    found = " | ".join(problems(AttackConfig(["none"], relearn_steps=[1, 1, -2], relearn_lr=-1.0, relearn_samples=-1)))
+    for message in (
+        "--relearn-steps 1 1 -2 must be distinct",
+        "drop --attacks none",
+        "--relearn-lr must be a",
+        "--relearn-samples must be >= 0",
+    ):
+        assert message in found

@@ -126,6 +126,7 @@ def test_the_identity_is_every_setting_not_marked_identity_false():
         *("out", "overwrite", "methods", "seeds", "pair_seeds", "grid", "ablation", "progress", "eval_batch_size"),
         *("device", "cache_dir", "match_target_drop", "match_fact_leak", "bf16", "attacks", "attack_at"),
         *("attack_lr", "attack_epochs", "executor", "ray_address", "workers"),
+        *("relearn_steps", "relearn_lr", "relearn_samples"),  # the dose-response: kept with the attacks' identity
     }
     assert identity == {k: v for k, v in flat.items() if k in identity}  # same values, same order
     assert identity["lr"] == 3e-3 and identity["preset"] == "smoke" and "lam" in identity

@@ -20,7 +20,8 @@ evaluate → attack, then the report); the parts it calls live here, one job per
 - ``plots``: the figures (matplotlib, optional);
 - ``recovery``: the recovery attacks on every model of a run (``AttackConfig``, ``Attacker``, which models are
   attacked when; docs/theory.md §9) and their part of the report; ``recovery_table``: the recovery gaps;
-- ``instruments``: leak@k, the squeeze after the fork, annotated facts, conditional recovery (§15–§18);
+- ``instruments``: leak@k, the squeeze after the fork, annotated facts, conditional recovery (§15–§18), and the
+  relearning dose–response and NF4 bins the attacks record (relearn_dose.csv, nf4_bins.csv; §9);
 - ``ablations``: the refresh and sensitivity ablations (``--ablation``; docs/theory.md §13);
 - ``executor``: the jobs of a run in this process, in worker processes or on Ray (``--executor``);
 - ``report``: summary.csv, matched.csv, verdict.csv, recovery.csv, table.md and the plots of a run;

@@ -8,7 +8,9 @@ carry an annotated ``fact``, so fact leakage is measurable); anything else is a 
 before anything is loaded, the data source first. ``--max-authors N`` keeps the first N authors of the forget
 and of the retain training split (TOFU's ``retain_perturbed`` lists the first 20 retain authors, so with
 ``--limit 20·N`` the retain evaluation is the retain training items), which is also what a pair fine-tuned
-here on real data learns (``bs_ref.protocol.pairs``).
+here on real data learns (``bs_ref.protocol.pairs``). ``--author-offset K`` skips the first K forget authors (the
+forget split's next ``--max-authors`` authors, or all the rest, are kept; the retain authors stay the first ones),
+so the same protocol runs on other authors.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class DataConfig:
         "keep only the first N authors of the forget and retain training splits "
         "(quick runs on real data, and the authors a pair fine-tuned here learns; TOFU "
         "has 20 QA per author)",
+    )
+    author_offset: int = arg(
+        0,
+        "skip the first N forget authors: --max-authors then keeps the next ones (the same protocol on other "
+        "authors; the retain authors stay the first ones)",
     )
     limit: int | None = arg(None, "evaluate at most N items per split")
     template: str = arg("plain", "prompt template: plain ('Question: ...\\nAnswer: ') | chat")
@@ -93,6 +100,8 @@ def problems(cfg: DataConfig) -> list[str]:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             out.append(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not isinstance(cfg.author_offset, int) or cfg.author_offset < 0:
+        out.append(f"--author-offset must be an integer >= 0 (0: the first authors), got {cfg.author_offset}")
     return out
 
 
@@ -138,9 +147,12 @@ def load_data(cfg: DataConfig) -> Data:
             f"{forget_eval_cfg} has {len(forget_eval)} items but {forget_cfg} has {len(forget_train)}; the "
             "evaluation config must list the same questions as the forget split"
         )
+    if cfg.max_authors is not None or cfg.author_offset:
+        keep = author_positions(forget_train, cfg.author_offset, cfg.max_authors, forget_cfg)
+        forget_train, forget_eval = [forget_train[i] for i in keep], [forget_eval[i] for i in keep]
+        if cfg.author_offset:
+            info["author_offset"] = cfg.author_offset
     if cfg.max_authors is not None:
-        forget_train = first_authors(forget_train, cfg.max_authors, forget_cfg)
-        forget_eval = forget_eval[: len(forget_train)]
         retain_train = first_authors(retain_train, min(cfg.max_authors, _n_authors(retain_train)), retain_cfg)
     evaluation = {"forget": forget_eval}
     for kind, name in EVAL_CONFIGS.items():
@@ -167,6 +179,23 @@ def author_of(record: dict, position: int) -> Any:
 def authors_of(records: list[dict]) -> list[Any]:
     """The authors of ``records`` (``author_of``), each once, in order of first appearance."""
     return list(dict.fromkeys(author_of(r, i) for i, r in enumerate(records)))
+
+
+def author_positions(records: list[dict], offset: int, n_authors: int | None, split: str) -> list[int]:
+    """Positions of the records of authors ``offset`` … ``offset + n_authors − 1`` of ``split`` (None: every author
+    from ``offset`` on), in order; one ValueError naming the flags when the split has too few authors."""
+    authors = authors_of(records)
+    wanted = len(authors) - offset if n_authors is None else n_authors
+    if not offset and n_authors is not None and n_authors > len(authors):
+        raise ValueError(f"--max-authors {n_authors} exceeds the {len(authors)} authors of the {split} split; lower it")
+    if offset >= len(authors) or offset + wanted > len(authors):
+        asked = f"--author-offset {offset}" + ("" if n_authors is None else f" --max-authors {n_authors}")
+        raise ValueError(
+            f"{asked} asks for authors {offset + 1}–{offset + max(wanted, 1)} of the {len(authors)} authors of the "
+            f"{split} split; lower --author-offset or --max-authors"
+        )
+    keep = set(authors[offset : offset + wanted])
+    return [i for i, r in enumerate(records) if author_of(r, i) in keep]
 
 
 def first_authors(records: list[dict], n_authors: int, split: str) -> list[dict]:

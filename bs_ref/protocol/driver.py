@@ -31,9 +31,10 @@ from accelerate import Accelerator
 
 from bs_ref import timing
 from bs_ref.attacks import replay_unlearning
-from bs_ref.protocol import ablations, evaluate, instruments, matched, recovery
+from bs_ref.protocol import ablations, evaluate, fair, instruments, matched, recovery
 from bs_ref.protocol import pairs as model_pairs
 from bs_ref.protocol.data import Data
+from bs_ref.protocol.endpoints import StopAtLevel
 from bs_ref.protocol.recovery import Attacker
 from bs_ref.protocol.report import RunInfo, describe, write_report
 from bs_ref.protocol.store import RunDir, cell_name, versions, write_json, write_text
@@ -47,13 +48,15 @@ Job = tuple
 @dataclass
 class PairContext:
     """What every job of one model pair uses: the original model, the tokenizer, the evaluator (with the pair's
-    belief bands), the step-0 point and the attacker (None without attacks)."""
+    belief bands), the step-0 point, the attacker (None without attacks) and the declared stopping rule (None
+    without ``--stop-at-fraction``; docs/theory.md §20)."""
 
     original: Any
     tokenizer: Any
     evaluator: evaluate.Evaluator
     start: dict
     attacker: Attacker | None
+    stop: StopAtLevel | None = None
 
 
 @dataclass
@@ -127,12 +130,13 @@ class Run:
         start, note = self._references(pair, evaluator, original, retain, want_retrain="retrain" in self.labels)
         if note and note not in self.notes:
             self.notes.append(note)
+        stop = self._stop_rule(evaluator, start, pair)
         write_json(store.path("config.json"), self.config | {"forget_quality_note": note})
-        attacker = self.attackers[pair] = self._attacker(evaluator)
+        attacker = self.attackers[pair] = self._attacker(evaluator, original)
         if attacker is not None:
             references = {"original": original, "retrain": retain}
             recovery.attack_references(store, attacker, self.labels, self.seeds, pair, references, self.announce)
-        return PairContext(original, tokenizer, evaluator, start, attacker)
+        return PairContext(original, tokenizer, evaluator, start, attacker, stop)
 
     def pair_context(self, pair: int) -> PairContext:
         """Model pair ``pair`` for a job outside the driver (a Ray task, a worker process's first job of the pair):
@@ -143,7 +147,8 @@ class Run:
         self.store.bind_models(pair, info)
         evaluator = evaluate.Evaluator(self.args.evaluation, self.splits, tokenizer)
         start, _ = self._references(pair, evaluator, original, retain, want_retrain=False)
-        return PairContext(original, tokenizer, evaluator, start, self._attacker(evaluator))
+        attacker, stop = self._attacker(evaluator, original), self._stop_rule(evaluator, start, pair)
+        return PairContext(original, tokenizer, evaluator, start, attacker, stop)
 
     def _references(self, pair: int, evaluator, original, retain, want_retrain: bool) -> tuple[dict, str | None]:
         models = self.args.models
@@ -161,9 +166,21 @@ class Run:
         self.retain_forget[pair] = evaluator.retain_forget_items
         return start, note
 
-    def _attacker(self, evaluator: evaluate.Evaluator) -> Attacker | None:
+    def _stop_rule(self, evaluator: evaluate.Evaluator, start: dict, pair: int) -> StopAtLevel | None:
+        """The pair's declared stopping rule (``fair.stop_rule``), recorded in config.json's ``stopping``."""
         args = self.args
-        return recovery.make_attacker(self.attack_labels, args.attacks, evaluator, args.models, args.unlearn.batch_size)
+        budget = fair.budget(args.unlearn, len(self.splits.forget_train))
+        retain = evaluator.retain_target_logprob()
+        rule = fair.stop_rule(args.stop_at_fraction, start["target_logprob"], retain, budget)
+        if rule is not None:
+            stopping = self.config.setdefault("stopping", {"lr_rule": "one lr for every method (--lr)"})
+            stopping[f"pair{pair}"] = rule.to_dict() | {"measure": fair.STOP_MEASURE}
+        return rule
+
+    def _attacker(self, evaluator: evaluate.Evaluator, original) -> Attacker | None:
+        args = self.args
+        batch_size = args.unlearn.batch_size
+        return recovery.make_attacker(self.attack_labels, args.attacks, evaluator, args.models, batch_size, original)
 
     # ---- jobs
     def pending_jobs(self, pair: int) -> list[Job]:
@@ -291,6 +308,10 @@ class Run:
         if args.ablation:
             lines += ablations.write_ablations(args.ablation, report["rows"], results, store.root, settings=args.hyper)
         report["table"] = "\n".join([report["table"], *lines])
+        if args.stop_at_fraction is not None:  # the fair tier: its section opens table.md (docs/theory.md §20)
+            report["fair"] = fair.write_fair(store, labels, seeds, pairs, report["verdicts"])
+            head, _, rest = report["table"].partition("\n")
+            report["table"] = "\n".join([head, "", *report["fair"]["lines"], rest])
         write_text(store.path("table.md"), report["table"])
         return report
 

@@ -235,6 +235,18 @@ class Evaluator:
         agg["fact_leak"] = agg.get("fact_leak_rate")
         return agg
 
+    def retain_target_logprob(self) -> float | None:
+        """The retain model's value of the light evaluation's ``target_logprob`` (the mean over the curve forget
+        items of the answer's mean token log-prob), from its per-item forget results; None without them (no retain
+        model, or a retain log without per-item answer losses)."""
+        items = self.retain_forget_items
+        if items is None:
+            return None
+        rows = [items[i] for i in self.curve_index["forget"] if i < len(items)]
+        if not rows or any(not isinstance(r.get("nll_answer"), (int, float)) for r in rows):
+            return None
+        return float(np.mean([-r["nll_answer"] for r in rows]))
+
     @timed("evaluation: curve")
     def curve_point(self, step: int, model) -> dict:
         """The light evaluation: log-probs of targets and bands on the curve items, and the aggregate

@@ -17,6 +17,18 @@ After the report, ``write_instruments`` writes four CSVs under ``--out`` and a s
                               leak after it, with the original model's leak under the same attack; an attack under
                               which the original model leaks no item is ``informative = False``
 
+and, where the attacks recorded them (``bs_ref.protocol.recovery``; docs/theory.md §9, "Recovery against dose, and
+quantization's regime"), two more, with a section of ``table.md`` each and ``plots/relearn_dose.png``:
+
+    relearn_dose.csv          relearning as a dose–response (``--relearn-steps``): per method × seed × pair × setting
+                              × step count, the fact leak of the held-out half before / after, the recovered amount,
+                              the spurious gap against the retain model after the same number of steps, the target
+                              log-prob before / after, conditional recovery and ``informative`` (the original model
+                              leaks at that step); then a ``mean`` row per method × setting × step whose intervals
+                              cover items and runs. No verdict rows
+    nf4_bins.csv              the unlearning update against the NF4 bin width of the pair's original model, per
+                              unlearned model and Linear layer, and the ``all`` row (``bs_ref.attacks.nf4``)
+
 Everything here reads stored per-item results (eval.json, start/curve items, attacks_*.json), so it adds no model
 call to a run beyond the leak@k samples of the final evaluation and the after-fork scores of the curve points,
 which ``bs_ref.protocol.evaluate`` records from the same forward pass as the whole-answer bands.
@@ -30,12 +42,14 @@ from typing import Any
 
 import numpy as np
 
+from bs_ref.attacks import NF4_BIN_COLUMNS, AttackResult, DoseResponse
 from bs_ref.metrics.leakage import BANDS, contains_fact
 from bs_ref.metrics.sampling import ks_for, pass_at_k
 from bs_ref.metrics.tofu_facts import fact_table
-from bs_ref.protocol import stats
-from bs_ref.protocol.recovery_table import rows_csv
-from bs_ref.protocol.store import RunDir, write_text
+from bs_ref.protocol import plots, stats
+from bs_ref.protocol.recovery_table import REFERENCE, find_reference, rows_csv
+from bs_ref.protocol.store import RunDir, read_json, write_text
+from bs_ref.protocol.uncertainty import design_of
 from bs_ref.timing import timed
 
 ORIGINAL = "original"
@@ -74,6 +88,34 @@ CONDITIONAL_COLUMNS = (
     "original_leak_after",
     "informative",
 )
+DOSE_COLUMNS = (
+    "method",
+    "seed",
+    "pair_seed",
+    "setting",
+    "step",
+    "lr",
+    "n_items",
+    "fact_leak_before",
+    "fact_leak_after",
+    "recovered",
+    "spurious_gap",
+    "ci_low",
+    "ci_high",
+    "target_logprob_before",
+    "target_logprob_after",
+    "n_not_leaked_before",
+    "n_recovered",
+    "conditional_recovery",
+    "conditional_ci_low",
+    "conditional_ci_high",
+    "informative",
+)
+"""Columns of ``relearn_dose.csv``: every leak is the greedy answer's fact leak on the held-out half (``leaks``);
+``ci_low`` / ``ci_high`` are the spurious gap's 95 % interval, ``conditional_ci_*`` conditional recovery's (items
+resampled within runs, the share recomputed; runs across seeds and pairs in the ``mean`` rows)."""
+NF4_COLUMNS = ("method", "seed", "pair_seed", "setting", *NF4_BIN_COLUMNS)
+"""Columns of ``nf4_bins.csv``."""
 
 
 # ------------------------------------------------------------------------------------------------ measures
@@ -169,7 +211,7 @@ def leak_at_k_rows(per_run: Mapping[tuple, list[dict]], method: str) -> list[dic
     return rows
 
 
-def _per_question(items: Mapping[str, list], band: str, kind: str) -> np.ndarray | None:
+def per_question(items: Mapping[str, list], band: str, kind: str) -> np.ndarray | None:
     """Per band question: the mean over its ``band`` candidates (``band`` = "all": every band) of the whole-answer
     mean token log-prob (``kind`` = "") or the after-fork log-prob (``kind`` = "fork_"); NaN without candidates;
     None when the point lacks the columns (recorded before after-fork bands existed)."""
@@ -197,8 +239,8 @@ def squeeze_rows(curve: Sequence[dict], method: str, seed, pair: int) -> list[di
             continue
         target = _interval(-np.asarray(items["nll_answer"], dtype=float) - target0)
         for band in (*BANDS, "all"):
-            whole0, whole = _per_question(start, band, ""), _per_question(items, band, "")
-            fork0, fork = _per_question(start, band, "fork_"), _per_question(items, band, "fork_")
+            whole0, whole = per_question(start, band, ""), per_question(items, band, "")
+            fork0, fork = per_question(start, band, "fork_"), per_question(items, band, "fork_")
             if fork0 is None or fork is None or whole0 is None or whole is None:
                 continue
             change = _interval(whole - whole0)
@@ -276,6 +318,178 @@ def conditional_rows(
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ dose and NF4
+def load_measures(store: RunDir, cells: Mapping[tuple, Any]) -> tuple[dict[tuple, DoseResponse], dict[tuple, list]]:
+    """({(method, seed, pair, setting): DoseResponse}, {(method, seed, pair, setting): NF4 bin rows}) stored beside
+    the attack ``cells`` ((method, seed, pair, attack, setting) -> AttackResult) in their attacks_<setting>.json."""
+    doses, bins = {}, {}
+    for method, seed, pair, setting in dict.fromkeys((k[0], k[1], k[2], k[4]) for k in cells):
+        payload = read_json(store.method_dir(method, seed, pair) / f"attacks_{setting}.json")
+        if payload.get("relearn_dose"):
+            doses[(method, seed, pair, setting)] = DoseResponse.from_dict(payload["relearn_dose"])
+        if payload.get("nf4_bins"):
+            bins[(method, seed, pair, setting)] = payload["nf4_bins"]
+    return doses, bins
+
+
+def dose_cells(doses: Mapping[tuple, DoseResponse]) -> dict[tuple, AttackResult]:
+    """The dose–responses as attack cells, one per step count: (method, seed, pair, ``relearn@k``, setting) ->
+    ``DoseResponse.at(k)``."""
+    return {(m, s, p, f"relearn@{k}", setting): d.at(k) for (m, s, p, setting), d in doses.items() for k in d.steps}
+
+
+def _conditional_share(run: Mapping[str, Any]) -> float:
+    """A run's conditional recovery from its (resampled) held-out items {"before": leaks, "after": leaks}."""
+    before = np.asarray(run["heldout"]["before"], dtype=float)
+    after = np.asarray(run["heldout"]["after"], dtype=float)
+    keep = (before == 0) & ~np.isnan(after)
+    return float((after[keep] > 0).mean()) if keep.any() else math.nan
+
+
+def _dose_per_item(result: AttackResult, reference: AttackResult | None, facts: Mapping[str, str]) -> dict:
+    """Per held-out item (by ``index``): fact leak before / after, the reference's after (NaN without one), the
+    target log-prob before / after."""
+    after = {int(it["index"]): it for it in result.after}
+    index = sorted(after)
+    before = {int(it["index"]): it for it in result.before}
+    ref = {int(it["index"]): it for it in reference.after} if reference is not None else {}
+
+    def column(items: Mapping[int, dict], measure) -> np.ndarray:
+        return np.array([measure(items[i]) if i in items else math.nan for i in index], dtype=float)
+
+    leak = lambda it: leaks([it], facts)[0]  # noqa: E731
+    logprob = lambda it: stats.item_values([it], "target_logprob")[0]  # noqa: E731
+    return {
+        "before": column(before, leak),
+        "after": column(after, leak),
+        "reference_after": column(ref, leak),
+        "logprob_before": column(before, logprob),
+        "logprob_after": column(after, logprob),
+    }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def _conditional_interval(runs: Mapping[tuple, dict]) -> tuple[float, float, float]:
+    """(value, ci_low, ci_high) of conditional recovery over ``runs`` ({(seed, pair): per-item arrays}): the mean
+    over runs of each run's share, items resampled within runs and runs across seeds and pairs."""
+    data = {k: {"heldout": {"before": v["before"], "after": v["after"]}} for k, v in runs.items()}
+    if not data or not any(np.any(v["heldout"]["before"] == 0) for v in data.values()):
+        return math.nan, math.nan, math.nan
+    try:
+        iv = stats.interval(data, _conditional_share, design=design_of(data))
+    except ValueError:  # runs with different numbers of held-out items: no joint item resampling
+        return math.nan, math.nan, math.nan
+    return iv.value, iv.ci_low, iv.ci_high
+
+
+def dose_rows(doses: Mapping[tuple, DoseResponse], facts: Mapping[str, str]) -> list[dict]:
+    """Rows of ``relearn_dose.csv``: one per method × seed × pair × setting × step count, then one ``mean`` row per
+    method × setting × step count (``DOSE_COLUMNS``)."""
+    cells = dose_cells(doses)
+    informative = informative_attacks(cells, facts)
+    rows, by_mean = [], {}
+    for key, result in cells.items():
+        method, seed, pair, attack, setting = key
+        per = _dose_per_item(result, find_reference(cells, key, REFERENCE), facts)
+        gap = _interval(per["after"] - per["reference_after"])
+        share = _conditional_interval({(seed, pair): per})
+        found = conditional_recovery(per["before"], per["after"])
+        flag = informative.get((attack, setting))
+        row = {
+            "method": method,
+            "seed": "" if seed is None else seed,
+            "pair_seed": pair,
+            "setting": setting,
+            "step": int(attack.split("@", 1)[1]),
+            "lr": result.info.get("lr"),
+            "n_items": len(per["after"]),
+            "fact_leak_before": _nanmean(per["before"]),
+            "fact_leak_after": _nanmean(per["after"]),
+            "recovered": _nanmean(per["after"] - per["before"]),
+            "spurious_gap": gap[0],
+            "ci_low": gap[1],
+            "ci_high": gap[2],
+            "target_logprob_before": _nanmean(per["logprob_before"]),
+            "target_logprob_after": _nanmean(per["logprob_after"]),
+            "n_not_leaked_before": found["n_not_leaked_before"],
+            "n_recovered": found["n_recovered"],
+            "conditional_recovery": share[0],
+            "conditional_ci_low": share[1],
+            "conditional_ci_high": share[2],
+            "informative": "" if flag is None else flag,
+        }
+        rows.append(row)
+        by_mean.setdefault((method, setting, row["step"]), []).append((row, per))
+    return rows + [_dose_mean_row(runs) for runs in by_mean.values()]
+
+
+def _dose_mean_row(runs: Sequence[tuple[dict, dict]]) -> dict:
+    """The ``mean`` row of one method × setting × step count: means over its runs, intervals over items and
+    runs."""
+    first = runs[0][0]
+    per_run = {(row["seed"], row["pair_seed"]): per for row, per in runs}
+    gaps = {k: v["after"] - v["reference_after"] for k, v in per_run.items()}
+    gaps = {k: v for k, v in gaps.items() if np.isfinite(v).any()}
+    gap = (math.nan, math.nan, math.nan)
+    if gaps and len({v.size for v in gaps.values()}) == 1:
+        iv = stats.interval(gaps, design=design_of(gaps))
+        gap = (iv.value, iv.ci_low, iv.ci_high)
+    share = _conditional_interval(per_run)
+    row = {k: first[k] for k in ("method", "setting", "step", "lr", "informative")}
+    row |= {"seed": "mean", "pair_seed": "", "n_items": sum(r["n_items"] for r, _ in runs)}
+    for column in ("fact_leak_before", "fact_leak_after", "recovered", "target_logprob_before", "target_logprob_after"):
+        row[column] = _nanmean(np.array([r[column] for r, _ in runs], dtype=float))
+    for column in ("n_not_leaked_before", "n_recovered"):
+        row[column] = sum(r[column] for r, _ in runs)
+    row |= {"spurious_gap": gap[0], "ci_low": gap[1], "ci_high": gap[2]}
+    row |= {"conditional_recovery": share[0], "conditional_ci_low": share[1], "conditional_ci_high": share[2]}
+    return row
+
+
+def nf4_rows(bins: Mapping[tuple, list]) -> list[dict]:
+    """Rows of ``nf4_bins.csv``: the stored ``nf4_bin_table`` of every unlearned model, keyed by its cell."""
+    return [
+        {"method": m, "seed": "" if s is None else s, "pair_seed": p, "setting": setting, **row}
+        for (m, s, p, setting), table in bins.items()
+        for row in table
+    ]
+
+
+def _quant4_recovered(cells: Mapping[tuple, Any], facts: Mapping[str, str]) -> dict[tuple, float]:
+    """{(method, seed, pair, setting): the fact leak recovered under quant4 (after − before)}."""
+    out = {}
+    for (method, seed, pair, attack, setting), result in cells.items():
+        if attack == "quant4":
+            per = _dose_per_item(result, None, facts)
+            out[(method, "" if seed is None else seed, pair, setting)] = _nanmean(per["after"] - per["before"])
+    return out
+
+
+def write_dose(store: RunDir, cells: Mapping[tuple, Any], facts: Mapping[str, str]) -> dict[str, Any]:
+    """Write relearn_dose.csv and nf4_bins.csv from what the attacks stored beside ``cells`` (each only where there
+    is something to write: a stale one from an earlier run in the directory is removed), and
+    plots/relearn_dose.png; returns their rows and the quant4 recovery the NF4 table sits beside."""
+    doses, bins = load_measures(store, cells)
+    out = {"relearn_dose": dose_rows(doses, facts), "nf4_bins": nf4_rows(bins)}
+    for name, columns in (("relearn_dose", DOSE_COLUMNS), ("nf4_bins", NF4_COLUMNS)):
+        path = store.path(f"{name}.csv")
+        if out[name]:
+            write_text(path, rows_csv(out[name], columns))
+        else:
+            path.unlink(missing_ok=True)
+    figure = store.path("plots") / "relearn_dose.png"
+    figure.unlink(missing_ok=True)
+    means = [r for r in out["relearn_dose"] if r["seed"] == "mean"]
+    out["dose_plot"] = plots.plot_relearn_dose(means, figure, reference=REFERENCE) if means else None
+    out["quant4_recovered"] = _quant4_recovered(cells, facts)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ the run's files
 def run_facts(splits) -> dict[str, str]:
     """{question: fact} of the run's forget and retain evaluation items (records' own facts, else the committed
@@ -294,8 +508,9 @@ def write_instruments(
     cells: Mapping[tuple, Any] | None = None,
     informative: Mapping | None = None,
 ) -> dict[str, Any]:
-    """Write leak_at_k.csv, squeeze.csv, facts.csv and (with attack ``cells``) conditional_recovery.csv; returns
-    their rows and the lines of the table.md section (``lines``)."""
+    """Write leak_at_k.csv, squeeze.csv, facts.csv and (with attack ``cells``) conditional_recovery.csv, and
+    relearn_dose.csv / nf4_bins.csv where the attacks recorded them (``write_dose``); returns their rows and the
+    lines of the table.md sections (``lines``)."""
     leak_rows, squeeze, fact_rows = [], [], []
     for label in labels:
         runs: dict[tuple, list[dict]] = {}
@@ -332,7 +547,8 @@ def write_instruments(
         informative = informative if informative is not None else informative_attacks(cells, facts)
         out["conditional_recovery"] = conditional_rows(cells, facts, informative)
         write_text(store.path("conditional_recovery.csv"), rows_csv(out["conditional_recovery"], CONDITIONAL_COLUMNS))
-    out["lines"] = table_lines(out)
+    out |= write_dose(store, cells or {}, facts)
+    out["lines"] = table_lines(out) + dose_lines(out) + nf4_lines(out)
     return out
 
 
@@ -416,4 +632,81 @@ def table_lines(out: Mapping[str, Any]) -> list[str]:
                 f"{r['n_not_leaked_before']} | {_fmt(r, 'conditional_recovery', 'ci_low', 'ci_high')} | "
                 f"{flag} |"
             )
+    return [*lines, ""]
+
+
+def dose_lines(out: Mapping[str, Any]) -> list[str]:
+    """The table.md section of the relearning dose–response: per method × setting (the ``mean`` rows), the fact
+    leak after each step count with its spurious gap, then conditional recovery."""
+    means = [r for r in out.get("relearn_dose") or [] if r["seed"] == "mean"]
+    if not means:
+        return []
+    steps = sorted({r["step"] for r in means})
+    keys = list(dict.fromkeys((r["method"], r["setting"]) for r in means))
+    cell = {(r["method"], r["setting"], r["step"]): r for r in means}
+    header = ["| method | setting | before | " + " | ".join(f"k={k}" for k in steps) + " |"]
+    header.append("|---|---|---|" + "---|" * len(steps))
+    lines = [
+        "## Relearning against dose",
+        "",
+        f"Relearning at a constant lr of {means[0]['lr']:g} (docs/theory.md §9): every model, the retain model "
+        "included, takes the same k optimizer steps on the same batches of the attack half; the held-out half is "
+        "scored after each k. Means over runs; 95 % intervals over items and runs. Not verdict rows; "
+        "relearn_dose.csv holds every run" + (", plots/relearn_dose.png the curves." if out.get("dose_plot") else "."),
+        "",
+        "Fact leak after k steps (gap: − the retain model's after the same k steps):",
+        "",
+        *header,
+    ]
+    for method, setting in keys:
+        texts = []
+        for k in steps:
+            r = cell.get((method, setting, k))
+            texts.append(
+                "–"
+                if r is None
+                else f"{stats.format_number(r['fact_leak_after'])} (gap {_fmt(r, 'spurious_gap', 'ci_low', 'ci_high')})"
+            )
+        before = cell[(method, setting, next(k for k in steps if (method, setting, k) in cell))]["fact_leak_before"]
+        lines.append(f"| {method} | {setting} | {stats.format_number(before)} | " + " | ".join(texts) + " |")
+    lines += ["", "Conditional recovery after k steps (of the items not leaking before, the share leaking after):", ""]
+    lines += header
+    for method, setting in keys:
+        texts = [
+            _fmt(r, "conditional_recovery", "conditional_ci_low", "conditional_ci_high") if r else "–"
+            for r in (cell.get((method, setting, k)) for k in steps)
+        ]
+        before = next(cell[(method, setting, k)] for k in steps if (method, setting, k) in cell)["n_not_leaked_before"]
+        lines.append(f"| {method} | {setting} | {before} not leaking | " + " | ".join(texts) + " |")
+    silent = sorted({r["step"] for r in means if r["informative"] is False})
+    if silent:
+        lines += ["", f"Uninformative (the original model leaks no held-out item): k = {', '.join(map(str, silent))}."]
+    return [*lines, ""]
+
+
+def nf4_lines(out: Mapping[str, Any]) -> list[str]:
+    """The table.md section of the NF4 bins: the ``all`` row of every unlearned model beside the fact leak that the
+    quant4 attack gives back to it."""
+    rows = [r for r in out.get("nf4_bins") or [] if r["layer"] == "all"]
+    if not rows:
+        return []
+    recovered = out.get("quant4_recovered") or {}
+    lines = [
+        "## The unlearning update against the NF4 bin",
+        "",
+        "Over every Linear layer 4-bit loading quantises (docs/theory.md §9): the RMS and the largest update "
+        "|Δ| from the original model, the share of weights with |Δ| below half their NF4 bin, and the share whose "
+        "NF4 code is the original's (near 1: quantization can undo the unlearning); beside it, the fact leak the "
+        "quant4 attack gives back (after − before). nf4_bins.csv holds every layer.",
+        "",
+        "| method | seed | setting | Δ rms | Δ max | below half a bin | same NF4 code | quant4 recovered |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        back = recovered.get((r["method"], r["seed"], r["pair_seed"], r["setting"]))
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['setting']} | {r['delta_rms']:.3g} | {r['delta_max_abs']:.3g} | "
+            f"{r['share_rounded_away']:.3f} | {r['share_same_code']:.3f} | "
+            f"{'– (not run)' if back is None else stats.format_number(back)} |"
+        )
     return [*lines, ""]

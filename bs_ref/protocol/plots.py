@@ -7,7 +7,10 @@
   SEQ1, SEQ2). Squeezing shows as a band that rises while the target falls; a band a curve lacks is not drawn.
   With n > 1 runs: the mean over runs and a shaded 95 % interval (items and runs resampled at every step);
 - ``plot_tradeoff_curves``: forgetting (target drop, fact-leak rate, log10 FQ, Mem) against model utility;
-  with n > 1 runs the means over runs with 95 % error bars in both directions.
+  with n > 1 runs the means over runs with 95 % error bars in both directions;
+- ``plot_relearn_dose``: relearning as a dose–response (docs/theory.md §9): per setting, the fact leak of the
+  held-out half and the conditional recovery against the number of relearning steps, one line per method, the
+  retain model (the control) dashed, 95 % intervals shaded.
 
 The intervals come from ``bs_ref.protocol.uncertainty`` (``bs_ref.protocol.stats``); one run is drawn as a plain line
 (its item-only interval is in the tables).
@@ -239,3 +242,56 @@ def _errors(intervals: Sequence, values: Sequence[float], sign: float) -> np.nda
 def _curves_have(curves: dict[str, Sequence[dict]], key: str) -> bool:
     source = "target_logprob" if key == "target_drop" else key
     return any(math.isfinite(number(p.get(source))) for c in curves.values() for p in c)
+
+
+def plot_relearn_dose(rows: Sequence[dict], path: str | Path, reference: str = "retrain"):
+    """Per setting two panels, the fact leak after k relearning steps and the conditional recovery, against k
+    (evenly spaced, labelled with k), one line per method with its 95 % interval shaded, the ``reference``
+    (retain) model dashed; ``rows``: the ``mean`` rows of ``relearn_dose.csv``. None when matplotlib is missing or
+    there is nothing to draw."""
+    plt = pyplot()
+    if plt is None or not rows:
+        return None
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    steps = sorted({int(r["step"]) for r in rows})
+    panels = (
+        ("fact_leak_after", None, None, "fact leak after k steps"),  # its CSV interval is the gap's, not drawn
+        ("conditional_recovery", "conditional_ci_low", "conditional_ci_high", "conditional recovery"),
+    )
+    fig, axes = plt.subplots(len(settings), 2, figsize=(9.0, 3.2 * len(settings)), squeeze=False, sharex=True)
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    for s_i, setting in enumerate(settings):
+        for p_i, (column, low, high, label) in enumerate(panels):
+            ax = axes[s_i][p_i]
+            for m_i, method in enumerate(methods):
+                mine = sorted((r for r in rows if r["setting"] == setting and r["method"] == method), key=_step)
+                if not mine:
+                    continue
+                xs = [steps.index(_step(r)) for r in mine]
+                ys = np.array([number(r.get(column)) for r in mine])
+                ref = method == reference
+                color = "k" if ref else cmap(m_i % cmap.N)
+                ax.plot(xs, ys, "--" if ref else "-", color=color, marker=".", label=method)
+                if low is not None:
+                    lows = np.array([number(r.get(low)) for r in mine])
+                    highs = np.array([number(r.get(high)) for r in mine])
+                    if np.isfinite(lows).any():
+                        ax.fill_between(xs, lows, highs, color=color, alpha=0.12, linewidth=0)
+            ax.set_xticks(range(len(steps)), [str(k) for k in steps])
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{label} ({setting})", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[s_i][0].set_ylabel("share of held-out items", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("relearning steps k", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=8, bbox_to_anchor=(0.5, 1.06))
+    fig.suptitle(
+        f"Relearning against dose (mean over runs; {reference} dashed; 95 % interval shaded)", y=1.11, fontsize=10
+    )
+    return save_figure(fig, path)
+
+
+def _step(row: dict) -> int:
+    return int(row["step"])

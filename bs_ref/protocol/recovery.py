@@ -14,6 +14,15 @@ For every unlearning seed and model pair, the original model and the retain mode
 are attacked too, with the same relearning split (drawn from the seed) and the same prompts: the retain model
 under an attack is the control of the spurious gap, the original model its upper bound.
 
+Two measures ride along (docs/theory.md §9, "Recovery against dose, and quantization's regime"), neither a verdict:
+``--relearn-steps`` runs relearning as a dose–response (``bs_ref.attacks.dose``) on every attacked model, the
+references included, with the seed's split and batches, at ``--relearn-lr`` (default: the relearning lr ÷ 10); and
+whenever ``quant4`` is asked for (``--attacks all`` included, even where bitsandbytes is missing and the attack
+itself is skipped: they need no bitsandbytes) each unlearned model's update is compared with the NF4 bin width of
+its pair's original model, layer by layer (``bs_ref.attacks.nf4``). Both are stored in the attack payload under
+``relearn_dose`` and ``nf4_bins``, their settings in its identity; ``bs_ref.protocol.instruments`` writes
+``relearn_dose.csv`` and ``nf4_bins.csv``.
+
 Each attacked model's results go to ``methods/<method>/seed<k>/attacks_<setting>.json`` with the attack settings
 they were computed under; a rerun keeps those whose settings match and computes the rest (a finished method
 whose end model is no longer in memory is replayed to its last step). The report (``recovery_report``) writes
@@ -35,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from bs_ref import attacks
-from bs_ref.attacks import AttackResult
+from bs_ref.attacks import AttackResult, RelearnDose, nf4_bin_table, relearn_dose
+from bs_ref.attacks.nf4 import NF4_BLOCKSIZE
 from bs_ref.attacks.prompts import PROMPT_ATTACKS
 from bs_ref.attacks.quantize import INSTALL, QUANT_ATTACKS, bitsandbytes_available
 from bs_ref.protocol import pair_training, recovery_table, stats
@@ -82,6 +92,21 @@ class AttackConfig:
         identity=False,
     )
     attack_epochs: int = arg(1, "relearning epochs on the attack half of each forget author's items", identity=False)
+    relearn_steps: list[int] = arg(
+        help="relearning as a dose-response (docs/theory.md §9): score the held-out half after each of these numbers "
+        "of optimizer steps (e.g. 0 1 2 4 8) on every attacked model, the references included; relearn_dose.csv. "
+        "Default: off",
+        factory=list,
+        identity=False,
+    )
+    relearn_lr: float | None = arg(
+        None,
+        "constant learning rate of the dose-response (default: the relearning lr, --attack-lr or the pair's, ÷ 10)",
+        identity=False,
+    )
+    relearn_samples: int = arg(
+        0, "sampled answers per held-out item at each step count of the dose-response (any-of-N leak)", identity=False
+    )
 
     def wanted(self) -> list[str]:
         """The attack names asked for, before checking what is installed (``all`` expanded, ``none`` empty)."""
@@ -105,6 +130,19 @@ class AttackConfig:
     def settings(self) -> list[str]:
         """The settings attacked: ["end"], ["matched"] or both."""
         return ["end", "matched"] if self.attack_at == "both" else [self.attack_at]
+
+    def nf4_bins(self) -> bool:
+        """Whether the NF4 bins of every unlearned model are measured: whenever ``quant4`` is asked for (``all``
+        included), bitsandbytes or not (the measure is pure torch)."""
+        return "quant4" in attacks.expand_attacks(self.wanted())
+
+    def dose(self, lr: float, batch_size: int, num_threads: int | None = None) -> RelearnDose | None:
+        """The dose–response's training (None without ``--relearn-steps``): ``--relearn-lr``, by default the
+        relearning ``lr`` ÷ 10, and the relearning attack's ``batch_size``."""
+        if not self.relearn_steps:
+            return None
+        steps = tuple(int(k) for k in self.relearn_steps)
+        return RelearnDose(self.relearn_lr or lr / 10, steps, batch_size=batch_size, num_threads=num_threads)
 
 
 def problems(cfg: AttackConfig) -> list[str]:
@@ -133,6 +171,20 @@ def problems(cfg: AttackConfig) -> list[str]:
         out.append(f"--attack-lr must be a positive number, got {cfg.attack_lr}")
     if cfg.attack_epochs < 1:
         out.append(f"--attack-epochs must be >= 1, got {cfg.attack_epochs}")
+    return out + dose_problems(cfg)
+
+
+def dose_problems(cfg: AttackConfig) -> list[str]:
+    """The problems of the dose–response flags (``--relearn-steps``, ``--relearn-lr``, ``--relearn-samples``)."""
+    out, steps = [], list(cfg.relearn_steps)
+    if any(k < 0 for k in steps) or len(set(steps)) != len(steps):
+        out.append(f"--relearn-steps {' '.join(map(str, steps))} must be distinct step counts >= 0 (e.g. 0 1 2 4 8)")
+    if steps and cfg.attacks == ["none"]:
+        out.append("--relearn-steps runs with the recovery attacks: drop --attacks none (or --relearn-steps)")
+    if cfg.relearn_lr is not None and not (math.isfinite(cfg.relearn_lr) and cfg.relearn_lr > 0):
+        out.append(f"--relearn-lr must be a positive number, got {cfg.relearn_lr}")
+    if cfg.relearn_samples < 0:
+        out.append(f"--relearn-samples must be >= 0, got {cfg.relearn_samples}")
     return out
 
 
@@ -167,7 +219,10 @@ class Attacker:
     """Runs the attacks of one run on the models it is given and stores their results per cell.
 
     ``labels``: the attack labels (``AttackConfig.labels``); ``common``: what every attacked model shares, also the
-    identity under which results are kept (``identity``)."""
+    identity under which results are kept (``identity``). ``dose``: the relearning dose–response run on every
+    attacked model (None: off), with ``dose_samples`` sampled answers per item; ``nf4``: measure the NF4 bins of
+    every unlearned model against ``original``, the pair's original model (skipped without it). Their settings
+    join the identity."""
 
     def __init__(
         self,
@@ -176,12 +231,19 @@ class Attacker:
         tokenizer,
         common: AttackSettings,
         num_threads: int | None = None,
+        *,
+        dose: RelearnDose | None = None,
+        dose_samples: int = 0,
+        nf4: bool = False,
+        original=None,
     ) -> None:
         self.labels = list(labels)
         self.records = list(forget_records)
         self.tokenizer = tokenizer
         self.num_threads = num_threads
         self.common = common
+        self.dose, self.dose_samples = dose, dose_samples
+        self.nf4, self.original = nf4, original
 
     def identity(self, setting: str, level: float | None = None) -> dict:
         """What a stored result must have been computed under to be kept."""
@@ -191,6 +253,19 @@ class Attacker:
             **dataclasses.asdict(self.common),
             "any_of_n": "relearn only",
         }
+        if self.dose is not None:
+            d = self.dose
+            out["relearn_dose"] = {
+                "lr": d.lr,
+                "lr_schedule": "constant",
+                "steps": list(d.schedule),
+                "batch_size": d.batch_size,
+                "weight_decay": d.weight_decay,
+                "max_length": d.max_length,
+                "samples": self.dose_samples,
+            }
+        if self.nf4:
+            out["nf4_bins"] = {"blocksize": NF4_BLOCKSIZE}
         return out | ({"level": round(float(level), 10)} if level is not None else {})
 
     def path(self, store: RunDir, label: str, seed: int, pair: int, setting: str):
@@ -219,15 +294,18 @@ class Attacker:
         announce: Callable[[str], None] | None = None,
     ) -> dict:
         """Every attack on ``model`` (a method's model after ``step`` steps, or a reference), saved to
-        ``attacks_<setting>.json``; the relearning split and the sampled answers are drawn from ``seed``, so the
-        references of the same seed are attacked on the same items. ``model`` is not changed. The payload keeps the
-        attacks' wall time (``timing``), which a resumed run reports as recorded."""
+        ``attacks_<setting>.json``, with the dose–response and the NF4 bins where they are on (``measures``); the
+        relearning split, the dose's batches and the sampled answers are drawn from ``seed``, so the references of
+        the same seed are attacked on the same items. ``model`` is not changed. The payload keeps the attacks' wall
+        time (``timing``), which a resumed run reports as recorded."""
         began = time.perf_counter()
         if announce:
             where = f" pair {pair}" if pair else ""
             announce(f"{label} seed {seed}{where}: attacks at {setting} ({', '.join(self.labels)})")
         with part(f"attacks: {label}"):
             results, skipped = self._run(label, seed, model)
+        seconds = {f"attacks: {label}": round(time.perf_counter() - began, 3)}
+        measures = self.measures(label, seed, model, seconds)
         payload = {
             "identity": self.identity(setting, level),
             "method": label,
@@ -237,10 +315,33 @@ class Attacker:
             "step": step,
             "skipped": skipped,
             "results": {a: by_model[label].as_dict() for a, by_model in results.items()},
-            "timing": {f"attacks: {label}": round(time.perf_counter() - began, 3)},
+            **measures,
+            "timing": seconds,
         }
         write_json(self.path(store, label, seed, pair, setting), payload)
         return payload
+
+    def measures(self, label: str, seed: int, model, seconds: dict[str, float]) -> dict[str, Any]:
+        """{"relearn_dose": the dose–response of ``model`` (``DoseResponse.as_dict``; every model, the references
+        included), "nf4_bins": its ``nf4_bin_table`` against the pair's original model (unlearned models only)},
+        each where it is on; the wall time of each goes to ``seconds`` (parts ``relearn dose: <label>``, ``nf4
+        bins: <label>``)."""
+        out: dict[str, Any] = {}
+        if self.dose is not None:
+            c, began = self.common, time.perf_counter()
+            decoding = attacks.Decoding(c.max_new_tokens, c.eval_batch_size, num_samples=self.dose_samples)
+            with part(f"relearn dose: {label}"):
+                found = relearn_dose(
+                    model, self.tokenizer, self.records, self.dose, template=c.template, seed=seed, decoding=decoding
+                )
+            out["relearn_dose"] = found.as_dict()
+            seconds[f"relearn dose: {label}"] = round(time.perf_counter() - began, 3)
+        if self.nf4 and self.original is not None and label not in REFERENCE_LABELS:
+            began = time.perf_counter()
+            with part(f"nf4 bins: {label}"):
+                out["nf4_bins"] = nf4_bin_table(self.original, model)
+            seconds[f"nf4 bins: {label}"] = round(time.perf_counter() - began, 3)
+        return out
 
     def _run(self, label: str, seed: int, model) -> tuple[dict, dict]:
         """({attack: {label: AttackResult}} in ``labels`` order, {attack: why it was skipped})."""
@@ -267,11 +368,18 @@ class Attacker:
 
 
 def make_attacker(
-    labels: Sequence[str], cfg: AttackConfig, evaluator: Evaluator, models: ModelConfig, batch_size: int
+    labels: Sequence[str],
+    cfg: AttackConfig,
+    evaluator: Evaluator,
+    models: ModelConfig,
+    batch_size: int,
+    original=None,
 ) -> Attacker | None:
     """The attacker of one model pair (None with ``--attacks none``), reading what it shares with the evaluation
     from ``evaluator``. Relearning trains at ``--attack-lr``, by default the learning rate and batch size the model
-    pair was fine-tuned with (a given checkpoint: TOFU's 1e-5 and the unlearning ``batch_size``)."""
+    pair was fine-tuned with (a given checkpoint: TOFU's 1e-5 and the unlearning ``batch_size``); the dose–response
+    at ``--relearn-lr``, by default that lr ÷ 10, with the same batch size. ``original``: the pair's original model,
+    the reference of the NF4 bins."""
     if not labels:
         return None
     if models.model:
@@ -289,7 +397,17 @@ def make_attacker(
         eval_batch_size=evaluator.cfg.eval_batch_size,
         num_samples=evaluator.cfg.leak_samples if splits.has_facts else 0,
     )
-    return Attacker(labels, splits.forget_train, evaluator.tokenizer, common, num_threads=models.threads)
+    return Attacker(
+        labels,
+        splits.forget_train,
+        evaluator.tokenizer,
+        common,
+        num_threads=models.threads,
+        dose=cfg.dose(common.lr, common.batch_size, models.threads),
+        dose_samples=cfg.relearn_samples,
+        nf4=cfg.nf4_bins(),
+        original=original if cfg.nf4_bins() else None,  # held for the run's replayed attacks too: only when used
+    )
 
 
 def attack_references(

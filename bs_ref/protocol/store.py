@@ -511,6 +511,9 @@ ADDED_LATER = {
     # earlier runs sampled no leak@k: such a directory resumes with --leak-k-samples 0, or is refused naming it
     "leak_k_samples": 0,
     "leak_k_items": FROM_CURRENT,
+    # earlier runs kept the first forget authors and unlearned for the whole budget (docs/theory.md §20)
+    "author_offset": 0,
+    "stop_at_fraction": None,
 }
 """Settings added to the identity after run directories were written without them, with the value those runs
 implicitly had (``FROM_CURRENT``: a setting that cannot have touched their numbers)."""
