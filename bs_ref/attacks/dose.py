@@ -34,7 +34,7 @@ from bs_ref.lora import is_lora_model
 from bs_ref.losses import nll_loss
 
 from ._common import SIZED_TO_ANSWERS, TOFU_ITEMS_PER_AUTHOR, AttackResult, evaluate_items, plain_copy
-from .relearn import RelearnSplit, relearn_split
+from .relearn import RelearnSplit, checked_split, relearn_split
 
 DOSE_STEPS = (0, 1, 2, 4, 8)
 """The default schedule of step counts."""
@@ -197,13 +197,7 @@ def relearn_dose(
     ``forget_records``; ``model`` is unchanged."""
     dose.check()
     records = list(forget_records)
-    split = split if split is not None else relearn_split(records, seed, per_author=per_author)
-    split.check(records)
-    if not split.attack or not split.heldout:
-        raise ValueError(
-            "the relearning split has an empty half (every author has a single item?); the attack needs authors "
-            "with at least two items"
-        )
+    split = checked_split(records, split, seed, per_author)
     heldout = [records[i] for i in split.heldout]
     evaluation = dict(template=template, indices=list(split.heldout), probes=True, decoding=decoding, seed=seed)
     before = evaluate_items(model, tokenizer, heldout, **evaluation) if evaluate_before else []

@@ -92,6 +92,21 @@ def relearn_split(records: Sequence[dict], seed: int, *, per_author: int = TOFU_
     return RelearnSplit(tuple(sorted(attack)), tuple(sorted(heldout)), tuple(authors), int(seed))
 
 
+def checked_split(
+    records: Sequence[dict], split: RelearnSplit | None, seed: int, per_author: int = TOFU_ITEMS_PER_AUTHOR
+) -> RelearnSplit:
+    """``split`` (or the one ``relearn_split`` draws from ``seed``), checked against ``records``; a ValueError when a
+    half is empty. Shared by the single-point attack and the dose–response (``bs_ref.attacks.dose``)."""
+    split = split if split is not None else relearn_split(records, seed, per_author=per_author)
+    split.check(records)
+    if not split.attack or not split.heldout:
+        raise ValueError(
+            "the relearning split has an empty half (every author has a single item?); the attack needs authors "
+            "with at least two items"
+        )
+    return split
+
+
 def relearn_attack(
     model,
     tokenizer,
@@ -114,13 +129,7 @@ def relearn_attack(
     the any-of-N leak. Returns an ``AttackResult`` whose items carry ``index`` = the record's position in
     ``forget_records``; ``model`` is unchanged (the fine-tuning runs on a deep copy, which is dropped)."""
     records = list(forget_records)
-    split = split if split is not None else relearn_split(records, seed, per_author=per_author)
-    split.check(records)
-    if not split.attack or not split.heldout:
-        raise ValueError(
-            "the relearning split has an empty half (every author has a single item?); the attack needs authors "
-            "with at least two items"
-        )
+    split = checked_split(records, split, seed, per_author)
     heldout = [records[i] for i in split.heldout]
     evaluation = dict(template=template, indices=list(split.heldout), probes=True, decoding=decoding, seed=seed)
     before = evaluate_items(model, tokenizer, heldout, **evaluation) if evaluate_before else []
