@@ -198,8 +198,8 @@ def test_annotator_on_hand_checked_tofu_items(excerpt_records):
 
 def test_committed_annotations_cover_the_excerpt_and_count_what_they_miss(excerpt_records):
     payload = __import__("json").loads(FACTS_FILE.read_text(encoding="utf-8"))
-    assert payload["n_annotated"] + payload["n_unannotated"] == payload["n_items"] == 100
-    assert payload["n_unannotated"] == len(payload["unannotated"]) == 63  # the items the rules cannot annotate
+    assert payload["n_annotated"] + payload["n_unannotated"] == payload["n_items"] == 500  # forget10, retain 0-99
+    assert payload["n_unannotated"] == len(payload["unannotated"]) == 308  # the items the rules cannot annotate
     annotations = load_annotations()
     for question, fact in HAND_CHECKED.items():
         assert annotations[question]["fact"] == fact

@@ -43,10 +43,11 @@ from .leakage import contains_fact, normalise
 FACTS_FILE = Path(__file__).resolve().parents[1] / "data" / "tofu_facts.json"
 """The committed annotations: {"format", "sources", "n_annotated", "n_unannotated", "facts": {question: entry}}."""
 FORMAT = "bs_ref.tofu_facts/1"
-TIER_SOURCES = (("forget10_perturbed", 0, 40), ("forget10_perturbed", 360, 380), ("retain_perturbed", 0, 40))
-"""What ``main`` annotates, (config, first row, end row): the first 40 forget10 items (the 2 authors of the
-smollm2_tofu tier), forget10 rows 360–379 (author 198, the committed excerpt's forget author) and the first 40
-retain items (the 2 retain authors the tier uses, also the excerpt's)."""
+TIER_SOURCES = (("forget10_perturbed", 0, 400), ("retain_perturbed", 0, 100))
+"""What ``main`` annotates, (config, first row, end row): all 400 forget10 items (its 20 authors: the first 2 are
+smollm2_tofu's, the first 5 tofu_fair's, any ``--author-offset`` picks among them, and rows 360–379 are the committed
+excerpt's author) and the first 100 retain items (the 5 retain authors the real-text tiers use; the first 2 are the
+excerpt's)."""
 
 OPEN = re.compile(
     r"^(how|why|describe|explain|discuss|in what way|to what extent|what (?:inspired|influence|impact|role|"
