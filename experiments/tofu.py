@@ -164,11 +164,12 @@ PRESETS = {
         **dict(band_samples=4, eval_batch_size=40, threads=1),
     },
     "tofu_fair": {
-        **dict(model_preset="smollm2_tofu", template="chat", max_authors=5, limit=100, precision="fp32"),
+        **dict(model_preset="smollm2_tofu", template="chat", max_authors=5, limit=100, utility_limit=20),
         **dict(methods=["original", "retrain", "ga", "npo", "ga_target_matched", "bs_t", "bs_s"], seeds=[0, 1, 2]),
-        **dict(lr=1e-4, epochs=8, batch_size=8, max_steps=60, eval_every=5, stop_at_fraction=1.0),
-        **dict(curve_items=16, curve_forget_items=0, band_samples=4, leak_k_samples=16, leak_k_items=0),
-        **dict(attack_at="end", eval_batch_size=40, threads=1),
+        **dict(lr=2e-4, epochs=8, batch_size=8, max_steps=30, eval_every=3, stop_at_fraction=1.0, precision="fp32"),
+        **dict(light_eval="logprob", curve_forget_items=0, band_samples=4, leak_k_samples=16, leak_k_items=0),
+        **dict(attacks=["relearn"], relearn_steps=[0, 2, 4, 8], attack_at="end", eval_batch_size=40, threads=1),
+        **dict(executor="processes", workers=2),
     },
 }
 """Defaults each preset changes (flag name: value); a flag given on the command line overrides its preset. Why
@@ -270,6 +271,7 @@ def run_job(run: Run, contexts: dict[int, PairContext], job: Job) -> None:
     with timing.part(f"unlearning: {label}"):
         model = unlearn(model, ctx.tokenizer, forget, retain, cfg, callback, accelerator)
     train_s = time.perf_counter() - began
+    ctx.evaluator.finish_curve(curve[-1], model)  # --light-eval logprob: the stopping point's belief bands
     per_split = ctx.evaluator.full(model, seed)
     agg = ctx.evaluator.aggregate(per_split)
     metrics = evaluate.summary_metrics(agg) | {

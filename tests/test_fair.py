@@ -56,12 +56,18 @@ def cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory, cache) -> Path:
+def stopped(tmp_path_factory, cache) -> tuple[Path, dict]:
+    """(run directory, report) of a smoke run stopped at a declared depth, light evaluations as the tier's."""
     out = tmp_path_factory.mktemp("fair") / "run"
     argv = ["--preset", "smoke", "--stop-at-fraction", "0.5", "--eval-every", "1", "--epochs", "8"]
-    argv += ["--methods", *METHODS, "--attacks", "none", "--out", str(out), "--cache-dir", str(cache)]
-    tofu.main([*argv, "--no-progress"])
-    return out
+    argv += ["--light-eval", "logprob", "--methods", *METHODS, "--attacks", "none"]
+    report = tofu.main([*argv, "--out", str(out), "--cache-dir", str(cache), "--no-progress"])
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def stopped_run(stopped) -> Path:
+    return stopped[0]
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -115,6 +121,28 @@ def test_the_primary_table_the_labels_and_the_censored_method_kept(stopped_run):
     assert "Positive control" in table and "squeeze" in table
 
 
+def test_the_bands_are_scored_at_step_0_and_at_the_stopping_point_only(stopped_run):
+    for label in ("ga", "bs_t"):
+        curve = json.loads((stopped_run / "methods" / label / "seed0" / "result.json").read_text())["curve"]
+        assert len(curve) > 2
+        with_bands = [p["step"] for p in curve if "band_high_after_fork" in p]
+        assert with_bands == [0, curve[-1]["step"]]  # --light-eval logprob: where the endpoints read them
+        assert "band_high_fork_sum" in curve[-1]["items"]["forget"] and curve[1]["model_utility"] is None
+
+
+def test_the_terminal_summary_of_a_fair_run_gives_the_declared_contrasts(stopped):
+    out, report = stopped
+    text = tofu.terminal_summary(report)
+    primary = _csv(out / "primary.csv")
+    assert "Primary contrasts (declared: docs/theory.md §20" in text
+    assert "positive control" in text or "the squeeze is absent on this tier" in text
+    for row in primary:
+        line = next(x for x in text.splitlines() if x.strip().startswith(row["name"] + ":"))
+        assert f"δ {float(row['margin']):g}" in line and row["verdict"] in line
+    assert "at the end of training" not in text  # the default comparisons give way to the declared ones
+    assert "run(s) censored at the budget" in text  # simnpo never reaches the level
+
+
 def test_a_run_without_the_flag_writes_no_fair_files(tmp_path, cache):
     out = tmp_path / "run"
     argv = ["--preset", "smoke", "--methods", "original", "retrain", "ga", "--epochs", "1", "--attacks", "none"]
@@ -147,8 +175,30 @@ def test_the_tofu_fair_preset_declares_the_tier():
     preset = tofu.PRESETS["tofu_fair"]
     assert preset["stop_at_fraction"] == 1.0 and preset["max_steps"] and preset["seeds"] == [0, 1, 2]
     assert {"ga", "npo", "ga_target_matched", "bs_t", "bs_s", "original", "retrain"} == set(preset["methods"])
-    assert preset["max_authors"] * data.QA_PER_AUTHOR_TOFU >= 100 and preset["curve_items"] > 2
+    assert preset["max_authors"] * data.QA_PER_AUTHOR_TOFU >= 100 and preset["utility_limit"] >= 20
+    assert preset["light_eval"] == "logprob"  # the stopping rule and the after-fork endpoint need no answer
     assert preset["precision"] == "fp32" and preset["attack_at"] == "end"
+
+
+def test_utility_limit_trims_the_utility_splits_only(tofu_dir):
+    full = data.load_data(data.DataConfig(data=str(tofu_dir), max_authors=1))
+    trimmed = data.load_data(data.DataConfig(data=str(tofu_dir), max_authors=1, utility_limit=3))
+    assert trimmed.evaluation["forget"] == full.evaluation["forget"] and len(full.evaluation["forget"]) > 3
+    for split in ("retain", "real_authors", "world_facts"):
+        assert trimmed.evaluation[split] == full.evaluation[split][:3]
+    assert data.problems(data.DataConfig(utility_limit=0)) == ["--utility-limit must be >= 1, got 0"]
+
+
+def test_a_list_flag_given_without_a_value_turns_the_presets_list_off():
+    from bs_ref.protocol import recovery
+
+    preset = tofu.parse_args(["--preset", "tofu_fair", "--attacks", "none"])
+    assert preset.attacks.relearn_steps == [0, 2, 4, 8]
+    assert any("give --relearn-steps with no value" in p for p in recovery.problems(preset.attacks))
+    cleared = tofu.parse_args(["--preset", "tofu_fair", "--attacks", "none", "--relearn-steps"])
+    assert cleared.attacks.relearn_steps == [] and recovery.problems(cleared.attacks) == []
+    with pytest.raises(SystemExit):  # a list without an empty default still needs a value
+        tofu.parse_args(["--seeds"])
 
 
 def test_author_offset_keeps_the_next_authors():

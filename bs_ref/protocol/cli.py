@@ -463,12 +463,15 @@ def _add(group, x: _Flag) -> None:
             if hidden:
                 group.add_argument(*hidden, dest=x.name, action=_Switch, default=x.default, help=argparse.SUPPRESS)
         return
-    if x.default is not None and not re.search(r"\(default\b", x.help):
+    empty_list = many and x.default == []  # given with no value, the flag clears a preset's list
+    if empty_list:
+        help_text += " (the flag with no value: none, e.g. to turn a preset's off)"
+    elif x.default is not None and not re.search(r"\(default\b", x.help):
         shown = " ".join(map(str, x.default)) if many else x.default
         help_text += f" (default: {shown})".replace("%", "%%")
     kwargs = dict(dest=x.name, type=_converter(base, optional), default=x.default, metavar=x.name.upper())
     if many:
-        kwargs["nargs"] = "+"
+        kwargs["nargs"] = "*" if empty_list else "+"
     group.add_argument(*options, help=help_text, **kwargs)
     if hidden:
         group.add_argument(*hidden, help=argparse.SUPPRESS, **kwargs)

@@ -54,6 +54,11 @@ class DataConfig:
         "authors; the retain authors stay the first ones)",
     )
     limit: int | None = arg(None, "evaluate at most N items per split")
+    utility_limit: int | None = arg(
+        None,
+        "evaluate at most N items of each utility split (retain, real_authors, world_facts; the first N), fewer "
+        "than --limit: what MU costs without touching the forget split",
+    )
     template: str = arg("plain", "prompt template: plain ('Question: ...\\nAnswer: ') | chat")
     n_authors: int | None = arg(None, "synthetic: number of fictitious authors")
     qa_per_author: int | None = arg(None, "synthetic: question/answer pairs per author")
@@ -96,7 +101,7 @@ def problems(cfg: DataConfig) -> list[str]:
         out.append(f"--forget {cfg.forget} is unknown; choose one of {', '.join(FORGET_SPLITS)}")
     if cfg.template not in TEMPLATES:
         out.append(f"--template {cfg.template} is unknown; choose one of {', '.join(TEMPLATES)}")
-    for name in ("max_authors", "limit", "n_authors", "qa_per_author", "n_world", "n_real"):
+    for name in ("max_authors", "limit", "utility_limit", "n_authors", "qa_per_author", "n_world", "n_real"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             out.append(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -159,6 +164,8 @@ def load_data(cfg: DataConfig) -> Data:
         evaluation[kind] = get(name)
     if cfg.limit is not None:
         evaluation = {k: v[: cfg.limit] for k, v in evaluation.items()}
+    if cfg.utility_limit is not None:
+        evaluation = {k: v if k == "forget" else v[: cfg.utility_limit] for k, v in evaluation.items()}
     has_facts = all("fact" in r for r in evaluation["forget"])
     info.update(
         n_forget_train=len(forget_train),

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bs_ref.files import read_json_object
+from bs_ref.generation import encode_pair, pad_token_id_of, score_answers
 from bs_ref.metrics.leakage import BANDS, BeliefBands, build_belief_bands, contains_fact, normalise, score_belief_bands
 from bs_ref.metrics.scores import (
     CONVENTIONS,
@@ -63,6 +64,8 @@ CURVE_METRICS = (
     "forget_truth_ratio",
 )
 """Aggregate numbers recorded at every evaluation during training (besides the log-probs)."""
+LIGHT_EVALS = ("answers", "logprob")
+"""``--light-eval``: greedy answers and every curve metric, or the teacher-forced log-probs only."""
 LEAK_K_SEED = 7919
 """Offset of the leak@k sampling seed from the unlearning seed (its samples are not the any-of-N ones)."""
 CURVE_ITEM_COLUMNS = {
@@ -92,6 +95,12 @@ class EvalConfig:
     """How models are evaluated (the same for every method)."""
 
     convention: str = arg("tofu", f"metric convention of bs_ref.metrics: {' | '.join(CONVENTIONS)}")
+    light_eval: str = arg(
+        "answers",
+        "what the light evaluations compute: answers (greedy answers and every curve metric) | logprob "
+        "(teacher-forced only: the forget answers' log-probs and the belief bands, what the stopping rule and the "
+        "after-fork endpoints read; no utility items, no generation; docs/theory.md §20)",
+    )
     curve_items: int = arg(16, "items per utility split in the light evaluations")
     curve_forget_items: int = arg(
         0, "forget items in the light evaluations; 0: all of them (matched fact-leak needs every item)"
@@ -117,6 +126,8 @@ def problems(cfg: EvalConfig) -> list[str]:
     out = []
     if cfg.convention not in CONVENTIONS:
         out.append(f"--convention {cfg.convention} is unknown; choose one of {', '.join(CONVENTIONS)}")
+    if cfg.light_eval not in LIGHT_EVALS:
+        out.append(f"--light-eval {cfg.light_eval} is unknown; choose one of {' | '.join(LIGHT_EVALS)}")
     if cfg.curve_items < 2:
         out.append(f"--curve-items must be >= 2, got {cfg.curve_items}")
     if cfg.curve_forget_items == 1 or cfg.curve_forget_items < 0:
@@ -250,80 +261,111 @@ class Evaluator:
     @timed("evaluation: curve")
     def curve_point(self, step: int, model) -> dict:
         """The light evaluation: log-probs of targets and bands on the curve items, and the aggregate
-        metrics on ``curve_items`` items per split (greedy answers, same budget as the full evaluation)."""
+        metrics on ``curve_items`` items per split (greedy answers, same budget as the full evaluation). With
+        ``--light-eval logprob``: the forget answers' log-probs only, and the belief bands at step 0 alone (the
+        run's last point gets them from ``finish_curve``)."""
         start = time.perf_counter()
-        per_split = evaluate(
-            model,
-            self.tokenizer,
-            self.curve_splits,
-            self.template,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.cfg.eval_batch_size,
-        )
-        retain_forget = None
-        if self.retain_forget_items is not None:
-            retain_forget = [self.retain_forget_items[i] for i in self.curve_index["forget"]]
-        agg = aggregate(per_split, retain_forget, self.cfg.convention, fluency_classifier=self.cfg.fluency_classifier)
-        point: dict[str, Any] = {"step": step}
-        point["target_logprob"] = float(np.mean([-it["nll_answer"] for it in per_split["forget"]]))
-        scores = None
-        if self.bands is not None:
-            targets = [self.curve_splits["forget"][row]["answer"] for row in self.band_rows]
-            scores = score_belief_bands(
+        if self.cfg.light_eval == "logprob":
+            per_split = {"forget": self._forget_logprobs(model)}
+            retain_forget, agg = None, {}
+        else:
+            per_split = evaluate(
                 model,
                 self.tokenizer,
-                self.bands,
+                self.curve_splits,
+                self.template,
+                max_new_tokens=self.max_new_tokens,
                 batch_size=self.cfg.eval_batch_size,
-                per_question=True,
-                fork_targets=targets,
             )
-            for band in BANDS:
-                point[f"band_{band}_logprob"] = scores.get(band)
-            for band in BANDS:  # the continuation after the fork from the target (docs/theory.md §16)
-                point[f"band_{band}_after_fork"] = scores.get(f"{band}_after_fork")
+            retain_forget = None
+            if self.retain_forget_items is not None:
+                retain_forget = [self.retain_forget_items[i] for i in self.curve_index["forget"]]
+            agg = aggregate(
+                per_split, retain_forget, self.cfg.convention, fluency_classifier=self.cfg.fluency_classifier
+            )
+        point: dict[str, Any] = {"step": step}
+        point["target_logprob"] = float(np.mean([-it["nll_answer"] for it in per_split["forget"]]))
         agg["fact_leak"] = agg.get("fact_leak_rate")
         for key in CURVE_METRICS:
             point[key] = agg.get(key)
-        point["items"] = self.curve_items(per_split, retain_forget, scores, with_retain=step == 0)
+        point["items"] = self.curve_items(per_split, retain_forget, with_retain=step == 0)
         point["eval_s"] = time.perf_counter() - start
+        if self.cfg.light_eval != "logprob" or step == 0:
+            self.add_bands(point, model)
         return point
 
+    def finish_curve(self, point: dict, model) -> None:
+        """The belief bands of a run's last light evaluation ``point`` (``model`` is that point's) where
+        ``curve_point`` left them out (``--light-eval logprob``): the stopping point is where the after-fork
+        endpoint reads them (docs/theory.md §20). A point that has them, or a step-0 point, is left as it is."""
+        if point["step"] > 0 and self.cfg.light_eval == "logprob":
+            self.add_bands(point, model)
+
+    @timed("evaluation: curve")
+    def add_bands(self, point: dict, model) -> None:
+        """Score the belief bands on ``model`` into ``point`` (a ``curve_point`` of the same model): each band's
+        mean log-prob and its continuation after the fork from the target (docs/theory.md §16), and per forget
+        question ``band_<b>_sum``/``_count`` and ``band_<b>_fork_sum``/``_fork_count`` (0 and 0 for a question
+        without candidates). Nothing when the original model gave no band candidates."""
+        if self.bands is None:
+            return
+        start = time.perf_counter()
+        targets = [self.curve_splits["forget"][row]["answer"] for row in self.band_rows]
+        scores = score_belief_bands(
+            model,
+            self.tokenizer,
+            self.bands,
+            batch_size=self.cfg.eval_batch_size,
+            per_question=True,
+            fork_targets=targets,
+        )
+        for band in BANDS:
+            point[f"band_{band}_logprob"] = scores.get(band)
+        for band in BANDS:  # the continuation after the fork from the target (docs/theory.md §16)
+            point[f"band_{band}_after_fork"] = scores.get(f"{band}_after_fork")
+        forget, n = point["items"].setdefault("forget", {}), len(self.curve_splits["forget"])
+        for band in BANDS:
+            for suffix, key in (("", band), ("_fork", f"{band}_after_fork")):
+                entry = scores.get("per_question", {}).get(key)
+                if entry is None:
+                    continue
+                sums, counts = np.zeros(n), np.zeros(n, dtype=int)
+                sums[self.band_rows], counts[self.band_rows] = entry["sum"], entry["count"]
+                forget[f"band_{band}{suffix}_sum"], forget[f"band_{band}{suffix}_count"] = (
+                    sums.tolist(),
+                    counts.tolist(),
+                )
+        point["eval_s"] = point.get("eval_s", 0.0) + time.perf_counter() - start
+
+    def _forget_logprobs(self, model) -> list[dict]:
+        """``--light-eval logprob``: per curve forget item, only ``nll_answer`` (the answer's mean token NLL,
+        teacher-forced, as the full evaluation scores it); nothing generated."""
+        records = self.curve_splits["forget"]
+        encoded = [encode_pair(self.tokenizer, r["question"], r["answer"], self.template) for r in records]
+        pad = pad_token_id_of(self.tokenizer)
+        scores = score_answers(model, [p for p, _ in encoded], [a for _, a in encoded], pad, self.cfg.eval_batch_size)
+        return [{"index": i, "nll_answer": s.mean_nll} for i, s in enumerate(scores)]
+
     def curve_items(
-        self,
-        per_split: dict[str, list[dict]],
-        retain_forget: list[dict] | None,
-        scores: dict | None,
-        with_retain: bool = False,
+        self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None, with_retain: bool = False
     ) -> dict[str, dict[str, list]]:
-        """The per-item columns of one light evaluation (``CURVE_ITEM_COLUMNS``, the bands per forget question;
-        ``with_retain``: the retain model's forget truth ratios too)."""
+        """The per-item columns of one light evaluation (``CURVE_ITEM_COLUMNS``; ``with_retain``: the retain
+        model's forget truth ratios too). The bands' columns come from ``add_bands``."""
+        out: dict[str, dict[str, list]] = {}
+        if self.cfg.light_eval == "logprob":  # only the answers' log-probs were scored
+            out["forget"] = {"nll_answer": [float(it["nll_answer"]) for it in per_split["forget"]]}
+            return out
         columns = tofu_columns(
             per_split,
             self.cfg.convention,
             retain_forget=retain_forget if with_retain else None,
             fluency_classifier=self.cfg.fluency_classifier,
         )
-        out = {}
         for split, table in columns.items():
             wanted = CURVE_ITEM_COLUMNS["forget" if split == "forget" else "utility"]
             out[split] = {c: table[c].tolist() for c in wanted if c in table}
-        forget = out.get("forget", {})
         if with_retain and "retain_truth_ratio" in columns.get("forget", {}):
-            forget["retain_truth_ratio"] = columns["forget"]["retain_truth_ratio"].tolist()
-        if scores is not None and "per_question" in scores:
-            n = len(per_split["forget"])
-            for band in BANDS:
-                sums, counts = np.zeros(n), np.zeros(n, dtype=int)
-                entry = scores["per_question"][band]
-                sums[self.band_rows], counts[self.band_rows] = entry["sum"], entry["count"]
-                forget[f"band_{band}_sum"], forget[f"band_{band}_count"] = sums.tolist(), counts.tolist()
-            for band in BANDS:
-                entry = scores["per_question"].get(f"{band}_after_fork")
-                if entry is None:
-                    continue
-                sums, counts = np.zeros(n), np.zeros(n, dtype=int)
-                sums[self.band_rows], counts[self.band_rows] = entry["sum"], entry["count"]
-                forget[f"band_{band}_fork_sum"], forget[f"band_{band}_fork_count"] = sums.tolist(), counts.tolist()
+            out["forget"]["retain_truth_ratio"] = columns["forget"]["retain_truth_ratio"].tolist()
         return out
 
     def build_bands(self, original_model) -> BeliefBands | None:

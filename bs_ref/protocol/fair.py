@@ -438,6 +438,29 @@ def section_lines(
     return [*lines, "", *censoring_lines(stopping), ""]
 
 
+def summary_lines(fair_report: Mapping[str, Any]) -> list[str]:
+    """The terminal's block for a fair run (``write_fair``'s return): the positive control first, in one line, then
+    each declared contrast with its simultaneous interval, MDE, margin and Holm's verdict, and the censored runs."""
+    control = fair_report.get("control", [])
+    squeezing = [c["method"] for c in control if c["squeezes"]]
+    lines = ["Primary contrasts (declared: docs/theory.md §20; Holm over 4, simultaneous intervals; primary.csv):"]
+    if squeezing:
+        lines.append(f"  positive control: {' and '.join(m.upper() for m in squeezing)} squeeze after the fork")
+    else:
+        lines.append("  the squeeze is absent on this tier (positive control): the method comparison is uninformative")
+    for p in fair_report.get("primary", []):
+        interval = stats.format_interval(p["estimate"], p["ci_low"], p["ci_high"])
+        mde = stats.format_number(p["mde"])
+        lines.append(
+            f"    {p['name']}: {interval} {p['verdict']} (MDE {mde}, δ {p['margin']:g}; "
+            f"n = {p['n_seeds']} runs, {p['n_items']} items)"
+        )
+    censored = sum(1 for r in fair_report.get("stopping", []) if not r["reached"])
+    if censored:
+        lines.append(f"  {censored} run(s) censored at the budget (kept in every comparison; stopping.csv)")
+    return lines
+
+
 def censoring_lines(stopping: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each method's runs at the stopping rule: reached, censored at the budget (kept in every comparison), the
     median steps to the level (``≥``: a lower bound) and the mean target log-prob at the stop (stopping.csv)."""

@@ -180,7 +180,10 @@ def dose_problems(cfg: AttackConfig) -> list[str]:
     if any(k < 0 for k in steps) or len(set(steps)) != len(steps):
         out.append(f"--relearn-steps {' '.join(map(str, steps))} must be distinct step counts >= 0 (e.g. 0 1 2 4 8)")
     if steps and cfg.attacks == ["none"]:
-        out.append("--relearn-steps runs with the recovery attacks: drop --attacks none (or --relearn-steps)")
+        out.append(
+            "--relearn-steps runs with the recovery attacks: drop --attacks none, or give --relearn-steps with no "
+            "value (no dose-response; a preset's schedule included)"
+        )
     if cfg.relearn_lr is not None and not (math.isfinite(cfg.relearn_lr) and cfg.relearn_lr > 0):
         out.append(f"--relearn-lr must be a positive number, got {cfg.relearn_lr}")
     if cfg.relearn_samples < 0:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bs_ref import timing
-from bs_ref.protocol import plots, recovery_table, stats, uncertainty
+from bs_ref.protocol import fair, plots, recovery_table, stats, uncertainty
 from bs_ref.protocol.matched import (
     MATCH_MARGIN,
     MATCHED_CI_COLUMNS,
@@ -429,6 +429,9 @@ def terminal_summary(report: dict, max_lines: int = SUMMARY_MAX_LINES) -> str:
     shown = [c for c in PRIMARY_COMPARISONS if any(v["comparison"] == c for v in verdicts)]
     settings = list(dict.fromkeys(v["setting"] for v in verdicts))
     settings = settings[:1] + [s for s in settings[1:] if "target_drop" in s][:1] or settings[:2]
+    if report.get("fair"):  # a fair run: the declared contrasts replace the default comparisons
+        lines += fair.summary_lines(report["fair"])
+        shown, settings = [], []
     if shown:
         lines.append("Primary contrasts, A − B [95 % interval] (n = runs paired; every other one: verdict.csv):")
     for setting in settings:
@@ -446,7 +449,7 @@ def terminal_summary(report: dict, max_lines: int = SUMMARY_MAX_LINES) -> str:
                 cells.append(f"{_SHORT[measure]} {text}")
             if cells:
                 lines.append(f"    {comparison:<17} " + " | ".join(cells) + f" (n = {n})")
-    if not shown:
+    if not shown and not report.get("fair"):
         lines.append("No primary contrast: the run lacks the methods compared (BS-T, BS-S, GA×(1−λ), NPO).")
     parts = report.get("parts_s") or {}
     if report.get("timing"):

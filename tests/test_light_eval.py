@@ -1,0 +1,61 @@
+"""``--light-eval logprob``: the light evaluation without generation (docs/theory.md §20). Its target log-prob and
+belief bands (at step 0 and at the run's last point) are the ones the full light evaluation computes, it generates
+nothing, and it records no metric that needs an answer."""
+
+from __future__ import annotations
+
+import pytest
+from _tiny import FORGET, RETAIN, eval_records, fresh
+
+from bs_ref.metrics import scores
+from bs_ref.metrics.leakage import build_belief_bands
+from bs_ref.protocol import evaluate
+from bs_ref.protocol.data import Data
+
+
+def _evaluator(tiny, light_eval: str) -> evaluate.Evaluator:
+    _, tokenizer = fresh(tiny)
+    utility = eval_records(RETAIN[:4])
+    data = Data(
+        forget_train=FORGET,
+        retain_train=RETAIN,
+        evaluation={"forget": eval_records(FORGET), "retain": utility, "real_authors": utility},
+        has_facts=False,
+        info={},
+    )
+    cfg = evaluate.EvalConfig(light_eval=light_eval, curve_items=2, max_new_tokens=8, eval_batch_size=3)
+    return evaluate.Evaluator(cfg, data, tokenizer)
+
+
+def test_the_logprob_light_evaluation_scores_the_same_targets_and_bands_and_generates_nothing(tiny, monkeypatch):
+    model, tokenizer = fresh(tiny)
+    answers, logprob = _evaluator(tiny, "answers"), _evaluator(tiny, "logprob")
+    questions = [r["question"] for r in FORGET]
+    others = [[a for a in r["perturbed_answer"]] for r in eval_records(FORGET)]  # the model's other answers
+    bands = build_belief_bands(model, tokenizer, questions, others, batch_size=3)
+    answers.bands = logprob.bands = bands
+    full = answers.curve_point(3, model)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("--light-eval logprob generated an answer")
+
+    monkeypatch.setattr(scores, "generate_answers", no_generation)
+    light = logprob.curve_point(3, model)
+    assert "band_high_after_fork" not in light  # along the run: the target only
+    assert "band_high_after_fork" in logprob.curve_point(0, model)  # step 0: the bands every change starts from
+    logprob.finish_curve(light, model)  # the stopping point: its bands
+    assert light["target_logprob"] == pytest.approx(full["target_logprob"], abs=1e-12)
+    assert light["items"]["forget"]["nll_answer"] == pytest.approx(full["items"]["forget"]["nll_answer"], abs=1e-12)
+    for key in ("band_high_logprob", "band_high_after_fork", "band_low_after_fork"):
+        assert light[key] is not None and light[key] == full[key]
+    for column in ("band_high_fork_sum", "band_high_fork_count"):
+        assert light["items"]["forget"][column] == full["items"]["forget"][column]
+    for key in evaluate.CURVE_METRICS:  # nothing that needs an answer (or the utility items) is recorded
+        assert light[key] is None
+    assert set(light["items"]) == {"forget"}
+    assert full["forget_rouge"] is not None and set(full["items"]) == {"forget", "retain", "real_authors"}
+
+
+def test_an_unknown_light_evaluation_is_named_with_its_choices():
+    problems = evaluate.problems(evaluate.EvalConfig(light_eval="greedy"))
+    assert problems == ["--light-eval greedy is unknown; choose one of answers | logprob"]
