@@ -81,15 +81,26 @@ def pid_and_double(x: int) -> tuple[int, int]:
 
 
 def last_first(job: tuple[int, str]) -> tuple[int, int]:
-    """Job 0 finishes after the last job (it waits for that job's file), the others as they come."""
+    """Job 0 finishes after every other job's result has reached the driver (it waits for the ``<k>.delivered``
+    files that ``delivered`` writes there), the others as they come: no race between a finished job and its
+    result's way back, whatever the machine's load."""
     x, folder = job
-    last = len(list(Path(folder).glob("*.job"))) - 1
+    others = [Path(folder) / f"{k}.delivered" for k in range(len(list(Path(folder).glob("*.job")))) if k != 0]
     for _ in range(6000 if x == 0 else 0):
-        if (Path(folder) / f"{last}.done").exists():
+        if all(p.exists() for p in others):
             break
         time.sleep(0.05)
-    (Path(folder) / f"{x}.done").touch()
     return pid_and_double(x)
+
+
+def delivered(folder: Path, done: list):
+    """An ``on_done`` for ``last_first``: record the job and tell job 0 its result has arrived."""
+
+    def on_done(job, _result) -> None:
+        done.append(job[0])
+        (folder / f"{job[0]}.delivered").touch()
+
+    return on_done
 
 
 def diverge_at_one(x: int) -> int:
@@ -140,7 +151,7 @@ def test_ray_matches_local_in_job_order(ray, tmp_path) -> None:
     local = run_jobs(range(4), double)
     done = []
     jobs = [(x, str(tmp_path)) for x in range(4)]
-    remote = run_jobs(jobs, last_first, executor="ray", on_done=lambda job, _: done.append(job[0]))
+    remote = run_jobs(jobs, last_first, executor="ray", on_done=delivered(tmp_path, done))
     assert [y for y, _ in remote] == local == [0, 2, 4, 6]
     assert os.getpid() not in {pid for _, pid in remote}
     assert sorted(done) == [0, 1, 2, 3] and done[-1] == 0  # on_done as the jobs finish, job 0 last
@@ -155,7 +166,7 @@ def test_processes_match_local_in_job_order(tmp_path) -> None:
         (tmp_path / f"{x}.job").touch()
     done = []
     jobs = [(x, str(tmp_path)) for x in range(4)]
-    remote = run_jobs(jobs, last_first, executor="processes", workers=2, on_done=lambda job, _: done.append(job[0]))
+    remote = run_jobs(jobs, last_first, executor="processes", workers=2, on_done=delivered(tmp_path, done))
     assert [y for y, _ in remote] == run_jobs(range(4), double) == [0, 2, 4, 6]
     pids = {pid for _, pid in remote}
     assert os.getpid() not in pids and len(pids) == 2
