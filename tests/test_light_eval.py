@@ -56,6 +56,30 @@ def test_the_logprob_light_evaluation_scores_the_same_targets_and_bands_and_gene
     assert full["forget_rouge"] is not None and set(full["items"]) == {"forget", "retain", "real_authors"}
 
 
+def test_the_bands_light_evaluation_scores_the_bands_at_every_check_and_generates_nothing(tiny, monkeypatch):
+    model, tokenizer = fresh(tiny)
+    answers, banded = _evaluator(tiny, "answers"), _evaluator(tiny, "bands")
+    questions = [r["question"] for r in FORGET]
+    others = [[a for a in r["perturbed_answer"]] for r in eval_records(FORGET)]
+    answers.bands = banded.bands = build_belief_bands(model, tokenizer, questions, others, batch_size=3)
+    full = answers.curve_point(2, model)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("--light-eval bands generated an answer")
+
+    monkeypatch.setattr(scores, "generate_answers", no_generation)
+    light = banded.curve_point(2, model)  # a check along the run, not step 0 or the stop
+    assert light["target_logprob"] == pytest.approx(full["target_logprob"], abs=1e-12)
+    for key in ("band_high_logprob", "band_high_after_fork", "band_mid_after_fork", "band_low_after_fork"):
+        assert light[key] is not None and light[key] == full[key]
+    for column in ("band_high_fork_sum", "band_high_fork_count", "band_low_sum"):
+        assert light["items"]["forget"][column] == full["items"]["forget"][column]
+    before = dict(light)
+    banded.finish_curve(light, model)  # the point has its bands already: nothing is scored twice
+    assert light["eval_s"] == before["eval_s"]
+    assert all(light[key] is None for key in evaluate.CURVE_METRICS) and set(light["items"]) == {"forget"}
+
+
 def test_an_unknown_light_evaluation_is_named_with_its_choices():
     problems = evaluate.problems(evaluate.EvalConfig(light_eval="greedy"))
-    assert problems == ["--light-eval greedy is unknown; choose one of answers | logprob"]
+    assert problems == ["--light-eval greedy is unknown; choose one of answers | logprob | bands"]

@@ -82,6 +82,11 @@ def test_settings_added_later_take_the_value_earlier_runs_had():
     assert upgrade_identity(old, current | {"reduction": "token"})["reduction"] == "row"
     assert upgrade_identity(old, current | {"leak_k_samples": 32})["leak_k_samples"] == 0
     assert upgrade_identity(old) == old  # nothing to compare with: nothing added
+    # before --light-eval and --utility-limit: answers at every light evaluation, every utility item
+    later = old | {"light_eval": "answers", "utility_limit": None}
+    assert upgrade_identity(old, later) == later
+    assert upgrade_identity(old, later | {"utility_limit": 20})["utility_limit"] is None  # refused: 20 != None
+    assert upgrade_identity(old, later | {"light_eval": "logprob"})["light_eval"] == "answers"
 
 
 def test_interrupted_message_says_what_is_kept_and_how_to_resume(tmp_path):

@@ -64,8 +64,11 @@ CURVE_METRICS = (
     "forget_truth_ratio",
 )
 """Aggregate numbers recorded at every evaluation during training (besides the log-probs)."""
-LIGHT_EVALS = ("answers", "logprob")
-"""``--light-eval``: greedy answers and every curve metric, or the teacher-forced log-probs only."""
+LIGHT_EVALS = ("answers", "logprob", "bands")
+"""``--light-eval``: greedy answers and every curve metric; the teacher-forced log-probs only (bands at step 0 and
+at the stop); or those log-probs with the belief bands at every check (the squeeze along the trajectory)."""
+TEACHER_FORCED = ("logprob", "bands")
+"""The light evaluations that generate nothing and score only the forget answers (and the bands)."""
 LEAK_K_SEED = 7919
 """Offset of the leak@k sampling seed from the unlearning seed (its samples are not the any-of-N ones)."""
 CURVE_ITEM_COLUMNS = {
@@ -98,8 +101,9 @@ class EvalConfig:
     light_eval: str = arg(
         "answers",
         "what the light evaluations compute: answers (greedy answers and every curve metric) | logprob "
-        "(teacher-forced only: the forget answers' log-probs and the belief bands, what the stopping rule and the "
-        "after-fork endpoints read; no utility items, no generation; docs/theory.md §20)",
+        "(teacher-forced only: the forget answers' log-probs, and the belief bands at step 0 and at the stop, what the "
+        "stopping rule and the after-fork endpoints read; no utility items, no generation; docs/theory.md §20) | "
+        "bands (logprob with the belief bands at every check: the after-fork squeeze along the trajectory)",
     )
     curve_items: int = arg(16, "items per utility split in the light evaluations")
     curve_forget_items: int = arg(
@@ -263,9 +267,10 @@ class Evaluator:
         """The light evaluation: log-probs of targets and bands on the curve items, and the aggregate
         metrics on ``curve_items`` items per split (greedy answers, same budget as the full evaluation). With
         ``--light-eval logprob``: the forget answers' log-probs only, and the belief bands at step 0 alone (the
-        run's last point gets them from ``finish_curve``)."""
+        run's last point gets them from ``finish_curve``); ``--light-eval bands``: those log-probs and the bands at
+        every check."""
         start = time.perf_counter()
-        if self.cfg.light_eval == "logprob":
+        if self.cfg.light_eval in TEACHER_FORCED:
             per_split = {"forget": self._forget_logprobs(model)}
             retain_forget, agg = None, {}
         else:
@@ -290,7 +295,7 @@ class Evaluator:
             point[key] = agg.get(key)
         point["items"] = self.curve_items(per_split, retain_forget, with_retain=step == 0)
         point["eval_s"] = time.perf_counter() - start
-        if self.cfg.light_eval != "logprob" or step == 0:
+        if self.cfg.light_eval != "logprob" or step == 0:  # logprob: bands at step 0 and (finish_curve) the stop
             self.add_bands(point, model)
         return point
 
@@ -352,7 +357,7 @@ class Evaluator:
         """The per-item columns of one light evaluation (``CURVE_ITEM_COLUMNS``; ``with_retain``: the retain
         model's forget truth ratios too). The bands' columns come from ``add_bands``."""
         out: dict[str, dict[str, list]] = {}
-        if self.cfg.light_eval == "logprob":  # only the answers' log-probs were scored
+        if self.cfg.light_eval in TEACHER_FORCED:  # only the answers' log-probs were scored
             out["forget"] = {"nll_answer": [float(it["nll_answer"]) for it in per_split["forget"]]}
             return out
         columns = tofu_columns(

@@ -514,6 +514,9 @@ ADDED_LATER = {
     # earlier runs kept the first forget authors and unlearned for the whole budget (docs/theory.md §20)
     "author_offset": 0,
     "stop_at_fraction": None,
+    # earlier runs generated answers at every light evaluation and kept every utility item
+    "light_eval": "answers",
+    "utility_limit": None,
 }
 """Settings added to the identity after run directories were written without them, with the value those runs
 implicitly had (``FROM_CURRENT``: a setting that cannot have touched their numbers)."""
