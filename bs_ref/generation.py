@@ -193,8 +193,15 @@ def score_answers(
     answers: Sequence[Sequence[int]],
     pad_token_id: int,
     batch_size: int = 32,
+    share_prompts: bool = False,
 ) -> list[AnswerScores]:
-    """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, batched, de-duplicated, no grad."""
+    """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, batched, de-duplicated, no grad.
+
+    ``share_prompts``: each distinct prompt runs once and its answers continue from its KV cache
+    (``_score_shared``) instead of every answer re-reading its prompt. The math is the same; the floating point
+    is not bit-identical (other matmul shapes; of order 1e-5 in a token log-prob). It pays where several answers
+    share a prompt (TOFU: the answer, its paraphrase and the perturbed answers of one question) and needs a model
+    whose forward takes a cache and position ids (a model without them is scored row by row)."""
     if len(prompts) != len(answers):
         raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers; pass one prompt per answer")
     keys = [(tuple(int(t) for t in p), tuple(int(t) for t in a)) for p, a in zip(prompts, answers)]
@@ -202,41 +209,125 @@ def score_answers(
         if not p or not a:
             raise ValueError("every candidate needs a non-empty prompt and a non-empty answer (empty string given?)")
     unique = list(dict.fromkeys(keys))
-    order = sorted(range(len(unique)), key=lambda i: -(len(unique[i][0]) + len(unique[i][1])))
-    device = model_device(model)
     was_training = model.training
     model.eval()
-    results: dict[tuple, AnswerScores] = {}
-    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     try:
-        for chunk in batches(order, batch_size):
-            rows = [unique[i] for i in chunk]
-            width = max(len(p) + len(a) for p, a in rows)
-            input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            answer_mask = torch.zeros((len(rows), width), dtype=torch.bool)  # positions holding answer tokens
-            for r, (p, a) in enumerate(rows):
-                seq = list(p) + list(a)
-                input_ids[r, : len(seq)] = torch.tensor(seq)
-                attention[r, : len(seq)] = 1
-                answer_mask[r, len(p) : len(seq)] = True
-            # Logits only from the first position that predicts an answer token (saves the prompt's share of
-            # the [B, T, V] logits); position t predicts token t + 1.
-            first = min(len(p) for p, _ in rows) - 1
-            kwargs = {"logits_to_keep": width - first} if keeps_logits else {}
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
-            logits = logits[:, -(width - first) :]
-            predict = answer_mask[:, first + 1 :].to(device)
-            z = logits[:, :-1][predict].float()
-            targets = input_ids[:, first + 1 :].to(device)[predict]
-            token_logprobs = z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
-            matches = z.argmax(-1) == targets
-            lengths = predict.sum(1).tolist()
-            for key, lp, m in zip(rows, token_logprobs.split(lengths), matches.split(lengths)):
-                results[key] = AnswerScores(lp.double().cpu().numpy(), m.cpu().numpy())
+        shared = share_prompts and _cache_argument(model) is not None
+        results = (_score_shared if shared else _score_rows)(model, unique, pad_token_id, batch_size)
     finally:
         model.train(was_training)
     return [results[k] for k in keys]
+
+
+def _score_rows(model, unique: list[tuple], pad_token_id: int, batch_size: int) -> dict[tuple, AnswerScores]:
+    """``score_answers`` row by row: each (prompt, answer) its own right-padded row, longest first."""
+    order = sorted(range(len(unique)), key=lambda i: -(len(unique[i][0]) + len(unique[i][1])))
+    device = model_device(model)
+    results: dict[tuple, AnswerScores] = {}
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    for chunk in batches(order, batch_size):
+        rows = [unique[i] for i in chunk]
+        width = max(len(p) + len(a) for p, a in rows)
+        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        answer_mask = torch.zeros((len(rows), width), dtype=torch.bool)  # positions holding answer tokens
+        for r, (p, a) in enumerate(rows):
+            seq = list(p) + list(a)
+            input_ids[r, : len(seq)] = torch.tensor(seq)
+            attention[r, : len(seq)] = 1
+            answer_mask[r, len(p) : len(seq)] = True
+        # Logits only from the first position that predicts an answer token (saves the prompt's share of
+        # the [B, T, V] logits); position t predicts token t + 1.
+        first = min(len(p) for p, _ in rows) - 1
+        kwargs = {"logits_to_keep": width - first} if keeps_logits else {}
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
+        logits = logits[:, -(width - first) :]
+        predict = answer_mask[:, first + 1 :].to(device)
+        z = logits[:, :-1][predict].float()
+        targets = input_ids[:, first + 1 :].to(device)[predict]
+        token_logprobs = z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+        matches = z.argmax(-1) == targets
+        lengths = predict.sum(1).tolist()
+        for key, lp, m in zip(rows, token_logprobs.split(lengths), matches.split(lengths)):
+            results[key] = AnswerScores(lp.double().cpu().numpy(), m.cpu().numpy())
+    return results
+
+
+def _cache_argument(model) -> str | None:
+    """The name under which ``model.forward`` takes a KV cache ("cache", or "past_key_values" in older
+    ``transformers``), or None when it takes neither, or no position ids, by name (then prompts are not shared)."""
+    parameters = inspect.signature(model.forward).parameters
+    if "position_ids" not in parameters:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def _score_shared(model, unique: list[tuple], pad_token_id: int, batch_size: int) -> dict[tuple, AnswerScores]:
+    """``score_answers`` with each distinct prompt run once. A batch holds whole prompts, longest first, with at
+    most ``batch_size`` answers in all (a prompt with more answers is a batch of its own): the prompts run
+    left-padded (position ids from the mask, as in generation) and give their KV cache and the logit at their
+    last position, which predicts every answer's first token; the cache is repeated once per answer and the
+    answers run right-padded after it, at positions continuing each prompt's own length."""
+    by_prompt: dict[tuple, list[int]] = {}
+    for i, (p, _) in enumerate(unique):
+        by_prompt.setdefault(p, []).append(i)
+    results: dict[tuple, AnswerScores] = {}
+    batch: list[tuple] = []
+    for p in sorted(by_prompt, key=lambda q: -len(q)):
+        if batch and sum(len(by_prompt[q]) for q in batch) + len(by_prompt[p]) > batch_size:
+            results |= _score_prompt_batch(model, unique, {q: by_prompt[q] for q in batch}, pad_token_id)
+            batch = []
+        batch.append(p)
+    if batch:
+        results |= _score_prompt_batch(model, unique, {q: by_prompt[q] for q in batch}, pad_token_id)
+    return results
+
+
+def _score_prompt_batch(model, unique: list[tuple], answers_of: dict[tuple, list[int]], pad_token_id: int) -> dict:
+    """The scores of one batch of ``_score_shared``: ``answers_of`` maps each prompt to its answers' indices in
+    ``unique``."""
+    device, cache_name = model_device(model), _cache_argument(model)
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    prompt_ids, prompt_mask = left_pad(list(answers_of), pad_token_id)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    head = model(
+        input_ids=prompt_ids.to(device),
+        attention_mask=prompt_mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=True,
+        **({"logits_to_keep": 1} if keeps_logits else {}),
+    )
+    cache = getattr(head, "cache", None) or head.past_key_values
+    owner = [k for k, rows in enumerate(answers_of.values()) for _ in rows]  # the prompt of every answer row
+    chosen = [i for rows in answers_of.values() for i in rows]
+    owner_index = torch.tensor(owner, device=device)
+    cache.batch_select_indices(owner_index)  # one copy of its prompt's cache per answer row
+    width = max(len(unique[i][1]) for i in chosen)
+    answer_ids = torch.full((len(chosen), width), pad_token_id, dtype=torch.long)
+    answer_mask = torch.zeros((len(chosen), width), dtype=torch.long)
+    for r, i in enumerate(chosen):
+        answer_ids[r, : len(unique[i][1])] = torch.tensor(unique[i][1])
+        answer_mask[r, : len(unique[i][1])] = 1
+    rows_mask = prompt_mask.to(device)[owner_index]
+    tail = model(
+        input_ids=answer_ids.to(device),
+        attention_mask=torch.cat([rows_mask, answer_mask.to(device)], dim=1),
+        position_ids=rows_mask.sum(1, keepdim=True) + torch.arange(width, device=device)[None],
+        use_cache=False,
+        **{cache_name: cache},
+    )
+    # position t of a row predicts answer token t: the prompt's last logit, then the answer's own but its last
+    logits = torch.cat([head.logits[:, -1:][owner_index], tail.logits[:, :-1]], dim=1)
+    predict = answer_mask.bool().to(device)
+    z = logits[predict].float()
+    targets = answer_ids.to(device)[predict]
+    token_logprobs = z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    matches = z.argmax(-1) == targets
+    lengths = predict.sum(1).tolist()
+    return {
+        unique[i]: AnswerScores(lp.double().cpu().numpy(), m.cpu().numpy())
+        for i, lp, m in zip(chosen, token_logprobs.split(lengths), matches.split(lengths))
+    }
 
 
 def mean_logprobs(

@@ -288,3 +288,35 @@ def test_mean_logprobs_marks_zero_length_answers_nan_and_matches_score_answers()
     assert math.isnan(scores[1]) and -1e-6 < scores[0] <= 0.0  # the script's own answer: log-prob ~ 0
     (full,) = score_answers(model, [prompt], [answer], tok.pad_token_id)
     assert scores[0] == float(full.token_logprobs.mean()) and full.argmax_matches.all()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_scoring_gives_the_row_by_row_scores(attention):
+    """``share_prompts``: each prompt runs once and its answers continue from its cache. On a random 2-layer Llama,
+    prompts of different lengths with 1 to 6 answers each (one prompt with more answers than a batch holds, one
+    repeated pair, answers of 1 to 7 tokens) score as row by row to floating point, in the caller's order."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, attn_implementation=attention,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    prompts, answers = [], []
+    for n_answers, prompt_len in ((3, 5), (6, 9), (1, 2), (4, 7), (2, 9)):
+        prompt = torch.randint(1, 97, (prompt_len,), generator=gen).tolist()
+        for _ in range(n_answers):
+            prompts.append(prompt)
+            answers.append(
+                torch.randint(1, 97, (int(torch.randint(1, 8, (1,), generator=gen)),), generator=gen).tolist()
+            )
+    prompts.append(prompts[4])
+    answers.append(answers[4])  # a repeated pair: scored once, returned twice
+    rows = score_answers(model, prompts, answers, pad_token_id=0, batch_size=5)
+    shared = score_answers(model, prompts, answers, pad_token_id=0, batch_size=5, share_prompts=True)
+    assert len(shared) == len(rows)
+    for a, b in zip(rows, shared):
+        assert b.token_logprobs.shape == a.token_logprobs.shape
+        assert b.token_logprobs == pytest.approx(a.token_logprobs, abs=1e-5)
+        assert (b.argmax_matches == a.argmax_matches).all()
+    assert shared[-1].token_logprobs.tolist() == shared[4].token_logprobs.tolist()

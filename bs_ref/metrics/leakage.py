@@ -248,6 +248,7 @@ def score_belief_bands(
     batch_size: int = 32,
     per_question: bool = False,
     fork_targets: Sequence[str] | None = None,
+    share_prompts: bool = False,
 ) -> dict:
     """Mean token log-prob under ``model`` of every band's candidates (mean over all question/candidate
     pairs in the band), plus the target answers' when ``answers`` is given (key ``target``).
@@ -261,7 +262,9 @@ def score_belief_bands(
     ``per_question``: also ``out["per_question"][name] = {"sum": [...], "count": [...]}``, one entry per
     question of ``bands`` (in order): the sum of the mean token log-probs of that question's candidates in the
     band and their number (0 and 0 for a question with none), so the band mean can be resampled with the
-    questions (Σ sum / Σ count over all questions is the pooled mean above, up to rounding)."""
+    questions (Σ sum / Σ count over all questions is the pooled mean above, up to rounding).
+
+    ``share_prompts``: a question's candidates continue from one run of its prompt (``score_answers``)."""
     flat_q = [q for q, row in zip(bands.questions, bands.candidates) for _ in row]
     flat_a = [a for row in bands.candidates for a in row]
     flat_band = [b for row in bands.band for b in row]
@@ -271,7 +274,7 @@ def score_belief_bands(
         flat_band += ["target"] * len(answers)
     pairs = [encode_pair(tokenizer, q, a, bands.template) for q, a in zip(flat_q, flat_a)]
     pad = pad_token_id_of(tokenizer)
-    scores = score_answers(model, [p for p, _ in pairs], [a for _, a in pairs], pad, batch_size)
+    scores = score_answers(model, [p for p, _ in pairs], [a for _, a in pairs], pad, batch_size, share_prompts)
     logprobs = np.array([-s.mean_nll for s in scores])  # as _mean_logprobs
     labels = np.array(flat_band)
     out = {}

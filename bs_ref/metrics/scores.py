@@ -419,6 +419,7 @@ def evaluate_split(
     template: str = "plain",
     decoding: Decoding | None = None,
     seed: int = 0,
+    share_prompts: bool = False,
     **settings,
 ) -> list[dict]:
     """Per-item results of one split (the item format in the module docstring).
@@ -431,12 +432,13 @@ def evaluate_split(
     phrasing; on the forget split also the fact in the greedy answer to ``paraphrased_question`` and in
     any of ``decoding.num_samples`` sampled answers (seeded by ``seed``; extra generations, so only where leakage
     is measured). ``decoding`` (default ``Decoding()``: 200 new tokens, batches of 32) and ``settings`` (its
-    fields by name, e.g. ``max_new_tokens=64``) as for ``bs_ref.generation.generate``.
+    fields by name, e.g. ``max_new_tokens=64``) as for ``bs_ref.generation.generate``. ``share_prompts``: the
+    candidates of a question continue from one run of its prompt (``bs_ref.generation.score_answers``).
     """
     decoding = decoding_with(decoding, **settings)
     _check_records(records, kind)
     has_facts = all("fact" in r for r in records)
-    by_item = _score_candidates(model, tokenizer, records, kind, template, decoding.batch_size)
+    by_item = _score_candidates(model, tokenizer, records, kind, template, decoding.batch_size, share_prompts)
 
     # Greedy answers (and, for leakage, answers to the paraphrased question and N samples). The extra
     # generations (paraphrased question, samples) are leakage probes: forget split only.
@@ -464,7 +466,9 @@ def evaluate_split(
     return items
 
 
-def _score_candidates(model, tokenizer, records, kind: str, template: str, batch_size: int) -> list[dict]:
+def _score_candidates(
+    model, tokenizer, records, kind: str, template: str, batch_size: int, share_prompts: bool = False
+) -> list[dict]:
     """Per item, {role: [(scores, answer ids), ...]}: the teacher-forced scores of every candidate (answer,
     paraphrased answer, held-out answer, perturbed answers; roles are the record's text fields), one batched
     pass in which each distinct candidate runs once."""
@@ -478,7 +482,7 @@ def _score_candidates(model, tokenizer, records, kind: str, template: str, batch
         candidates.extend((i, "perturbed_answer", wrong) for wrong in rec["perturbed_answer"])
     encoded = [encode_pair(tokenizer, records[i]["question"], text, template) for i, _, text in candidates]
     pad = pad_token_id_of(tokenizer)
-    scores = score_answers(model, [p for p, _ in encoded], [a for _, a in encoded], pad, batch_size)
+    scores = score_answers(model, [p for p, _ in encoded], [a for _, a in encoded], pad, batch_size, share_prompts)
     by_item: list[dict[str, list[tuple[AnswerScores, list[int]]]]] = [{} for _ in records]
     for (i, role, _), s, (_, ids) in zip(candidates, scores, encoded):
         by_item[i].setdefault(role, []).append((s, ids))

@@ -517,6 +517,7 @@ ADDED_LATER = {
     # earlier runs generated answers at every light evaluation and kept every utility item
     "light_eval": "answers",
     "utility_limit": None,
+    "share_prompts": False,
 }
 """Settings added to the identity after run directories were written without them, with the value those runs
 implicitly had (``FROM_CURRENT``: a setting that cannot have touched their numbers)."""
