@@ -64,6 +64,9 @@ CURVE_METRICS = (
     "forget_truth_ratio",
 )
 """Aggregate numbers recorded at every evaluation during training (besides the log-probs)."""
+LEAK_K_TOKENS = ("longest", "answer")
+"""``--leak-k-tokens``: the leak@k samples' token budget, the greedy one (the longest reference answer + 8, or
+``--max-new-tokens``) for every item, or each item's own reference answer + 8 (never more than the greedy one)."""
 LIGHT_EVALS = ("answers", "logprob", "bands")
 """``--light-eval``: greedy answers and every curve metric; the teacher-forced log-probs only (bands at step 0 and
 at the stop); or those log-probs with the belief bands at every check (the squeeze along the trajectory)."""
@@ -126,6 +129,12 @@ class EvalConfig:
         "final evaluation, docs/theory.md §15); 0: no leak@k",
     )
     leak_k_items: int = arg(8, "leak@k: forget items sampled (spread over the split; 0: all annotated items)")
+    leak_k_tokens: str = arg(
+        "longest",
+        "leak@k samples' token budget: longest (the greedy budget, every item alike) | answer (each item's own "
+        "reference answer + 8 tokens, at most the greedy budget: a fact counts only where a sample states it within "
+        "about its reference answer's length; each item sampled on its own, seeded by its index)",
+    )
     fluency_classifier: str | None = arg(
         None, "local text-classification checkpoint for Fluency (default: offline proxy)"
     )
@@ -136,6 +145,8 @@ def problems(cfg: EvalConfig) -> list[str]:
     out = []
     if cfg.convention not in CONVENTIONS:
         out.append(f"--convention {cfg.convention} is unknown; choose one of {', '.join(CONVENTIONS)}")
+    if cfg.leak_k_tokens not in LEAK_K_TOKENS:
+        out.append(f"--leak-k-tokens {cfg.leak_k_tokens} is unknown; choose one of {' | '.join(LEAK_K_TOKENS)}")
     if cfg.light_eval not in LIGHT_EVALS:
         out.append(f"--light-eval {cfg.light_eval} is unknown; choose one of {' | '.join(LIGHT_EVALS)}")
     if cfg.curve_items < 2:
@@ -233,22 +244,43 @@ class Evaluator:
         if not chosen:
             return {}
         records = [self.data.evaluation["forget"][i] for i in chosen]
-        samples = generate_answers(
-            model,
-            self.tokenizer,
-            [r["question"] for r in records],
-            self.template,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.cfg.eval_batch_size,
-            num_samples=self.cfg.leak_k_samples,
-            temperature=1.0,
-            seed=seed + LEAK_K_SEED,
-        )
+        if self.cfg.leak_k_tokens == "answer":
+            samples = [self._leak_k_samples(model, i, record, seed) for i, record in zip(chosen, records)]
+        else:
+            samples = generate_answers(
+                model,
+                self.tokenizer,
+                [r["question"] for r in records],
+                self.template,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.cfg.eval_batch_size,
+                num_samples=self.cfg.leak_k_samples,
+                temperature=1.0,
+                seed=seed + LEAK_K_SEED,
+            )
         fact = [self.facts[r["question"]] for r in records]
         return {
             i: {"n": len(row), "c": sum(contains_fact(text, f) for text in row)}
             for i, row, f in zip(chosen, samples, fact)
         }
+
+    def _leak_k_samples(self, model, index: int, record: dict, seed: int) -> list[str]:
+        """``--leak-k-tokens answer``: the leak@k samples of forget item ``index`` alone, within its own reference
+        answer + 8 tokens (at most the greedy budget), seeded by the unlearning seed and the item's index (so an
+        item's samples do not depend on which other items are sampled)."""
+        budget = min(self.max_new_tokens, max_answer_tokens(self.tokenizer, [record]))
+        (row,) = generate_answers(
+            model,
+            self.tokenizer,
+            [record["question"]],
+            self.template,
+            max_new_tokens=budget,
+            batch_size=self.cfg.eval_batch_size,
+            num_samples=self.cfg.leak_k_samples,
+            temperature=1.0,
+            seed=seed + LEAK_K_SEED + 1 + index,
+        )
+        return row
 
     def aggregate(self, per_split: dict[str, list[dict]], retain_forget: list[dict] | None = None) -> dict:
         """The summary numbers of per-item results (FQ against the retain model's forget items)."""

@@ -518,6 +518,7 @@ ADDED_LATER = {
     "light_eval": "answers",
     "utility_limit": None,
     "share_prompts": False,
+    "leak_k_tokens": "longest",
 }
 """Settings added to the identity after run directories were written without them, with the value those runs
 implicitly had (``FROM_CURRENT``: a setting that cannot have touched their numbers)."""
