@@ -50,6 +50,9 @@ def test_timing_json_keeps_a_resumed_cells_recorded_time_and_the_summary_stays_o
     assert found == json.loads(json.dumps(written)) and found["resumed"] == ["ga seed 0"]
     assert found["cells"]["ga seed 0"]["seconds"] == {"unlearning: ga": 3.0, "attacks: ga (end)": 5.0}
     assert found["cells"]["npo seed 0"]["computed"] == "this run"
+    # every cell's parts summed, whichever process computed it (worker processes write no ledger of their own here)
+    assert found["cells_by_part_s"] == {"attacks: ga (end)": 5.0, "unlearning: ga": 3.0, "unlearning: npo": 3.0}
+    assert found["cells_by_category_s"]["unlearning"] == 6.0 and sum(found["cells_by_category_s"].values()) == 11.0
     out = {"out": str(tmp_path), "rows": [], "verdicts": [], "wall_s": 9.0, "timing": found}
     summary = report.terminal_summary(out)
     assert len(summary.splitlines()) <= report.SUMMARY_MAX_LINES

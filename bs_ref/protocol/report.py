@@ -390,14 +390,23 @@ def write_timing(
                 recorded[f"{name} ({payload.get('setting', path.stem[8:])})"] = seconds
         fresh = store.result_path(label, seed, pair).stat().st_mtime >= since
         by_cell[cell_name(label, seed, pair)] = {"computed": "this run" if fresh else "resumed", "seconds": recorded}
+    summed: dict[str, float] = {}  # every cell's parts added up: the jobs' cost by part, whichever process ran them
+    for cell in by_cell.values():
+        for name, seconds in cell["seconds"].items():
+            if isinstance(seconds, (int, float)):
+                summed[name] = summed.get(name, 0.0) + float(seconds)
     out = {
         "total_s": round(wall_s, 3),
         "by_category_s": {k: round(v, 3) for k, v in timing.by_category(parts).items()},
         "by_part_s": parts,
+        "cells_by_category_s": {k: round(v, 3) for k, v in timing.by_category(summed).items()},
+        "cells_by_part_s": {k: round(v, 3) for k, v in sorted(summed.items())},
         "cells": by_cell,
         "resumed": sorted(name for name, cell in by_cell.items() if cell["computed"] == "resumed"),
-        "note": "seconds of wall time in this process, each part exclusive of the parts nested in it; a "
-        "resumed cell's seconds are those recorded when it was computed",
+        "note": "by_part_s: seconds of wall time in this process, each part exclusive of the parts nested in it; "
+        "cells_by_part_s / cells_by_category_s: the cells' recorded seconds summed by part / category (jobs run in "
+        "worker processes included; a "
+        "resumed cell's seconds are those recorded when it was computed)",
     }
     write_json(store.path("timing.json"), out)
     return out
