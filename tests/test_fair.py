@@ -279,6 +279,39 @@ def test_positive_control_reads_the_squeeze_from_step_zero_to_the_stop():
     assert absent[2].startswith("**The squeeze is absent on this tier**")  # the first sentence of the section
 
 
+def test_the_trajectory_shows_a_transient_squeeze_that_the_stopping_point_misses():
+    """GA's after-fork band rises at steps 1 and 2 (the target falling) and is back below its start at steps 3 and
+    4, the stop, in two runs: the trajectory flags steps 1 and 2, the positive control (the stop) does not; a third
+    run that stopped at step 2 counts up to step 2. A curve with bands at step 0 and the stop alone has no
+    trajectory."""
+    base = {"nll_answer": [1.0, 1.2, 0.8, 1.1], "band_high_fork_sum": [-8.0, -6.0, -7.0, -9.0]}
+    base["band_high_fork_count"] = [1, 1, 1, 1]
+
+    def point(step: int, target_drop: float, fork_rise: float) -> dict:
+        items = {"nll_answer": [x + target_drop + 0.1 * i for i, x in enumerate(base["nll_answer"])]}
+        items["band_high_fork_sum"] = [x + fork_rise + 0.1 * i for i, x in enumerate(base["band_high_fork_sum"])]
+        items["band_high_fork_count"] = [1, 1, 1, 1]
+        return {"step": step, "items": {"forget": items}}
+
+    start = {"step": 0, "items": {"forget": base}}
+    long = {"curve": [start, point(1, 0.5, 0.2), point(2, 1.0, 1.5), point(3, 1.5, -0.5), point(4, 2.0, -1.0)]}
+    short = {"curve": [start, point(1, 0.5, 0.2), point(2, 1.0, 1.5)]}
+    values = {("ga", s, 0): fair.RunValues(long, None, {}, None) for s in (0, 1)}
+    values[("ga", 2, 0)] = fair.RunValues(short, None, {}, None)
+    rows = {r["step"]: r for r in fair.trajectory_rows(values)}
+    assert sorted(rows) == [1, 2, 3, 4] and [rows[s]["n_runs"] for s in (1, 2, 3, 4)] == [3, 3, 2, 2]
+    assert rows[2]["squeezes"] is True and rows[2]["after_fork_change"] == pytest.approx(1.5 + 0.15)
+    assert rows[2]["target_change"] == pytest.approx(-(1.0 + 0.15))
+    assert [rows[s]["squeezes"] for s in (1, 2, 3, 4)] == [True, True, False, False]
+    assert rows[4]["after_fork_change"] == pytest.approx(-1.0 + 0.15)
+    control = fair.positive_control({k: v for k, v in values.items() if k[1] < 2})
+    assert control[0]["squeezes"] is False  # at the stop the band is below its start
+    lines = fair.trajectory_lines(list(rows.values()))
+    assert lines[0].startswith("Along the trajectory") and sum("**yes**" in line for line in lines) == 2
+    two_points = {("ga", 0, 0): fair.RunValues({"curve": [start, point(4, 2.0, -1.0)]}, None, {}, None)}
+    assert fair.trajectory_rows(two_points) == [] and fair.trajectory_lines([]) == []
+
+
 def test_labelled_verdicts_keep_every_row_and_add_the_primary_ones():
     rows = [
         dict(comparison="bs_t − ga", measure="agg", setting="end", difference=0.1, ci_low=0.0, ci_high=0.2),

@@ -19,6 +19,10 @@ with Holm, the positive control, and the censoring table.
 - **Positive control**: does GA or NPO squeeze after the fork at the stopping point (the high band's after-fork
   change above 0 while the target's falls, 95 % intervals over runs and band questions)? If neither does, the
   section says first that the squeeze is absent and the method comparison is uninformative.
+- **Along the trajectory** (exploratory; where the light evaluations scored the bands at more than step 0 and the
+  stop: ``--light-eval bands`` or ``answers``): the same two changes at every checked step, pooled over the runs
+  that reached that step (``trajectory.csv``; table.md shows GA and NPO). A rise before the stop that is gone at
+  it is a transient squeeze, which the stopping-point endpoint cannot see; each step's interval is pointwise.
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ PRIMARY = (
 POSITIVE_CONTROLS = ("ga", "npo")
 SETTING = "stopping point"
 STOPPING_COLUMNS = ("method", "seed", "pair_seed", "level", "reached", "steps", "value_at_stop", "max_steps")
+TRAJECTORY_COLUMNS = (
+    "method", "step", "n_runs", "target_change", "target_ci_low", "target_ci_high",
+    "after_fork_change", "after_fork_ci_low", "after_fork_ci_high", "squeezes",
+)  # fmt: skip
 PRIMARY_COLUMNS = (
     "name",
     "label",
@@ -199,12 +207,12 @@ def _after_fork(result: Mapping[str, Any]) -> np.ndarray | None:
     return per_question((curve[-1].get("items") or {}).get("forget") or {}, BAND, "fork_")
 
 
-def _change(result: Mapping[str, Any]) -> dict[str, np.ndarray | None]:
-    """Per item, from step 0 (the curve's first point, the original model's) to the stopping point (its last):
-    the target's mean token log-prob and the high band's after-fork log-prob."""
+def _change(result: Mapping[str, Any], at: int = -1) -> dict[str, np.ndarray | None]:
+    """Per item, from step 0 (the curve's first point, the original model's) to the stopping point (its last; or
+    curve point ``at``): the target's mean token log-prob and the high band's after-fork log-prob."""
     curve = result.get("curve") or []
     first = (curve[0].get("items") or {}).get("forget") or {} if len(curve) > 1 else {}
-    last = (curve[-1].get("items") or {}).get("forget") or {} if len(curve) > 1 else {}
+    last = (curve[at].get("items") or {}).get("forget") or {} if len(curve) > 1 else {}
     out: dict[str, np.ndarray | None] = {"target": None, "after_fork": None}
     if "nll_answer" in first and "nll_answer" in last:
         out["target"] = np.asarray(first["nll_answer"], dtype=float) - np.asarray(last["nll_answer"], dtype=float)
@@ -389,6 +397,61 @@ def positive_control(values: Mapping[tuple, RunValues]) -> list[dict[str, Any]]:
     return out
 
 
+def trajectory_rows(values: Mapping[tuple, RunValues]) -> list[dict[str, Any]]:
+    """Per method and checked step (after 0) at which a run's curve point has the bands: the target's and the
+    high band's after-fork change from step 0, pooled as in ``positive_control`` over the runs with that point
+    (``n_runs``), and whether it squeezes there. Empty when only step 0 and the stops have bands."""
+    points: dict[tuple[str, int], list[dict]] = {}
+    for key, v in values.items():
+        curve = v.result.get("curve") or []
+        for at, point in enumerate(curve[1:-1], start=1):  # the stops are the positive control's
+            if per_question((point.get("items") or {}).get("forget") or {}, BAND, "fork_") is not None:
+                points.setdefault((key[0], int(point["step"])), []).append(_change(v.result, at))
+    if not points:
+        return []
+    for key, v in values.items():  # the stops, once some step before them has bands
+        curve = v.result.get("curve") or []
+        if len(curve) > 1:
+            points.setdefault((key[0], int(curve[-1]["step"])), []).append(_change(v.result))
+    rows = []
+    for (method, step), changes in sorted(points.items()):
+        target = _mean_interval([c["target"] for c in changes])
+        fork = _mean_interval([c["after_fork"] for c in changes])
+        row: dict[str, Any] = {"method": method, "step": step, "n_runs": len(changes)}
+        for name, interval in (("target", target), ("after_fork", fork)):
+            for suffix, value in zip(("change", "ci_low", "ci_high"), interval or (None, None, None)):
+                row[f"{name}_{suffix}"] = value
+        row["squeezes"] = "" if fork is None or target is None else bool(fork[1] > 0 and target[2] < 0)
+        rows.append(row)
+    return rows
+
+
+def trajectory_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The table.md subsection of ``trajectory_rows`` for the positive-control methods (every method:
+    trajectory.csv)."""
+    shown = [r for r in rows if r["method"] in POSITIVE_CONTROLS]
+    if not shown:
+        return []
+    lines = [
+        "Along the trajectory (exploratory; pointwise 95 % intervals, runs that reached the step): the change from "
+        "step 0 at every checked step, the stopping points included; a rise that is gone at the stop is a transient "
+        "squeeze.",
+        "",
+        "| method | step | runs | target log-prob | high band after the fork | squeezes |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for r in shown:
+        cells = [
+            stats.format_interval(r[f"{k}_change"], r[f"{k}_ci_low"], r[f"{k}_ci_high"])
+            if r[f"{k}_change"] is not None
+            else "–"
+            for k in ("target", "after_fork")
+        ]
+        flag = {True: "**yes**", False: "no"}.get(r["squeezes"], "–")
+        lines.append(f"| {r['method']} | {r['step']} | {r['n_runs']} | {cells[0]} | {cells[1]} | {flag} |")
+    return [*lines, ""]
+
+
 def _mean_interval(changes: list[np.ndarray | None]) -> tuple[float, float, float] | None:
     """(mean, 95 % low, high) of per-item changes over runs; None when fewer than 2 items are usable."""
     if any(c is None for c in changes) or len({c.shape for c in changes}) != 1:
@@ -520,5 +583,9 @@ def write_fair(
     write_text(store.path("primary.csv"), rows_csv(primary, PRIMARY_COLUMNS))
     write_text(store.path("verdict.csv"), labelled_verdicts(verdicts, primary))
     control = positive_control(values)
+    trajectory = trajectory_rows(values)
+    if trajectory:
+        write_text(store.path("trajectory.csv"), rows_csv(trajectory, TRAJECTORY_COLUMNS))
     lines = section_lines(rows, control, stopping)
-    return {"stopping": stopping, "primary": primary, "control": control, "lines": lines}
+    lines[-1:-1] = trajectory_lines(trajectory)  # before the section's closing blank line
+    return {"stopping": stopping, "primary": primary, "control": control, "trajectory": trajectory, "lines": lines}
