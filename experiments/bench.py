@@ -4,6 +4,7 @@
     python experiments/bench.py losses --quick    # smaller T, fewer repeats
     python experiments/bench.py bs_s [--quick]    # BS-S step time vs NPO, batched belief generation
     python experiments/bench.py precision         # bf16 autocast vs fp32: train step and generation speed-ups
+    python experiments/bench.py evaluation --data <TOFU directory>   # the fair tier's final evaluation by part
 
 ``losses`` times forward+backward of ``bs_t_loss``, ``ga_loss`` and the authors' dense BS-T formulation
 (one-hot, top-k mask and soft-target tensors of size B×T×|V|) on logits [B, T, V] that require grad, and
@@ -214,6 +215,8 @@ def main_parser() -> argparse.ArgumentParser:
     """``bench.py COMMAND [options]``: the sub-commands and their options (the same parsers they run with)."""
     from bench_bs_s import SUMMARY as BS_S_SUMMARY  # experiments/bench_bs_s.py
     from bench_bs_s import build_parser as bs_s_parser
+    from bench_eval import SUMMARY as EVALUATION_SUMMARY  # experiments/bench_eval.py
+    from bench_eval import build_parser as evaluation_parser
     from bench_precision import SUMMARY as PRECISION_SUMMARY  # experiments/bench_precision.py
     from bench_precision import build_parser as precision_parser
 
@@ -228,6 +231,7 @@ def main_parser() -> argparse.ArgumentParser:
         ("losses", LOSSES_SUMMARY, losses_parser(add_help=False)),
         ("bs_s", BS_S_SUMMARY, bs_s_parser(add_help=False)),
         ("precision", PRECISION_SUMMARY, precision_parser(add_help=False)),
+        ("evaluation", EVALUATION_SUMMARY, evaluation_parser(add_help=False)),
     ):
         sub.add_parser(name, parents=[parent], help=summary, description=parent.description)
     return ap
@@ -238,6 +242,10 @@ def main(argv=None):
     main_parser().parse_args(argv)  # --help, a missing or unknown COMMAND, bad options: exits here
     if argv[0] == "losses":
         bench_losses(argv[1:])
+    elif argv[0] == "evaluation":
+        from bench_eval import main as bench_evaluation  # experiments/bench_eval.py
+
+        bench_evaluation(argv[1:])
     elif argv[0] == "precision":
         from bench_precision import main as bench_precision  # experiments/bench_precision.py
 

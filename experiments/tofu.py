@@ -166,8 +166,9 @@ PRESETS = {
     "tofu_fair": {
         **dict(model_preset="smollm2_tofu", template="chat", max_authors=5, limit=100, utility_limit=20),
         **dict(methods=["original", "retrain", "ga", "npo", "ga_target_matched", "bs_t", "bs_s"], seeds=[0, 1, 2]),
-        **dict(lr=2e-4, epochs=8, batch_size=8, max_steps=30, eval_every=3, stop_at_fraction=1.0, precision="fp32"),
+        **dict(lr=2e-4, epochs=8, batch_size=8, max_steps=30, eval_every=1, stop_at_fraction=1.0, precision="fp32"),
         **dict(light_eval="logprob", curve_forget_items=0, band_samples=4, leak_k_samples=16, leak_k_items=0),
+        **dict(share_prompts=True, leak_k_tokens="answer", share_prefix=True),
         **dict(attacks=["relearn"], relearn_steps=[0, 2, 4, 8], attack_at="end", eval_batch_size=40, threads=1),
         **dict(executor="processes", workers=2),
     },

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "experiments" / "bench.py"
 BENCH_BS_S = ROOT / "experiments" / "bench_bs_s.py"
-COMMANDS = ("losses", "bs_s", "precision")
+COMMANDS = ("losses", "bs_s", "precision", "evaluation")
 
 
 def run_help(*args: str) -> str:
