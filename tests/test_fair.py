@@ -178,6 +178,10 @@ def test_the_tofu_fair_preset_declares_the_tier():
     assert preset["max_authors"] * data.QA_PER_AUTHOR_TOFU >= 100 and preset["utility_limit"] >= 20
     assert preset["light_eval"] == "logprob"  # the stopping rule and the after-fork endpoint need no answer
     assert preset["precision"] == "fp32" and preset["attack_at"] == "end"
+    assert preset["eval_every"] == 1  # every run stops at the first step past the level: no overshoot between checks
+    args = tofu.parse_args(["--preset", "tofu_fair"])  # every declared setting reaches the run's settings
+    assert args.evaluation.share_prompts and args.evaluation.leak_k_tokens == "answer"
+    assert args.hyper["share_prefix"] is True  # BS-S's exact loss, its prompt run once per item
 
 
 def test_utility_limit_trims_the_utility_splits_only(tofu_dir):
