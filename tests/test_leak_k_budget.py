@@ -29,17 +29,22 @@ def _evaluator(tiny, leak_k_tokens: str, items: int = 0) -> evaluate.Evaluator:
     return evaluator
 
 
-def test_each_item_is_sampled_alone_within_its_own_answer_budget(tiny, monkeypatch):
-    model, tokenizer = fresh(tiny)
-    evaluator = _evaluator(tiny, "answer")
-    calls = []
-    original = evaluate.generate_answers
+def _record_generation(monkeypatch) -> list[tuple]:
+    """Every generate_answers call of the evaluator from now on: (questions, budget, seed, samples)."""
+    calls, original = [], evaluate.generate_answers
 
     def recorded(model, tokenizer, questions, template, **kwargs):
         calls.append((list(questions), kwargs["max_new_tokens"], kwargs["seed"], kwargs["num_samples"]))
         return original(model, tokenizer, questions, template, **kwargs)
 
     monkeypatch.setattr(evaluate, "generate_answers", recorded)
+    return calls
+
+
+def test_each_item_is_sampled_alone_within_its_own_answer_budget(tiny, monkeypatch):
+    model, tokenizer = fresh(tiny)
+    evaluator = _evaluator(tiny, "answer")
+    calls = _record_generation(monkeypatch)
     counts = evaluator.leak_at_k_counts(model, seed=3)
     forget = evaluator.data.evaluation["forget"]
     assert sorted(counts) == list(range(len(forget))) and all(c["n"] == 5 for c in counts.values())
@@ -59,16 +64,10 @@ def test_each_item_is_sampled_alone_within_its_own_answer_budget(tiny, monkeypat
 def test_the_default_budget_is_one_call_at_the_greedy_budget(tiny, monkeypatch):
     model, _ = fresh(tiny)
     evaluator = _evaluator(tiny, "longest")
-    calls = []
-    original = evaluate.generate_answers
-
-    def recorded(model, tokenizer, questions, template, **kwargs):
-        calls.append((len(questions), kwargs["max_new_tokens"], kwargs["seed"]))
-        return original(model, tokenizer, questions, template, **kwargs)
-
-    monkeypatch.setattr(evaluate, "generate_answers", recorded)
+    calls = _record_generation(monkeypatch)
     evaluator.leak_at_k_counts(model, seed=3)
-    assert calls == [(len(evaluator.data.evaluation["forget"]), evaluator.max_new_tokens, 3 + evaluate.LEAK_K_SEED)]
+    questions = [r["question"] for r in evaluator.data.evaluation["forget"]]
+    assert calls == [(questions, evaluator.max_new_tokens, 3 + evaluate.LEAK_K_SEED, 5)]
 
 
 def test_an_unknown_budget_is_named_with_its_choices():
