@@ -49,6 +49,7 @@ PAGES: dict[str, tuple[str, int]] = {
     "bench_losses": ("docs/bench.md", 3),
     "bench_bs_s": ("docs/bench.md", 3),
     "bench_bs_s_smollm2": ("docs/bench.md", 3),
+    "bench_evaluation": ("docs/bench.md", 3),
     "bench_precision": ("docs/bench.md", 3),
 }
 """Block name → (the page that holds it, relative to the repository root; the heading level its report's top
