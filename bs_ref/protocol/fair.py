@@ -433,6 +433,7 @@ def trajectory_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if not shown:
         return []
     lines = [
+        "",
         "Along the trajectory (exploratory; pointwise 95 % intervals, runs that reached the step): the change from "
         "step 0 at every checked step, the stopping points included; a rise that is gone at the stop is a transient "
         "squeeze.",
@@ -449,7 +450,7 @@ def trajectory_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         ]
         flag = {True: "**yes**", False: "no"}.get(r["squeezes"], "–")
         lines.append(f"| {r['method']} | {r['step']} | {r['n_runs']} | {cells[0]} | {cells[1]} | {flag} |")
-    return [*lines, ""]
+    return lines
 
 
 def _mean_interval(changes: list[np.ndarray | None]) -> tuple[float, float, float] | None:
