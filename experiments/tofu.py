@@ -168,9 +168,8 @@ PRESETS = {
         **dict(methods=["original", "retrain", "ga", "npo", "ga_target_matched", "bs_t", "bs_s"], seeds=[0, 1, 2]),
         **dict(lr=2e-4, epochs=8, batch_size=8, max_steps=30, eval_every=1, stop_at_fraction=1.0, precision="fp32"),
         **dict(light_eval="logprob", curve_forget_items=0, band_samples=4, leak_k_samples=16, leak_k_items=0),
-        **dict(share_prompts=True, leak_k_tokens="answer", share_prefix=True),
-        **dict(attacks=["relearn"], relearn_steps=[0, 2, 4, 8], attack_at="end", eval_batch_size=40, threads=1),
-        **dict(executor="processes", workers=2),
+        **dict(share_prompts=True, leak_k_tokens="answer", share_prefix=True, eval_batch_size=40, threads=1),
+        **dict(attacks=["relearn"], relearn_steps=[0, 2, 4, 8], attack_at="end", executor="processes", workers=2),
     },
 }
 """Defaults each preset changes (flag name: value); a flag given on the command line overrides its preset. Why

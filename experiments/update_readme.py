@@ -44,6 +44,7 @@ PAGES: dict[str, tuple[str, int]] = {
     "tofu_smollm2": ("docs/results/smollm2.md", 3),
     "tofu_smollm2_tofu": ("docs/results/smollm2_tofu.md", 3),
     "tofu_fair": ("docs/results/tofu_fair.md", 3),
+    "tofu_fair_trajectory": ("docs/results/tofu_fair.md", 3),
     "ablation_refresh": ("docs/results/ablations.md", 3),
     "ablation_sensitivity": ("docs/results/ablations.md", 3),
     "bench_losses": ("docs/bench.md", 3),
