@@ -61,6 +61,9 @@ def stopped(tmp_path_factory, cache) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("fair") / "run"
     argv = ["--preset", "smoke", "--stop-at-fraction", "0.5", "--eval-every", "1", "--epochs", "8"]
     argv += ["--light-eval", "logprob", "--methods", *METHODS, "--attacks", "none"]
+    # the smoke model is sure of its answers: at T = 2 its samples differ from the target on some questions on every
+    # CPU kernel path, so the bands have candidates (at the preset's 4 samples at T = 1 they had none on one path)
+    argv += ["--band-samples", "9", "--band-temperature", "2.0"]
     report = tofu.main([*argv, "--out", str(out), "--cache-dir", str(cache), "--no-progress"])
     return out, report
 
@@ -125,6 +128,7 @@ def test_the_bands_are_scored_at_step_0_and_at_the_stopping_point_only(stopped_r
     for label in ("ga", "bs_t"):
         curve = json.loads((stopped_run / "methods" / label / "seed0" / "result.json").read_text())["curve"]
         assert len(curve) > 2
+        assert curve[0].get("band_high_after_fork") is not None, "the original model gave no band candidates"
         with_bands = [p["step"] for p in curve if "band_high_after_fork" in p]
         assert with_bands == [0, curve[-1]["step"]]  # --light-eval logprob: where the endpoints read them
         assert "band_high_fork_sum" in curve[-1]["items"]["forget"] and curve[1]["model_utility"] is None
