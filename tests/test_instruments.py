@@ -271,6 +271,7 @@ def test_nf4_rows_sit_beside_the_quant4_recovery():
 
 
 DOSE_RUN = ["--preset", "smoke", "--no-progress", "--methods", "original", "retrain", "ga", "npo"]
+DOSE_RUN += ["--band-samples", "9", "--band-temperature", "2.0"]  # band candidates on every kernel path: squeeze.csv
 
 
 @pytest.fixture(scope="module")
